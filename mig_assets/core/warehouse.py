@@ -1,0 +1,150 @@
+"""Where everything lives under ``MIG_HOME``, how shard files map to partition keys, and the
+DuckDB catalog (views over the per-shard Parquet) that users query with the plain ``duckdb`` CLI.
+
+Layout::
+
+    MIG_HOME/pool/incoming/**         shard files dropped by users (one shard per file)
+    MIG_HOME/warehouse/<asset>/shard=<key>/part-0.parquet
+    MIG_HOME/warehouse/mig.duckdb     views + small global tables
+    MIG_HOME/exports/<selection>/<version>/
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mig_assets.core.readers import is_supported
+
+SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats")
+CATALOG_VIEWS = {
+    # every parsed row, kept or duplicate
+    "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
+    # one row per sample_id: the kept copy, or a duplicate when the kept copy's shard changed since
+    "samples": """
+        SELECT * EXCLUDE (copy_rank) FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY sample_id ORDER BY duplicate_of IS NOT NULL, shard, line_no) AS copy_rank
+            FROM raw_pool_rows)
+        WHERE copy_rank = 1""",
+    "duplicates": "SELECT * FROM raw_pool_rows WHERE duplicate_of IS NOT NULL",
+    "quarantine": "SELECT * FROM read_parquet({quarantine}, hive_partitioning = false, union_by_name = true)",
+    "shards": "SELECT * FROM read_parquet({shard_stats}, hive_partitioning = false, union_by_name = true)",
+}
+VIEW_SOURCES = {"raw_pool_rows": "raw_pool", "quarantine": "quarantine", "shards": "shard_stats"}
+
+
+class ShardPathError(ValueError):
+    """A file that cannot be a shard (outside the pool, unsupported type, key collision)."""
+
+
+class WarehouseLayout:
+    def __init__(self, mig_home: str | Path):
+        self.home = Path(mig_home).expanduser().resolve()
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.home / "pool"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.pool_dir / "incoming"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.warehouse_dir / "mig.duckdb"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def ensure(self) -> "WarehouseLayout":
+        for folder in (self.incoming_dir, self.warehouse_dir, self.exports_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def shard_file(self, asset: str, shard: str) -> Path:
+        return self.warehouse_dir / asset / f"shard={shard}" / "part-0.parquet"
+
+    def shard_files(self, asset: str) -> list[Path]:
+        return sorted((self.warehouse_dir / asset).glob("shard=*/part-0.parquet"))
+
+    def relative_source(self, path: Path) -> str:
+        """The path an auditor can follow: relative to MIG_HOME/pool when inside it."""
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self.pool_dir).as_posix()
+        except ValueError:
+            return str(resolved)
+
+    def shard_key(self, path: str | Path) -> str:
+        """Partition key of a shard file: its path under pool/incoming, made key- and path-safe.
+
+        Raises :class:`ShardPathError` for a path (or symlink target) outside pool/incoming.
+        """
+        resolved = Path(path).resolve()
+        incoming = self.incoming_dir.resolve()
+        if not resolved.is_relative_to(incoming):
+            raise ShardPathError(
+                f"{path} is outside {incoming}: shards must live in MIG_HOME/pool/incoming "
+                f"(resolved path {resolved}); use `mig-assets ingest FILE` to import a file from elsewhere"
+            )
+        if not is_supported(resolved):
+            raise ShardPathError(f"{path}: unsupported file type (expected .jsonl, .json, .parquet, optionally .gz)")
+        return shard_key_of(resolved.relative_to(incoming).as_posix())
+
+    def discover_shards(self) -> tuple[dict[str, Path], list[str]]:
+        """Supported files under pool/incoming by key, plus a problem line for each file skipped.
+
+        Hidden files and partial downloads (``.tmp``, ``.part``) are skipped: writers should write
+        under such a name and rename when done.
+        """
+        found: dict[str, Path] = {}
+        problems: list[str] = []
+        if not self.incoming_dir.exists():
+            return found, problems
+        for path in sorted(self.incoming_dir.rglob("*")):
+            rel = path.relative_to(self.incoming_dir)
+            if path.is_dir() or any(part.startswith(".") for part in rel.parts) or path.suffix in (".tmp", ".part"):
+                continue
+            try:
+                key = self.shard_key(path)
+            except ShardPathError as exc:
+                problems.append(str(exc))
+                continue
+            if key in found:
+                problems.append(f"{path}: its shard key {key!r} collides with {found[key]}; rename one of them")
+                continue
+            found[key] = path
+        return found, problems
+
+    def shard_path(self, key: str) -> Path:
+        shards, _ = self.discover_shards()
+        if key not in shards:
+            raise ShardPathError(f"no file under {self.incoming_dir} has shard key {key!r}")
+        return shards[key]
+
+    def refresh_catalog(self, con) -> list[str]:
+        """(Re)create the catalog views over the Parquet that exists now; returns the view names."""
+        globs = {asset: f"'{(self.warehouse_dir / asset).as_posix()}/shard=*/part-0.parquet'" for asset in SHARD_ASSETS}
+        created = []
+        for view, sql in CATALOG_VIEWS.items():
+            source = VIEW_SOURCES.get(view, "raw_pool")
+            if not self.shard_files(source):
+                continue
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql.format(**globs)}")
+            created.append(view)
+        return created
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def shard_key_of(relative_path: str) -> str:
+    """``sub/dir/file name.jsonl`` -> ``sub__dir__file_name.jsonl`` (no '/', ',', spaces or '...')."""
+    key = "__".join(_UNSAFE.sub("_", part) for part in relative_path.split("/"))
+    return re.sub(r"\.{3,}", "_", key)

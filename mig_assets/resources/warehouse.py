@@ -1,0 +1,47 @@
+"""The ``Warehouse`` resource: MIG_HOME paths and short-lived DuckDB connections."""
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import dagster as dg
+
+from mig_assets.core.warehouse import WarehouseLayout
+
+DEFAULT_MIG_HOME = "mig_home"
+
+
+def mig_home_setting() -> str | dg.EnvVar:
+    """``EnvVar("MIG_HOME")`` when set (resolved at run time), else ``./mig_home``."""
+    return dg.EnvVar("MIG_HOME") if os.environ.get("MIG_HOME") else DEFAULT_MIG_HOME
+
+
+class Warehouse(dg.ConfigurableResource):
+    """Parquet warehouse and DuckDB catalog under ``mig_home``.
+
+    DuckDB allows one writer per file: connections are opened only around the SQL (never around
+    model work), and every asset that writes the catalog runs in the ``duckdb`` pool (limit 1).
+    """
+
+    mig_home: str = DEFAULT_MIG_HOME
+
+    @property
+    def layout(self) -> WarehouseLayout:
+        return WarehouseLayout(self.mig_home).ensure()
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+        if read_only:
+            import duckdb
+
+            with duckdb.connect(str(self.layout.duckdb_path), read_only=True) as con:
+                yield con
+            return
+        from dagster_duckdb import DuckDBResource  # retries while another writer holds the file lock
+
+        with DuckDBResource(database=str(self.layout.duckdb_path)).get_connection() as con:
+            yield con
+
+    def refresh_catalog(self) -> list[str]:
+        with self.connect() as con:
+            return self.layout.refresh_catalog(con)
