@@ -2,12 +2,10 @@
 
 import dagster as dg
 
-from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(raw_pool),
-    partitions_def=pool_shards,
     description="Ingest shard files (one run per pool_shards partition).",
 )
