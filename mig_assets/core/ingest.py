@@ -78,6 +78,7 @@ STATS_SCHEMA = pa.schema(
     ]
 )
 BATCH_ROWS = 5000
+DUCKDB_MEMORY_LIMIT = "512MB"
 
 
 @dataclass
@@ -260,7 +261,8 @@ def _owners_in_other_shards(layout: WarehouseLayout, shard: str, staging: Path, 
         return {}
     import duckdb
 
-    with duckdb.connect() as con:
+    # a small buffer: the join streams the other shards; only this shard's ids are held
+    with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT, "threads": 2}) as con:
         rows = con.execute(
             """
             SELECT o.sample_id, min(o.shard || ':' || o.line_no)
@@ -275,12 +277,17 @@ def _owners_in_other_shards(layout: WarehouseLayout, shard: str, staging: Path, 
 
 
 def _mark_cross_shard_duplicates(staging: Path, owners: dict[str, str]) -> None:
-    table = pq.read_table(staging, schema=SAMPLE_SCHEMA)
-    ids = table.column("sample_id").to_pylist()
-    current = table.column("duplicate_of").to_pylist()
-    marked = [owners.get(i) if d is None else d for i, d in zip(ids, current)]
-    table = table.set_column(table.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(marked, pa.string()))
-    pq.write_table(table, staging, compression="zstd", row_group_size=BATCH_ROWS)
+    """Rewrite the staging file batch by batch, setting duplicate_of from ``owners``."""
+    marked_path = staging.with_name(staging.name + ".marked")
+    source = pq.ParquetFile(staging)
+    with pq.ParquetWriter(marked_path, SAMPLE_SCHEMA, compression="zstd") as writer:
+        for batch in source.iter_batches(batch_size=BATCH_ROWS):
+            table = pa.Table.from_batches([batch], schema=SAMPLE_SCHEMA)
+            ids = table.column("sample_id").to_pylist()
+            current = table.column("duplicate_of").to_pylist()
+            marked = pa.array([owners.get(i) if d is None else d for i, d in zip(ids, current)], pa.string())
+            writer.write_table(table.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked))
+    os.replace(marked_path, staging)
 
 
 def _check_accounting(stats: ShardStats, samples: Path, quarantine: Path) -> None:

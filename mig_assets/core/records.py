@@ -81,8 +81,12 @@ def normalize_content(text: str) -> str:
 
     Inner whitespace is kept: indentation is meaning in code samples.
     """
-    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
-    return _TRAILING_SPACE.sub("\n", text).strip()
+    text = unicodedata.normalize("NFC", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    return text.strip()
 
 
 def sample_id(messages: list[tuple[str, str]]) -> str:
