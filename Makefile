@@ -10,6 +10,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	@# without a GPU, take the CPU build of torch first (on this machine kind a local wheel);
+	@# a plain `torch` requirement would pull a multi-GB CUDA build
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch==2.13.0; fi
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 

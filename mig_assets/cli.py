@@ -15,6 +15,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest import file_sha256
 from mig_assets.core.warehouse import ShardPathError, WarehouseLayout
 from mig_assets.resources.warehouse import DEFAULT_MIG_HOME
@@ -113,21 +114,69 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) -> dict:
+    """Tag each shard, then materialize every global asset (vocabulary, embeddings, graph, selections)."""
+    import dagster as dg
+
+    from mig_assets.definitions import build_resources, defs
+
+    assets = list(defs.assets)
+    shard_assets = [a for a in assets if a.partitions_def is not None]
+    for key in shard_keys:
+        dg.materialize(assets, selection=shard_assets, partition_key=key, instance=instance, resources=build_resources())
+    result = dg.materialize(
+        assets, selection=[a for a in assets if a.partitions_def is None], instance=instance, resources=build_resources()
+    )
+    return {
+        node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS}
+        for node in sorted({key.to_user_string() for a in assets if a.partitions_def is None for key in a.keys})
+    }
+
+
+SUMMARY_KEYS = ("dagster/row_count", "labels", "edges", "version", "objective", "label_coverage", "export_dir")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mig_assets.demo_pool import write_demo_pool
 
     layout = WarehouseLayout(mig_home()).ensure()
+    instance = dagster_instance(layout)
     files = write_demo_pool(layout.incoming_dir / "demo")
-    totals = ingest_files(layout, files, dagster_instance(layout))
+    totals = ingest_files(layout, files, instance)
     _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
-    print(json.dumps(totals, indent=2))
+    assets = materialize_all(layout, instance, [s["shard"] for s in totals["shards"]])
+    print(json.dumps({"ingest": totals, "assets": assets}, indent=2, default=str))
+    exports = "\n".join(f"  {name:<18}  {info['export_dir']}" for name, info in assets.items() if "export_dir" in info)
     print(
-        f"\nDemo pool ingested into {layout.home}\n"
-        f"  samples (Parquet):  {layout.warehouse_dir / 'raw_pool'}\n"
-        f"  catalog (DuckDB):   duckdb {layout.duckdb_path} -c 'SELECT count(*) FROM samples'\n"
-        f"  Dagster UI:         DAGSTER_HOME={os.environ['DAGSTER_HOME']} MIG_HOME={layout.home} dagster dev",
+        f"\nDemo pool ingested, tagged (imported annotations) and selected in {layout.home}\n"
+        f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}\n"
+        f"catalog (DuckDB):  duckdb -readonly {layout.duckdb_path} -c 'SELECT * FROM selections'\n"
+        f"Dagster UI:        DAGSTER_HOME={os.environ['DAGSTER_HOME']} MIG_HOME={layout.home} dagster dev",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """The reference ``mig sample``: selected input records, unchanged, in selection order."""
+    from mig_assets.core.embedding import SentenceEmbedder
+    from mig_assets.core.mig import MigParams
+    from mig_assets.core.mig_sample import run_sample
+
+    params = MigParams(
+        tau=args.sim_threshold, prop_weight=args.prop_weight, norm=args.norm, phi=args.phi_type,
+        phi_a=args.phi_a, phi_b=args.phi_b, phi_alpha=args.phi_alpha, gain=args.gain,
+    )
+    embed = None
+    if args.sampler_type == "mig" and not args.label_embeddings:
+        embed = SentenceEmbedder(args.embedding_model or DEFAULT_EMBEDDING_MODEL).encode
+    out = args.out or args.pool.with_name(f"{args.pool.stem}-sampled-{args.num}.jsonl")
+    stats = run_sample(
+        args.pool, out, args.num, valid_tag_path=args.valid_tag_path or None,
+        label_embeddings_prefix=args.label_embeddings, embed_labels=embed,
+        sampler_type=args.sampler_type, params=params, batch_size=args.batch_size,
+    )
+    print(json.dumps({"out": str(out), **stats}, indent=2), file=sys.stderr)
     return 0
 
 
@@ -140,6 +189,25 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="set up MIG_HOME, ingest the demo pool and run every asset")
     demo.set_defaults(func=cmd_demo)
+    sample = sub.add_parser("sample", help="the MIG reference's `mig sample`: select records of an annotated pool")
+    sample.add_argument("pool", type=Path, help="JSONL pool in the MIG reference schema")
+    sample.add_argument("--out", type=Path, default=None, help="output JSONL (default: POOL-sampled-N.jsonl)")
+    sample.add_argument("-n", "--num", type=int, default=100, help="number of samples to select")
+    sample.add_argument("--valid-tag-path", default="", help="JSON list of valid tags (all tags when empty)")
+    sample.add_argument("--label-graph-type", choices=["sim"], default="sim")
+    sample.add_argument("--embedding-model", default="", help=f"sentence-transformers model (default {DEFAULT_EMBEDDING_MODEL})")
+    sample.add_argument("--label-embeddings", default=None, metavar="PREFIX", help="PREFIX.labels.json + PREFIX.emb.npy instead of a model")
+    sample.add_argument("--sim-threshold", type=float, default=0.9)
+    sample.add_argument("--prop-weight", type=float, default=1.0)
+    sample.add_argument("--norm", action="store_true", help="split a sample's score across its labels")
+    sample.add_argument("--phi-type", choices=["pow", "exp"], default="pow")
+    sample.add_argument("--phi-a", type=float, default=1e-6)
+    sample.add_argument("--phi-b", type=float, default=0.8)
+    sample.add_argument("--phi-alpha", type=float, default=1.0)
+    sample.add_argument("--batch-size", type=int, default=0, help="accepted for compatibility; never changes the result")
+    sample.add_argument("--sampler-type", choices=["mig", "random"], default="mig")
+    sample.add_argument("--gain", choices=["gradient", "exact"], default="gradient")
+    sample.set_defaults(func=cmd_sample)
     return parser
 
 
@@ -147,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ShardPathError as exc:
+    except (ShardPathError, ValueError, FileNotFoundError) as exc:
         print(f"mig-assets: {exc}", file=sys.stderr)
         return 2
 

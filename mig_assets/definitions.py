@@ -5,18 +5,23 @@ Loads in seconds without a GPU: no model library is imported at module level any
 
 import dagster as dg
 
+from mig_assets.embeddings.assets import tag_embeddings
 from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.pool.sensors import incoming_shards_sensor
-from mig_assets.resources import Warehouse, mig_home_setting
+from mig_assets.resources import Warehouse, embedder_from_env, mig_home_setting
+from mig_assets.selection.assets import build_selection_asset, label_graph, selection_specs
+from mig_assets.tagging.assets import atomic_tags, tag_vocabulary
 
 
 def build_resources() -> dict:
-    return {"warehouse": Warehouse(mig_home=mig_home_setting())}
+    return {"warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env()}
 
+
+selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 
 defs = dg.Definitions(
-    assets=[raw_pool],
+    assets=[raw_pool, atomic_tags, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
     jobs=[ingest_job],
     sensors=[incoming_shards_sensor],
     resources=build_resources(),

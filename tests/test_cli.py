@@ -7,7 +7,7 @@ import sys
 
 import duckdb
 
-from tests.conftest import REAL_DATA, REPO_ROOT
+from tests.conftest import MIG_FIXTURES, REAL_DATA, REPO_ROOT
 
 
 def run_cli(args, mig_home, **kwargs):
@@ -42,9 +42,49 @@ def test_ingest_reports_a_missing_file_clearly(tmp_path):
     assert done.returncode == 2 and "nope.jsonl: no such file" in done.stderr
 
 
-def test_demo_ingests_the_demo_pool(tmp_path):
-    done = run_cli(["demo"], tmp_path / "home")
+def test_demo_ingests_tags_and_selects(tmp_path):
+    home = tmp_path / "home"
+    done = run_cli(["demo"], home)
     assert done.returncode == 0, done.stderr
-    totals = json.loads(done.stdout[: done.stdout.rindex("}") + 1])
+    summary = json.loads(done.stdout)
+    totals = summary["ingest"]
     assert len(totals["shards"]) == 4 and totals["rows_quarantined"] == 3 and totals["duplicates"] >= 5
     assert totals["rows_read"] == totals["rows_kept"] + totals["rows_quarantined"] + totals["duplicates"]
+    mig = summary["assets"]["mig_selection"]
+    export = home / "exports" / "mig_selection" / "v0001"
+    assert mig["export_dir"] == str(export) and mig["dagster/row_count"] > 0
+    assert len((export / "data.jsonl").read_text().splitlines()) == mig["dagster/row_count"]
+    assert "mig_selection" in done.stderr  # where the selected subsets are
+
+
+def test_sample_is_a_drop_in_for_the_reference_cli(tmp_path):
+    case = json.loads((MIG_FIXTURES / "expected.json").read_text())["norm"]
+    out = tmp_path / "selected.jsonl"
+    args = [
+        "sample", str(MIG_FIXTURES / case["pool"]), "--out", str(out), "-n", str(case["n"]),
+        "--valid-tag-path", str(MIG_FIXTURES / "valid_tags.json"), "--label-graph-type", "sim",
+        "--label-embeddings", str(MIG_FIXTURES / "p2k"), "--sim-threshold", str(case["tau"]),
+        "--prop-weight", str(case["prop_weight"]), "--norm", "--phi-type", "pow", "--phi-a", str(case["phi_a"]),
+        "--phi-b", str(case["phi_b"]), "--batch-size", "32768", "--sampler-type", "mig",
+    ]
+    done = run_cli(args, tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    lines = out.read_bytes().splitlines()
+    assert [json.loads(line)["_id"] for line in lines] == case["order"]
+    pool_lines = set((MIG_FIXTURES / case["pool"]).read_bytes().splitlines())
+    assert all(line in pool_lines for line in lines)  # the input records, unchanged
+    first_bytes = out.read_bytes()
+    assert run_cli(args, tmp_path / "home").returncode == 0 and out.read_bytes() == first_bytes
+
+
+def test_sample_reports_labels_without_embeddings(tmp_path):
+    (tmp_path / "tiny.labels.json").write_text('["some other label"]')
+    import numpy as np
+
+    np.save(tmp_path / "tiny.emb.npy", np.ones((1, 4), dtype=np.float32))
+    done = run_cli(
+        ["sample", str(MIG_FIXTURES / "p2k.jsonl"), "--out", str(tmp_path / "o.jsonl"), "-n", "5",
+         "--label-embeddings", str(tmp_path / "tiny")],
+        tmp_path / "home",
+    )
+    assert done.returncode == 2 and "have no embedding" in done.stderr

