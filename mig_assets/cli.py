@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -39,6 +40,21 @@ def dagster_instance(layout: WarehouseLayout):
             config.write_text(resources.files("mig_assets").joinpath("dagster.yaml").read_text())
         os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
+
+
+@contextmanager
+def stdout_to_stderr():
+    """Send everything written to file descriptor 1 (engine subprocesses included) to stderr, so
+    that stdout carries only the command's JSON result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
@@ -108,8 +124,9 @@ def _print_quarantine(layout: WarehouseLayout, shards: list[str], limit: int = 1
 def cmd_ingest(args: argparse.Namespace) -> int:
     layout = WarehouseLayout(mig_home()).ensure()
     run_config = {"ops": {"raw_pool": {"config": {"source_format": args.format}}}} if args.format != "auto" else None
-    totals = ingest_files(layout, args.files, dagster_instance(layout), run_config)
-    _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
+    with stdout_to_stderr():
+        totals = ingest_files(layout, args.files, dagster_instance(layout), run_config)
+        _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
     print(json.dumps(totals, indent=2))
     return 0
 
@@ -120,10 +137,16 @@ def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) ->
 
     from mig_assets.definitions import build_resources, defs
 
+    from mig_assets.partitions import pool_shards
+
     assets = list(defs.assets)
-    shard_assets = [a for a in assets if a.partitions_def is not None]
-    for key in shard_keys:
-        dg.materialize(assets, selection=shard_assets, partition_key=key, instance=instance, resources=build_resources())
+    shard_assets = [a for a in assets if a.partitions_def is not None and a.key.to_user_string() != "raw_pool"]
+    if shard_keys:  # one run over the shards' range: the tagging model loads once
+        ordered = [k for k in instance.get_dynamic_partitions(pool_shards.name) if k in set(shard_keys)]
+        dg.materialize(
+            assets, selection=shard_assets, instance=instance, resources=build_resources(),
+            tags={"dagster/asset_partition_range_start": ordered[0], "dagster/asset_partition_range_end": ordered[-1]},
+        )
     result = dg.materialize(
         assets, selection=[a for a in assets if a.partitions_def is None], instance=instance, resources=build_resources()
     )
@@ -137,18 +160,21 @@ SUMMARY_KEYS = ("dagster/row_count", "labels", "edges", "version", "objective", 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # the tagger is chosen before the definitions load: it decides atomic_tags' code version
+    os.environ.setdefault("MIG_TAGGER_BACKEND", args.tagger)
     from mig_assets.demo_pool import write_demo_pool
 
     layout = WarehouseLayout(mig_home()).ensure()
     instance = dagster_instance(layout)
-    files = write_demo_pool(layout.incoming_dir / "demo")
-    totals = ingest_files(layout, files, instance)
-    _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
-    assets = materialize_all(layout, instance, [s["shard"] for s in totals["shards"]])
+    with stdout_to_stderr():
+        files = write_demo_pool(layout.incoming_dir / "demo")
+        totals = ingest_files(layout, files, instance)
+        _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
+        assets = materialize_all(layout, instance, [s["shard"] for s in totals["shards"]])
     print(json.dumps({"ingest": totals, "assets": assets}, indent=2, default=str))
     exports = "\n".join(f"  {name:<18}  {info['export_dir']}" for name, info in assets.items() if "export_dir" in info)
     print(
-        f"\nDemo pool ingested, tagged (imported annotations) and selected in {layout.home}\n"
+        f"\nDemo pool ingested, tagged ({os.environ['MIG_TAGGER_BACKEND']} backend) and selected in {layout.home}\n"
         f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}\n"
         f"catalog (DuckDB):  duckdb -readonly {layout.duckdb_path} -c 'SELECT * FROM selections'\n"
         f"Dagster UI:        DAGSTER_HOME={os.environ['DAGSTER_HOME']} MIG_HOME={layout.home} dagster dev",
@@ -188,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--format", default="auto", help="auto, mig, sharegpt, openai, alpaca, turns or prompt")
     ingest.set_defaults(func=cmd_ingest)
     demo = sub.add_parser("demo", help="set up MIG_HOME, ingest the demo pool and run every asset")
+    demo.add_argument(
+        "--tagger", choices=["vllm", "imported"], default="vllm",
+        help="vllm: SmolLM2-135M on vLLM (CPU here, ~3 min); imported: the annotations in the pool (seconds). "
+        "MIG_TAGGER_BACKEND, when set, wins.",
+    )
     demo.set_defaults(func=cmd_demo)
     sample = sub.add_parser("sample", help="the MIG reference's `mig sample`: select records of an annotated pool")
     sample.add_argument("pool", type=Path, help="JSONL pool in the MIG reference schema")

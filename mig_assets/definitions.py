@@ -9,15 +9,18 @@ from mig_assets.embeddings.assets import tag_embeddings
 from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.pool.sensors import incoming_shards_sensor
-from mig_assets.resources import Warehouse, embedder_from_env, mig_home_setting
+from mig_assets.resources import Warehouse, embedder_from_env, mig_home_setting, tagger_from_env
 from mig_assets.selection.assets import build_selection_asset, label_graph, selection_specs
-from mig_assets.tagging.assets import atomic_tags, tag_vocabulary
+from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
+
+tagger = tagger_from_env()
 
 
 def build_resources() -> dict:
-    return {"warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env()}
+    return {"warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env(), "tagger": tagger}
 
 
+atomic_tags = build_atomic_tags(tagger.version())
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 
 defs = dg.Definitions(

@@ -119,7 +119,7 @@ def _samples(rng: random.Random, n: int) -> list[dict]:
     return samples
 
 
-def write_demo_pool(folder: Path, n_per_shard: int = 150, seed: int = 0) -> list[Path]:
+def write_demo_pool(folder: Path, n_per_shard: int = 100, seed: int = 0) -> list[Path]:
     """Write four demo shards into ``folder`` and return their paths."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)

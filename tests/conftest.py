@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from mig_assets.core.warehouse import WarehouseLayout
-from mig_assets.resources import Embedder, Warehouse
+from mig_assets.resources import Embedder, Tagger, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -29,7 +29,7 @@ def instance():
 
 @pytest.fixture
 def resources(layout) -> dict:
-    return {"warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu")}
+    return {"warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu"), "tagger": Tagger()}
 
 
 def materialize_shards(instance, resources, layout, paths, run_config=None) -> dict:

@@ -14,7 +14,7 @@ def run_cli(args, mig_home, **kwargs):
     env = {**os.environ, "MIG_HOME": str(mig_home)}
     env.pop("DAGSTER_HOME", None)
     return subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, **kwargs
+        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, **kwargs
     )
 
 
@@ -55,6 +55,11 @@ def test_demo_ingests_tags_and_selects(tmp_path):
     assert mig["export_dir"] == str(export) and mig["dagster/row_count"] > 0
     assert len((export / "data.jsonl").read_text().splitlines()) == mig["dagster/row_count"]
     assert "mig_selection" in done.stderr  # where the selected subsets are
+    assert "tagged (vllm backend)" in done.stderr  # the default demo tags with the real engine
+    with duckdb.connect(str(home / "warehouse" / "mig.duckdb"), read_only=True) as con:
+        backends = con.execute("SELECT backend, count(*) FROM atomic_tags GROUP BY ALL").fetchall()
+        failed = con.execute("SELECT count(*) FROM atomic_tags WHERE status = 'failed'").fetchone()[0]
+    assert [b for b, _ in backends] == ["vllm"] and failed <= 0.05 * sum(n for _, n in backends)
 
 
 def test_sample_is_a_drop_in_for_the_reference_cli(tmp_path):

@@ -6,9 +6,9 @@ X the N×L sample-label matrix, Y = X P the propagated sample vectors. For a sel
 information is E(S) = Σ_l φ(s_l) with s = Σ_{i∈S} Y_i, and samples are picked greedily by gain.
 
 Arithmetic follows the reference (float32 W, P, X, Y, s and φ'(s)), so that its selections are
-reproduced exactly. Gains are sums of float32×float32 products, which are exact in float64, so
-they are summed in float64: the ranking then only depends on the float32 state, not on the
-summation order of whichever kernel computes it.
+reproduced exactly. A gradient gain is a sum of float32×float32 products, which are exact in
+float64; they are summed in float64, and always in the same way for a given row, so that lazy
+re-evaluation and exact duplicates rank exactly as a full re-scan would rank them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ import scipy.sparse as sp
 
 _NAMED_IN_ERRORS = 5  # offending items listed in an error message
 _GRAPH_BLOCK_ELEMENTS = 1 << 24  # similarity entries computed per block (64 MiB of float32)
-_FRONTIER_SIZE = 8192  # rows kept sorted for lazy greedy; a refill costs O(N)
+_FRONTIER_SIZE = 4096  # rows whose gains lazy greedy keeps at hand; a refill costs O(N)
+_FRONTIER_SAMPLE = 1 << 16  # keys sampled to choose which rows a refill takes
+_SCIPY_GATHER_ROWS = 64  # above this many rows, scipy's row indexing gathers them faster
+_ONE_SEGMENT = np.zeros(1, dtype=np.intp)  # reduceat offsets for a single row
 
 
 def _first_few(items: Sequence) -> str:
@@ -81,25 +84,35 @@ def _float_array(x) -> np.ndarray:
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
+def _phi_function(params: MigParams, dtype) -> Callable[[np.ndarray], np.ndarray]:
+    c = np.dtype(dtype).type
+    if params.phi == "pow":
+        a, b = c(params.phi_a), c(params.phi_b)
+        return lambda x: np.power(x + a, b)
+    one, rate = c(1), c(-params.phi_alpha)
+    return lambda x: one - np.exp(rate * x)
+
+
+def _phi_prime_function(params: MigParams, dtype) -> Callable[[np.ndarray], np.ndarray]:
+    # the constants are cast to x's dtype first, as the reference's float32 torch code does
+    c = np.dtype(dtype).type
+    if params.phi == "pow":
+        a, b, exponent = c(params.phi_a), c(params.phi_b), c(params.phi_b - 1)
+        return lambda x: b * np.power(x + a, exponent)
+    alpha, rate = c(params.phi_alpha), c(-params.phi_alpha)
+    return lambda x: alpha * np.exp(rate * x)
+
+
 def phi(x, params: MigParams = MigParams()) -> np.ndarray:
     """Information function, elementwise in x's float dtype: (x + a)^b ("pow") or 1 − exp(−αx) ("exp")."""
     x = _float_array(x)
-    c = x.dtype.type
-    if params.phi == "pow":
-        return np.power(x + c(params.phi_a), c(params.phi_b))
-    return c(1) - np.exp(c(-params.phi_alpha) * x)
+    return _phi_function(params, x.dtype)(x)
 
 
 def phi_prime(x, params: MigParams = MigParams()) -> np.ndarray:
-    """Derivative of φ, elementwise in x's float dtype: b·(x + a)^(b−1) ("pow") or α·exp(−αx) ("exp").
-
-    The constants are cast to x's dtype first, as the reference's float32 torch code does.
-    """
+    """Derivative of φ, elementwise in x's float dtype: b·(x + a)^(b−1) ("pow") or α·exp(−αx) ("exp")."""
     x = _float_array(x)
-    c = x.dtype.type
-    if params.phi == "pow":
-        return c(params.phi_b) * np.power(x + c(params.phi_a), c(params.phi_b - 1))
-    return c(params.phi_alpha) * np.exp(c(-params.phi_alpha) * x)
+    return _phi_prime_function(params, x.dtype)(x)
 
 
 def build_label_graph(embeddings, tau: float = 0.9) -> sp.csr_array:
@@ -177,7 +190,8 @@ def sample_label_matrix(label_indptr, label_indices, scores, n_labels: int, norm
     """
     indptr = np.asarray(label_indptr, dtype=np.int64)
     indices = np.asarray(label_indices, dtype=np.int64)
-    if indptr.ndim != 1 or len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
+    well_formed = indptr.ndim == 1 and len(indptr) > 0 and indptr[0] == 0 and indptr[-1] == len(indices)
+    if not well_formed or (np.diff(indptr) < 0).any():
         raise ValueError("label_indptr must be non-decreasing offsets from 0 to len(label_indices)")
     if len(indices) and not 0 <= indices.min() <= indices.max() < n_labels:
         raise ValueError(f"label indices must lie in [0, {n_labels})")
@@ -231,15 +245,17 @@ def build_problem(
     n_samples = len(label_indptr) - 1
     _require_samples(n_samples)
     ids = np.asarray(label_ids, dtype=np.int64)
-    used_ids = np.unique(ids)
+    if len(ids) and not 0 <= ids.min() <= ids.max() < len(vocabulary):
+        raise ValueError(f"label ids must lie in [0, {len(vocabulary)})")
+    used_ids = np.flatnonzero(np.bincount(ids, minlength=len(vocabulary)))
     used_names = [vocabulary[i] for i in used_ids.tolist()]
     if len(set(used_names)) != len(used_names):
         raise ValueError("vocabulary must not repeat a label")
-    rank = sorted(range(len(used_names)), key=used_names.__getitem__)
-    labels = [used_names[r] for r in rank]
-    column_of_used = np.empty(len(rank), dtype=np.int64)
-    column_of_used[rank] = np.arange(len(rank))
-    columns = column_of_used[np.searchsorted(used_ids, ids)]
+    by_name = sorted(range(len(used_names)), key=used_names.__getitem__)
+    labels = [used_names[i] for i in by_name]
+    column_of_id = np.full(len(vocabulary), -1, dtype=np.int64)
+    column_of_id[used_ids[by_name]] = np.arange(len(by_name))
+    columns = column_of_id[ids]
 
     embeddings = np.asarray(embed_labels(labels), dtype=np.float32) if labels else np.zeros((0, 1), np.float32)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
@@ -284,29 +300,42 @@ class MigSelection:
 class _GradientGain:
     """gain_i = Σ_l Y_il φ'(s_l); s and φ'(s) in float32 as in the reference, products summed in float64."""
 
+    coverage_dtype = np.float32
+
     def __init__(self, n_labels: int, params: MigParams):
         self.params = params
+        self.derivative = _phi_prime_function(params, np.float32)
         self.coverage = np.zeros(n_labels, dtype=np.float32)
-        self.weights = phi_prime(self.coverage, params).astype(np.float64)
+        self.weights = self.derivative(self.coverage).astype(np.float64)
 
     def terms(self, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
         return values * self.weights[labels]
 
+    @staticmethod
+    def terms_at(coverage: np.ndarray, values: np.ndarray, params: MigParams) -> np.ndarray:
+        return values * phi_prime(coverage, params).astype(np.float64)
+
     def add(self, labels: np.ndarray, values: np.ndarray) -> None:
-        self.coverage[labels] += values
-        self.weights[labels] = phi_prime(self.coverage[labels], self.params)
+        updated = self.coverage[labels] + values
+        self.coverage[labels] = updated
+        self.weights[labels] = self.derivative(updated)
 
 
 class _ExactGain:
     """gain_i = Σ_l φ(s_l + Y_il) − φ(s_l), in float64."""
+
+    coverage_dtype = np.float64
 
     def __init__(self, n_labels: int, params: MigParams):
         self.params = params
         self.coverage = np.zeros(n_labels, dtype=np.float64)
 
     def terms(self, labels: np.ndarray, values: np.ndarray) -> np.ndarray:
-        before = self.coverage[labels]
-        return phi(before + values, self.params) - phi(before, self.params)
+        return self.terms_at(self.coverage[labels], values, self.params)
+
+    @staticmethod
+    def terms_at(coverage: np.ndarray, values: np.ndarray, params: MigParams) -> np.ndarray:
+        return phi(coverage + values, params) - phi(coverage, params)
 
     def add(self, labels: np.ndarray, values: np.ndarray) -> None:
         self.coverage[labels] += values
@@ -315,110 +344,115 @@ class _ExactGain:
 _GAIN_MODELS = {"gradient": _GradientGain, "exact": _ExactGain}
 
 
+def _row_entries(Y: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stored (label, value) entries of ``rows``, concatenated, with each row's offset and count."""
+    if len(rows) > _SCIPY_GATHER_ROWS:
+        picked = Y[rows]
+        return picked.indices, picked.data, picked.indptr[:-1], np.diff(picked.indptr)
+    starts = Y.indptr[rows]
+    counts = Y.indptr[rows + 1] - starts
+    offsets = np.cumsum(counts) - counts
+    positions = np.arange(counts.sum()) + np.repeat(starts - offsets, counts)
+    return Y.indices[positions], Y.data[positions], offsets, counts
+
+
+def _row_gain(Y: sp.csr_array, model: _GradientGain | _ExactGain, row: int) -> float:
+    """Gain of one row, summed exactly as :func:`_gains` sums it (``reduceat`` over the row's terms)."""
+    entries = slice(Y.indptr[row], Y.indptr[row + 1])
+    terms = model.terms(Y.indices[entries], Y.data[entries])
+    return float(np.add.reduceat(terms, _ONE_SEGMENT)[0]) if len(terms) else 0.0
+
+
 def _gains(Y: sp.csr_array, model: _GradientGain | _ExactGain, rows: np.ndarray | None = None) -> np.ndarray:
     """Gains of ``rows`` of Y (all rows when None) in the model's current state.
 
-    Every gain, initial or re-evaluated, is computed here the same way: per-row sums by
-    ``np.add.reduceat``, whose result for a row depends only on that row's terms. So a row always
-    gets the same gain in the same state, whatever batch it is evaluated in.
+    Every gain, initial or re-evaluated, is summed the same way, by ``np.add.reduceat``, whose
+    result for a row depends only on that row's terms: a row gets the same gain in the same
+    state whatever batch it is evaluated in, so stale gains stay exact upper bounds.
     """
     if rows is None:
-        starts, counts = Y.indptr[:-1], np.diff(Y.indptr)
-        labels, values = Y.indices, Y.data
+        labels, values, offsets, counts = Y.indices, Y.data, Y.indptr[:-1], np.diff(Y.indptr)
     else:
-        starts = Y.indptr[rows]
-        counts = Y.indptr[rows + 1] - starts
-        local_starts = np.cumsum(counts) - counts
-        positions = np.arange(local_starts[-1] + counts[-1]) + np.repeat(starts - local_starts, counts)
-        labels, values, starts = Y.indices[positions], Y.data[positions], local_starts
+        labels, values, offsets, counts = _row_entries(Y, rows)
     terms = model.terms(labels, values)
+    if not len(terms):
+        return np.zeros(len(counts))
+    if counts.all():
+        return np.add.reduceat(terms, offsets)
     sums = np.zeros(len(counts))
     nonempty = counts > 0
-    if len(terms):
-        sums[nonempty] = np.add.reduceat(terms, starts[nonempty])
+    sums[nonempty] = np.add.reduceat(terms, offsets[nonempty])
     return sums
 
 
 class _LazyFrontier:
-    """Unpicked rows ordered by key = −(stale gain), for lazy greedy: the lowest key is the best candidate.
+    """Unpicked rows with their stale gains, for lazy greedy; keys are −gain, so lower is better.
 
-    Stale gains are upper bounds of the current ones. The rows with key <= ``limit`` form the
-    frontier, kept sorted by (key, row) in the columns of ``front`` (rows: key, row, stamp; all
-    float64, exact for row numbers and picks). Every other unpicked row has a key above ``limit``
-    in ``all_keys``, so it cannot beat a frontier row whose fresh key is <= limit. A stamp is the
-    pick at which the key was computed: a key is exact only during that pick. When the frontier
-    can no longer prove the best row, it is refilled from ``all_keys`` in O(N).
+    Stale gains are upper bounds of the current ones. The frontier holds the rows whose key is
+    <= ``limit``, in row order, so ``argmin`` over its keys picks the max gain with ties going to
+    the lowest row. Every other unpicked row has a key above ``limit`` (in ``all_keys``), so it
+    cannot beat a frontier row whose fresh key is <= limit. ``stamps`` holds the pick at which each
+    key was computed: a key is exact only during that pick. Picked rows get key +inf. When the
+    frontier can no longer prove the best row, it is rebuilt from ``all_keys`` in O(N).
     """
 
-    def __init__(self, gains: np.ndarray, evaluate: Callable[[np.ndarray], np.ndarray], size: int):
-        self.evaluate = evaluate
+    def __init__(
+        self,
+        gains: np.ndarray,
+        evaluate: Callable[[np.ndarray], np.ndarray],
+        evaluate_row: Callable[[int], float],
+        size: int,
+    ):
+        self.evaluate, self.evaluate_row = evaluate, evaluate_row
         self.size = size
         self.all_keys = -gains
-        self.all_stamps = np.zeros(len(gains))
+        self.all_stamps = np.zeros(len(gains), dtype=np.int64)
         self.evaluations = len(gains)
-        self.front = np.empty((3, 0))
+        self.sample_stride = max(1, len(gains) // _FRONTIER_SAMPLE)
+        self.rows = np.empty(0, dtype=np.int64)
+        self.keys = np.empty(0)
+        self.stamps = np.empty(0, dtype=np.int64)
         self.limit = -np.inf
 
-    def pop_best(self, pick: int, previous_gain: float) -> tuple[int, float]:
+    def pop_best(self, pick: int) -> tuple[int, float]:
         """Remove and return (row, gain) of the best row at this pick: max gain, then lowest row."""
-        # Gains only shrink, so every stale key above the winner's must be re-evaluated. The
-        # previous pick's gain bounds the winner's from above: the first batch is every row whose
-        # stale gain reaches it (at least the top row). Then the best fresh key bounds the winner's
-        # from below: the next batch is every stale row ranked above it, after which the top is fresh.
-        first_fresh = 0  # no key is fresh when a pick starts
+        # Gains only shrink, so a row can only win if its stale key is at least as good as the best
+        # fresh key. Re-evaluate the top row; then, while the top is stale, every stale row that is
+        # at least as good as the best fresh key, in one batch.
+        best_fresh = np.inf
         while True:
-            keys, rows, stamps = self.front
-            if not len(keys) or keys[0] > self.limit:
+            best = int(self.keys.argmin()) if len(self.keys) else -1
+            if best < 0 or self.keys[best] > self.limit:
                 self._refill()
-                fresh = np.flatnonzero(self.front[2] == pick)
-                first_fresh = fresh[0] if len(fresh) else 0
-            elif stamps[0] == pick:
-                self.front = self.front[:, 1:]
-                row = int(rows[0])
-                self.all_keys[row] = np.inf
-                return row, -float(keys[0])
-            elif first_fresh:
-                first_fresh = self._reevaluate(first_fresh, pick)
+            elif self.stamps[best] == pick:
+                row, key = int(self.rows[best]), float(self.keys[best])
+                self.keys[best] = np.inf
+                return row, -key
+            elif best_fresh == np.inf:
+                best_fresh = self.keys[best] = -self.evaluate_row(int(self.rows[best]))
+                self.stamps[best] = pick
+                self.evaluations += 1
             else:
-                first_fresh = self._reevaluate(max(1, np.searchsorted(keys, -previous_gain, "right")), pick)
-
-    def _reevaluate(self, n_stale: int, pick: int) -> int:
-        """Re-evaluate the first n_stale rows and merge them back; return the position of the best of them."""
-        keys, rows, _ = self.front
-        batch_rows = rows[:n_stale]
-        batch_keys = -self.evaluate(batch_rows.astype(np.int64))
-        self.evaluations += n_stale
-        by_key = np.lexsort((batch_rows, batch_keys))
-        batch = np.stack([batch_keys[by_key], batch_rows[by_key], np.full(n_stale, float(pick))])
-        rest_keys, rest_rows = keys[n_stale:], rows[n_stale:]
-        positions = np.searchsorted(rest_keys, batch[0], "left")
-        for i in np.flatnonzero(np.searchsorted(rest_keys, batch[0], "right") > positions):
-            # equal keys are ordered by row: the lowest row wins a tie
-            equal = slice(positions[i], np.searchsorted(rest_keys, batch[0, i], "right"))
-            positions[i] += np.searchsorted(rest_rows[equal], batch[1, i])
-        # Only the front part up to the last insertion point changes: merge it in place.
-        span = n_stale + positions[-1]
-        slots = positions + np.arange(n_stale)
-        kept = np.ones(span, dtype=bool)
-        kept[slots] = False
-        merged = np.empty((3, span))
-        merged[:, slots] = batch
-        merged[:, kept] = self.front[:, n_stale:span]
-        self.front[:, :span] = merged
-        return int(positions[0])
+                stale = np.flatnonzero(self.keys <= best_fresh)
+                stale = stale[self.stamps[stale] != pick]
+                self.keys[stale] = -self.evaluate(self.rows[stale])
+                self.stamps[stale] = pick
+                self.evaluations += len(stale)
+                best_fresh = min(best_fresh, self.keys[stale].min())
 
     def _refill(self) -> None:
-        """Put the frontier back and rebuild it from the ``size`` best keys, keeping at least its best row."""
-        keys, rows, stamps = self.front
-        self.all_keys[rows.astype(np.int64)] = keys
-        self.all_stamps[rows.astype(np.int64)] = stamps
-        size = min(self.size, len(self.all_keys))
-        limit = np.partition(self.all_keys, size - 1)[size - 1]
-        if len(keys):
-            limit = max(limit, keys[0])
-        members = np.flatnonzero(self.all_keys <= limit)
-        members = members[np.lexsort((members, self.all_keys[members]))]
-        self.front = np.stack([self.all_keys[members], members, self.all_stamps[members]])
+        """Put the frontier back and rebuild it from about the ``size`` best keys, and at least its best row."""
+        self.all_keys[self.rows] = self.keys
+        self.all_stamps[self.rows] = self.stamps
+        # the limit is estimated from a strided sample of the keys (exact when N is small)
+        sample = self.all_keys[:: self.sample_stride]
+        rank = min(len(sample), max(1, self.size // self.sample_stride)) - 1
+        limit = np.partition(sample, rank)[rank]
+        if len(self.keys) and self.keys.min() < np.inf:
+            limit = max(limit, self.keys.min())
+        self.rows = np.flatnonzero(self.all_keys <= limit)
+        self.keys = self.all_keys[self.rows]
+        self.stamps = self.all_stamps[self.rows]
         self.limit = limit
 
 
@@ -440,39 +474,68 @@ def _budget(n_samples: int, k: int) -> int:
 
 
 def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3) -> MigSelection:
-    """Greedy MIG selection of k rows of Y (lazy greedy, same picks as the reference's full re-scan).
+    """Greedy MIG selection of k rows of Y: the reference's picks, by lazy greedy.
 
     Each step picks argmax_i gain_i(s) over unpicked rows, ties to the lowest index, then s += Y_i.
-    Gains never grow as s grows (Y ≥ 0, φ concave), so stale gains are upper bounds: the heap pops
-    the best stale (gain, −index), re-evaluates it, and accepts it if it still beats the next key.
-    With k ≥ N every row is returned, in greedy order (the reference crashes there); k = 0 gives
-    an empty selection. Rows without labels have gain 0 and remain candidates. Y is used as float32.
+    Gains never grow as s grows (Y ≥ 0, φ concave), so a stale gain bounds the current one and
+    only rows whose stale gain could still win are re-evaluated (spec §2.5). With k ≥ N every row
+    is returned, in greedy order (the reference crashes there); k = 0 gives an empty selection.
+    Rows without labels have gain 0 and remain candidates. Y is used as float32.
     """
     Y = _propagated_matrix(Y)
     n_samples, n_labels = Y.shape
     k = _budget(n_samples, k)
     model = _GAIN_MODELS[params.gain](n_labels, params)
-    indptr, indices, data = Y.indptr, Y.indices, Y.data
-
-    frontier = _LazyFrontier(_gains(Y, model), lambda rows: _gains(Y, model, rows), _FRONTIER_SIZE)
-
+    frontier = _LazyFrontier(
+        _gains(Y, model), lambda rows: _gains(Y, model, rows), lambda row: _row_gain(Y, model, row), _FRONTIER_SIZE
+    )
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float64)
-    objective = np.empty(k, dtype=np.float64)
-    top_labels = np.full((k, n_top_labels), -1, dtype=np.int64)
-    information = float(phi(np.zeros(n_labels), params).sum())
     for pick in range(k):
-        row, gain = frontier.pop_best(pick, gains[pick - 1] if pick else np.inf)
-        order[pick], gains[pick] = row, gain
-        labels = indices[indptr[row] : indptr[row + 1]]
-        values = data[indptr[row] : indptr[row + 1]]
-        top = labels[np.argsort(-model.terms(labels, values), kind="stable")[:n_top_labels]]
-        top_labels[pick, : len(top)] = top
-        before = model.coverage[labels].astype(np.float64)
-        model.add(labels, values)
-        information += float((phi(model.coverage[labels].astype(np.float64), params) - phi(before, params)).sum())
-        objective[pick] = information
+        row, gains[pick] = frontier.pop_best(pick)
+        order[pick] = row
+        entries = slice(Y.indptr[row], Y.indptr[row + 1])
+        model.add(Y.indices[entries], Y.data[entries])
+    objective, top_labels = _replay(Y, order, model, n_top_labels)
     return MigSelection(order, gains, objective, model.coverage.copy(), top_labels, frontier.evaluations)
+
+
+def _replay(
+    Y: sp.csr_array, order: np.ndarray, model: _GradientGain | _ExactGain, n_top_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """E(S) after each pick, and each pick's top contributing labels, recomputed after the greedy loop.
+
+    Per label, a running sum in pick order and in the coverage dtype reproduces s exactly as the
+    loop accumulated it, so each pick's terms are the ones its gain was computed from.
+    """
+    params, n_picks = model.params, len(order)
+    labels, values, offsets, counts = _row_entries(Y, order)  # pick by pick, labels ascending
+    picks = np.repeat(np.arange(n_picks), counts)
+    # a stable sort keeps pick order within each label; 16-bit keys sort in linear time
+    by_label = np.argsort(labels.astype(np.uint16) if Y.shape[1] <= 1 << 16 else labels, kind="stable")
+    sorted_values = values[by_label].astype(model.coverage_dtype)
+    after, before = np.empty_like(sorted_values), np.zeros_like(sorted_values)
+    group_starts = np.flatnonzero(np.diff(labels[by_label], prepend=-1)).tolist()
+    for start, stop in zip(group_starts, [*group_starts[1:], len(labels)]):
+        np.cumsum(sorted_values[start:stop], out=after[start:stop])
+        before[start + 1 : stop] = after[start : stop - 1]
+
+    gained = phi(after.astype(np.float64), params) - phi(before.astype(np.float64), params)
+    initial = float(phi(np.zeros(Y.shape[1]), params).sum())
+    objective = initial + np.cumsum(np.bincount(picks[by_label], weights=gained, minlength=n_picks))
+
+    terms = np.empty(len(labels))
+    terms[by_label] = model.terms_at(before, sorted_values, params)
+    top_labels = np.full((n_picks, n_top_labels), -1, dtype=np.int64)
+    nonempty = counts > 0
+    for rank in range(min(n_top_labels, int(counts.max(initial=0)))):
+        # the first maximum of each pick's remaining terms: its largest, ties to the lowest label
+        best = np.repeat(np.maximum.reduceat(terms, offsets[nonempty]), counts[nonempty])
+        candidates = np.flatnonzero((terms == best) & (terms > -np.inf))
+        first = candidates[np.diff(picks[candidates], prepend=-1) > 0]
+        top_labels[picks[first], rank] = labels[first]
+        terms[first] = -np.inf
+    return objective, top_labels
 
 
 def select_dense(Y, k: int, params: MigParams = MigParams(), *, gain_dtype=np.float64) -> np.ndarray:
@@ -480,10 +543,10 @@ def select_dense(Y, k: int, params: MigParams = MigParams(), *, gain_dtype=np.fl
 
     Each step recomputes every gain and masks picked rows (rather than gathering the remaining
     rows, as the reference does; same result). ``gain_dtype=np.float32`` computes the gradient
-    gains as the reference does, a float32 GEMV; float64 matches :func:`select`'s arithmetic.
-    Needs N×L memory. Returns the picked row indices, in order.
+    gains as the reference does, with a float32 GEMV; float64 has :func:`select`'s precision (only
+    the summation order differs). Needs N×L memory. Returns the picked row indices, in order.
     """
-    dense = _propagated_matrix(Y).toarray().astype(gain_dtype)
+    dense = _propagated_matrix(Y).toarray().astype(gain_dtype, copy=False)
     n_samples, n_labels = dense.shape
     k = _budget(n_samples, k)
     coverage = np.zeros(n_labels, dtype=np.float32 if params.gain == "gradient" else np.float64)

@@ -110,9 +110,10 @@ def read_pool(path: str | os.PathLike, valid_tags: Collection[str] | None = None
     - Score = mean over turns of quality × complexity (float64, summed turn by turn as the reference does).
     - Labels = the string tags of ``instag.content`` that are in ``valid_tags`` (every string tag if None),
       order and duplicates kept; an empty ``content`` keeps the record with no labels.
-    - A line that is not a JSON object, or whose annotation cannot be read (no ``content`` or score
-      lists, an empty ``quality_scores``, fewer complexity than quality scores, non-numbers), raises
-      ValueError naming the file and line: the reference crashes on such lines as well.
+    - A line that is not valid JSON, or whose annotation cannot be read (no ``content`` or score lists,
+      an empty ``quality_scores``, fewer complexity than quality scores, non-numbers), raises
+      ValueError naming the file and line, as the reference crashes on it. So does a line that is
+      not a JSON object, which the reference mostly skips silently.
     """
     path = Path(path)
     coder = _TagCoder(valid_tags)
@@ -149,10 +150,7 @@ def read_pool(path: str | os.PathLike, valid_tags: Collection[str] | None = None
                 f"{path}:{number + 1}: not valid JSON ({error}); the reference loader fails on this line too"
             ) from None
         except (AttributeError, KeyError, IndexError, TypeError, ArithmeticError) as error:
-            raise ValueError(
-                f"{path}:{number}: unreadable record ({type(error).__name__}: {error}); "
-                "the reference loader fails on this line too"
-            ) from None
+            raise ValueError(f"{path}:{number}: unreadable record ({type(error).__name__}: {error})") from None
         tag_codes.append(coder.encode(raw_tags))
         n_lines += len(lines)
 

@@ -7,8 +7,17 @@ none after normalization), ``no_annotation`` (imported backend, the record carri
 
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
 import pyarrow as pa
 
+from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.llm import LLMBackend, Sampling
+from mig_assets.core.tag_prompts import ParsedTags, TagPrompt, parse_tag_output
 from mig_assets.core.tags import normalize_tags
 
 TAG_ROW_SCHEMA = pa.schema(
@@ -22,6 +31,8 @@ TAG_ROW_SCHEMA = pa.schema(
         ("backend", pa.string()),
         ("model", pa.string()),
         ("prompt_version", pa.string()),
+        ("truncated", pa.bool_()),
+        ("attempts", pa.int32()),
     ]
 )
 
@@ -41,6 +52,155 @@ def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
                 "backend": "imported",
                 "model": "",
                 "prompt_version": "",
+                "truncated": False,
+                "attempts": 0,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)
+
+
+CACHE_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("surface_tags", pa.list_(pa.string())),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("attempts", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("input_tokens", pa.int64()),
+        ("raw_output", pa.string()),
+    ]
+)
+
+
+class TagCache:
+    """Tag results per (model, prompt fingerprint, sampling) in append-only batch files.
+
+    A batch file is written atomically once its samples are tagged, so killing a run loses at most
+    the batch in flight and a re-run tags only the samples no batch file holds.
+    """
+
+    def __init__(self, folder: Path, model_id: str, prompt: TagPrompt, sampling: Sampling):
+        self.key = f"{prompt.version}-{prompt.fingerprint}-{sampling.key()}"
+        self.folder = Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}"
+
+    def lookup(self, sample_ids: list[str]) -> dict[str, dict]:
+        files = sorted(self.folder.glob("batch-*.parquet"))
+        if not files or not sample_ids:
+            return {}
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(files, schema=CACHE_SCHEMA).to_table(filter=pc.field("sample_id").isin(sample_ids))
+        return {row["sample_id"]: row for row in table.to_pylist()}
+
+    def append(self, rows: list[dict]) -> Path:
+        name = f"batch-{time.time_ns()}-{os.getpid()}.parquet"
+        return write_parquet_atomic(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), self.folder / name)
+
+
+@dataclass
+class TaggingStats:
+    samples: int = 0
+    cached: int = 0
+    tagged: int = 0
+    statuses: dict = field(default_factory=dict)
+    truncated: int = 0
+    input_tokens: int = 0
+    generate_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.tagged / self.seconds if self.seconds else 0.0
+
+
+def query_text(messages: list[dict], include_response: bool = False) -> str:
+    """What the tagger reads: the user turns (and the assistant turns on request), in order."""
+    roles = ("user", "assistant") if include_response else ("user",)
+    return "\n\n".join(m["content"] for m in messages if m["role"] in roles)
+
+
+def tag_samples(
+    samples: list[tuple[str, str]],
+    backend: LLMBackend,
+    prompt: TagPrompt,
+    cache: TagCache,
+    *,
+    sampling: Sampling = Sampling(),
+    max_input_tokens: int = 1536,
+    batch_size: int = 256,
+    max_attempts: int = 3,
+    retry_temperature: float = 0.7,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict[str, dict], TaggingStats]:
+    """Tag ``(sample_id, text)`` pairs not already in ``cache``; returns every sample's result row.
+
+    Failed answers are retried up to ``max_attempts`` in all, with sampling at ``retry_temperature``
+    and a per-attempt seed (greedy decoding would repeat the same answer). Results are appended to
+    the cache batch by batch.
+    """
+    started = time.perf_counter()
+    ids = list(dict.fromkeys(sample_id for sample_id, _ in samples))
+    results = cache.lookup(ids)
+    stats = TaggingStats(samples=len(ids), cached=len(results))
+    todo = [(i, t) for i, t in dict(samples).items() if i not in results]
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        rows = _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
+        cache.append(rows)
+        results.update((row["sample_id"], row) for row in rows)
+        stats.tagged += len(rows)
+        elapsed = time.perf_counter() - started
+        log(f"tagged {stats.tagged:,}/{len(todo):,} new samples ({stats.tagged / elapsed:.2f} samples/s), {stats.cached:,} from cache")
+    stats.seconds = time.perf_counter() - started
+    for row in results.values():
+        stats.statuses[row["status"]] = stats.statuses.get(row["status"], 0) + 1
+    return results, stats
+
+
+def _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
+    rows = {}
+    conversations = {}
+    for sample_id, text in batch:
+        cut, truncated, n_tokens = backend.truncate(text, max_input_tokens)
+        stats.truncated += truncated
+        stats.input_tokens += n_tokens
+        conversations[sample_id] = prompt.messages(cut)
+        rows[sample_id] = {"sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
+    pending = list(conversations)
+    for attempt in range(1, max_attempts + 1):
+        attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)
+        clock = time.perf_counter()
+        answers = backend.complete([conversations[i] for i in pending], prompt.schema, attempt_sampling)
+        stats.generate_seconds += time.perf_counter() - clock
+        still_failing = []
+        for sample_id, answer in zip(pending, answers):
+            parsed = parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error")
+            rows[sample_id] |= {
+                "tags": parsed.tags, "surface_tags": parsed.surface_tags, "status": parsed.status,
+                "reason": parsed.reason, "attempts": attempt, "raw_output": answer,
+            }
+            if parsed.status == "failed":
+                still_failing.append(sample_id)
+        pending = still_failing
+        if not pending:
+            break
+    return [rows[sample_id] for sample_id, _ in batch]
+
+
+def cached_tag_rows(results: dict[str, dict], sample_ids: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:
+    """The shard's atomic_tags table from tagging results, one row per sample in ``sample_ids`` order."""
+    rows = []
+    for sample_id in sample_ids:
+        result = results[sample_id]
+        rows.append(
+            {
+                "sample_id": sample_id, "shard": shard, "tags": result["tags"] if result["status"] != "failed" else [],
+                "surface_tags": result["surface_tags"], "status": result["status"], "reason": result["reason"],
+                "backend": backend, "model": model, "prompt_version": prompt_version,
+                "truncated": result["truncated"], "attempts": result["attempts"],
             }
         )
     return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)

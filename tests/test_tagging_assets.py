@@ -1,0 +1,86 @@
+"""atomic_tags as a Dagster asset: statuses, the blocking failure-rate check, versions, and a real kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from mig_assets.core.tag_prompts import PROMPTS
+from mig_assets.pool.assets import raw_pool
+from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
+from tests.conftest import REAL_DATA, REPO_ROOT, materialize_shards
+from tests.fakes import FakeTagger
+
+
+def ingest_lines(layout, instance, resources, name, lines):
+    path = layout.incoming_dir / name
+    path.write_text("\n".join(lines) + "\n")
+    materialize_shards(instance, resources, layout, [path])
+    return layout.shard_key(path)
+
+
+def test_llm_tags_with_statuses_metadata_and_cache(layout, instance, resources):
+    lines = (REAL_DATA / "mt_bench_questions.jsonl").read_text().splitlines()[:6]
+    shard = ingest_lines(layout, instance, resources, "mt.jsonl", lines)
+    tagger = FakeTagger()
+    asset = build_atomic_tags(tagger.version())
+    run = dict(instance=instance, partition_key=shard, resources={**resources, "tagger": tagger})
+    first = dg.materialize([asset], **run).asset_materializations_for_node("atomic_tags")[0].metadata
+    second = dg.materialize([asset], **run).asset_materializations_for_node("atomic_tags")[0].metadata
+    assert (first["newly_tagged"].value, first["from_cache"].value) == (6, 0)
+    assert (second["newly_tagged"].value, second["from_cache"].value) == (0, 6)
+    assert first["statuses"].value == {"ok": 6} and first["model"].value == "fake-model"
+    rows = pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist()
+    assert len(rows) == 6 and all(r["tags"] and r["backend"] == "vllm" and r["prompt_version"] == "atomic-v1" for r in rows)
+
+
+def test_failure_rate_check_blocks_downstream(layout, instance, resources):
+    shard = ingest_lines(layout, instance, resources, "q.jsonl", [json.dumps({"prompt": f"question {i}"}) for i in range(10)])
+    tagger = FakeTagger(script_json=json.dumps({f"question {i}": ["not json"] for i in range(3)}))
+    asset = build_atomic_tags(tagger.version())
+    result = dg.materialize(
+        [asset, tag_vocabulary], partition_key=shard, instance=instance, raise_on_error=False,
+        resources={**resources, "tagger": tagger},
+    )
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "tagging_failure_rate"]
+    assert not check.passed and check.metadata["failure_rate"].value == 0.3
+    assert {e["reason"] for e in check.metadata["examples"].value} == {"not JSON: 'not json'"}
+    assert not result.success and result.asset_materializations_for_node("tag_vocabulary") == []
+    failed = [r for r in pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist() if r["status"] == "failed"]
+    assert len(failed) == 3 and all(r["tags"] == [] for r in failed)  # recorded, never given default tags
+
+
+def test_changing_prompt_or_model_changes_the_code_version():
+    base = FakeTagger()
+    assert FakeTagger(prompt_version="instag-v1").version() != base.version()
+    assert FakeTagger(model="other-model").version() != base.version()
+    assert FakeTagger(max_tokens=200).version() != base.version()
+    assert build_atomic_tags(base.version()).code_versions_by_key[dg.AssetKey("atomic_tags")] == f"tags-{base.version()}"
+    assert set(PROMPTS) == {"atomic-v1", "instag-v1"}
+
+
+def test_killed_mid_shard_rerun_tags_only_the_rest_without_duplicates(layout, instance, resources):
+    lines = [json.dumps({"prompt": f"explain topic number {i}"}) for i in range(12)]
+    shard = ingest_lines(layout, instance, resources, "slow.jsonl", lines)
+    command = [sys.executable, "-m", "tests.fakes", str(layout.home), shard]
+    process = subprocess.Popen(command + ["1.0", "2"], cwd=REPO_ROOT, start_new_session=True)
+    cache_root = layout.warehouse_dir / "tag_cache"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cache_root.rglob("batch-*.parquet"))) < 2:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # a real kill, mid-shard
+    process.wait()
+    done_before = {r["sample_id"] for f in cache_root.rglob("batch-*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert 2 <= len(done_before) < 12
+    assert not layout.shard_file("atomic_tags", shard).exists()
+
+    subprocess.run(command + ["0", "2"], cwd=REPO_ROOT, check=True, timeout=300)
+    batches = [pq.read_table(f).column("sample_id").to_pylist() for f in cache_root.rglob("batch-*.parquet")]
+    all_ids = [i for batch in batches for i in batch]
+    assert len(all_ids) == len(set(all_ids)) == 12  # every sample tagged exactly once
+    assert pq.read_table(layout.shard_file("atomic_tags", shard)).num_rows == 12
