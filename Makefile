@@ -29,7 +29,9 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_ingest.py
+	$(PY) benchmarks/bench_mig.py --size small
+	$(PY) benchmarks/bench_tagging.py --samples 200
 
 dev: setup
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/mig_home/dagster} $(VENV)/bin/dagster dev

@@ -62,6 +62,7 @@ class VllmBackend:
     enable_prefix_caching: bool = True
     cpu_kv_cache_gib: int = 2
     model_id: str = ""
+    load_seconds: float = 0.0
     _llm: object = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -69,6 +70,7 @@ class VllmBackend:
 
     def engine(self):
         if self._llm is None:
+            started = time.perf_counter()
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kv_cache_gib))
             from vllm import LLM
 
@@ -85,6 +87,7 @@ class VllmBackend:
                 enforce_eager=not on_gpu,
                 seed=0,
             )
+            self.load_seconds = time.perf_counter() - started
         return self._llm
 
     def complete(self, conversations: list[list[dict]], schema: dict, sampling: Sampling) -> list[str | None]:

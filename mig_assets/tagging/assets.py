@@ -103,6 +103,8 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "model": tagger.model_id,
             "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
             "cache": dg.MetadataValue.path(str(cache.folder)),
+            "generate_seconds": round(stats.generate_seconds, 3),
+            "engine_load_seconds": round(getattr(tagger.llm(), "load_seconds", 0.0), 3),
         }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
     statuses = Counter(table.column("status").to_pylist())
