@@ -22,10 +22,15 @@ def build_resources() -> dict:
 
 atomic_tags = build_atomic_tags(tagger.version())
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
+# GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
+tag_job = dg.define_asset_job(
+    "tag_job", selection=[atomic_tags], executor_def=dg.in_process_executor,
+    description="Tag shards with the configured tagger; launch over many partitions to load the model once.",
+)
 
 defs = dg.Definitions(
     assets=[raw_pool, atomic_tags, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
-    jobs=[ingest_job],
+    jobs=[ingest_job, tag_job],
     sensors=[incoming_shards_sensor],
     resources=build_resources(),
 )

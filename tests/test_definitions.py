@@ -17,6 +17,7 @@ def test_definitions_load_and_validate():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert "raw_pool" in keys
     assert defs.resolve_job_def("ingest_job") is not None
+    assert defs.resolve_job_def("tag_job").executor_def.name == "in_process"
     assert defs.resolve_sensor_def("incoming_shards_sensor").default_status == dg.DefaultSensorStatus.RUNNING
 
 

@@ -75,12 +75,12 @@ def test_killed_mid_shard_rerun_tags_only_the_rest_without_duplicates(layout, in
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # a real kill, mid-shard
     process.wait()
-    done_before = {r["sample_id"] for f in cache_root.rglob("batch-*.parquet") for r in pq.read_table(f).to_pylist()}
+    done_before = {r["text_hash"] for f in cache_root.rglob("batch-*.parquet") for r in pq.read_table(f).to_pylist()}
     assert 2 <= len(done_before) < 12
     assert not layout.shard_file("atomic_tags", shard).exists()
 
     subprocess.run(command + ["0", "2"], cwd=REPO_ROOT, check=True, timeout=300)
-    batches = [pq.read_table(f).column("sample_id").to_pylist() for f in cache_root.rglob("batch-*.parquet")]
+    batches = [pq.read_table(f).column("text_hash").to_pylist() for f in cache_root.rglob("batch-*.parquet")]
     all_ids = [i for batch in batches for i in batch]
     assert len(all_ids) == len(set(all_ids)) == 12  # every sample tagged exactly once
     assert pq.read_table(layout.shard_file("atomic_tags", shard)).num_rows == 12

@@ -15,6 +15,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.llm import LLMBackend, Sampling
 from mig_assets.core.tag_prompts import ParsedTags, TagPrompt, parse_tag_output
@@ -61,7 +62,8 @@ def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
 
 CACHE_SCHEMA = pa.schema(
     [
-        ("sample_id", pa.string()),
+        ("text_hash", pa.string()),  # the key: SHA-256 of the text the tagger read
+        ("sample_id", pa.string()),  # the first sample seen with that text
         ("tags", pa.list_(pa.string())),
         ("surface_tags", pa.list_(pa.string())),
         ("status", pa.string()),
@@ -75,25 +77,27 @@ CACHE_SCHEMA = pa.schema(
 
 
 class TagCache:
-    """Tag results per (model, prompt fingerprint, sampling) in append-only batch files.
+    """Tag results per (model, prompt fingerprint, sampling), keyed by the hash of the text tagged,
+    in append-only batch files. Samples that share a prompt (the same question answered by several
+    models, exact duplicates across shards) are tagged once.
 
     A batch file is written atomically once its samples are tagged, so killing a run loses at most
-    the batch in flight and a re-run tags only the samples no batch file holds.
+    the batch in flight and a re-run tags only the texts no batch file holds.
     """
 
     def __init__(self, folder: Path, model_id: str, prompt: TagPrompt, sampling: Sampling):
         self.key = f"{prompt.version}-{prompt.fingerprint}-{sampling.key()}"
         self.folder = Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}"
 
-    def lookup(self, sample_ids: list[str]) -> dict[str, dict]:
+    def lookup(self, text_hashes: list[str]) -> dict[str, dict]:
         files = sorted(self.folder.glob("batch-*.parquet"))
-        if not files or not sample_ids:
+        if not files or not text_hashes:
             return {}
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
 
-        table = ds.dataset(files, schema=CACHE_SCHEMA).to_table(filter=pc.field("sample_id").isin(sample_ids))
-        return {row["sample_id"]: row for row in table.to_pylist()}
+        table = ds.dataset(files, schema=CACHE_SCHEMA).to_table(filter=pc.field("text_hash").isin(text_hashes))
+        return {row["text_hash"]: row for row in table.to_pylist()}
 
     def append(self, rows: list[dict]) -> Path:
         name = f"batch-{time.time_ns()}-{os.getpid()}.parquet"
@@ -135,40 +139,44 @@ def tag_samples(
     retry_temperature: float = 0.7,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict[str, dict], TaggingStats]:
-    """Tag ``(sample_id, text)`` pairs not already in ``cache``; returns every sample's result row.
+    """Tag ``(sample_id, text)`` pairs whose text is not already in ``cache``; returns every
+    sample's result row (keyed by sample_id).
 
     Failed answers are retried up to ``max_attempts`` in all, with sampling at ``retry_temperature``
     and a per-attempt seed (greedy decoding would repeat the same answer). Results are appended to
     the cache batch by batch.
     """
     started = time.perf_counter()
-    ids = list(dict.fromkeys(sample_id for sample_id, _ in samples))
-    results = cache.lookup(ids)
-    stats = TaggingStats(samples=len(ids), cached=len(results))
-    todo = [(i, t) for i, t in dict(samples).items() if i not in results]
+    hash_of = {sample_id: text_hash(text) for sample_id, text in samples}
+    texts = {hash_of[sample_id]: (sample_id, text) for sample_id, text in reversed(samples)}  # first sample wins
+    by_text = cache.lookup(list(texts))
+    stats = TaggingStats(samples=len(hash_of), cached=sum(h in by_text for h in hash_of.values()))
+    todo = [(h, *texts[h]) for h in dict.fromkeys(hash_of.values()) if h not in by_text]
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         rows = _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
         cache.append(rows)
-        results.update((row["sample_id"], row) for row in rows)
+        by_text.update((row["text_hash"], row) for row in rows)
         stats.tagged += len(rows)
         elapsed = time.perf_counter() - started
-        log(f"tagged {stats.tagged:,}/{len(todo):,} new samples ({stats.tagged / elapsed:.2f} samples/s), {stats.cached:,} from cache")
+        log(f"tagged {stats.tagged:,}/{len(todo):,} new texts ({stats.tagged / elapsed:.2f} samples/s), {stats.cached:,} samples from cache")
     stats.seconds = time.perf_counter() - started
+    results = {sample_id: {**by_text[h], "sample_id": sample_id} for sample_id, h in hash_of.items()}
     for row in results.values():
         stats.statuses[row["status"]] = stats.statuses.get(row["status"], 0) + 1
     return results, stats
 
 
 def _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
+    """Tag one batch of (text_hash, sample_id, text); returns cache rows in batch order."""
     rows = {}
     conversations = {}
-    for sample_id, text in batch:
+    for key, sample_id, text in batch:
         cut, truncated, n_tokens = backend.truncate(text, max_input_tokens)
         stats.truncated += truncated
         stats.input_tokens += n_tokens
-        conversations[sample_id] = prompt.messages(cut)
-        rows[sample_id] = {"sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
+        conversations[key] = prompt.messages(cut)
+        rows[key] = {"text_hash": key, "sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
     pending = list(conversations)
     for attempt in range(1, max_attempts + 1):
         attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)
@@ -176,18 +184,18 @@ def _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts,
         answers = backend.complete([conversations[i] for i in pending], prompt.schema, attempt_sampling)
         stats.generate_seconds += time.perf_counter() - clock
         still_failing = []
-        for sample_id, answer in zip(pending, answers):
+        for key, answer in zip(pending, answers):
             parsed = parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error")
-            rows[sample_id] |= {
+            rows[key] |= {
                 "tags": parsed.tags, "surface_tags": parsed.surface_tags, "status": parsed.status,
                 "reason": parsed.reason, "attempts": attempt, "raw_output": answer,
             }
             if parsed.status == "failed":
-                still_failing.append(sample_id)
+                still_failing.append(key)
         pending = still_failing
         if not pending:
             break
-    return [rows[sample_id] for sample_id, _ in batch]
+    return [rows[key] for key, _, _ in batch]
 
 
 def cached_tag_rows(results: dict[str, dict], sample_ids: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:

@@ -27,7 +27,7 @@ class Tagger(dg.ConfigurableResource):
     max_model_len: int = 2048
     max_input_tokens: int = 1536
     include_response: bool = False
-    batch_size: int = 256
+    batch_size: int = 1024  # samples per llm.chat call and per cache file: a crash loses at most one batch
     max_attempts: int = 3
     # vllm
     tensor_parallel_size: int = 1

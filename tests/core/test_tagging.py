@@ -36,8 +36,19 @@ def test_cache_is_reused_and_written_batch_by_batch(tmp_path):
     again = ScriptedBackend()
     (results, second), _ = run(tmp_path, samples + [("new", "one more question")], again, batch_size=4)
     assert (second.cached, second.tagged) == (10, 1) and again.calls[0][0] == 1
-    ids = [r["sample_id"] for f in cache.folder.glob("batch-*.parquet") for r in pq.read_table(f).to_pylist()]
-    assert sorted(ids) == sorted({i for i, _ in samples} | {"new"})  # no duplicates
+    keys = [r["text_hash"] for f in cache.folder.glob("batch-*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(keys) == len(set(keys)) == 11  # no duplicates
+
+
+def test_samples_sharing_a_prompt_are_tagged_once(tmp_path):
+    backend = ScriptedBackend()
+    samples = [("answer-by-model-a", "Explain recursion"), ("answer-by-model-b", "Explain recursion"), ("other", "Sort a list")]
+    (results, stats), cache = run(tmp_path, samples, backend)
+    assert stats.tagged == 2 and backend.calls[0][0] == 2
+    assert results["answer-by-model-a"]["tags"] == results["answer-by-model-b"]["tags"]
+    assert results["answer-by-model-b"]["sample_id"] == "answer-by-model-b"
+    (_, again), _ = run(tmp_path, [("third-copy", "Explain recursion")], ScriptedBackend())
+    assert (again.cached, again.tagged) == (1, 0)
 
 
 def test_long_samples_are_truncated_with_a_flag(tmp_path):
