@@ -5,7 +5,7 @@ Loads in seconds without a GPU: no model library is imported at module level any
 
 import dagster as dg
 
-from mig_assets.embeddings.assets import tag_embeddings
+from mig_assets.embeddings.assets import sample_embeddings, tag_embeddings
 from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.pool.sensors import incoming_shards_sensor
@@ -24,12 +24,12 @@ atomic_tags = build_atomic_tags(tagger.version())
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 # GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
 tag_job = dg.define_asset_job(
-    "tag_job", selection=[atomic_tags], executor_def=dg.in_process_executor,
-    description="Tag shards with the configured tagger; launch over many partitions to load the model once.",
+    "tag_job", selection=[atomic_tags, sample_embeddings], executor_def=dg.in_process_executor,
+    description="Tag and embed shards; launch over many partitions to load each model once.",
 )
 
 defs = dg.Definitions(
-    assets=[raw_pool, atomic_tags, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
+    assets=[raw_pool, atomic_tags, sample_embeddings, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
     jobs=[ingest_job, tag_job],
     sensors=[incoming_shards_sensor],
     resources=build_resources(),

