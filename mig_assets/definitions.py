@@ -5,6 +5,8 @@ Loads in seconds without a GPU: no model library is imported at module level any
 
 import dagster as dg
 
+from mig_assets.automation import automation_sensor
+
 from mig_assets.embeddings.assets import sample_embeddings, tag_embeddings
 from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
@@ -31,6 +33,6 @@ tag_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[raw_pool, atomic_tags, sample_embeddings, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
     jobs=[ingest_job, tag_job],
-    sensors=[incoming_shards_sensor],
+    sensors=[incoming_shards_sensor, automation_sensor],
     resources=build_resources(),
 )

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.automation import on_new_shard, re_select
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.mig import embedding_lookup
@@ -45,6 +46,7 @@ def tag_embeddings_path(warehouse_dir: Path) -> Path:
     kinds={"parquet", "pytorch"},
     code_version=EMBEDDING_CODE_VERSION,
     pool="duckdb",
+    automation_condition=re_select,
     description="A unit-norm vector per canonical tag (sentence-transformers, or precomputed), cached by tag text and model.",
 )
 def tag_embeddings(
@@ -100,6 +102,7 @@ def tag_embeddings(
     code_version=EMBEDDING_CODE_VERSION,
     pool="gpu",
     backfill_policy=dg.BackfillPolicy.single_run(),
+    automation_condition=on_new_shard,
     description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; "
     "feeds baselines, grounding and diagnostics.",
 )

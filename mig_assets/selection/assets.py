@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import Field
 
+from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
 from mig_assets.core.mig import MigParams, build_label_graph
@@ -41,6 +42,7 @@ class LabelGraphConfig(dg.Config):
     kinds={"duckdb", "scipy"},
     code_version="1",
     pool="duckdb",
+    automation_condition=re_select,
     description="The MIG label graph: canonical tags as nodes, cosine similarity >= tau as weighted edges "
     "(tables label_graph_labels, label_graph_edges, label_graph_info).",
 )
@@ -187,6 +189,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         code_version=SELECTION_CODE_VERSION,
         pool="duckdb",
+        automation_condition=re_select,
         tags={"mig/method": spec.method},
         description=spec.description or f"{spec.method} selection ({', '.join(f'{k}={v}' for k, v in spec.budget.items())})",
     )

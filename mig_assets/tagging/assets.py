@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.automation import on_new_shard, re_select
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows, query_text, tag_samples
 from mig_assets.core.tags import normalize_tag
@@ -48,6 +49,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         ],
         pool="gpu",
         backfill_policy=dg.BackfillPolicy.single_run(),
+        automation_condition=on_new_shard,
     )
     def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger):
         shards = {shard: tag_shard(context, warehouse, tagger, shard) for shard in context.partition_keys}
@@ -150,6 +152,7 @@ def _top_tags_md(counts: Counter) -> str:
     kinds={"duckdb"},
     code_version="1",
     pool="duckdb",
+    automation_condition=re_select,
     description="Every canonical tag with the number of kept samples carrying it, and the surface "
     "forms that normalize to it (tables tag_vocabulary and tag_surface_forms).",
 )
