@@ -206,6 +206,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from mig_assets.core.explain import explain
+
+    layout = WarehouseLayout(mig_home())
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        answer = explain(con, args.sample_id, args.selection, args.version)
+    print(json.dumps(answer, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mig-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler-type", choices=["mig", "random"], default="mig")
     sample.add_argument("--gain", choices=["gradient", "exact"], default="gradient")
     sample.set_defaults(func=cmd_sample)
+    why = sub.add_parser("explain", help="lineage of one sample and why it is (not) in a selection")
+    why.add_argument("sample_id", help="a sample_id or an unambiguous prefix of at least 8 characters")
+    why.add_argument("--selection", default=None, help="selection name (default: the latest selection made)")
+    why.add_argument("--version", type=int, default=None, help="selection version (default: the latest)")
+    why.set_defaults(func=cmd_explain)
     return parser
 
 

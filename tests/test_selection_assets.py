@@ -183,3 +183,26 @@ def test_bad_specs_are_refused_with_the_reason(document, message):
 def test_unknown_spec_parameter_is_refused():
     with pytest.raises(ValueError, match="unknown parameters \\['temperature'\\]"):
         config_class_for(SelectionSpec("a", params={"temperature": 1.0}))
+
+
+def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, layout, instance, resources):
+    from mig_assets.core.explain import explain
+
+    run_mig(p2k_pool, instance, resources, selection_config={"budget_count": 40, "budget_fraction": None})
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        picked = con.execute("SELECT sample_id, gain FROM selection_members WHERE rank = 7").fetchall()[0]
+        unpicked = con.execute(
+            "SELECT sample_id FROM samples WHERE imported_tags IS NOT NULL AND len(imported_tags) > 0 AND sample_id NOT IN "
+            "(SELECT sample_id FROM selection_members) ORDER BY sample_id LIMIT 5"
+        ).fetchall()
+        chosen = explain(con, picked[0][:10], "mig_selection")
+        rejected = [explain(con, sid, "mig_selection") for (sid,) in unpicked]
+    assert chosen["source"]["shard"] == "p2k.jsonl" and chosen["source"]["source_file"] == "incoming/p2k.jsonl"
+    line = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[chosen["source"]["line_no"] - 1]
+    assert json.loads(line)["_id"] == chosen["source"]["original_id"]
+    assert chosen["tags"]["backend"] == "imported" and chosen["tags"]["status"] == "ok"
+    assert chosen["selection"]["selected"] and chosen["selection"]["rank"] == 7 and chosen["selection"]["gain"] == picked[1]
+    for answer in rejected:
+        fate = answer["selection"]
+        assert not fate["selected"] and 0 <= fate["gain_at_end"] <= fate["last_pick_gain"]  # greedy: it could not win
+        assert "below the last pick's gain" in fate["why_not"]

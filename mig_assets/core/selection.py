@@ -51,17 +51,18 @@ class SelectionOutcome:
     gain_evaluations: int = 0
 
 
-def quality_scores(imported: list[float | None]) -> tuple[np.ndarray, str]:
+def quality_scores(imported: list[float | None]) -> tuple[np.ndarray, str, float]:
     """Sample weights: the imported Deita score where present; the pool median of those where absent;
-    1.0 everywhere when no sample carries one. Returns the weights and a description of their origin."""
+    1.0 everywhere when no sample carries one. Returns the weights, a description of their origin
+    and the weight given to samples without a score."""
     present = [q for q in imported if q is not None]
     if not present:
-        return np.ones(len(imported)), "uniform (no sample carries an imported quality score)"
+        return np.ones(len(imported)), "uniform (no sample carries an imported quality score)", 1.0
     fill = float(np.median(present))
     scores = np.array([fill if q is None else q for q in imported], dtype=np.float64)
     missing = len(imported) - len(present)
     origin = "imported Deita scores (mean over turns of quality x complexity)"
-    return scores, origin + (f"; {missing} samples without one get the median {fill:.4g}" if missing else "")
+    return scores, origin + (f"; {missing} samples without one get the median {fill:.4g}" if missing else ""), fill
 
 
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:

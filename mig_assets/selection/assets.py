@@ -129,9 +129,10 @@ def config_class_for(spec: SelectionSpec) -> type[SelectionConfig]:
     return type(f"{spec.name.title().replace('_', '')}Config", (SelectionConfig,), {"__annotations__": annotations, **defaults})
 
 
-def load_pool(con) -> tuple[PoolArrays, str, int]:
+def load_pool(con) -> tuple[PoolArrays, str, float, int]:
     """Kept samples (ordered by sample_id) with their tags and weights; samples whose tagging
-    failed are left out. Returns the arrays, the origin of the weights and the number left out."""
+    failed are left out. Returns the arrays, the origin of the weights, the weight given to
+    samples without one, and the number left out."""
     has_tags = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'atomic_tags'").fetchall()[0][0]
     tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_tags else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
     rows = con.execute(
@@ -143,14 +144,14 @@ def load_pool(con) -> tuple[PoolArrays, str, int]:
     ).fetchall()
     failed = sum(1 for r in rows if r[4] == "failed")
     rows = [r for r in rows if r[4] != "failed"]
-    scores, origin = quality_scores([r[2] for r in rows])
+    scores, origin, fill = quality_scores([r[2] for r in rows])
     pool = PoolArrays(
         sample_ids=[r[0] for r in rows],
         tags=[list(r[1]) for r in rows],
         scores=scores,
         tokens=np.array([r[3] for r in rows], dtype=np.int64),
     )
-    return pool, origin, failed
+    return pool, origin, fill, failed
 
 
 def load_graph(con) -> LabelGraph:
@@ -166,10 +167,12 @@ def load_graph(con) -> LabelGraph:
 SELECTION_TABLES = """
 CREATE TABLE IF NOT EXISTS selections (
     selection VARCHAR, version INTEGER, method VARCHAR, budget VARCHAR, n_selected BIGINT, n_pool BIGINT,
-    config JSON, score_origin VARCHAR, objective DOUBLE, export_dir VARCHAR, run_id VARCHAR, created_at TIMESTAMPTZ);
+    config JSON, score_origin VARCHAR, score_fill DOUBLE, objective DOUBLE, export_dir VARCHAR, run_id VARCHAR,
+    created_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS selection_members (
     selection VARCHAR, version INTEGER, rank INTEGER, sample_id VARCHAR, gain DOUBLE, objective DOUBLE,
     top_labels VARCHAR[]);
+CREATE TABLE IF NOT EXISTS selection_coverage (selection VARCHAR, version INTEGER, label VARCHAR, coverage DOUBLE);
 """
 
 
@@ -206,7 +209,7 @@ def materialize_selection(
     started = time.perf_counter()
     with warehouse.connect() as con:
         layout.refresh_catalog(con)
-        pool, score_origin, failed = load_pool(con)
+        pool, score_origin, score_fill, failed = load_pool(con)
         graph = load_graph(con) if spec.method == "mig" else None
     loaded = time.perf_counter()
     params = config.mig_params()
@@ -231,6 +234,19 @@ def materialize_selection(
         )
         con.register("members_arrow", members)
         con.execute("INSERT INTO selection_members SELECT * FROM members_arrow")
+        if graph is not None and outcome.coverage is not None:  # the final s, to explain why a sample was not picked
+            covered = np.flatnonzero(outcome.coverage)
+            coverage = pa.table(
+                {
+                    "selection": [spec.name] * len(covered),
+                    "version": pa.array([version] * len(covered), pa.int32()),
+                    "label": [graph.labels[j] for j in covered],
+                    "coverage": pa.array(outcome.coverage[covered], pa.float64()),
+                }
+            )
+            con.register("coverage_arrow", coverage)
+            con.execute("INSERT INTO selection_coverage SELECT * FROM coverage_arrow")
+            con.unregister("coverage_arrow")
         messages = con.execute(
             "SELECT m.rank, s.sample_id, s.messages FROM members_arrow m JOIN samples s USING (sample_id) ORDER BY m.rank"
         ).fetchall()
@@ -238,10 +254,10 @@ def materialize_selection(
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
         files = write_export(export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name)
         con.execute(
-            "INSERT INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
-                json.dumps(config.model_dump(), sort_keys=True), score_origin,
+                json.dumps(config.model_dump(), sort_keys=True), score_origin, score_fill,
                 float(outcome.objective[-1]) if len(ids) and spec.method == "mig" else None,
                 str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
             ],
