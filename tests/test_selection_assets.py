@@ -206,3 +206,36 @@ def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, lay
         fate = answer["selection"]
         assert not fate["selected"] and 0 <= fate["gain_at_end"] <= fate["last_pick_gain"]  # greedy: it could not win
         assert "below the last pick's gain" in fate["why_not"]
+
+
+def test_reselection_after_the_pool_grows_reports_its_diff_and_a_report(p2k_pool, layout, instance, resources):
+    config = {"budget_count": 60, "budget_fraction": None}
+    run_mig(p2k_pool, instance, resources, selection_config=config)
+    # grow the pool: a new shard of high-quality copies of other samples with fresh wording
+    records = [json.loads(line) for line in (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[1000:1100]]
+    for i, record in enumerate(records):
+        record["dialogs"][0]["content"] = f"(new) {record['dialogs'][0]['content']}"
+        if record.get("annotation", {}).get("deita"):
+            record["annotation"]["deita"]["quality_scores"] = [q * 50 for q in record["annotation"]["deita"]["quality_scores"]]
+    (layout.incoming_dir / "grown.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    instance.add_dynamic_partitions("pool_shards", ["grown.jsonl"])
+    shard_assets = [a for a in p2k_pool if a.partitions_def is not None]
+    dg.materialize(p2k_pool, selection=shard_assets, partition_key="grown.jsonl", instance=instance, resources=resources)
+    result = run_mig(p2k_pool, instance, resources, selection_config=config)
+    metadata = result.asset_materializations_for_node("mig_selection")[0].metadata
+    assert metadata["version"].value == 2 and metadata["added"].value == metadata["removed"].value > 0
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        diff = con.execute(
+            "SELECT d.change, d.reason, s.shard FROM selection_diffs d JOIN samples s USING (sample_id) WHERE d.version = 2"
+        ).fetchall()
+    added = [(reason, shard) for change, reason, shard in diff if change == "added"]
+    removed = [reason for change, reason, _ in diff if change == "removed"]
+    assert any(shard == "grown.jsonl" for _, shard in added)
+    for reason, shard in added:
+        expected = "new sample: shard grown.jsonl" if shard == "grown.jsonl" else "now within the budget"
+        assert reason.startswith(expected), (reason, shard)
+    assert all(reason.startswith("displaced") for reason in removed)
+    report = (layout.exports_dir / "mig_selection" / "v0002" / "report.html").read_text()
+    assert "changes since the previous version" in report and "new sample: shard grown.jsonl" in report
+    assert report.count("data:image/png;base64,") == 3
+    assert "data:image/png;base64," in metadata["plots"].value

@@ -39,8 +39,11 @@ def llama_factory_entry(dataset_name: str) -> dict:
     }
 
 
-def write_export(folder: Path, rows: list[dict], manifest: dict, dataset_name: str) -> dict[str, str]:
-    """Write ``rows`` ({rank, sample_id, messages}) in rank order into ``folder`` (replaced atomically)."""
+def write_export(
+    folder: Path, rows: list[dict], manifest: dict, dataset_name: str, extra_files: dict[str, bytes] | None = None
+) -> dict[str, str]:
+    """Write ``rows`` ({rank, sample_id, messages}) in rank order into ``folder`` (replaced atomically),
+    plus ``extra_files`` (report, plots) by name."""
     folder = Path(folder)
     staging = folder.with_name(f".staging-{folder.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -53,7 +56,10 @@ def write_export(folder: Path, rows: list[dict], manifest: dict, dataset_name: s
     pq.write_table(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA), staging / "data.parquet")
     (staging / "dataset_info.json").write_text(json.dumps(llama_factory_entry(dataset_name), indent=2) + "\n")
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    for name, content in (extra_files or {}).items():
+        (staging / name).write_bytes(content)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(staging, folder)
-    return {name: str(folder / name) for name in ("data.jsonl", "data.parquet", "dataset_info.json", "manifest.json")}
+    names = ("data.jsonl", "data.parquet", "dataset_info.json", "manifest.json", *(extra_files or {}))
+    return {name: str(folder / name) for name in names}

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+from collections import Counter
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic import Field
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
+from mig_assets.core.report import curve_plot, distribution_plot, html_report, markdown_image, score_plot
 from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
 from mig_assets.core.selection import Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection
@@ -173,6 +175,8 @@ CREATE TABLE IF NOT EXISTS selection_members (
     selection VARCHAR, version INTEGER, rank INTEGER, sample_id VARCHAR, gain DOUBLE, objective DOUBLE,
     top_labels VARCHAR[]);
 CREATE TABLE IF NOT EXISTS selection_coverage (selection VARCHAR, version INTEGER, label VARCHAR, coverage DOUBLE);
+CREATE TABLE IF NOT EXISTS selection_diffs (
+    selection VARCHAR, version INTEGER, previous_version INTEGER, sample_id VARCHAR, change VARCHAR, reason VARCHAR);
 """
 
 
@@ -251,8 +255,18 @@ def materialize_selection(
             "SELECT m.rank, s.sample_id, s.messages FROM members_arrow m JOIN samples s USING (sample_id) ORDER BY m.rank"
         ).fetchall()
         con.unregister("members_arrow")
+        diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
+        if diff:
+            con.register("diff_arrow", pa.Table.from_pylist(diff))
+            con.execute("INSERT INTO selection_diffs SELECT * FROM diff_arrow")
+            con.unregister("diff_arrow")
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
-        files = write_export(export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name)
+        plots = _plots(spec, pool, outcome)
+        report = _report(spec, version, pool, outcome, score_origin, plots, diff)
+        files = write_export(
+            export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name,
+            extra_files={"report.html": report.encode(), **{f"{name}.png": png for name, png in plots.items()}},
+        )
         con.execute(
             "INSERT INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -266,10 +280,90 @@ def materialize_selection(
         f"{spec.name} v{version}: {len(ids):,} of {len(pool.sample_ids):,} samples "
         f"(load {loaded - started:.2f}s, select {selected - loaded:.2f}s, persist {time.perf_counter() - selected:.2f}s)"
     )
+    changes = Counter(row["change"] for row in diff)
     return dg.MaterializeResult(
         metadata=_metadata(spec, version, pool, outcome, graph, score_origin, failed, files)
-        | {"seconds_select": round(selected - loaded, 3), "seconds_total": round(time.perf_counter() - started, 3)}
+        | {
+            "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
+            "report": dg.MetadataValue.path(files["report.html"]),
+            "diff_vs_previous": dg.MetadataValue.md(_diff_md(diff, version)) if version > 1 else "first version",
+            "added": changes.get("added", 0),
+            "removed": changes.get("removed", 0),
+            "seconds_select": round(selected - loaded, 3),
+            "seconds_total": round(time.perf_counter() - started, 3),
+        }
     )
+
+
+def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: PoolArrays, outcome: SelectionOutcome) -> list[dict]:
+    """Samples added and removed since the previous version, each with the reason."""
+    previous = con.execute("SELECT created_at FROM selections WHERE selection = ? AND version = ?", [name, version - 1]).fetchall()
+    if not previous:
+        return []
+    since = previous[0][0]
+    before = [sid for (sid,) in con.execute(
+        "SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [name, version - 1]
+    ).fetchall()]
+    new_shards = {shard for (shard,) in con.execute("SELECT shard FROM shards WHERE ingested_at > ?", [since]).fetchall()}
+    shard_of = dict(con.execute(
+        "SELECT sample_id, shard FROM samples WHERE sample_id IN (SELECT unnest($ids))", {"ids": sorted(set(ids) ^ set(before))}
+    ).fetchall())
+    rank_of = {sid: rank for rank, sid in enumerate(ids, start=1)}
+    in_pool = set(pool.sample_ids)
+    last_gain = float(outcome.gains[-1]) if len(outcome.gains) else float("nan")
+    rows = []
+    for sid in ids:
+        if sid in set(before):
+            continue
+        if shard_of.get(sid) in new_shards:
+            reason = f"new sample: shard {shard_of[sid]} was ingested after version {version - 1}"
+        else:
+            gain = outcome.gains[rank_of[sid] - 1]
+            reason = (
+                f"now within the budget at rank {rank_of[sid]} (gain {gain:.4g}): samples added or removed since "
+                "changed which labels were already covered when its turn came"
+            )
+        rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "added", "reason": reason})
+    for sid in before:
+        if sid in rank_of:
+            continue
+        reason = (
+            "no longer in the pool (its shard changed or its tagging failed)" if sid not in in_pool
+            else f"displaced: its gain fell below the last pick's ({last_gain:.4g}) as new samples covered its labels"
+        )
+        rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
+    return rows
+
+
+def _diff_md(diff: list[dict], version: int, limit: int = 20) -> str:
+    if not diff:
+        return f"identical to version {version - 1}"
+    lines = ["| change | sample_id | reason |", "|---|---|---|"]
+    lines += [f"| {r['change']} | `{r['sample_id'][:12]}` | {r['reason']} |" for r in diff[:limit]]
+    return "\n".join(lines + ([f"\n... {len(diff) - limit} more in table selection_diffs"] if len(diff) > limit else []))
+
+
+def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome) -> dict[str, bytes]:
+    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
+    plots = {
+        "tag_distribution": distribution_plot(Counter(t for tags in pool.tags for t in tags), selected_tags),
+        "quality": score_plot(pool.scores, pool.scores[outcome.order]),
+    }
+    if spec.method == "mig" and len(outcome.order):
+        plots["curves"] = curve_plot(outcome.objective, outcome.gains)
+    return plots
+
+
+def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
+    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
+    summary = {
+        "selection": spec.name, "version": version, "method": spec.method, "budget": spec.budget,
+        "pool size": len(pool.sample_ids), "selected": len(outcome.order),
+        "selected tokens (est.)": int(pool.tokens[outcome.order].sum()), "quality weights": score_origin,
+    }
+    top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
+    changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
+    return html_report(f"{spec.name} v{version}", summary, plots, {"top tags in the selection": top, "changes since the previous version": changes})
 
 
 def _manifest(context, spec, config, version, pool, outcome, score_origin, failed) -> dict:

@@ -1,0 +1,102 @@
+"""Pictures and a standalone HTML report for a selection version (matplotlib, no server needed).
+
+Plots are PNG bytes; ``markdown_image`` inlines one as a data URI so it shows in Dagster's
+metadata panel, and ``html_report`` writes one self-contained page per selection version.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+
+import numpy as np
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(6.4, 3.2), dpi=80)
+
+
+def _png(plt, fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", metadata={"Software": None})  # no version string: stable bytes
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def curve_plot(objective: np.ndarray, gains: np.ndarray) -> bytes:
+    """Objective E(S) and the gain at pick time against the pick rank."""
+    plt, (fig, ax) = _figure()
+    ranks = np.arange(1, len(objective) + 1)
+    ax.plot(ranks, objective, color="tab:blue", label="objective E(S)")
+    ax.set_xlabel("pick")
+    ax.set_ylabel("objective", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot(ranks, gains, color="tab:orange", label="gain at pick")
+    twin.set_ylabel("gain", color="tab:orange")
+    ax.set_title("objective and gain curves")
+    return _png(plt, fig)
+
+
+def distribution_plot(pool: Counter, selected: Counter, top: int = 20, title: str = "tag frequency") -> bytes:
+    """Share of samples carrying each of the pool's most frequent tags, pool vs selection."""
+    plt, (fig, ax) = _figure()
+    names = [name for name, _ in pool.most_common(top)]
+    pool_total, selected_total = max(sum(pool.values()), 1), max(sum(selected.values()), 1)
+    positions = np.arange(len(names))
+    ax.bar(positions - 0.2, [pool[n] / pool_total for n in names], width=0.4, label="pool")
+    ax.bar(positions + 0.2, [selected[n] / selected_total for n in names], width=0.4, label="selected")
+    ax.set_xticks(positions, [n[:18] for n in names], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("share of tag assignments")
+    ax.set_title(f"{title}: pool vs selected")
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def score_plot(pool: np.ndarray, selected: np.ndarray) -> bytes:
+    plt, (fig, ax) = _figure()
+    bins = np.histogram_bin_edges(pool, bins=30) if len(pool) else 10
+    ax.hist(pool, bins=bins, alpha=0.6, density=True, label="pool")
+    ax.hist(selected, bins=bins, alpha=0.6, density=True, label="selected")
+    ax.set_xlabel("quality weight")
+    ax.set_title("quality: pool vs selected")
+    ax.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def markdown_image(png: bytes, alt: str) -> str:
+    return f"![{alt}]({data_uri(png)})"
+
+
+def html_report(title: str, summary: dict, plots: dict[str, bytes], tables: dict[str, list[dict]]) -> str:
+    """One self-contained HTML page: a summary table, the plots inline, then named tables."""
+    def table(rows: list[dict]) -> str:
+        if not rows:
+            return "<p><em>none</em></p>"
+        head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;font-size:90%;text-align:left}img{max-width:100%}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
+        table([{"field": k, "value": v} for k, v in summary.items()]),
+    ]
+    parts += [f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' src='{data_uri(png)}'>" for name, png in plots.items()]
+    parts += [f"<h2>{html.escape(name)}</h2>{table(rows)}" for name, rows in tables.items()]
+    parts.append("</body></html>")
+    return "\n".join(parts)
