@@ -22,6 +22,8 @@ from mig_assets.core.warehouse import ShardPathError, WarehouseLayout
 from mig_assets.resources.warehouse import DEFAULT_MIG_HOME
 
 TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
+# runs launched from the CLI log at INFO (our progress lines), not Dagster's DEBUG event stream
+CLI_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def mig_home() -> Path:
@@ -91,13 +93,14 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
     if new:
         instance.add_dynamic_partitions(pool_shards.name, new)
     totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
-    for key in dict.fromkeys(keys):
+    unique = list(dict.fromkeys(keys))
+    for done, key in enumerate(unique, start=1):
         result = dg.materialize(
             [raw_pool],
             partition_key=key,
             instance=instance,
             resources=build_resources(),
-            run_config=run_config,
+            run_config=(run_config or {}) | CLI_LOGGING,
             tags={"mig/launched_by": "cli"},
         )
         metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
@@ -105,7 +108,13 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
         totals["shards"].append(shard)
         for name in TOTALS:
             totals[name] += shard[name]
+        print(f"{_bar(done, len(unique))} {key}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept", file=sys.stderr)
     return totals
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = width * done // max(total, 1)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
 def _print_quarantine(layout: WarehouseLayout, shards: list[str], limit: int = 10) -> None:
@@ -144,11 +153,12 @@ def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) ->
     if shard_keys:  # one run over the shards' range: the tagging model loads once
         ordered = [k for k in instance.get_dynamic_partitions(pool_shards.name) if k in set(shard_keys)]
         dg.materialize(
-            assets, selection=shard_assets, instance=instance, resources=build_resources(),
+            assets, selection=shard_assets, instance=instance, resources=build_resources(), run_config=CLI_LOGGING,
             tags={"dagster/asset_partition_range_start": ordered[0], "dagster/asset_partition_range_end": ordered[-1]},
         )
     result = dg.materialize(
-        assets, selection=[a for a in assets if a.partitions_def is None], instance=instance, resources=build_resources()
+        assets, selection=[a for a in assets if a.partitions_def is None], instance=instance, resources=build_resources(),
+        run_config=CLI_LOGGING,
     )
     return {
         node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS}
@@ -260,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")  # backfill_policy's notice, once per asset
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -393,6 +393,13 @@ def _metadata(spec, version, pool, outcome, graph, score_origin, failed, files) 
     selected_scores, order = pool.scores[outcome.order], outcome.order
     metadata = {
         "dagster/row_count": len(order),
+        "dagster/column_lineage": dg.TableColumnLineage(
+            deps_by_column={
+                "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
+                "messages": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages")],
+                "top_labels": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="tags")],
+            }
+        ),
         "version": version,
         "pool_size": len(pool.sample_ids),
         "selected_tokens_est": int(pool.tokens[order].sum()),

@@ -17,6 +17,15 @@ from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Tagger, Warehouse
 
 TOP_TAGS = 15
+TAGS_LINEAGE = dg.TableColumnLineage(
+    deps_by_column={
+        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
+        "tags": [
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_tags"),
+        ],
+    }
+)
 
 
 class TaggingConfig(dg.Config):
@@ -116,6 +125,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
     metadata = {
         "dagster/row_count": table.num_rows,
+        "dagster/column_lineage": TAGS_LINEAGE,
         "backend": tagger.backend,
         "statuses": dg.MetadataValue.json(dict(statuses)),
         "tags_per_sample": dg.MetadataValue.json({str(k): v for k, v in sorted(per_sample.items())}),
