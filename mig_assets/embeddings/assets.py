@@ -80,6 +80,12 @@ def tag_embeddings(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(tags),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
+                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
+                }
+            ),
             "newly_embedded": newly_embedded,
             "reused_from_cache": len(tags) - newly_embedded,
             "model": model_id,
@@ -133,6 +139,12 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": totals["rows"],
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
+                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages")],
+                }
+            ),
             "newly_embedded": totals["newly_embedded"],
             "reused_from_cache": totals["rows"] - totals["newly_embedded"],
             "texts_per_second": round(totals["newly_embedded"] / totals["seconds"], 1) if totals["seconds"] else 0.0,

@@ -86,6 +86,12 @@ def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, war
     return dg.MaterializeResult(
         metadata={
             "labels": len(labels),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "label": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="tag")],
+                    "weight": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="embedding")],
+                }
+            ),
             "edges": n_edges,
             "mean_degree": round(float(degree.mean()), 3) if len(degree) else 0.0,
             "isolated_labels": int((degree == 0).sum()),

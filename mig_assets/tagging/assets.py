@@ -197,6 +197,12 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n_tags,
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="tags")],
+                    "n_samples": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="sample_id")],
+                }
+            ),
             "tag_assignments": n_tagged,
             "surface_forms": len(surface),
             "surface_occurrences_dropped_as_generic": dropped,
