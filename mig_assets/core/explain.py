@@ -95,6 +95,8 @@ def _selection_fate(con, sample_id: str, source: dict, tags: dict | None, select
         fate["why_not"] = "the sample was ingested after this selection version was made"
     elif tags is not None and tags["status"] == "failed":
         fate["why_not"] = f"excluded: its tagging failed ({tags['reason']})"
+    elif chosen["method"] == "tags":
+        fate["why_not"] = "TAGS' greedy never ranked its tree-level information gain within the budget"
     elif chosen["method"] != "mig":
         fate["why_not"] = f"the {chosen['method']} sampler (seed {fate['config'].get('seed')}) did not draw it"
     else:

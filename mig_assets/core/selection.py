@@ -77,9 +77,9 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
 
 def run_selection(
     method: str, pool: PoolArrays, budget: Budget, *, graph: LabelGraph | None = None,
-    params: MigParams = MigParams(), seed: int = 42,
+    params: MigParams = MigParams(), seed: int = 42, tree=None, tags_params=None, gamma: float = 0.5,
 ) -> SelectionOutcome:
-    """Pick samples by ``method`` ("mig" or "random") within ``budget``.
+    """Pick samples by ``method`` ("mig", "tags" or "random") within ``budget``.
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
@@ -93,11 +93,13 @@ def run_selection(
         k = resolve_count(n_pool, budget.count, budget.fraction)
     if method == "mig":
         outcome = _mig(pool, graph, k, params)
+    elif method == "tags":
+        outcome = _tags(pool, tree, k, tags_params, gamma)
     elif method == "random":
         order = random_select(n_pool, k, seed)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
     else:
-        raise ValueError(f"unknown selection method {method!r}; expected mig or random")
+        raise ValueError(f"unknown selection method {method!r}; expected mig, tags or random")
     if budget.tokens is not None:
         keep = len(token_prefix(outcome.order, pool.tokens, budget.tokens))
         outcome.order, outcome.gains, outcome.objective = outcome.order[:keep], outcome.gains[:keep], outcome.objective[:keep]
@@ -116,3 +118,18 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) 
     return SelectionOutcome(
         result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations
     )
+
+
+def _tags(pool: PoolArrays, tree, k: int, params, gamma: float) -> SelectionOutcome:
+    """TAGS (unaligned): tree-level information gain over the samples' leaves and their ancestors."""
+    from mig_assets.core.tags_select import TagsParams, build_problem, leaf_weights, select as tags_select
+
+    if tree is None:
+        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    leaf_ids = tree.leaf_of([t for tags in pool.tags for t in tags])  # -1: a tag newer than the tree
+    indptr = np.concatenate([[0], np.cumsum([len(tags) for tags in pool.tags])]).astype(np.int64)
+    A = leaf_weights(indptr, leaf_ids, tree.n_leaves)
+    problem = build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma)
+    result = tags_select(problem, k, params or TagsParams(align="none"))
+    top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
+    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage)

@@ -450,7 +450,10 @@ class _Frontier:
             if stale.any():
                 targets = np.flatnonzero(stale)
                 if best == -np.inf and len(targets) > batch:
-                    targets = np.sort(targets[np.argsort(-bound[targets], kind="stable")[:batch]])
+                    if batch == 1:
+                        targets = targets[[int(np.argmax(bound[targets]))]]
+                    else:
+                        targets = np.sort(targets[np.argpartition(-bound[targets], batch - 1)[:batch]])
                     batch *= 2
                 rows = self.group_rows[self.pos[targets]]
                 values = np.array([self.scorer.one(int(rows[0]))]) if len(rows) == 1 else self.scorer(rows)

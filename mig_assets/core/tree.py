@@ -19,6 +19,7 @@ index.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -313,7 +314,12 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, tria
         projection = rng.standard_normal((dimensions, _SEED_DIMENSIONS)).astype(np.float32)
         points = _normalise(points @ projection)
     points = np.ascontiguousarray(points, dtype=np.float32)
-    trials = trials or 2 + int(math.log(k))
+    with _single_threaded_blas():  # k small products in a row: thread hand-offs cost more than they save
+        return _greedy_seeds(points, k, rng, trials or 2 + int(math.log(k)))
+
+
+def _greedy_seeds(points: np.ndarray, k: int, rng: np.random.Generator, trials: int) -> np.ndarray:
+    n = len(points)
     seeds = np.empty(k, dtype=np.int64)
     seeds[0] = rng.integers(n)
     distance = np.maximum(2.0 - 2.0 * (points @ points[seeds[0]]), 0.0).astype(np.float32)
@@ -323,15 +329,27 @@ def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, tria
             seeds[j:] = seeds[0]
             break
         candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right"), n - 1)
-        to_candidates = points @ points[candidates].T  # cosine → squared distance 2 − 2·cos, in place
+        to_candidates = points[candidates] @ points.T  # (trials, n) cosines → squared distances, in place
         to_candidates *= -2.0
         to_candidates += 2.0
         np.maximum(to_candidates, 0.0, out=to_candidates)
-        np.minimum(to_candidates, distance[:, None], out=to_candidates)
-        best = int(np.argmin(to_candidates.sum(axis=0, dtype=np.float64)))
+        np.minimum(to_candidates, distance, out=to_candidates)
+        best = int(np.argmin(to_candidates.sum(axis=1, dtype=np.float64)))
         seeds[j] = candidates[best]
-        distance = np.ascontiguousarray(to_candidates[:, best])
+        distance = to_candidates[best].copy()
     return seeds
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """Limit BLAS to one thread where threadpoolctl (a scikit-learn dependency) is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - only slower
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def _cluster_sums(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

@@ -22,6 +22,8 @@ from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
 from mig_assets.core.selection import Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection
 from mig_assets.core.specs import SelectionSpec, load_specs
+from mig_assets.core.tags_select import TagsParams, coverage_by_level
+from mig_assets.core.tree import KnowledgeTree
 from mig_assets.core.tags import normalize_tag
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
@@ -116,6 +118,7 @@ class SelectionConfig(dg.Config):
     phi_alpha: float = 1.0
     gain: str = "gradient"
     seed: int = 42
+    gamma: float = 0.5  # TAGS: upward decay of a leaf's mass to its ancestors
 
     def budget(self) -> Budget:
         return Budget(count=self.budget_count, fraction=self.budget_fraction, tokens=self.budget_tokens)
@@ -172,6 +175,15 @@ def load_graph(con) -> LabelGraph:
     return LabelGraph(labels, W)
 
 
+def load_tree(layout):
+    """The latest knowledge tree (tree.json + centroids.parquet written by knowledge_tree)."""
+    folder = layout.warehouse_dir / "knowledge_tree"
+    if not (folder / "tree.json").exists():
+        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    centroids = arrow_to_vectors(pq.read_table(folder / "centroids.parquet").column("centroid"))
+    return KnowledgeTree.from_dict(json.loads((folder / "tree.json").read_text()), centroids)
+
+
 SELECTION_TABLES = """
 CREATE TABLE IF NOT EXISTS selections (
     selection VARCHAR, version INTEGER, method VARCHAR, budget VARCHAR, n_selected BIGINT, n_pool BIGINT,
@@ -193,6 +205,8 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     ]
     if spec.method == "mig":
         deps.append(dg.AssetDep(label_graph))
+    if spec.method == "tags":
+        deps.append(dg.AssetDep("knowledge_tree"))
     config_class = config_class_for(spec)
 
     @dg.asset(
@@ -221,9 +235,13 @@ def materialize_selection(
         layout.refresh_catalog(con)
         pool, score_origin, score_fill, failed = load_pool(con)
         graph = load_graph(con) if spec.method == "mig" else None
+    tree = load_tree(layout) if spec.method == "tags" else None
     loaded = time.perf_counter()
     params = config.mig_params()
-    outcome = run_selection(spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed)
+    outcome = run_selection(
+        spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed, tree=tree,
+        tags_params=TagsParams(phi_a=config.phi_a, phi_b=config.phi_b, align="none"), gamma=config.gamma,
+    )
     selected = time.perf_counter()
 
     with warehouse.connect() as con:
@@ -278,7 +296,7 @@ def materialize_selection(
             [
                 spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
                 json.dumps(config.model_dump(), sort_keys=True), score_origin, score_fill,
-                float(outcome.objective[-1]) if len(ids) and spec.method == "mig" else None,
+                float(outcome.objective[-1]) if len(ids) and spec.method in ("mig", "tags") else None,
                 str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
             ],
         )
@@ -293,6 +311,9 @@ def materialize_selection(
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
             "report": dg.MetadataValue.path(files["report.html"]),
             "diff_vs_previous": dg.MetadataValue.md(_diff_md(diff, version)) if version > 1 else "first version",
+            **({"coverage_by_level": dg.MetadataValue.json(
+                {str(level): round(share, 4) for level, share in coverage_by_level(outcome.coverage, tree.levels).items()}
+            ), "tree_nodes": tree.n_nodes} if tree is not None else {}),
             "added": changes.get("added", 0),
             "removed": changes.get("removed", 0),
             "seconds_select": round(selected - loaded, 3),
@@ -355,7 +376,7 @@ def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome) -> 
         "tag_distribution": distribution_plot(Counter(t for tags in pool.tags for t in tags), selected_tags),
         "quality": score_plot(pool.scores, pool.scores[outcome.order]),
     }
-    if spec.method == "mig" and len(outcome.order):
+    if spec.method in ("mig", "tags") and len(outcome.order):
         plots["curves"] = curve_plot(outcome.objective, outcome.gains)
     return plots
 
@@ -414,7 +435,7 @@ def _metadata(spec, version, pool, outcome, graph, score_origin, failed, files) 
         "score_distribution": dg.MetadataValue.md(_score_table(pool.scores, selected_scores)),
         "export_dir": dg.MetadataValue.path(str(Path(files["data.jsonl"]).parent)),
     }
-    if spec.method == "mig" and len(order):
+    if spec.method in ("mig", "tags") and len(order):
         points = np.unique(np.linspace(0, len(order) - 1, min(CURVE_POINTS, len(order))).astype(int))
         metadata["objective_curve"] = dg.MetadataValue.json(
             [{"rank": int(i) + 1, "objective": round(float(outcome.objective[i]), 4), "gain": round(float(outcome.gains[i]), 4)} for i in points]
