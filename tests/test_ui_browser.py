@@ -126,7 +126,7 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1800,1100",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1800,3000",
                  f"--user-data-dir={mig_home / 'chrome-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
@@ -135,9 +135,14 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
         for group, names in sorted(groups.items()):
             driver.get(f"{url}/locations/{LOCATION['repositoryLocationName']}/asset-groups/{group}")
 
-            def rendered(d):  # every node of the group, each with its latest event
+            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings") for name in names)
+
+            def rendered(d):  # every node of the group, each with its latest materialization loaded
                 text = d.find_element(By.TAG_NAME, "body").text
-                return all(name in text for name in names) and text.count("Latest event") >= len(names)
+                return (
+                    all(name in text for name in names) and "Loading..." not in text
+                    and text.count("Materialized") >= len(names) - partitioned and text.count("100% filled") >= partitioned
+                )
 
             try:
                 WebDriverWait(driver, 180).until(rendered)
@@ -153,7 +158,6 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
             assert "Never materialized" not in text, group
             for name in names:
                 assert name in text, (group, name)
-            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings") for name in names)
             assert text.count("Materialized") >= len(names) - partitioned and text.count("100% filled") >= partitioned, text[:1500]
             assert screenshot.stat().st_size > 10_000
     finally:

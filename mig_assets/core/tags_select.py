@@ -27,10 +27,12 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from mig_assets.core.mig import MigParams, _first_few, _gains, _row_entries, _row_gain, phi
+from mig_assets.core.mig import MigParams, _first_few, _phi_function, phi
 
 _FRONTIER_SIZE = 4096  # rows per group whose stale scores the lazy greedy keeps at hand
 _FRONTIER_SAMPLE = 1 << 16  # values sampled to choose the frontier limit at a refill
+_BLOCK_ROWS = 1 << 16  # rows per block when every row is evaluated
+_FEASIBLE_LIST = 4096  # hard mode lists the feasible rows when there are at most this many
 
 Align = Literal["none", "penalty", "hard", "quota"]
 
@@ -250,7 +252,7 @@ def delta_kl(leaf_matrix, leaf_mass, target, eps: float = 1e-3, rows=None) -> np
     state.M = float(state.m.sum())
     leaf_terms = _Terms(state, None, np.asarray(target, dtype=np.float64), MigParams(), eps)
     rows = np.arange(A.shape[0]) if rows is None else np.asarray(rows, dtype=np.int64)
-    pulls = _gains(A, leaf_terms, rows)
+    pulls = _row_sums(A, leaf_terms, rows)
     mass = _row_mass(A)[rows]
     return np.log1p(mass / (state.M + eps * A.shape[1])) - pulls
 
@@ -331,6 +333,54 @@ def leaf_quotas(budget: int, target, capacity=None) -> np.ndarray:
 # greedy machinery
 
 
+def _entries(matrix: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stored (column, value) entries of ``rows``, concatenated, with each row's offset and count."""
+    starts = matrix.indptr[rows]
+    counts = matrix.indptr[rows + 1] - starts
+    offsets = np.cumsum(counts) - counts
+    positions = np.arange(int(counts.sum())) + np.repeat(starts - offsets, counts)
+    return matrix.indices[positions], matrix.data[positions], offsets, counts
+
+
+def _row_sums(matrix: sp.csr_array, terms: _Terms, rows: np.ndarray | None = None) -> np.ndarray:
+    """Σ of each row's terms in the current state (all rows when None).
+
+    Summed by ``np.add.reduceat``, whose result for a row depends only on that row's terms, so a row
+    gets the same value alone (:func:`_row_sum`) or in any batch: stale values stay exact bounds and
+    lazy and full re-scans rank exactly alike (the approach of ``core/mig.py``).
+    """
+    rows = np.arange(matrix.shape[0]) if rows is None else rows
+    if len(rows) > _BLOCK_ROWS:  # in blocks, to bound the temporaries
+        return np.concatenate([_row_sums(matrix, terms, rows[start : start + _BLOCK_ROWS])
+                               for start in range(0, len(rows), _BLOCK_ROWS)])
+    if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
+        # a block of consecutive rows: its entries are one slice
+        first, last = matrix.indptr[rows[0]], matrix.indptr[rows[-1] + 1]
+        columns, values = matrix.indices[first:last], matrix.data[first:last]
+        offsets, counts = matrix.indptr[rows[0] : rows[-1] + 1] - first, np.diff(matrix.indptr[rows[0] : rows[-1] + 2])
+    else:
+        columns, values, offsets, counts = _entries(matrix, rows)
+    sums = np.zeros(len(counts))
+    if not len(columns):
+        return sums
+    values = terms.terms(columns, values)
+    if counts.all():
+        return np.add.reduceat(values, offsets)
+    nonempty = counts > 0
+    sums[nonempty] = np.add.reduceat(values, offsets[nonempty])
+    return sums
+
+
+_ONE_SEGMENT = np.zeros(1, dtype=np.intp)
+
+
+def _row_sum(matrix: sp.csr_array, terms: _Terms, row: int) -> float:
+    entries = slice(matrix.indptr[row], matrix.indptr[row + 1])
+    if entries.start == entries.stop:
+        return 0.0
+    return float(np.add.reduceat(terms.terms(matrix.indices[entries], matrix.data[entries]), _ONE_SEGMENT)[0])
+
+
 class _State:
     """x (V,) node information, m (L,) leaf mass, M = Σ m of the selection so far."""
 
@@ -341,19 +391,20 @@ class _State:
 
 
 class _Terms:
-    """Per-entry terms of a row's score, for ``mig._gains``: node columns [0, V) give
+    """Per-entry terms of a row's score: node columns [0, V) give
     w_v·[φ(x_v + u) − φ(x_v)], leaf columns [V, V + L) give t_ℓ·ln(1 + a/(m_ℓ + ε)) (scaled by the
     leaf weights given). Both shrink as x and m grow, so stale row sums are upper bounds."""
 
     def __init__(self, state: _State, node_weights, leaf_weights_, params: MigParams, eps: float):
         self.state, self.params, self.eps = state, params, eps
+        self.phi = _phi_function(params, np.float64)  # mig.py's φ, built once
         self.node_weights = None if node_weights is None else np.asarray(node_weights, dtype=np.float64)
         self.leaf_weights = None if leaf_weights_ is None else np.asarray(leaf_weights_, dtype=np.float64)
         self.split = 0 if self.node_weights is None else len(self.node_weights)
 
     def _node(self, cols, values):
         x = self.state.x[cols]
-        return self.node_weights[cols] * (phi(x + values, self.params) - phi(x, self.params))
+        return self.node_weights[cols] * (self.phi(x + values) - self.phi(x))
 
     def _leaf(self, cols, values):
         return self.leaf_weights[cols] * np.log1p(values / (self.state.m[cols] + self.eps))
@@ -371,19 +422,31 @@ class _Terms:
 
 
 class _Scorer:
-    """h_i = Σ of row i's terms (``mig._gains``/``_row_gain``: the same reduceat whatever the batch)."""
+    """h_i = Σ over parts of Σ of row i's terms in that part's matrix, parts added in order.
 
-    def __init__(self, matrix: sp.csr_array, terms: _Terms):
-        self.matrix, self.terms = matrix, terms
+    Each part's row sum is :func:`_row_sums`'s (the same reduceat whatever the batch), so h_i is the
+    same whichever way it is evaluated. Counts row evaluations.
+    """
+
+    def __init__(self, *parts: tuple[sp.csr_array, _Terms]):
+        self.parts = parts
         self.evaluations = 0
 
     def __call__(self, rows: np.ndarray | None = None) -> np.ndarray:
-        self.evaluations += self.matrix.shape[0] if rows is None else len(rows)
-        return _gains(self.matrix, self.terms, rows)
+        self.evaluations += self.parts[0][0].shape[0] if rows is None else len(rows)
+        total = None
+        for matrix, terms in self.parts:
+            sums = _row_sums(matrix, terms, rows)
+            total = sums if total is None else total + sums
+        return total
 
     def one(self, row: int) -> float:
         self.evaluations += 1
-        return _row_gain(self.matrix, self.terms, row)
+        total = None
+        for matrix, terms in self.parts:
+            value = _row_sum(matrix, terms, row)
+            total = value if total is None else total + value
+        return total
 
 
 class _Frontier:
@@ -409,9 +472,10 @@ class _Frontier:
         self.h = np.empty(0)
         self.stamps = np.empty(0, dtype=np.int64)
         self.ok = np.empty(0, dtype=bool)
-        self.hlim = np.inf
+        self.hlim = np.inf  # +inf: refill before the next pick
         self.outside = len(rows) > 0  # may rows outside the frontier still be candidates?
         self.refills = 0
+        self.last = -1  # frontier index of the row best() returned last
 
     def _sync(self) -> None:
         self.all_h[self.pos] = self.h
@@ -434,21 +498,62 @@ class _Frontier:
         self.h = self.all_h[self.pos]
         self.stamps = self.all_stamps[self.pos]
         self.ok = np.ones(len(self.pos), dtype=bool)
+        self.last = -1
 
-    def best(self, pick: int, shift: float, eligible: Callable[[np.ndarray], np.ndarray] | None = None
-             ) -> tuple[float, int]:
+    def best(self, pick: int, shift: float, eligible: Callable[[np.ndarray], np.ndarray] | None = None,
+             surely_not: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, int]:
         """(score, row) of the best eligible row of the group at this pick, or (−inf, −1) if none."""
-        size = self.size
-        best = -np.inf
-        batch = 1  # rows evaluated while no eligible fresh score is known: the best bounds first
         if self.hlim == np.inf:
-            self._refill(size)
+            self._refill(self.size)
+        if eligible is not None:
+            return self._best_eligible(pick, shift, eligible, surely_not)
+        # As mig.py's frontier: the first maximum of the bounds wins once it is fresh (a stale row
+        # with an equal bound comes later in row order, and its fresh score can only be lower or equal).
+        # Otherwise re-evaluate it alone, then every stale row whose bound reaches the best fresh score.
+        size, best_fresh = self.size, -np.inf
+        while True:
+            bound = self.h if shift == 0.0 else self.h - shift
+            top = int(np.argmax(bound)) if len(bound) else -1
+            top_bound = bound[top] if top >= 0 else -np.inf
+            if self.outside and (top_bound == -np.inf or np.nextafter(self.hlim, -np.inf) - shift >= top_bound):
+                size *= 2  # rows outside the frontier might reach the top: take more rows
+                self._refill(size)
+                continue
+            if top_bound == -np.inf:
+                return -np.inf, -1
+            if self.stamps[top] == pick:
+                self.last = top
+                return float(top_bound), int(self.group_rows[self.pos[top]])
+            if best_fresh == -np.inf:
+                targets = np.array([top])
+                values = np.array([self.scorer.one(int(self.group_rows[self.pos[top]]))])
+            else:
+                targets = np.flatnonzero((bound >= best_fresh) & (self.stamps != pick))
+                values = self.scorer(self.group_rows[self.pos[targets]])
+            self.h[targets] = values
+            self.stamps[targets] = pick
+            best_fresh = max(best_fresh, float(np.max(values - shift)))
+
+    def _best_eligible(self, pick: int, shift: float, eligible: Callable[[np.ndarray], np.ndarray],
+                       surely_not: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float, int]:
+        """:meth:`best` among the rows passing ``eligible`` (evaluated on fresh rows only): ineligible
+        fresh rows are skipped, and rows are evaluated in batches of growing size, best bounds first,
+        until an eligible fresh score is known. Rows for which the cheap ``surely_not`` holds are
+        skipped without evaluation."""
+        size, best, batch = self.size, -np.inf, 1
+        skip = np.zeros(len(self.pos), dtype=bool)
         while True:
             bound = self.h - shift
             fresh = self.stamps == pick
-            stale = ~fresh & (self.h > -np.inf) & (bound >= best)
+            stale = ~fresh & ~skip & (self.h > -np.inf) & (bound >= best)
             if stale.any():
                 targets = np.flatnonzero(stale)
+                if surely_not is not None:
+                    excluded = surely_not(self.group_rows[self.pos[targets]])
+                    skip[targets[excluded]] = True
+                    targets = targets[~excluded]
+                    if not len(targets):
+                        continue
                 if best == -np.inf and len(targets) > batch:
                     if batch == 1:
                         targets = targets[[int(np.argmax(bound[targets]))]]
@@ -459,30 +564,58 @@ class _Frontier:
                 values = np.array([self.scorer.one(int(rows[0]))]) if len(rows) == 1 else self.scorer(rows)
                 self.h[targets] = values
                 self.stamps[targets] = pick
-                self.ok[targets] = True if eligible is None else eligible(rows)
-                fresh_ok = targets[self.ok[targets]]
-                if len(fresh_ok):
+                self.ok[targets] = eligible(rows)
+                if self.ok[targets].any():
                     best = max(best, float(np.max(values[self.ok[targets]] - shift)))
                 continue
             if self.outside and (best == -np.inf or np.nextafter(self.hlim, -np.inf) - shift >= best):
                 size *= 2
-                self.hlim = np.inf  # take the new limit from the values alone
                 self._refill(size)
+                skip = np.zeros(len(self.pos), dtype=bool)
                 continue
             if best == -np.inf:
                 return -np.inf, -1
             winner = int(np.flatnonzero(fresh & self.ok & (bound == best))[0])
+            self.last = winner
             return best, int(self.group_rows[self.pos[winner]])
+
+    def at_least(self, pick: int, shift: float, threshold: float, limit: int) -> np.ndarray | None:
+        """The rows whose fresh score fl(h − c) is ≥ ``threshold``, ascending, or None when more than
+        ``limit`` rows might be (their stale bounds reach it): then the caller searches otherwise."""
+        size = self.size
+        if self.hlim == np.inf:
+            self._refill(size)
+        while True:
+            if self.outside and np.nextafter(self.hlim, -np.inf) - shift >= threshold:
+                if size > 2 * limit:
+                    return None
+                size *= 2
+                self._refill(size)
+                continue
+            bound = self.h - shift
+            reach = bound >= threshold
+            stale = np.flatnonzero(reach & (self.stamps != pick))
+            if len(stale) > limit:
+                return None
+            if not len(stale):
+                return self.group_rows[self.pos[np.flatnonzero(reach)]]
+            self.h[stale] = self.scorer(self.group_rows[self.pos[stale]])
+            self.stamps[stale] = pick
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.group_rows, rows)
 
     def remove(self, row: int) -> None:
-        position = int(self._positions(np.array([row]))[0])
+        """The row was picked: it stops being a candidate."""
+        if 0 <= self.last < len(self.pos) and self.group_rows[self.pos[self.last]] == row:
+            at, position = self.last, int(self.pos[self.last])  # the row just returned by best()
+        else:
+            position = int(self._positions(np.array([row]))[0])
+            at = int(np.searchsorted(self.pos, position))
         self.all_h[position] = -np.inf
-        at = np.searchsorted(self.pos, position)
         if at < len(self.pos) and self.pos[at] == position:
             self.h[at] = -np.inf
+        self.last = -1
 
     def deactivate(self, rows: np.ndarray) -> None:
         """Rows stop being candidates (their stale h is kept for :meth:`activate_all`)."""
@@ -617,6 +750,9 @@ class _Run:
             raise ValueError(f"node_weights must have {self.V} entries")
         self.state = _State(self.V, self.L)
         self.mass = _row_mass(self.A)
+        # the mass in the shift, rounded to 12 decimals so that normalised rows (Σa = 1 up to rounding)
+        # share one group; M itself accumulates the exact masses
+        self.mass_key = np.round(self.mass, 12)
         self.grounded = np.flatnonzero(self.mass > 0)
         self.ungrounded = np.flatnonzero(self.mass <= 0)
         self.target = None
@@ -633,9 +769,10 @@ class _Run:
             column_totals = np.asarray(self.U.sum(axis=0)).ravel()
             e_pool = float(np.sum(self.w * (phi(column_totals, self.phi) - phi(np.zeros(self.V), self.phi))))
             self.e_scale = e_pool if e_pool > 0 else 1.0
-            self.score_matrix = sp.csr_array(sp.hstack([self.U, self.A], format="csr"))
-            self.score_matrix.sort_indices()
-            self.score_terms = _Terms(self.state, self.w / self.e_scale, params.lam * self.target, self.phi, params.eps)
+            self.score_parts = (
+                (self.U, _Terms(self.state, self.w / self.e_scale, None, self.phi, params.eps)),
+                (self.A, _Terms(self.state, None, params.lam * self.target, self.phi, params.eps)),
+            )
         if self.align in ("hard", "penalty"):
             self.pull_terms = _Terms(self.state, None, self.target, self.phi, params.eps)
 
@@ -676,7 +813,7 @@ def select(problem: TagsProblem, k: int, params: TagsParams = TagsParams(), targ
     info: dict = {}
     evaluations = 0
     if run.align == "none":
-        scorer = _Scorer(run.U, run.node_terms)
+        scorer = _Scorer((run.U, run.node_terms))
         frontier = _Frontier(np.arange(run.N), scorer(), scorer)
         for pick in range(run.k):
             scores[pick], order[pick] = frontier.best(pick, 0.0)
@@ -701,8 +838,8 @@ def _append_ungrounded(run: _Run, order: np.ndarray, scores: np.ndarray, start: 
 
 
 def _select_penalty(run: _Run, order, scores, info) -> int:
-    scorer = _Scorer(run.score_matrix, run.score_terms)
-    masses, group_rows = _groups(run.mass, run.grounded)
+    scorer = _Scorer(*run.score_parts)
+    masses, group_rows = _groups(run.mass_key, run.grounded)
     initial = scorer(run.grounded)
     position = np.empty(run.N, dtype=np.int64)
     position[run.grounded] = np.arange(len(run.grounded))
@@ -730,15 +867,32 @@ def _select_penalty(run: _Run, order, scores, info) -> int:
 def _dkl(run: _Run, pulls: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """ΔKL of ``rows`` from their pulls Σ t·ln(1 + a/(m + ε)): fl(ln(1 + s/(M + εL)) − pull)."""
     base = run.state.M + run.params.eps * run.L
-    return np.log1p(run.mass[rows] / base) - pulls
+    return np.log1p(run.mass_key[rows] / base) - pulls
+
+
+class _RememberingScorer(_Scorer):
+    """A scorer that keeps the latest value of every row it evaluates (``known``, −inf if never)."""
+
+    def __init__(self, n_rows: int, *parts):
+        super().__init__(*parts)
+        self.known = np.full(n_rows, -np.inf)
+
+    def __call__(self, rows=None):
+        values = super().__call__(rows)
+        self.known[slice(None) if rows is None else rows] = values
+        return values
+
+    def one(self, row: int) -> float:
+        self.known[row] = value = super().one(row)
+        return value
 
 
 def _select_hard(run: _Run, order, scores, info) -> int:
-    gain_scorer = _Scorer(run.U, run.node_terms)
-    pull_scorer = _Scorer(run.A, run.pull_terms)
+    gain_scorer = _Scorer((run.U, run.node_terms))
+    pull_scorer = _RememberingScorer(run.N, (run.A, run.pull_terms))
     rows = run.grounded
     gain_frontier = _Frontier(rows, gain_scorer(rows), gain_scorer)
-    masses, group_rows = _groups(run.mass, rows)
+    masses, group_rows = _groups(run.mass_key, rows)
     pulls = pull_scorer(rows)
     position = np.empty(run.N, dtype=np.int64)
     position[rows] = np.arange(len(rows))
@@ -750,21 +904,39 @@ def _select_hard(run: _Run, order, scores, info) -> int:
     n_picks = min(run.k, len(rows))
     for pick in range(n_picks):
         room = run.params.kl_cap_at(pick, run.k) - run.kl_now
+        # the least ΔKL first (lazily, per mass group): if even it exceeds the room, no row is feasible
+        # and the gain search would have to look at every row to find out
+        least, least_row = -np.inf, -1
+        for g, frontier in enumerate(kl_frontiers):
+            s, r = frontier.best(pick, run.shift(float(masses[g])))
+            if r >= 0 and (s > least or (s == least and r < least_row)):
+                least, least_row = s, r
+        row = -1
+        if -least <= room:
+            # few feasible rows (a tight cap): list them in ΔKL order and take the largest gain;
+            # many: search by gain, skipping infeasible rows
+            found = [frontier.at_least(pick, run.shift(float(masses[g])), -room, _FEASIBLE_LIST)
+                     for g, frontier in enumerate(kl_frontiers)]
+            if all(rows_ is not None for rows_ in found) and sum(len(r) for r in found) <= _FEASIBLE_LIST:
+                candidates = np.sort(np.concatenate(found))
+                gains = gain_scorer(candidates)
+                best = int(np.argmax(gains))  # the first maximum: the lowest row
+                score, row = float(gains[best]), int(candidates[best])
+            else:
 
-        def feasible(candidates: np.ndarray) -> np.ndarray:
-            return _dkl(run, pull_scorer(candidates), candidates) <= room
+                def feasible(candidates: np.ndarray) -> np.ndarray:
+                    return _dkl(run, pull_scorer(candidates), candidates) <= room
 
-        score, row = gain_frontier.best(pick, 0.0, feasible)
+                def surely_infeasible(candidates: np.ndarray) -> np.ndarray:
+                    # pulls only shrink, so a remembered pull bounds ΔKL from below (rounding is monotone)
+                    return _dkl(run, pull_scorer.known[candidates], candidates) > room
+
+                score, row = gain_frontier.best(pick, 0.0, feasible, surely_infeasible)
         if row >= 0:
             dkl = float(_dkl(run, np.array([pull_scorer.one(row)]), np.array([row]))[0])
         else:
             fallbacks += 1
-            best, row = -np.inf, -1
-            for g, frontier in enumerate(kl_frontiers):
-                s, r = frontier.best(pick, run.shift(float(masses[g])))
-                if r >= 0 and (s > best or (s == best and r < row)):
-                    best, row = s, r
-            dkl = -best
+            row, dkl = least_row, -least
             score = float(gain_scorer.one(row))
         order[pick], scores[pick] = row, score
         gain_frontier.remove(row)
@@ -784,7 +956,7 @@ def _quota_setup(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _select_quota(run: _Run, order, scores, info) -> int:
-    scorer = _Scorer(run.U, run.node_terms)
+    scorer = _Scorer((run.U, run.node_terms))
     primary, _, quotas = _quota_setup(run)
     rows = run.grounded
     frontier = _Frontier(rows, scorer(rows), scorer)
@@ -845,7 +1017,7 @@ def _running_before(indices: np.ndarray, values: np.ndarray, n_columns: int) -> 
 def _replay_nodes(run: _Run, order: np.ndarray, n_top: int):
     """Each pick's exact gain, E(S) after it and its top contributing nodes, recomputed after the loop."""
     n_picks = len(order)
-    nodes, values, offsets, counts = _row_entries(run.U, order) if n_picks else (np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty(0, np.int64))
+    nodes, values, offsets, counts = _entries(run.U, order)
     picks = np.repeat(np.arange(n_picks), counts)
     before, after = _running_before(nodes, values, run.V)
     terms = run.w[nodes] * (phi(after, run.phi) - phi(before, run.phi))
@@ -866,7 +1038,7 @@ def _replay_kl(run: _Run, order: np.ndarray) -> np.ndarray:
     t, eps, n_picks = run.target, run.params.eps, len(order)
     if not n_picks:
         return np.empty(0)
-    leaves, values, _, counts = _row_entries(run.A, order)
+    leaves, values, _, counts = _entries(run.A, order)
     picks = np.repeat(np.arange(n_picks), counts)
     before, after = _running_before(leaves, values, run.L)
     change = t[leaves] * (np.log(after + eps) - np.log(before + eps))
@@ -901,21 +1073,21 @@ def select_dense(problem: TagsProblem, k: int, params: TagsParams = TagsParams()
     for pick in range(n_picks):
         rows = candidates_all[~picked[candidates_all]]
         if align == "none":
-            values = _gains(run.U, run.node_terms, rows)
+            values = _row_sums(run.U, run.node_terms, rows)
         elif align == "penalty":
-            values = _gains(run.score_matrix, run.score_terms, rows)
+            values = _Scorer(*run.score_parts)(rows)
             base = run.state.M + params.eps * run.L
-            values = values - params.lam * np.log1p(run.mass[rows] / base)
+            values = values - params.lam * np.log1p(run.mass_key[rows] / base)
         elif align == "hard":
-            gains = _gains(run.U, run.node_terms, rows)
-            dkl = _dkl(run, _gains(run.A, run.pull_terms, rows), rows)
+            gains = _row_sums(run.U, run.node_terms, rows)
+            dkl = _dkl(run, _row_sums(run.A, run.pull_terms, rows), rows)
             ok = dkl <= run.params.kl_cap_at(pick, run.k) - run.kl_now
             if ok.any():
                 values = np.where(ok, gains, -np.inf)
             else:
                 values = -dkl
         else:
-            values = _gains(run.U, run.node_terms, rows)
+            values = _row_sums(run.U, run.node_terms, rows)
             if not global_fill:
                 open_ = used[primary[rows]] < quotas[primary[rows]]
                 if open_.any():
