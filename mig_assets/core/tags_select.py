@@ -461,9 +461,9 @@ class _Frontier:
     eligible, where an eligibility test is given), the lowest row wins.
     """
 
-    def __init__(self, rows: np.ndarray, h: np.ndarray, scorer: _Scorer, size: int = _FRONTIER_SIZE):
+    def __init__(self, rows: np.ndarray, h: np.ndarray, scorer: _Scorer, size: int | None = None):
         self.group_rows = np.asarray(rows, dtype=np.int64)  # sorted
-        self.scorer, self.size = scorer, size
+        self.scorer, self.size = scorer, size or _FRONTIER_SIZE
         self.all_h = np.asarray(h, dtype=np.float64).copy()
         self.all_stamps = np.full(len(rows), -1, dtype=np.int64)
         self.parked = np.full(len(rows), np.nan)  # stale h of inactive rows
@@ -481,12 +481,15 @@ class _Frontier:
         self.all_h[self.pos] = self.h
         self.all_stamps[self.pos] = self.stamps
 
-    def _refill(self, size: int) -> None:
+    def _refill(self, size: int, hlim: float | None = None) -> None:
+        """Rebuild the frontier from ``all_h``: about the ``size`` best rows, or those with h ≥ ``hlim``."""
         self._sync()
         self.refills += 1
         finite = self.all_h > -np.inf
         n_finite = int(np.count_nonzero(finite))
-        if n_finite <= size:
+        if hlim is not None:
+            pass
+        elif n_finite <= size:
             hlim = -np.inf
         else:  # about the ``size`` largest values, estimated from a strided sample
             sample = self.all_h[:: self.sample_stride]
@@ -569,10 +572,14 @@ class _Frontier:
                     best = max(best, float(np.max(values[self.ok[targets]] - shift)))
                 continue
             if self.outside and (best == -np.inf or np.nextafter(self.hlim, -np.inf) - shift >= best):
-                size *= 2
-                self._refill(size)
+                if best > -np.inf and shift == 0.0:
+                    self._refill(size, hlim=best)  # exactly the rows that might reach the best
+                else:
+                    size *= 2
+                    self._refill(size)
                 skip = np.zeros(len(self.pos), dtype=bool)
                 continue
+            self.size = size  # eligible rows were this far down: start there at the next refill
             if best == -np.inf:
                 return -np.inf, -1
             winner = int(np.flatnonzero(fresh & self.ok & (bound == best))[0])

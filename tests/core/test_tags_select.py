@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from mig_assets.core import tags_select
 from mig_assets.core.mig import MigParams, phi, phi_prime
 from mig_assets.core.tags_select import (
     TagsParams,
@@ -212,6 +213,21 @@ def test_lazy_greedy_equals_dense_greedy(config, seed):
         np.testing.assert_array_equal(lazy.order, dense)
         assert len(lazy.order) == min(k, problem.n_samples)
         assert len(set(lazy.order.tolist())) == len(lazy.order)
+
+
+@pytest.mark.parametrize("config", range(len(CONFIGS)))
+def test_lazy_equals_dense_with_a_tiny_frontier(config, monkeypatch):
+    """A frontier of 8 rows (sampled limits, refills, rows outside it) and hard mode's gain search."""
+    monkeypatch.setattr(tags_select, "_FRONTIER_SIZE", 8)
+    monkeypatch.setattr(tags_select, "_FRONTIER_SAMPLE", 16)
+    monkeypatch.setattr(tags_select, "_FEASIBLE_LIST", 3)
+    config = dict(CONFIGS[config])
+    params = config.pop("params")
+    A, q, parents, levels, target = random_pool(3, n_samples=200, normalize=config.pop("normalize", True))
+    problem = build_problem(A, q, parents, levels, **config)
+    for k in (60, 200):
+        lazy = select(problem, k, params, target if params.align != "none" else None)
+        np.testing.assert_array_equal(lazy.order, select_dense(problem, k, params, target if params.align != "none" else None))
 
 
 @pytest.mark.parametrize("align", ["none", "penalty", "hard", "quota"])
