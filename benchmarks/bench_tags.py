@@ -147,7 +147,8 @@ class Timer:
 def clustered_embeddings(n_tags: int, seed: int, dimensions: int = 384) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(max(n_tags // 16, 1), dimensions)).astype(np.float32)
-    return centres[rng.integers(len(centres), size=n_tags)] + 0.7 * rng.normal(size=(n_tags, dimensions)).astype(np.float32)
+    noise = 0.7 * rng.normal(size=(n_tags, dimensions)).astype(np.float32)
+    return centres[rng.integers(len(centres), size=n_tags)] + noise
 
 
 def main() -> None:

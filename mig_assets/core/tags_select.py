@@ -1,21 +1,37 @@
-"""TAGS selection (``shared/specs/tags.md`` §1.6–1.9): path vectors, tree-level information, lazy greedy, KL alignment.
+"""TAGS selection (``shared/specs/tags.md`` §1.6–1.9): path vectors, tree-level information, lazy greedy,
+KL alignment.
 
 Notation: N samples, V tree nodes (leaves first: leaf ℓ is node ℓ, ℓ < L; see ``core/tree.py``),
 h(v) the level of node v (leaf = 1). Sample i has leaf weights a_iℓ (matrix A, N×L) and quality
 q_i ≥ 0; its path vector is u_iv = q_i·Σ_ℓ a_iℓ·γ^{h(v)−h(ℓ)} over the leaves ℓ below or at v
-(matrix U, N×V). For a selection S, x_v(S) = Σ_{i∈S} u_iv and the information is
-E(S) = Σ_v β_{h(v)}·[φ(x_v) − φ(0)], φ(x) = (x + a)^b, the φ of ``core/mig.py``. E is monotone
-submodular, so greedy by exact marginal gain, run lazily, is exact.
+(matrix U, N×V, root column left out by default). For a selection S, x_v(S) = Σ_{i∈S} u_iv and the
+information is E(S) = Σ_v β_{h(v)}·[φ(x_v) − φ(0)], φ(x) = (x + a)^b, the φ of ``core/mig.py``. E is
+monotone submodular: greedy by exact marginal gain ("exact-gain variant"), run lazily, is exact.
 
-Aligned modes [R] add a target leaf distribution t (``target_distribution``) and the selection's
-leaf distribution p_S(ℓ) = (m_ℓ + ε)/(M + εL), m = Σ_{i∈S} a_i, M = Σ_ℓ m_ℓ:
-  penalty: maximise E(S)/E(pool) − λ·KL(t ‖ p_S);
-  hard:    greedy on E among candidates with KL(t ‖ p_{S+i}) ≤ δ_k, else the min-KL candidate;
-  quota:   greedy on E with at most B_ℓ picks per primary leaf, B_ℓ from t, then a global fill.
+Aligned modes [R] take a target leaf distribution t (:func:`target_distribution`) and the
+selection's leaf distribution p_S(ℓ) = (m_ℓ + ε)/(M + εL), m = Σ_{i∈S} a_i, M = Σ_ℓ m_ℓ; KL is the
+forward KL(t ‖ p_S) (mass-covering) throughout:
+  penalty: greedy on F(S) = E(S)/E(pool) − λ·KL(t ‖ p_S). Normalisation rule: E is divided by its
+      value on the whole pool, a constant computed once, so both terms are O(1) and λ weighs KL
+      against "all the pool's information" (the spec's per-step max normalisation would make the
+      score of a row depend on every other row and rule out lazy evaluation). Laziness stays exact
+      although −ΔKL is not monotone: −ΔKL_i = Σ_ℓ t_ℓ·ln(1 + a_iℓ/(m_ℓ + ε)) − ln(1 + s_i/(M + εL))
+      with s_i = Σ_ℓ a_iℓ; the first part (like the gain) only shrinks as S grows, the second grows,
+      but depends on i only through s_i. Rows are grouped by s_i (one group when A is normalised):
+      within a group the second part is a common shift, stale values of the first part are upper
+      bounds, and the groups' winners are compared.
+  hard: greedy on E among rows with KL(t ‖ p_{S+i}) ≤ δ_k (δ_k decays linearly from δ₀ to δ over
+      the first ``kl_cap_decay`` of the budget); when none qualifies, the row of least
+      KL(t ‖ p_{S+i}). Exact, but can cost O(N) per pick while the cap binds (see the benchmark).
+  quota: greedy on E among rows whose primary leaf (largest a_iℓ) has quota left, quotas
+      B_ℓ = round(B·t_ℓ) by largest remainder, capped by the rows available and redistributed;
+      then (only if quotas cannot absorb the budget) greedy over all rows.
+In aligned modes, samples without a grounded tag (s_i = 0) come last, in row order, so that
+zero-information rows never displace grounded ones.
 
-Floating point: every score is a sum of a row's terms by ``np.add.reduceat`` (mig.py's helpers), so
-a row scores the same alone or in a batch, lazy and full re-scans (``select_dense``) pick
-identically, and ties go to the lowest row.
+Floating point: every score is a sum of a row's terms by ``np.add.reduceat``, so a row scores the
+same alone or in a batch (the approach of ``core/mig.py``); lazy greedy and the full re-scan of
+:func:`select_dense` pick identically, and ties go to the lowest row.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ _FRONTIER_SIZE = 4096  # rows per group whose stale scores the lazy greedy keeps
 _FRONTIER_SAMPLE = 1 << 16  # values sampled to choose the frontier limit at a refill
 _BLOCK_ROWS = 1 << 16  # rows per block when every row is evaluated
 _FEASIBLE_LIST = 4096  # hard mode lists the feasible rows when there are at most this many
+_MAX_MASS_GROUPS = 64  # more distinct row masses than this: aligned modes re-scan instead of lazy greedy
 
 Align = Literal["none", "penalty", "hard", "quota"]
 
@@ -149,7 +166,8 @@ def level_weights(levels, beta: str | Mapping[int, float] | np.ndarray = "unifor
     else:
         table = np.asarray(beta, dtype=np.float64)
         if table.ndim != 1 or len(table) <= levels.max(initial=0):
-            raise ValueError(f"a beta array must be indexed by level, with at least {levels.max(initial=0) + 1} entries")
+            needed = levels.max(initial=0) + 1
+            raise ValueError(f"a beta array must be indexed by level, with at least {needed} entries")
         weights = table[levels]
     if not (np.isfinite(weights).all() and (weights >= 0).all()):
         raise ValueError("level weights must be finite and >= 0")
@@ -298,7 +316,7 @@ def primary_leaves(leaf_matrix) -> np.ndarray:
 
 
 def leaf_quotas(budget: int, target, capacity=None) -> np.ndarray:
-    """Integer leaf quotas B_ℓ ≈ budget·t_ℓ summing to min(budget, Σ_{t_ℓ>0} capacity_ℓ) (spec §1.9 quota form).
+    """Integer leaf quotas B_ℓ ≈ budget·t_ℓ, summing to min(budget, Σ_{t_ℓ>0} capacity_ℓ) (spec §1.9).
 
     Largest-remainder (Hamilton) rounding of budget·t, ties to the lowest leaf; quota above a leaf's
     capacity (its candidates) is redistributed over the other leaves in proportion to t, repeatedly.
@@ -306,7 +324,8 @@ def leaf_quotas(budget: int, target, capacity=None) -> np.ndarray:
     t = np.asarray(target, dtype=np.float64)
     if t.ndim != 1 or not (np.isfinite(t).all() and (t >= 0).all()) or t.sum() <= 0:
         raise ValueError("target must be a vector of finite, non-negative weights with positive sum")
-    cap = np.full(len(t), np.iinfo(np.int64).max // 4, dtype=np.int64) if capacity is None else np.asarray(capacity, dtype=np.int64)
+    unlimited = np.iinfo(np.int64).max // 4
+    cap = np.full(len(t), unlimited, dtype=np.int64) if capacity is None else np.asarray(capacity, dtype=np.int64)
     if cap.shape != t.shape or (cap < 0).any():
         raise ValueError("capacity must give a non-negative count per leaf")
     quotas = np.zeros(len(t), dtype=np.int64)
@@ -487,14 +506,13 @@ class _Frontier:
         self.refills += 1
         finite = self.all_h > -np.inf
         n_finite = int(np.count_nonzero(finite))
-        if hlim is not None:
-            pass
-        elif n_finite <= size:
-            hlim = -np.inf
-        else:  # about the ``size`` largest values, estimated from a strided sample
-            sample = self.all_h[:: self.sample_stride]
-            rank = min(len(sample), max(1, size // self.sample_stride)) - 1
-            hlim = -np.partition(-sample, rank)[rank]
+        if hlim is None:
+            if n_finite <= size:
+                hlim = -np.inf
+            else:  # about the ``size`` largest values, estimated from a strided sample
+                sample = self.all_h[:: self.sample_stride]
+                rank = min(len(sample), max(1, size // self.sample_stride)) - 1
+                hlim = -np.partition(-sample, rank)[rank]
         self.pos = np.flatnonzero(finite & (self.all_h >= hlim)) if hlim > -np.inf else np.flatnonzero(finite)
         self.outside = hlim > -np.inf and len(self.pos) < n_finite
         self.hlim = hlim if self.outside else -np.inf
@@ -760,6 +778,7 @@ class _Run:
         # the mass in the shift, rounded to 12 decimals so that normalised rows (Σa = 1 up to rounding)
         # share one group; M itself accumulates the exact masses
         self.mass_key = np.round(self.mass, 12)
+        self.mass_values, self.mass_group = np.unique(self.mass_key, return_inverse=True)
         self.grounded = np.flatnonzero(self.mass > 0)
         self.ungrounded = np.flatnonzero(self.mass <= 0)
         self.target = None
@@ -788,6 +807,11 @@ class _Run:
         scale = self.params.lam if self.align == "penalty" else 1.0
         return scale * float(np.log1p(mass / (self.state.M + self.params.eps * self.L)))
 
+    def shifts(self, rows: np.ndarray) -> np.ndarray:
+        """:meth:`shift` of each row's mass, computed once per distinct mass (as the lazy greedy does)."""
+        table = np.array([self.shift(float(mass)) for mass in self.mass_values])
+        return table[self.mass_group[rows]]
+
     def add(self, row: int) -> None:
         entries = slice(self.U.indptr[row], self.U.indptr[row + 1])
         self.state.x[self.U.indices[entries]] += self.U.data[entries]
@@ -798,28 +822,26 @@ class _Run:
 
 def select(problem: TagsProblem, k: int, params: TagsParams = TagsParams(), target=None, *,
            n_top_nodes: int = 3) -> TagsSelection:
-    """Greedy TAGS selection of k samples by lazy greedy; see the module notes for the modes.
+    """Greedy TAGS selection of k samples by lazy greedy; the modes are described in the module notes.
 
-    Each pick takes the candidate of largest score, ties to the lowest row. Unaligned, the score is
-    the exact gain E(S+i) − E(S). Aligned (a ``target`` over the leaves and ``params.align``):
-    * penalty: score = gain/E(pool) − λ·ΔKL_i with the closed-form ΔKL of :func:`delta_kl`. Its
-      parts −Σ t·ln(1 + a/(m + ε)) shrink as m grows, but ln(1 + s_i/(M + εL)) shrinks with M, so
-      a stale score is no bound. The rows are grouped by s_i (one group when A is normalised):
-      inside a group the growing part is a common shift and lazy greedy is exact, and the groups'
-      winners are compared.
-    * hard: the largest gain among rows with KL(t ‖ p_{S+i}) ≤ δ_k, else the least KL(t ‖ p_{S+i}).
-    * quota: the largest gain among rows whose primary leaf (:func:`primary_leaves`) has quota left
-      (:func:`leaf_quotas` of the target over min(k, grounded rows), capped by the rows per leaf);
-      when no such row is left, the largest gain among all rows.
-    In aligned modes, samples without grounded tags come last, in row order. k ≥ N returns every
-    row in greedy order; k = 0 an empty selection.
+    Each pick takes the candidate of largest score, ties to the lowest row. Without ``target`` (or
+    with ``params.align == "none"``, which only reports KL) the score is the exact gain
+    E(S+i) − E(S); with a target (an (L,) distribution) ``params.align`` chooses penalty
+    (score = gain/E(pool) − λ·ΔKL_i, ΔKL as :func:`delta_kl`), hard or quota. k ≥ N returns every row
+    in greedy order; k = 0 an empty selection. Rows of zero quality or without grounded tags have
+    zero gain and remain candidates (last, in aligned modes).
     """
     run = _Run(problem, k, params, target)
     order = np.empty(run.k, dtype=np.int64)
     scores = np.empty(run.k)
     info: dict = {}
     evaluations = 0
-    if run.align == "none":
+    grounded_masses = len(np.unique(run.mass_key[run.grounded]))
+    if run.align in ("penalty", "hard") and grounded_masses > _MAX_MASS_GROUPS:
+        # too many distinct row masses for one lazy frontier each: exact full re-scans instead
+        order, scores, evaluations = _greedy_dense(run)
+        info["dense_fallback"] = True
+    elif run.align == "none":
         scorer = _Scorer((run.U, run.node_terms))
         frontier = _Frontier(np.arange(run.N), scorer(), scorer)
         for pick in range(run.k):
@@ -873,8 +895,7 @@ def _select_penalty(run: _Run, order, scores, info) -> int:
 
 def _dkl(run: _Run, pulls: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """ΔKL of ``rows`` from their pulls Σ t·ln(1 + a/(m + ε)): fl(ln(1 + s/(M + εL)) − pull)."""
-    base = run.state.M + run.params.eps * run.L
-    return np.log1p(run.mass_key[rows] / base) - pulls
+    return run.shifts(rows) - pulls
 
 
 class _RememberingScorer(_Scorer):
@@ -1066,10 +1087,15 @@ def select_dense(problem: TagsProblem, k: int, params: TagsParams = TagsParams()
     Same scores, same row sums and the same rules as :func:`select`, without any laziness or
     grouping. Returns the picked rows in order.
     """
-    run = _Run(problem, k, params, target)
+    return _greedy_dense(_Run(problem, k, params, target))[0]
+
+
+def _greedy_dense(run: _Run) -> tuple[np.ndarray, np.ndarray, int]:
+    """Picked rows, their scores (as :func:`select` reports them) and the row evaluations made."""
+    params, align = run.params, run.align
     order = np.empty(run.k, dtype=np.int64)
+    scores = np.empty(run.k)
     picked = np.zeros(run.N, dtype=bool)
-    align = run.align
     deferred = align != "none"
     candidates_all = run.grounded if deferred else np.arange(run.N)
     if align == "quota":
@@ -1077,22 +1103,19 @@ def select_dense(problem: TagsProblem, k: int, params: TagsParams = TagsParams()
         used = np.zeros(run.L, dtype=np.int64)
         global_fill = False
     n_picks = min(run.k, len(candidates_all))
+    evaluations = 0
     for pick in range(n_picks):
         rows = candidates_all[~picked[candidates_all]]
+        evaluations += len(rows)
         if align == "none":
             values = _row_sums(run.U, run.node_terms, rows)
         elif align == "penalty":
-            values = _Scorer(*run.score_parts)(rows)
-            base = run.state.M + params.eps * run.L
-            values = values - params.lam * np.log1p(run.mass_key[rows] / base)
+            values = _Scorer(*run.score_parts)(rows) - run.shifts(rows)
         elif align == "hard":
             gains = _row_sums(run.U, run.node_terms, rows)
             dkl = _dkl(run, _row_sums(run.A, run.pull_terms, rows), rows)
-            ok = dkl <= run.params.kl_cap_at(pick, run.k) - run.kl_now
-            if ok.any():
-                values = np.where(ok, gains, -np.inf)
-            else:
-                values = -dkl
+            ok = dkl <= params.kl_cap_at(pick, run.k) - run.kl_now
+            values = np.where(ok, gains, -np.inf) if ok.any() else -dkl
         else:
             values = _row_sums(run.U, run.node_terms, rows)
             if not global_fill:
@@ -1103,7 +1126,7 @@ def select_dense(problem: TagsProblem, k: int, params: TagsParams = TagsParams()
                     global_fill = True
         best = int(np.argmax(values))  # the first maximum: the lowest row
         row = int(rows[best])
-        order[pick] = row
+        order[pick], scores[pick] = row, gains[best] if align == "hard" else values[best]
         picked[row] = True
         if align == "hard":
             run.kl_now += float(dkl[best])
@@ -1111,6 +1134,5 @@ def select_dense(problem: TagsProblem, k: int, params: TagsParams = TagsParams()
             used[primary[row]] += 1
         run.add(row)
     if deferred:
-        rest = run.ungrounded[: run.k - n_picks]
-        order[n_picks : n_picks + len(rest)] = rest
-    return order
+        _append_ungrounded(run, order, scores, n_picks)
+    return order, scores, evaluations

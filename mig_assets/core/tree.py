@@ -1,4 +1,5 @@
-"""TAGS knowledge tree (``shared/specs/tags.md`` §1.5–1.6): bottom-up clustering of tag embeddings, naming, grounding.
+"""TAGS knowledge tree (``shared/specs/tags.md`` §1.5–1.6): bottom-up clustering of tag embeddings,
+naming, grounding.
 
 Nodes are numbered leaves first: leaves (level 1, the first-level concepts of the spec's
 "Option 2") are nodes ``0 .. n_leaves-1``, then level 2, and so on up to the virtual root, the last
@@ -557,7 +558,8 @@ def _refine_level(
     labels = kept
     centroids = _normalise(_cluster_sums(vectors, labels, len(parents)))
     centrality = _centrality(vectors, labels, centroids)
-    final_children = [_concepts(names, descriptions, counts, centrality, rows) for rows in _members(labels, len(parents))]
+    final_children = [_concepts(names, descriptions, counts, centrality, rows)
+                      for rows in _members(labels, len(parents))]
     return labels, _check_pairs(refiner.rename(level, parents, final_children), len(parents), "rename")
 
 
@@ -611,7 +613,7 @@ def build_tree(
     branching, top_size: a level with n > top_size nodes gets a parent level of
         k = max(ceil(n / branching), top_size) nodes (so the top level has exactly top_size nodes,
         unless the leaves are already at most top_size); a virtual root goes over the top level.
-    seed, max_iter, tol: the K-Means of every level (see :func:`kmeans`; level ℓ uses seed + ℓ).
+    seed, max_iter, tol: the K-Means of every level (see :func:`kmeans`; level ℓ uses seed + ℓ − 1).
     refine: a :class:`TreeRefiner` (e.g. LLM-backed) run on every level, with ``shortlist``
         candidate parents per child for reassignment; None names nodes with :class:`CentralRefiner`'s
         rule and keeps the K-Means clusters.
@@ -624,6 +626,8 @@ def build_tree(
     leaf_branching = branching if leaf_branching is None else leaf_branching
     if not leaf_branching >= 1:
         raise ValueError(f"leaf_branching must be >= 1, got {leaf_branching}")
+    if int(shortlist) < 1:
+        raise ValueError(f"shortlist must be >= 1, got {shortlist}")
     T = len(names)
     occurrences = np.ones(T) if tag_counts is None else tag_counts
     core = np.ones(T, dtype=bool) if tag_counts is None else tag_counts >= min_count
@@ -709,7 +713,9 @@ class Grounding(NamedTuple):
     counts: dict[str, int]
 
 
-def ground_tags(tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=None, threshold: float = 0.65) -> Grounding:
+def ground_tags(
+    tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=None, threshold: float = 0.65
+) -> Grounding:
     """Leaf of each tag (spec §1.6): known tags via tag2leaf; unseen tags to the leaf whose centroid has the
     largest cosine with their embedding (ties to the lowest leaf) if it is ≥ ``threshold``, else −1.
 
@@ -723,18 +729,23 @@ def ground_tags(tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=No
     if new_embeddings is None:
         if not known.all():
             unknown = [names[i] for i in np.flatnonzero(~known)]
-            raise ValueError(f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {_first_few(unknown)}")
+            raise ValueError(
+                f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {_first_few(unknown)}"
+            )
     else:
         vectors = np.asarray(new_embeddings, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != tree.centroids.shape[1]:
-            raise ValueError(f"new_embeddings must have shape ({len(names)}, {tree.centroids.shape[1]}), got {vectors.shape}")
+            raise ValueError(
+                f"new_embeddings must have shape ({len(names)}, {tree.centroids.shape[1]}), got {vectors.shape}"
+            )
         vectors = _normalise(vectors)
         leaf_centroids = tree.centroids[: tree.n_leaves]
         unseen = np.flatnonzero(~known)
         if len(unseen):
             bad = unseen[~np.isfinite(vectors[unseen]).all(axis=1) | ~vectors[unseen].any(axis=1)]
             if len(bad):
-                raise ValueError(f"embeddings of unseen tags must be finite and non-zero; offending {_first_few([names[i] for i in bad])}")
+                offending = _first_few([names[i] for i in bad])
+                raise ValueError(f"embeddings of unseen tags must be finite and non-zero; offending {offending}")
             nearest, cosine = _nearest(vectors[unseen], leaf_centroids, cosine=True)
             cosine = cosine.astype(np.float64)
             similarities[unseen] = cosine

@@ -227,7 +227,8 @@ def test_lazy_equals_dense_with_a_tiny_frontier(config, monkeypatch):
     problem = build_problem(A, q, parents, levels, **config)
     for k in (60, 200):
         lazy = select(problem, k, params, target if params.align != "none" else None)
-        np.testing.assert_array_equal(lazy.order, select_dense(problem, k, params, target if params.align != "none" else None))
+        dense = select_dense(problem, k, params, target if params.align != "none" else None)
+        np.testing.assert_array_equal(lazy.order, dense)
 
 
 @pytest.mark.parametrize("align", ["none", "penalty", "hard", "quota"])
@@ -483,3 +484,16 @@ def test_pairwise_exact_duplicates_are_picked_in_index_order():
     for r in range(12):
         assert np.flatnonzero(order == r)[0] < np.flatnonzero(order == r + 12)[0]
     assert len(set((order[:12] % 12).tolist())) == 12  # every leaf once before any twin
+
+
+@pytest.mark.parametrize("align", ["penalty", "hard"])
+def test_many_row_masses_fall_back_to_exact_rescans(align, monkeypatch):
+    monkeypatch.setattr(tags_select, "_MAX_MASS_GROUPS", 1)
+    A, q, parents, levels, target = random_pool(6, normalize=False)  # masses 1 .. 5: five groups
+    problem = build_problem(A, q, parents, levels)
+    params = TagsParams(align=align, kl_cap=0.3, kl_cap_start=1.0)
+    selection = select(problem, 50, params, target)
+    assert selection.info["dense_fallback"]
+    np.testing.assert_array_equal(selection.order, select_dense(problem, 50, params, target))
+    monkeypatch.setattr(tags_select, "_MAX_MASS_GROUPS", 64)
+    np.testing.assert_array_equal(select(problem, 50, params, target).order, selection.order)
