@@ -1,5 +1,6 @@
 """Shared fixtures: a temporary MIG_HOME, an ephemeral Dagster instance, the shared/ data."""
 
+import socket
 from pathlib import Path
 
 import dagster as dg
@@ -47,3 +48,10 @@ def materialize_shards(instance, resources, layout, paths, run_config=None) -> d
         checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
         out[key] = {"metadata": {k: v.value for k, v in mat.metadata.items()}, "checks": checks, "result": result}
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for servers the tests start."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

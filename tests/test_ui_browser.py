@@ -5,7 +5,6 @@ driven by Selenium). A screenshot is kept in test-artifacts/. Every process is s
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import free_port, REPO_ROOT
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 LOCATION = {"repositoryLocationName": "mig_assets", "repositoryName": "__repository__"}
@@ -25,12 +24,6 @@ mutation($repositorySelector: RepositorySelector!, $partitionsDefName: String!, 
   }
 }"""
 ASSETS = "{ assetNodes { assetKey { path } groupName assetMaterializations(limit: 1) { timestamp } } }"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
