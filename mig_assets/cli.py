@@ -166,18 +166,23 @@ def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) ->
     }
 
 
-SUMMARY_KEYS = ("dagster/row_count", "labels", "edges", "version", "objective", "label_coverage", "export_dir")
+SUMMARY_KEYS = (
+    "dagster/row_count", "labels", "edges", "version", "objective", "label_coverage", "leaves_covered",
+    "kl_target_selection", "export_dir",
+)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     # the tagger is chosen before the definitions load: it decides atomic_tags' code version
     os.environ.setdefault("MIG_TAGGER_BACKEND", args.tagger)
-    from mig_assets.demo_pool import write_demo_pool
+    from mig_assets.demo_pool import write_demo_pool, write_demo_target
 
     layout = WarehouseLayout(mig_home()).ensure()
     instance = dagster_instance(layout)
     with stdout_to_stderr():
         files = write_demo_pool(layout.incoming_dir / "demo")
+        if not os.environ.get("MIG_TARGET_PATH"):
+            write_demo_target(layout.home / "targets")
         totals = ingest_files(layout, files, instance)
         _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
         assets = materialize_all(layout, instance, [s["shard"] for s in totals["shards"]])

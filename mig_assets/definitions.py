@@ -14,7 +14,7 @@ from mig_assets.pool.sensors import incoming_shards_sensor
 from mig_assets.resources import Warehouse, embedder_from_env, mig_home_setting, tagger_from_env
 from mig_assets.selection.assets import build_selection_asset, label_graph, selection_specs
 from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
-from mig_assets.tree.assets import knowledge_tree
+from mig_assets.tree.assets import knowledge_tree, target_profile
 
 tagger = tagger_from_env()
 
@@ -30,7 +30,7 @@ tag_job = dg.define_asset_job(
     "tag_job", selection=[atomic_tags, sample_embeddings], executor_def=dg.in_process_executor,
     description="Tag and embed shards; launch over many partitions to load each model once.",
 )
-global_assets = [tag_vocabulary, tag_embeddings, label_graph, knowledge_tree, *selection_assets]
+global_assets = [tag_vocabulary, tag_embeddings, label_graph, knowledge_tree, target_profile, *selection_assets]
 reselect_job = dg.define_asset_job(
     "reselect_job", selection=global_assets, executor_def=dg.in_process_executor,
     description="Rebuild the vocabulary, embeddings and graph from the cached per-shard results and re-run every selection.",

@@ -93,8 +93,12 @@ FILLERS = {
 }
 
 
-def _samples(rng: random.Random, n: int) -> list[dict]:
-    skills = sorted(SKILLS)
+# the demo's target domain (as MT-Bench categories): coding and math
+TARGET_CATEGORIES = {"python": "coding", "sql": "coding", "algebra": "math", "geometry": "math"}
+
+
+def _samples(rng: random.Random, n: int, skills: list[str] | None = None) -> list[dict]:
+    skills = sorted(skills or SKILLS)
     samples = []
     for _ in range(n):
         skill = rng.choice(skills)
@@ -134,6 +138,16 @@ def write_demo_pool(folder: Path, n_per_shard: int = 100, seed: int = 0) -> list
     return paths
 
 
+def write_demo_target(folder: Path, n: int = 24, seed: int = 1) -> Path:
+    """Write the demo's target set (coding and math questions, MIG format with InsTag-style tags and
+    an MT-Bench-like ``category``) into ``folder``; aligned selections steer towards it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = _samples(random.Random(seed), n, sorted(TARGET_CATEGORIES))
+    for s in samples:
+        s["category"] = TARGET_CATEGORIES[s["skill"]]
+    return _write_mig(folder / "demo_target.jsonl", samples)
+
+
 def _write_sharegpt(path: Path, samples: list[dict]) -> Path:
     lines = [
         json.dumps({"id": f"sg-{i}", "conversations": [{"from": "human", "value": s["instruction"]}, {"from": "gpt", "value": s["response"]}]})
@@ -169,6 +183,7 @@ def _write_mig(path: Path, samples: list[dict]) -> Path:
                 "_id": f"{i:024x}",
                 "dialogs": [{"role": "user", "content": s["instruction"]}, {"role": "assistant", "content": s["response"]}],
                 "source": [s["skill"]],
+                **({"category": s["category"]} if "category" in s else {}),
                 "annotation": {
                     "instag": {"content": s["tags"], "versions": [100] * len(s["tags"])},
                     "deita": {"quality_scores": s["quality"], "complexity_scores": s["complexity"]},

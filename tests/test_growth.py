@@ -14,10 +14,14 @@ import duckdb
 
 from mig_assets.core.explain import explain
 from mig_assets.definitions import defs
+from mig_assets.demo_pool import write_demo_target
 from mig_assets.pool.sensors import incoming_shards_sensor
 from tests.conftest import MIG_FIXTURES
 
-WATCHED = ["atomic_tags", "sample_embeddings", "tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection", "random_5pct"]
+WATCHED = [
+    "atomic_tags", "sample_embeddings", "tag_vocabulary", "tag_embeddings", "label_graph", "knowledge_tree", "target_profile",
+    "mig_selection", "tags_aligned_5pct", "random_5pct",
+]
 
 
 def requested(result) -> dict[str, int]:
@@ -33,6 +37,7 @@ def test_pool_growth_tags_only_the_new_shard_and_reselects_once(layout, instance
     def run(selection, partition_key=None):
         return dg.materialize(assets, selection=selection, partition_key=partition_key, instance=instance, resources=resources)
 
+    write_demo_target(layout.home / "targets")
     shutil.copyfile(MIG_FIXTURES / "p2k.jsonl", layout.incoming_dir / "p2k.jsonl")
     instance.add_dynamic_partitions("pool_shards", ["p2k.jsonl"])
     run(shard_assets, "p2k.jsonl")

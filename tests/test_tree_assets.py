@@ -1,5 +1,7 @@
 """knowledge_tree as an asset, with the real offline embedding model: synonyms share a leaf."""
 
+import json
+
 import dagster as dg
 import duckdb
 import pyarrow as pa
@@ -44,7 +46,8 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     instance.add_dynamic_partitions("pool_shards", ["p2k.jsonl"])
     specs = [SelectionSpec("tags_small", method="tags", budget={"count": 50}), SelectionSpec("random_small", method="random", budget={"count": 50})]
     selections = [build_selection_asset(spec) for spec in specs]
-    assets = [a for a in defs.assets if a.key.to_user_string() in ("raw_pool", "atomic_tags", "tag_vocabulary", "tag_embeddings", "knowledge_tree")]
+    names = ("raw_pool", "atomic_tags", "tag_vocabulary", "tag_embeddings", "knowledge_tree", "target_profile")
+    assets = [a for a in defs.assets if a.key.to_user_string() in names]
     dg.materialize(assets, selection=[a for a in assets if a.partitions_def], partition_key="p2k.jsonl", instance=instance, resources=resources)
     run_config = {"ops": {"tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}}}}
     result = dg.materialize(
@@ -53,6 +56,13 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     )
     meta = result.asset_materializations_for_node("tags_small")[0].metadata
     assert meta["dagster/row_count"].value == 50 and "data:image/png" in meta["plots"].value
+    assert "kl_target_selection" not in meta  # no target set: nothing to report against
+    assert result.asset_materializations_for_node("target_profile")[0].metadata["dagster/row_count"].value == 0
+    aligned = build_selection_asset(SelectionSpec("tags_aligned", method="tags", budget={"count": 50}, params={"align": "penalty"}))
+    failed = dg.materialize(assets + [aligned], selection=[aligned], instance=instance, resources=resources, raise_on_error=False)
+    assert not failed.success
+    [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "no target profile: set MIG_TARGET_PATH" in failure.event_specific_data.error.cause.message
     coverage = meta["coverage_by_level"].value
     assert "1" in coverage and 0 < coverage["1"] <= 1
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
@@ -66,3 +76,63 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     assert all(b <= a + 1e-9 for a, b in zip(gains, gains[1:]))  # submodular: gains never grow
     exported = [json.loads(line) for line in (layout.exports_dir / "tags_small" / "v0001" / "data.jsonl").read_text().splitlines()]
     assert len(exported) == 50
+
+
+def test_target_profile_and_aligned_selection_through_the_assets(layout, instance, resources):
+    """Demo pool + demo target (coding and math) with the real embedding model: the aligned TAGS
+    selection ends closer to the target than the unaligned one, and both report KL and plots."""
+    from mig_assets.core.specs import SelectionSpec
+    from mig_assets.definitions import defs
+    from mig_assets.demo_pool import write_demo_pool, write_demo_target
+    from mig_assets.selection.assets import build_selection_asset
+    from mig_assets.tree.assets import target_profile
+
+    paths = write_demo_pool(layout.incoming_dir / "demo")
+    target_file = write_demo_target(layout.home / "targets")
+    keys = [layout.shard_key(p) for p in paths]
+    instance.add_dynamic_partitions("pool_shards", keys)
+    names = ("raw_pool", "atomic_tags", "tag_vocabulary", "tag_embeddings", "knowledge_tree")
+    assets = [a for a in defs.assets if a.key.to_user_string() in names] + [target_profile]
+    for key in keys:
+        dg.materialize(assets, selection=[a for a in assets if a.partitions_def], partition_key=key, instance=instance, resources=resources)
+    specs = [
+        SelectionSpec("tags_plain", method="tags", budget={"count": 12}),
+        SelectionSpec("tags_aligned", method="tags", budget={"count": 12}, params={"align": "penalty", "lam": 5.0}),
+        SelectionSpec("tags_quota", method="tags", budget={"count": 12}, params={"align": "quota"}),
+    ]
+    selections = [build_selection_asset(spec) for spec in specs]
+    tree_config = {"ops": {"knowledge_tree": {"config": {"branching": 3, "top_size": 3, "min_count": 1}}}}
+    result = dg.materialize(
+        assets + selections, selection=[a for a in assets if not a.partitions_def] + selections,
+        instance=instance, resources=resources, run_config=tree_config,
+    )
+    profile = result.asset_materializations_for_node("target_profile")[0].metadata
+    assert profile["dagster/row_count"].value == 24 and profile["samples_grounded"].value == {"tags": 24}
+    assert profile["tag_source"].value == "imported annotations" and profile["unassigned_samples"].value == 0
+    meta = {spec.name: result.asset_materializations_for_node(spec.name)[0].metadata for spec in specs}
+    kl = {name: m["kl_target_selection"].value for name, m in meta.items()}
+    assert kl["tags_aligned"] < kl["tags_plain"] and kl["tags_quota"] < kl["tags_plain"], kl
+    assert meta["tags_plain"]["kl_target_pool"].value == meta["tags_aligned"]["kl_target_pool"].value
+    for name in ("tags_plain", "tags_aligned"):
+        plots = meta[name]["plots"].value
+        assert "![kl_vs_target](data:image/png" in plots and "![tree_coverage](data:image/png" in plots
+        assert meta[name]["leaf_entropy"].value > 0 and set(meta[name]["coverage_by_level"].value) >= {"1", "2"}
+        assert (layout.exports_dir / name / "v0001" / "kl_vs_target.png").stat().st_size > 1000
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        shares = [s for (s,) in con.execute("SELECT share FROM target_profile ORDER BY leaf_id").fetchall()]
+        source, tree_version = con.execute("SELECT source, tree_version FROM target_info").fetchall()[0]
+        manifest_inputs = json.loads((layout.exports_dir / "tags_aligned" / "v0001" / "manifest.json").read_text())["inputs"]
+    assert abs(sum(shares) - 1) < 1e-9 and source == str(layout.home / "targets")
+    assert {"knowledge_tree", "target_profile"} <= set(manifest_inputs)
+
+    # the same target grounded by its text alone (what a tagger without a model can do): the leaves
+    # reached by text mostly agree with those reached by the tags
+    text_config = {"ops": {"target_profile": {"config": {"path": str(target_file), "grounding": "text"}}}}
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        by_tags = dict(con.execute("SELECT sample_id, leaf_ids FROM target_samples").fetchall())
+    by_text = dg.materialize(assets, selection=[target_profile], instance=instance, resources=resources, run_config=text_config)
+    grounded = by_text.asset_materializations_for_node("target_profile")[0].metadata["samples_grounded"].value
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        text_leaf = dict(con.execute("SELECT sample_id, leaf_ids[1] FROM target_samples WHERE grounding = 'text'").fetchall())
+    agree = sum(leaf in by_tags[sample_id] for sample_id, leaf in text_leaf.items())
+    assert grounded.get("text", 0) >= 12 and agree >= 0.6 * len(text_leaf), (grounded, agree)

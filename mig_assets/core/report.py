@@ -71,6 +71,64 @@ def score_plot(pool: np.ndarray, selected: np.ndarray) -> bytes:
     return _png(plt, fig)
 
 
+def level_coverage_plot(coverage: dict[int, float], pool_coverage: dict[int, float] | None = None) -> bytes:
+    """Share of tree nodes of each level (1 = leaves) that the selection (and the pool) covers."""
+    plt, (fig, ax) = _figure()
+    levels = sorted(coverage)
+    positions = np.arange(len(levels))
+    if pool_coverage is not None:
+        ax.bar(positions - 0.2, [pool_coverage.get(h, 0.0) for h in levels], width=0.4, label="pool")
+        ax.bar(positions + 0.2, [coverage[h] for h in levels], width=0.4, label="selected")
+        ax.legend(fontsize=7)
+    else:
+        ax.bar(positions, [coverage[h] for h in levels], width=0.6)
+    ax.set_xticks(positions, [f"level {h}" + (" (leaves)" if h == 1 else "") for h in levels], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of nodes covered")
+    ax.set_title("knowledge tree coverage by level")
+    return _png(plt, fig)
+
+
+def kl_plot(kl: np.ndarray, target: np.ndarray, selected: np.ndarray, pool: np.ndarray, names: list[str], top: int = 15) -> bytes:
+    """Left: KL(target || selection) after each pick. Right: leaf shares of the target's top leaves
+    in the target, the pool and the selection."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 3.4), dpi=80)
+    left.plot(np.arange(1, len(kl) + 1), kl, color="tab:red")
+    left.set_xlabel("pick")
+    left.set_ylabel("KL(target || selection), nats")
+    left.set_title("alignment to the target")
+    leaves = np.argsort(-target, kind="stable")[:top]
+    positions = np.arange(len(leaves))
+
+    def share(mass):
+        return mass[leaves] / mass.sum() if mass.sum() > 0 else np.zeros(len(leaves))
+
+    right.bar(positions - 0.27, target[leaves], width=0.27, label="target")
+    right.bar(positions, share(pool), width=0.27, label="pool")
+    right.bar(positions + 0.27, share(selected), width=0.27, label="selected")
+    right.set_xticks(positions, [names[v][:18] for v in leaves], rotation=60, ha="right", fontsize=7)
+    right.set_ylabel("share of leaf mass")
+    right.set_title("target's top leaves")
+    right.legend(fontsize=7)
+    return _png(plt, fig)
+
+
+def target_plot(share: np.ndarray, names: list[str], top: int = 20) -> bytes:
+    """The target distribution's largest leaves."""
+    plt, (fig, ax) = _figure()
+    leaves = np.argsort(-share, kind="stable")[:top]
+    ax.bar(np.arange(len(leaves)), share[leaves])
+    ax.set_xticks(np.arange(len(leaves)), [names[v][:18] for v in leaves], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("target share")
+    ax.set_title("target profile: top leaves")
+    return _png(plt, fig)
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 

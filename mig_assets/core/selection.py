@@ -47,8 +47,13 @@ class SelectionOutcome:
     gains: np.ndarray  # gain at pick time (NaN for methods without gains)
     objective: np.ndarray  # MIG objective after each pick (NaN for methods without one)
     top_labels: list[list[str]] = field(default_factory=list)  # labels contributing most, per pick
-    coverage: np.ndarray | None = None  # final s over the graph's labels (MIG only)
+    coverage: np.ndarray | None = None  # final s over the graph's labels (MIG), x over the tree's nodes (TAGS)
     gain_evaluations: int = 0
+    kl: np.ndarray | None = None  # TAGS with a target: KL(target || selection) after each pick
+    leaf_mass: np.ndarray | None = None  # TAGS: the selection's mass per leaf
+    pool_leaf_mass: np.ndarray | None = None  # TAGS: the whole pool's mass per leaf
+    sample_matrix: sp.csr_array | None = None  # rows summed into coverage (MIG: Y, TAGS: U)
+    leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
 
 
 def quality_scores(imported: list[float | None]) -> tuple[np.ndarray, str, float]:
@@ -78,8 +83,12 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
 def run_selection(
     method: str, pool: PoolArrays, budget: Budget, *, graph: LabelGraph | None = None,
     params: MigParams = MigParams(), seed: int = 42, tree=None, tags_params=None, gamma: float = 0.5,
+    level_weights: str = "uniform", target: np.ndarray | None = None,
 ) -> SelectionOutcome:
     """Pick samples by ``method`` ("mig", "tags" or "random") within ``budget``.
+
+    TAGS uses ``tree``, ``tags_params`` (its alignment mode among them), the upward decay ``gamma``,
+    the ``level_weights`` β and, to align or to report KL, a ``target`` distribution over the leaves.
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
@@ -94,7 +103,7 @@ def run_selection(
     if method == "mig":
         outcome = _mig(pool, graph, k, params)
     elif method == "tags":
-        outcome = _tags(pool, tree, k, tags_params, gamma)
+        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
     elif method == "random":
         order = random_select(n_pool, k, seed)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
@@ -104,6 +113,12 @@ def run_selection(
         keep = len(token_prefix(outcome.order, pool.tokens, budget.tokens))
         outcome.order, outcome.gains, outcome.objective = outcome.order[:keep], outcome.gains[:keep], outcome.objective[:keep]
         outcome.top_labels = outcome.top_labels[:keep]
+        if outcome.kl is not None:
+            outcome.kl = outcome.kl[:keep]
+        if outcome.sample_matrix is not None:  # coverage and leaf mass of the prefix actually kept
+            outcome.coverage = np.asarray(outcome.sample_matrix[outcome.order].sum(axis=0)).ravel()
+        if outcome.leaf_matrix is not None:
+            outcome.leaf_mass = np.asarray(outcome.leaf_matrix[outcome.order].sum(axis=0)).ravel()
     return outcome
 
 
@@ -116,20 +131,28 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) 
     result = select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(
-        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations
+        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y
     )
 
 
-def _tags(pool: PoolArrays, tree, k: int, params, gamma: float) -> SelectionOutcome:
-    """TAGS (unaligned): tree-level information gain over the samples' leaves and their ancestors."""
+def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
+    """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
+    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
     from mig_assets.core.tags_select import TagsParams, build_problem, leaf_weights, select as tags_select
 
     if tree is None:
         raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    params = params or TagsParams(align="none")
+    if params.align != "none" and target is None:
+        raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     leaf_ids = tree.leaf_of([t for tags in pool.tags for t in tags])  # -1: a tag newer than the tree
     indptr = np.concatenate([[0], np.cumsum([len(tags) for tags in pool.tags])]).astype(np.int64)
     A = leaf_weights(indptr, leaf_ids, tree.n_leaves)
-    problem = build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma)
-    result = tags_select(problem, k, params or TagsParams(align="none"))
+    problem = build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
+    result = tags_select(problem, k, params, target)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
-    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage)
+    return SelectionOutcome(
+        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, kl=result.kl,
+        leaf_mass=result.leaf_mass, pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
+        sample_matrix=problem.paths, leaf_matrix=problem.leaves,
+    )

@@ -7,6 +7,7 @@ Layout::
     MIG_HOME/warehouse/<asset>/shard=<key>/part-0.parquet
     MIG_HOME/warehouse/mig.duckdb     views + small global tables
     MIG_HOME/exports/<selection>/<version>/
+    MIG_HOME/targets/**               the default target set of target_profile (MIG_TARGET_PATH overrides)
 """
 
 from __future__ import annotations

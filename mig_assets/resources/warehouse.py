@@ -40,7 +40,10 @@ class Warehouse(dg.ConfigurableResource):
         from dagster_duckdb import DuckDBResource  # retries while another writer holds the file lock
 
         with DuckDBResource(database=str(self.layout.duckdb_path)).get_connection() as con:
-            yield con
+            try:
+                yield con
+            finally:  # get_connection closes only on success: a failed asset must not keep the file open
+                con.close()
 
     def refresh_catalog(self) -> list[str]:
         with self.connect() as con:

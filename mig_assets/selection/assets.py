@@ -17,18 +17,18 @@ from pydantic import Field
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
-from mig_assets.core.report import curve_plot, distribution_plot, html_report, markdown_image, score_plot
+from mig_assets.core.report import curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, score_plot
 from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
 from mig_assets.core.selection import Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection
 from mig_assets.core.specs import SelectionSpec, load_specs
-from mig_assets.core.tags_select import TagsParams, coverage_by_level
-from mig_assets.core.tree import KnowledgeTree
+from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
 from mig_assets.core.tags import normalize_tag
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Warehouse
+from mig_assets.tree.assets import load_tree
 
 SELECTION_CODE_VERSION = "1"
 DEFAULT_SPECS = Path(__file__).resolve().parents[1] / "selections.yaml"
@@ -118,7 +118,15 @@ class SelectionConfig(dg.Config):
     phi_alpha: float = 1.0
     gain: str = "gradient"
     seed: int = 42
-    gamma: float = 0.5  # TAGS: upward decay of a leaf's mass to its ancestors
+    # TAGS
+    gamma: float = Field(default=0.5, description="TAGS: upward decay of a leaf's mass to its ancestors")
+    level_weights: str = Field(default="uniform", description="TAGS: beta per level, uniform (1) or equal (1/|level|)")
+    align: str = Field(default="none", description="TAGS alignment to target_profile: none | penalty | hard | quota")
+    lam: float = Field(default=1.0, description="TAGS penalty: F(S) = E(S)/E(pool) - lam * KL(target || S)")
+    eps: float = Field(default=1e-3, description="TAGS: smoothing of the selection's leaf distribution")
+    kl_cap: float = Field(default=0.1, description="TAGS hard: final KL cap")
+    kl_cap_start: float = Field(default=1.0, description="TAGS hard: KL cap at the first pick")
+    kl_cap_decay: float = Field(default=0.5, description="TAGS hard: share of the budget over which the cap decays")
 
     def budget(self) -> Budget:
         return Budget(count=self.budget_count, fraction=self.budget_fraction, tokens=self.budget_tokens)
@@ -127,6 +135,12 @@ class SelectionConfig(dg.Config):
         return MigParams(
             prop_weight=self.prop_weight, norm=self.norm, phi=self.phi, phi_a=self.phi_a, phi_b=self.phi_b,
             phi_alpha=self.phi_alpha, gain=self.gain,
+        )
+
+    def tags_params(self) -> TagsParams:
+        return TagsParams(
+            phi_a=self.phi_a, phi_b=self.phi_b, align=self.align, lam=self.lam, eps=self.eps, kl_cap=self.kl_cap,
+            kl_cap_start=self.kl_cap_start, kl_cap_decay=self.kl_cap_decay,
         )
 
 
@@ -175,15 +189,6 @@ def load_graph(con) -> LabelGraph:
     return LabelGraph(labels, W)
 
 
-def load_tree(layout):
-    """The latest knowledge tree (tree.json + centroids.parquet written by knowledge_tree)."""
-    folder = layout.warehouse_dir / "knowledge_tree"
-    if not (folder / "tree.json").exists():
-        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
-    centroids = arrow_to_vectors(pq.read_table(folder / "centroids.parquet").column("centroid"))
-    return KnowledgeTree.from_dict(json.loads((folder / "tree.json").read_text()), centroids)
-
-
 SELECTION_TABLES = """
 CREATE TABLE IF NOT EXISTS selections (
     selection VARCHAR, version INTEGER, method VARCHAR, budget VARCHAR, n_selected BIGINT, n_pool BIGINT,
@@ -206,7 +211,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     if spec.method == "mig":
         deps.append(dg.AssetDep(label_graph))
     if spec.method == "tags":
-        deps.append(dg.AssetDep("knowledge_tree"))
+        deps += [dg.AssetDep("knowledge_tree"), dg.AssetDep("target_profile")]  # the target: to align, or to report KL
     config_class = config_class_for(spec)
 
     @dg.asset(
@@ -235,12 +240,16 @@ def materialize_selection(
         layout.refresh_catalog(con)
         pool, score_origin, score_fill, failed = load_pool(con)
         graph = load_graph(con) if spec.method == "mig" else None
-    tree = load_tree(layout) if spec.method == "tags" else None
+    tree, target = None, None
+    if spec.method == "tags":
+        tree, tree_info = load_tree(layout)
+        with warehouse.connect() as con:
+            target = load_target(con, tree_info["version"], required=config.align != "none")
     loaded = time.perf_counter()
     params = config.mig_params()
     outcome = run_selection(
         spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed, tree=tree,
-        tags_params=TagsParams(phi_a=config.phi_a, phi_b=config.phi_b, align="none"), gamma=config.gamma,
+        tags_params=config.tags_params(), gamma=config.gamma, level_weights=config.level_weights, target=target,
     )
     selected = time.perf_counter()
 
@@ -285,7 +294,7 @@ def materialize_selection(
             con.execute("INSERT INTO selection_diffs SELECT * FROM diff_arrow")
             con.unregister("diff_arrow")
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
-        plots = _plots(spec, pool, outcome)
+        plots = _plots(spec, pool, outcome, tree, target)
         report = _report(spec, version, pool, outcome, score_origin, plots, diff)
         files = write_export(
             export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name,
@@ -311,9 +320,7 @@ def materialize_selection(
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
             "report": dg.MetadataValue.path(files["report.html"]),
             "diff_vs_previous": dg.MetadataValue.md(_diff_md(diff, version)) if version > 1 else "first version",
-            **({"coverage_by_level": dg.MetadataValue.json(
-                {str(level): round(share, 4) for level, share in coverage_by_level(outcome.coverage, tree.levels).items()}
-            ), "tree_nodes": tree.n_nodes} if tree is not None else {}),
+            **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
             "added": changes.get("added", 0),
             "removed": changes.get("removed", 0),
             "seconds_select": round(selected - loaded, 3),
@@ -370,7 +377,7 @@ def _diff_md(diff: list[dict], version: int, limit: int = 20) -> str:
     return "\n".join(lines + ([f"\n... {len(diff) - limit} more in table selection_diffs"] if len(diff) > limit else []))
 
 
-def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome) -> dict[str, bytes]:
+def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome, tree=None, target=None) -> dict[str, bytes]:
     selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     plots = {
         "tag_distribution": distribution_plot(Counter(t for tags in pool.tags for t in tags), selected_tags),
@@ -378,7 +385,48 @@ def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome) -> 
     }
     if spec.method in ("mig", "tags") and len(outcome.order):
         plots["curves"] = curve_plot(outcome.objective, outcome.gains)
+    if tree is not None:
+        pool_coverage = np.asarray(outcome.sample_matrix.sum(axis=0)).ravel()
+        plots["tree_coverage"] = level_coverage_plot(
+            coverage_by_level(outcome.coverage, tree.levels), coverage_by_level(pool_coverage, tree.levels)
+        )
+        if target is not None and outcome.kl is not None and len(outcome.order):
+            plots["kl_vs_target"] = kl_plot(outcome.kl, target, outcome.leaf_mass, outcome.pool_leaf_mass, tree.names)
     return plots
+
+
+def _tree_metadata(outcome: SelectionOutcome, tree, target, config: SelectionConfig) -> dict:
+    """Coverage per tree level, leaf entropy and, with a target profile, KL(target || selection) and of the pool."""
+    metadata = {
+        "coverage_by_level": dg.MetadataValue.json(
+            {str(level): round(share, 4) for level, share in coverage_by_level(outcome.coverage, tree.levels).items()}
+        ),
+        "leaves_covered": int((outcome.leaf_mass > 0).sum()),
+        "leaf_entropy": round(leaf_entropy(outcome.leaf_mass), 4),
+        "tree_nodes": tree.n_nodes,
+        "align": config.align,
+    }
+    if target is not None:
+        metadata["kl_target_selection"] = round(kl_divergence(target, outcome.leaf_mass, config.eps), 4)
+        metadata["kl_target_pool"] = round(kl_divergence(target, outcome.pool_leaf_mass, config.eps), 4)
+    return metadata
+
+
+def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
+    """The target leaf distribution of ``target_profile`` when it was built on this tree version.
+
+    Missing or stale: an error when ``required`` (an aligned selection), else None (KL not reported)."""
+    has_profile = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'target_info'").fetchall()[0][0]
+    if has_profile:
+        [(built_on,)] = con.execute("SELECT tree_version FROM target_info").fetchall()
+        if built_on == tree_version:
+            return np.array([share for (share,) in con.execute("SELECT share FROM target_profile ORDER BY leaf_id").fetchall()])
+        problem = f"target_profile was built on tree {built_on}, the tree is now {tree_version}: materialize target_profile again"
+    else:
+        problem = "no target profile: set MIG_TARGET_PATH (or put the target set in MIG_HOME/targets) and materialize target_profile"
+    if required:
+        raise ValueError(problem)
+    return None
 
 
 def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
@@ -388,6 +436,8 @@ def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
         "pool size": len(pool.sample_ids), "selected": len(outcome.order),
         "selected tokens (est.)": int(pool.tokens[outcome.order].sum()), "quality weights": score_origin,
     }
+    if outcome.kl is not None and len(outcome.kl):
+        summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
     top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
     changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
     return html_report(f"{spec.name} v{version}", summary, plots, {"top tags in the selection": top, "changes since the previous version": changes})
@@ -396,7 +446,8 @@ def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
 def _manifest(context, spec, config, version, pool, outcome, score_origin, failed) -> dict:
     instance = context.instance
     upstream = {}
-    for key in ("raw_pool", "atomic_tags", "label_graph", "tag_embeddings"):
+    method_inputs = {"mig": ("tag_embeddings", "label_graph"), "tags": ("tag_embeddings", "knowledge_tree", "target_profile")}
+    for key in ("raw_pool", "atomic_tags", *method_inputs.get(spec.method, ())):
         event = instance.get_latest_materialization_event(dg.AssetKey(key))
         if event is not None and event.asset_materialization is not None:
             upstream[key] = {"run_id": event.run_id, "data_version": event.asset_materialization.tags.get("dagster/data_version")}

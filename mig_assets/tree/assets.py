@@ -1,7 +1,10 @@
-"""``knowledge_tree``: canonical tags organised bottom-up into a concept hierarchy (TAGS, spec §1.5)."""
+"""``knowledge_tree``: canonical tags organised bottom-up into a concept hierarchy (TAGS, spec §1.5), and
+``target_profile``: a target set grounded on its leaves (spec §1.9)."""
 
 import hashlib
 import json
+import os
+from collections import Counter
 
 import dagster as dg
 import numpy as np
@@ -12,9 +15,16 @@ from pydantic import Field
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
-from mig_assets.core.tree import build_tree
+from mig_assets.core.report import markdown_image, target_plot
+from mig_assets.core.tagging import TagCache, tag_samples
+from mig_assets.core.tags import normalize_tag
+from mig_assets.core.tags_select import leaf_entropy, target_distribution
+from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
+from mig_assets.core.tree import KnowledgeTree, build_tree
+from mig_assets.core.tree_refine import LLMTreeRefiner
+from mig_assets.core.embedding import EmbeddingCache
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
-from mig_assets.resources import Warehouse
+from mig_assets.resources import Embedder, Tagger, Warehouse
 
 TOP_NODES_SHOWN = 20
 
@@ -25,6 +35,11 @@ class KnowledgeTreeConfig(dg.Config):
     leaf_branching: float | None = Field(default=None, description="tags per leaf (default: branching)")
     min_count: float = Field(default=2, description="rarer tags never seed a leaf; they join the nearest one")
     seed: int = 0
+    refine: bool = Field(
+        default=False,
+        description="LLM refinement through the tagger's model: name, merge synonyms, reassign within a shortlist, rename",
+    )
+    shortlist: int = Field(default=5, description="candidate parents per child when the LLM reassigns")
 
 
 @dg.asset(
@@ -37,7 +52,9 @@ class KnowledgeTreeConfig(dg.Config):
     description="TAGS knowledge tree: bottom-up K-Means over tag embeddings, leaves = first-level concepts, every "
     "canonical tag mapped to a leaf, parents named from their most central children (tables tree_nodes, tree_tags).",
 )
-def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+def knowledge_tree(
+    context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse, tagger: Tagger
+) -> dg.MaterializeResult:
     layout = warehouse.layout
     table = pq.read_table(tag_embeddings_path(layout.warehouse_dir))
     tags = table.column("tag").to_pylist()
@@ -46,17 +63,24 @@ def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfi
     vectors = arrow_to_vectors(table.column("embedding"))
     with warehouse.connect() as con:
         counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
+    folder = layout.warehouse_dir / "knowledge_tree"
+    refiner = None
+    if config.refine:
+        if tagger.backend == "imported":
+            raise ValueError("refine=True asks the tagger's LLM; the tagger backend is 'imported' (set MIG_TAGGER_BACKEND=vllm or openai)")
+        refiner = LLMTreeRefiner(tagger.llm(), cache_path=folder / "refine_cache" / f"{tagger.model_id}.jsonl")
     tree = build_tree(
         tags, vectors, np.array([counts.get(t, 1) for t in tags], dtype=np.float64), branching=config.branching,
         top_size=config.top_size, leaf_branching=config.leaf_branching, min_count=config.min_count, seed=config.seed,
+        refine=refiner, shortlist=config.shortlist,
     )
     model_id = table.column("model_id")[0].as_py()
+    refined_by = f"{tagger.model_id} ({tagger.version()})" if refiner else ""
     version = hashlib.sha256(
-        json.dumps([model_id, tags, config.model_dump()], sort_keys=True).encode() + np.ascontiguousarray(vectors).tobytes()
+        json.dumps([model_id, tags, config.model_dump(), refined_by], sort_keys=True).encode() + np.ascontiguousarray(vectors).tobytes()
     ).hexdigest()[:16]
-    folder = layout.warehouse_dir / "knowledge_tree"
     write_parquet_atomic(pa.table({"node_id": tree.node_ids, "centroid": vectors_to_arrow(tree.centroids)}), folder / "centroids.parquet")
-    (folder / "tree.json").write_text(json.dumps(tree.to_dict() | {"version": version, "embedding_model": model_id}, sort_keys=True))
+    (folder / "tree.json").write_text(json.dumps(tree.to_dict() | {"version": version, "embedding_model": model_id, "refined_by": refined_by}, sort_keys=True))
     with warehouse.connect() as con:
         for name, columns in (("tree_nodes", tree.nodes_table()), ("tree_tags", tree.tags_table())):
             con.register("arrow_input", pa.table(columns))
@@ -77,8 +101,174 @@ def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfi
             "tags": len(tags),
             "tree_version": version,
             "embedding_model": model_id,
+            "refined_by": refined_by or "none (parents named from their most central children)",
+            **({"llm_prompts_asked": refiner.asked, "llm_fallbacks": refiner.fallbacks} if refiner else {}),
             "top_level": dg.MetadataValue.md(top_md),
             "path": dg.MetadataValue.path(str(folder / "tree.json")),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+def load_tree(layout) -> tuple[KnowledgeTree, dict]:
+    """The latest knowledge tree (tree.json + centroids.parquet) and its version and embedding model."""
+    folder = layout.warehouse_dir / "knowledge_tree"
+    if not (folder / "tree.json").exists():
+        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    data = json.loads((folder / "tree.json").read_text())
+    centroids = arrow_to_vectors(pq.read_table(folder / "centroids.parquet").column("centroid"))
+    info = {"version": data.get("version", ""), "embedding_model": data.get("embedding_model", "")}
+    return KnowledgeTree.from_dict(data, centroids), info
+
+
+def _target_filter() -> tuple[str, list[str]]:
+    """``MIG_TARGET_FILTER=category=coding,math``: keep records whose field is one of the values."""
+    setting = os.environ.get("MIG_TARGET_FILTER", "")
+    if not setting:
+        return "", []
+    field, _, values = setting.partition("=")
+    return field.strip(), [v.strip() for v in values.split(",") if v.strip()]
+
+
+TARGET_FILTER_FIELD, TARGET_FILTER_VALUES = _target_filter()
+
+
+class TargetProfileConfig(dg.Config):
+    path: str = Field(
+        default=os.environ.get("MIG_TARGET_PATH", ""),
+        description="target set: a file or folder in any format the ingestion reads (empty: MIG_HOME/targets)",
+    )
+    filter_field: str = Field(default=TARGET_FILTER_FIELD, description="keep records whose field ... (e.g. category)")
+    filter_values: list[str] = Field(default=TARGET_FILTER_VALUES, description="... is one of these values (e.g. coding, math)")
+    alpha: float = Field(default=0.5, description="additive smoothing: t = (c + alpha) / (sum c + alpha L)")
+    grounding: str = Field(default="auto", description="auto (tags, text for untagged samples) | tags | text")
+    tag_threshold: float = Field(default=DEFAULT_TAG_THRESHOLD, description="cosine for an unseen tag to join a leaf")
+    text_threshold: float = Field(default=DEFAULT_TEXT_THRESHOLD, description="cosine for an untagged sample's text to join a leaf")
+
+
+TARGET_TABLES = ("target_profile", "target_samples", "target_info")
+
+
+@dg.asset(
+    deps=[knowledge_tree],
+    group_name="tree",
+    kinds={"duckdb"},
+    code_version="1",
+    pool="gpu",
+    automation_condition=re_select,
+    description="The target domain as a distribution over the tree's leaves: a target set (e.g. MT-Bench coding + math) "
+    "tagged with the pool's tagger, grounded on the tree and smoothed (tables target_profile, target_samples, target_info).",
+)
+def target_profile(
+    context: dg.AssetExecutionContext, config: TargetProfileConfig, warehouse: Warehouse, tagger: Tagger, embedder: Embedder
+) -> dg.MaterializeResult:
+    if config.grounding not in ("auto", "tags", "text"):
+        raise ValueError(f"grounding must be auto, tags or text, got {config.grounding!r}")
+    layout = warehouse.layout
+    tree, tree_info = load_tree(layout)
+    source = config.path or str(layout.home / "targets")
+    if not config.path and not any((layout.home / "targets").glob("*")):
+        # no target set: an empty profile, so unaligned selections run (without KL) and aligned ones say why not
+        with warehouse.connect() as con:
+            for name in TARGET_TABLES:
+                con.execute(f"DROP TABLE IF EXISTS {name}")
+        context.log.warning(f"no target set: {source} is empty and MIG_TARGET_PATH is not set; aligned selections will fail")
+        return dg.MaterializeResult(metadata={"dagster/row_count": 0, "source": f"none ({source} is empty)"}, data_version=dg.DataVersion("none"))
+    read = read_target(source, config.filter_field, config.filter_values)
+    for problem in read.bad[:20]:
+        context.log.warning(f"target record skipped: {problem}")
+    if not read.samples:
+        raise ValueError(
+            f"the target set {source} has no usable sample ({read.rows_read} read, {read.filtered_out} filtered out by "
+            f"{config.filter_field}={config.filter_values}, {len(read.bad)} bad)"
+        )
+    samples = read.samples
+    tags: list[list[str] | None] = [None] * len(samples)
+    tag_source = "none"
+    if config.grounding != "text":
+        if tagger.backend != "imported":
+            cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
+            results, stats = tag_samples(
+                [(s.sample_id, s.text) for s in samples], tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
+                max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size, max_attempts=tagger.max_attempts,
+                log=lambda message: context.log.info(f"target: {message}"),
+            )
+            tags = [results[s.sample_id]["tags"] if results[s.sample_id]["status"] != "failed" else None for s in samples]
+            tag_source = f"{tagger.backend}:{tagger.model_id} ({tagger.prompt_version})"
+        else:
+            tags = [[t for t in (normalize_tag(x) for x in s.imported_tags) if t] if s.imported_tags else None for s in samples]
+            tag_source = "imported annotations"
+    if config.grounding == "tags" and not any(tags):
+        raise ValueError(f"grounding='tags' but no target sample has tags (tag source: {tag_source})")
+
+    same_model = embedder.model == tree_info["embedding_model"] or embedder.get().model_id == tree_info["embedding_model"]
+    cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", tree_info["embedding_model"])
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return cache.lookup(texts, embedder.get().encode)[0]
+
+    if not same_model:
+        context.log.warning(
+            f"the tree was built on {tree_info['embedding_model']!r} and the embedder is {embedder.model!r}: "
+            "target tags unseen by the tree stay unassigned and no text grounding is done"
+        )
+    untagged = [i for i, t in enumerate(tags) if not t]
+    text_vectors = None
+    if same_model and untagged and config.grounding in ("auto", "text"):
+        text_vectors = np.zeros((len(samples), tree.centroids.shape[1]), dtype=np.float32)
+        text_vectors[untagged] = embed([samples[i].text for i in untagged])
+    grounding = ground_target(
+        tree, tags, embed_tags=embed if same_model else None, text_vectors=text_vectors,
+        tag_threshold=config.tag_threshold, text_threshold=config.text_threshold,
+    )
+    share = target_distribution(grounding.leaf_counts, config.alpha)
+    leaves = np.arange(tree.n_leaves)
+    profile = pa.table({
+        "leaf_id": pa.array(leaves, pa.int64()), "leaf": [tree.names[v] for v in leaves],
+        "count": pa.array(grounding.leaf_counts, pa.float64()), "share": pa.array(share, pa.float64()),
+    })
+    target_samples = pa.table({
+        "sample_id": [s.sample_id for s in samples], "source_file": [s.source_file for s in samples],
+        "line_no": pa.array([s.line_no for s in samples], pa.int64()), "text": [s.text for s in samples],
+        "tags": pa.array([t or [] for t in tags], pa.list_(pa.string())), "grounding": grounding.methods,
+        "leaf_ids": pa.array(grounding.sample_leaves, pa.list_(pa.int64())),
+    })
+    version = hashlib.sha256(tree_info["version"].encode() + share.tobytes()).hexdigest()[:16]
+    info = pa.table({
+        "profile_version": [version], "tree_version": [tree_info["version"]], "source": [source],
+        "filter": [f"{config.filter_field}={','.join(config.filter_values)}" if config.filter_field else ""],
+        "alpha": [config.alpha], "tag_source": [tag_source], "samples": [len(samples)], "run_id": [context.run.run_id],
+    })
+    with warehouse.connect() as con:
+        for name, arrow in zip(TARGET_TABLES, (profile, target_samples, info)):
+            con.register("arrow_input", arrow)
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM arrow_input")
+            con.unregister("arrow_input")
+    methods = Counter(grounding.methods)
+    top = np.argsort(-grounding.leaf_counts, kind="stable")[:15]
+    top_md = "\n".join(["| leaf | target samples | share |", "|---|---|---|"] + [
+        f"| {tree.names[v]} | {grounding.leaf_counts[v]:.2f} | {share[v]:.4f} |" for v in top if grounding.leaf_counts[v] > 0
+    ])
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(samples),
+            "source": source,
+            "rows_read": read.rows_read,
+            "filtered_out": read.filtered_out,
+            "duplicates": read.duplicates,
+            "bad_records": len(read.bad),
+            "bad_examples": dg.MetadataValue.json(read.bad[:10]),
+            "tag_source": tag_source,
+            "samples_grounded": dg.MetadataValue.json(dict(methods)),
+            "unassigned_samples": methods.get("unassigned", 0),
+            "tags_grounded": dg.MetadataValue.json(grounding.tag_counts),
+            "leaves_reached": int((grounding.leaf_counts > 0).sum()),
+            "leaves": tree.n_leaves,
+            "target_entropy": round(leaf_entropy(share), 4),
+            "tree_version": tree_info["version"],
+            "profile_version": version,
+            "top_leaves": dg.MetadataValue.md(top_md),
+            "plot": dg.MetadataValue.md(markdown_image(target_plot(share, [tree.names[v] for v in leaves]), "target profile")),
         },
         data_version=dg.DataVersion(version),
     )
