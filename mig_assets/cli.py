@@ -233,6 +233,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Materialize selection_comparison at one budget and print its table."""
+    import dagster as dg
+
+    from mig_assets.definitions import build_resources, defs
+
+    layout = WarehouseLayout(mig_home())
+    instance = dagster_instance(layout)
+    budget = {"budget_fraction": None, "budget_count": args.count} if args.count else {"budget_fraction": args.fraction}
+    run_config = {"ops": {"selection_comparison": {"config": budget | {"seed": args.seed}}}} | CLI_LOGGING
+    with stdout_to_stderr():
+        result = dg.materialize(
+            list(defs.assets), selection=["selection_comparison"], instance=instance, resources=build_resources(),
+            run_config=run_config, tags={"mig/launched_by": "cli"},
+        )
+    metadata = result.asset_materializations_for_node("selection_comparison")[0].metadata
+    print(metadata["methods"].value)
+    print(f"\nreport, plots, JSON and CSV-ready tables: {metadata['export_dir'].value}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mig-assets", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--selection", default=None, help="selection name (default: the latest selection made)")
     why.add_argument("--version", type=int, default=None, help="selection version (default: the latest)")
     why.set_defaults(func=cmd_explain)
+    compare = sub.add_parser("compare", help="every selection method at one budget, measured side by side")
+    size = compare.add_mutually_exclusive_group()
+    size.add_argument("--fraction", type=float, default=0.1, help="share of the pool each method selects (default 0.1)")
+    size.add_argument("--count", type=int, default=None, help="samples each method selects")
+    compare.add_argument("--seed", type=int, default=42)
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

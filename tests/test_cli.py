@@ -93,3 +93,12 @@ def test_sample_reports_labels_without_embeddings(tmp_path):
         tmp_path / "home",
     )
     assert done.returncode == 2 and "have no embedding" in done.stderr
+    aligned = summary["assets"]["tags_aligned_5pct"]
+    assert aligned["kl_target_selection"] <= summary["assets"]["tags_5pct"]["kl_target_selection"]
+
+    compared = run_cli(["compare", "--count", "15"], home)
+    assert compared.returncode == 0, compared.stderr
+    table = compared.stdout
+    for method in ("mig", "tags", "tags_aligned", "random", "top_quality", "deita", "instag", "kcenter"):
+        assert f"| {method} | 15 |" in table or f"| {method} |" in table, (method, table)
+    assert (home / "exports" / "comparison" / "v0001" / "report.html").exists()

@@ -169,3 +169,51 @@ def compare_selections(
             "jaccard": {other: jaccard[method, other] for other in orders if other != method},
         })
     return table
+
+
+def run_comparison(
+    pool, budget, *, graph=None, tree=None, target=None, mig_params: MigParams = MigParams(),
+    tags_params: TagsParams = TagsParams(align="none"), aligned_params: TagsParams = TagsParams(align="penalty"),
+    gamma: float = 0.5, level_weights: str = "uniform", seed: int = 42, diversity_threshold: float = 0.9,
+) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Every method the inputs allow, at one ``budget`` on ``pool`` (a :class:`selection.PoolArrays`), measured
+    by :func:`compare_selections`: mig (needs ``graph``), tags (needs ``tree``), tags_aligned (also
+    ``target``, aligned by ``aligned_params``), and the baselines (deita and kcenter need
+    ``pool.embeddings``). Label coverage counts the graph labels a selected sample carries itself.
+    Returns the table (with each method's selection seconds) and the orders."""
+    import time
+
+    from mig_assets.core.selection import BASELINES, EMBEDDING_METHODS, label_matrix_rows, mig_matrix, run_selection, tags_problem
+
+    runs: dict[str, tuple[str, dict]] = {}
+    if graph is not None:
+        runs["mig"] = ("mig", {"graph": graph, "params": mig_params})
+    if tree is not None:
+        runs["tags"] = ("tags", {"tree": tree, "tags_params": tags_params, "target": target})
+        if target is not None:
+            runs["tags_aligned"] = ("tags", {"tree": tree, "tags_params": aligned_params, "target": target})
+    for method in BASELINES:
+        if method not in EMBEDDING_METHODS or pool.embeddings is not None:
+            runs[method] = (method, {})
+    orders, seconds = {}, {}
+    for name, (method, extra) in runs.items():
+        started = time.perf_counter()
+        outcome = run_selection(
+            method, pool, budget, seed=seed, gamma=gamma, level_weights=level_weights,
+            diversity_threshold=diversity_threshold, **extra,
+        )
+        orders[name], seconds[name] = outcome.order, time.perf_counter() - started
+    Y = label_matrix = problem = None
+    if graph is not None:
+        Y = mig_matrix(pool, graph, mig_params)
+        indptr, indices = label_matrix_rows(pool.tags, graph.labels)
+        label_matrix = sp.csr_array((np.ones(len(indices)), indices, indptr), shape=(len(pool.tags), len(graph.labels)))
+    if tree is not None:
+        problem = tags_problem(pool, tree, gamma, level_weights)
+    table = compare_selections(
+        orders, Y=Y, mig_params=mig_params, tags_problem=problem, tags_params=tags_params, target=target,
+        scores=pool.scores, embeddings=pool.embeddings, label_matrix=label_matrix,
+    )
+    for row in table:
+        row["seconds"] = seconds[row["method"]]
+    return table, orders

@@ -129,6 +129,70 @@ def target_plot(share: np.ndarray, names: list[str], top: int = 20) -> bytes:
     return _png(plt, fig)
 
 
+COMPARED_METRICS = (
+    "mig_objective", "tags_objective", "label_coverage", "leaf_coverage", "mean_quality", "embedding_diversity", "kl_to_target",
+)
+
+
+def comparison_plot(table: list[dict]) -> bytes:
+    """Each metric of each method relative to the best method on that metric (KL: lower is better,
+    so the best is the smallest and the bar shows min/value)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in COMPARED_METRICS if any(row.get(m) is not None for row in table)]
+    fig, ax = plt.subplots(figsize=(9.6, 3.6), dpi=80)
+    width = 0.8 / max(len(table), 1)
+    for i, row in enumerate(table):
+        heights = []
+        for metric in metrics:
+            values = [r[metric] for r in table if r.get(metric) is not None and np.isfinite(r[metric])]
+            value = row.get(metric)
+            if value is None or not np.isfinite(value) or not values:
+                heights.append(0.0)
+            elif metric == "kl_to_target":
+                heights.append(min(values) / value if value > 0 else 1.0)
+            else:
+                heights.append(value / max(values) if max(values) > 0 else 0.0)
+        ax.bar(np.arange(len(metrics)) + (i - (len(table) - 1) / 2) * width, heights, width=width, label=row["method"])
+    ax.set_xticks(np.arange(len(metrics)), [m.replace("_", " ") for m in metrics], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("relative to the best method")
+    ax.set_title("methods compared at one budget")
+    ax.legend(fontsize=7, ncol=4)
+    return _png(plt, fig)
+
+
+def overlap_plot(methods: list[str], jaccard: dict[tuple[str, str], float]) -> bytes:
+    """Jaccard overlap between the methods' selections."""
+    plt, (fig, ax) = _figure()
+    matrix = np.array([[jaccard.get((a, b), 1.0 if a == b else 0.0) for b in methods] for a in methods])
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+    ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    for i in range(len(methods)):
+        for j in range(len(methods)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if matrix[i, j] < 0.6 else "black")
+    fig.colorbar(image, ax=ax)
+    ax.set_title("overlap (Jaccard)")
+    return _png(plt, fig)
+
+
+def markdown_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
+    """A markdown table of ``columns``; floats rounded, None shown as a dash."""
+    def cell(value):
+        if value is None:
+            return "–"
+        if isinstance(value, float):
+            return f"{value:.{digits}g}" if np.isfinite(value) else "nan"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from mig_assets.core import baselines
 from mig_assets.core.budget import picks_for_tokens, resolve_count, token_prefix
 from mig_assets.core.mig import MigParams, propagate, propagation_matrix, random_select, sample_label_matrix, select
 
@@ -22,6 +23,7 @@ class PoolArrays:
     tags: list[list[str]]  # canonical tags per sample
     scores: np.ndarray  # quality weight per sample (float64, >= 0)
     tokens: np.ndarray  # estimated tokens per sample (int64)
+    embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
 
 
 @dataclass
@@ -83,9 +85,11 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
 def run_selection(
     method: str, pool: PoolArrays, budget: Budget, *, graph: LabelGraph | None = None,
     params: MigParams = MigParams(), seed: int = 42, tree=None, tags_params=None, gamma: float = 0.5,
-    level_weights: str = "uniform", target: np.ndarray | None = None,
+    level_weights: str = "uniform", target: np.ndarray | None = None, diversity_threshold: float = 0.9,
 ) -> SelectionOutcome:
-    """Pick samples by ``method`` ("mig", "tags" or "random") within ``budget``.
+    """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
+    (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
+    complexity-first tag coverage; kcenter, farthest-first on the sample embeddings).
 
     TAGS uses ``tree``, ``tags_params`` (its alignment mode among them), the upward decay ``gamma``,
     the ``level_weights`` β and, to align or to report KL, a ``target`` distribution over the leaves.
@@ -104,11 +108,11 @@ def run_selection(
         outcome = _mig(pool, graph, k, params)
     elif method == "tags":
         outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
-    elif method == "random":
-        order = random_select(n_pool, k, seed)
+    elif method in BASELINES:
+        order = _baseline(method, pool, k, seed, diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
     else:
-        raise ValueError(f"unknown selection method {method!r}; expected mig, tags or random")
+        raise ValueError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
     if budget.tokens is not None:
         keep = len(token_prefix(outcome.order, pool.tokens, budget.tokens))
         outcome.order, outcome.gains, outcome.objective = outcome.order[:keep], outcome.gains[:keep], outcome.objective[:keep]
@@ -122,12 +126,36 @@ def run_selection(
     return outcome
 
 
-def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+BASELINES = ("random", "top_quality", "deita", "instag", "kcenter")
+EMBEDDING_METHODS = ("deita", "kcenter")
+METHODS = ("mig", "tags", *BASELINES)
+
+
+def _baseline(method: str, pool: PoolArrays, k: int, seed: int, diversity_threshold: float) -> np.ndarray:
+    if method in EMBEDDING_METHODS and pool.embeddings is None:
+        raise ValueError(f"{method} needs the sample embeddings: materialize sample_embeddings first")
+    if method == "random":
+        return random_select(len(pool.sample_ids), k, seed)
+    if method == "top_quality":
+        return baselines.top_quality(pool.scores, k)
+    if method == "deita":
+        return baselines.deita_filter(pool.scores, pool.embeddings, k, diversity_threshold)
+    if method == "instag":
+        return baselines.instag_sampling(pool.tags, k)
+    return baselines.k_center_greedy(pool.embeddings, k, seed)
+
+
+def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = MigParams()) -> sp.csr_array:
+    """Y = X·P: the samples' label weights (quality-weighted) propagated over the label graph (spec of MIG)."""
     if graph is None:
         raise ValueError("MIG needs the label graph: materialize label_graph first")
     indptr, indices = label_matrix_rows(pool.tags, graph.labels)
     X = sample_label_matrix(indptr, indices, pool.scores, len(graph.labels), params.norm)
-    Y = propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
+    return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
+
+
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+    Y = mig_matrix(pool, graph, params)
     result = select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(
@@ -135,20 +163,28 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) 
     )
 
 
-def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
-    """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
-    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
-    from mig_assets.core.tags_select import TagsParams, build_problem, leaf_weights, select as tags_select
+def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
+    """The TAGS problem over the pool: each sample's tags grounded on their leaves (tags newer than the
+    tree are left out), path vectors with upward decay ``gamma`` and level weights β."""
+    from mig_assets.core.tags_select import build_problem, leaf_weights
 
     if tree is None:
         raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
-    params = params or TagsParams(align="none")
-    if params.align != "none" and target is None:
-        raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     leaf_ids = tree.leaf_of([t for tags in pool.tags for t in tags])  # -1: a tag newer than the tree
     indptr = np.concatenate([[0], np.cumsum([len(tags) for tags in pool.tags])]).astype(np.int64)
     A = leaf_weights(indptr, leaf_ids, tree.n_leaves)
-    problem = build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
+    return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
+
+
+def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
+    """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
+    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
+    from mig_assets.core.tags_select import TagsParams, select as tags_select
+
+    params = params or TagsParams(align="none")
+    if params.align != "none" and target is None:
+        raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
+    problem = tags_problem(pool, tree, gamma, level_weights)
     result = tags_select(problem, k, params, target)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(

@@ -2,7 +2,7 @@
 
     selections:
       - name: mig_5pct
-        method: mig                 # mig | tags | random
+        method: mig                 # mig | tags | random | top_quality | deita | instag | kcenter
         budget: {fraction: 0.05}    # or {count: 500} or {tokens: 20000}
         params: {prop_weight: 1.0, phi_b: 0.8}
         seed: 42
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-METHODS = ("mig", "tags", "random")
+from mig_assets.core.selection import METHODS
+
 BUDGET_KINDS = ("count", "fraction", "tokens")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 

@@ -20,7 +20,9 @@ from mig_assets.core.export import write_export
 from mig_assets.core.report import curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, score_plot
 from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
-from mig_assets.core.selection import Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection
+from mig_assets.core.selection import (
+    EMBEDDING_METHODS, Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection,
+)
 from mig_assets.core.specs import SelectionSpec, load_specs
 from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
 from mig_assets.core.tags import normalize_tag
@@ -127,6 +129,8 @@ class SelectionConfig(dg.Config):
     kl_cap: float = Field(default=0.1, description="TAGS hard: final KL cap")
     kl_cap_start: float = Field(default=1.0, description="TAGS hard: KL cap at the first pick")
     kl_cap_decay: float = Field(default=0.5, description="TAGS hard: share of the budget over which the cap decays")
+    # baselines
+    diversity_threshold: float = Field(default=0.9, description="deita: skip a sample whose cosine to a selected one exceeds this")
 
     def budget(self) -> Budget:
         return Budget(count=self.budget_count, fraction=self.budget_fraction, tokens=self.budget_tokens)
@@ -154,10 +158,10 @@ def config_class_for(spec: SelectionSpec) -> type[SelectionConfig]:
     return type(f"{spec.name.title().replace('_', '')}Config", (SelectionConfig,), {"__annotations__": annotations, **defaults})
 
 
-def load_pool(con) -> tuple[PoolArrays, str, float, int]:
-    """Kept samples (ordered by sample_id) with their tags and weights; samples whose tagging
-    failed are left out. Returns the arrays, the origin of the weights, the weight given to
-    samples without one, and the number left out."""
+def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
+    """Kept samples (ordered by sample_id) with their tags and weights (and embeddings, given ``layout``);
+    samples whose tagging failed are left out. Returns the arrays, the origin of the weights, the
+    weight given to samples without one, and the number left out."""
     has_tags = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'atomic_tags'").fetchall()[0][0]
     tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_tags else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
     rows = con.execute(
@@ -176,7 +180,22 @@ def load_pool(con) -> tuple[PoolArrays, str, float, int]:
         scores=scores,
         tokens=np.array([r[3] for r in rows], dtype=np.int64),
     )
+    if layout is not None:
+        pool.embeddings = load_embeddings(layout, pool.sample_ids)
     return pool, origin, fill, failed
+
+
+def load_embeddings(layout, sample_ids: list[str]) -> np.ndarray:
+    """The sample_embeddings rows of ``sample_ids``, in that order; an error names what is missing."""
+    files = layout.shard_files("sample_embeddings")
+    if not files:
+        raise ValueError("no sample embeddings: materialize sample_embeddings for the pool's shards first")
+    table = pa.concat_tables(pq.read_table(f, columns=["sample_id", "embedding"]) for f in files)
+    row_of = {sid: i for i, sid in enumerate(table.column("sample_id").to_pylist())}
+    missing = [sid for sid in sample_ids if sid not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} pool samples have no embedding (e.g. {missing[:3]}): materialize sample_embeddings for every shard")
+    return arrow_to_vectors(table.column("embedding"))[[row_of[sid] for sid in sample_ids]]
 
 
 def load_graph(con) -> LabelGraph:
@@ -212,6 +231,8 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
         deps.append(dg.AssetDep(label_graph))
     if spec.method == "tags":
         deps += [dg.AssetDep("knowledge_tree"), dg.AssetDep("target_profile")]  # the target: to align, or to report KL
+    if spec.method in EMBEDDING_METHODS:
+        deps.append(dg.AssetDep("sample_embeddings", partition_mapping=dg.AllPartitionMapping()))
     config_class = config_class_for(spec)
 
     @dg.asset(
@@ -238,7 +259,7 @@ def materialize_selection(
     started = time.perf_counter()
     with warehouse.connect() as con:
         layout.refresh_catalog(con)
-        pool, score_origin, score_fill, failed = load_pool(con)
+        pool, score_origin, score_fill, failed = load_pool(con, layout if spec.method in EMBEDDING_METHODS else None)
         graph = load_graph(con) if spec.method == "mig" else None
     tree, target = None, None
     if spec.method == "tags":
@@ -250,6 +271,7 @@ def materialize_selection(
     outcome = run_selection(
         spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed, tree=tree,
         tags_params=config.tags_params(), gamma=config.gamma, level_weights=config.level_weights, target=target,
+        diversity_threshold=config.diversity_threshold,
     )
     selected = time.perf_counter()
 
