@@ -35,6 +35,7 @@ bench: setup
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_mig.py --size small
 	$(PY) benchmarks/bench_tagging.py --samples 200
+	$(PY) benchmarks/bench_tags.py --size small
 
 dev: setup
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/mig_home/dagster} $(VENV)/bin/dagster dev

@@ -53,7 +53,7 @@ def asset_run(model: str, prompts: list[str]) -> dict:
 
     from mig_assets.core.ingest import ingest_shard
     from mig_assets.core.warehouse import WarehouseLayout
-    from mig_assets.resources import Tagger, Warehouse
+    from mig_assets.resources import Execution, Tagger, Warehouse
     from mig_assets.tagging.assets import build_atomic_tags
 
     with tempfile.TemporaryDirectory() as home:
@@ -67,7 +67,7 @@ def asset_run(model: str, prompts: list[str]) -> dict:
             started = time.perf_counter()
             result = dg.materialize(
                 [build_atomic_tags(tagger.version())], partition_key="bench.jsonl", instance=instance,
-                resources={"warehouse": Warehouse(mig_home=home), "tagger": tagger},
+                resources={"warehouse": Warehouse(mig_home=home), "tagger": tagger, "execution": Execution()},
             )
             seconds = time.perf_counter() - started
         metadata = {k: v.value for k, v in result.asset_materializations_for_node("atomic_tags")[0].metadata.items()}

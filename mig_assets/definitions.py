@@ -6,29 +6,36 @@ Loads in seconds without a GPU: no model library is imported at module level any
 import dagster as dg
 
 from mig_assets.automation import automation_sensor
+from mig_assets.comparison.assets import selection_comparison
 
 from mig_assets.embeddings.assets import sample_embeddings, tag_embeddings
 from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.pool.sensors import incoming_shards_sensor
-from mig_assets.resources import Warehouse, embedder_from_env, mig_home_setting, tagger_from_env
+from mig_assets.quality.assets import build_quality_scores
+from mig_assets.resources import Warehouse, embedder_from_env, execution_from_env, mig_home_setting, scorer_from_env, tagger_from_env
 from mig_assets.selection.assets import build_selection_asset, label_graph, selection_specs
 from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
 from mig_assets.tree.assets import knowledge_tree, target_profile
 
 tagger = tagger_from_env()
+scorer = scorer_from_env()
 
 
 def build_resources() -> dict:
-    return {"warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env(), "tagger": tagger}
+    return {
+        "warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env(), "tagger": tagger, "scorer": scorer,
+        "execution": execution_from_env(),  # local, or Ray (MIG_EXECUTION=ray, MIG_RAY_*)
+    }
 
 
 atomic_tags = build_atomic_tags(tagger.version())
+quality_scores = build_quality_scores(scorer.version())  # MIG_SCORER_* decide its code version
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 # GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
 tag_job = dg.define_asset_job(
-    "tag_job", selection=[atomic_tags, sample_embeddings], executor_def=dg.in_process_executor,
-    description="Tag and embed shards; launch over many partitions to load each model once.",
+    "tag_job", selection=[atomic_tags, sample_embeddings, quality_scores], executor_def=dg.in_process_executor,
+    description="Tag, embed and score shards; launch over many partitions to load each model once.",
 )
 global_assets = [tag_vocabulary, tag_embeddings, label_graph, knowledge_tree, target_profile, *selection_assets]
 reselect_job = dg.define_asset_job(
@@ -36,9 +43,14 @@ reselect_job = dg.define_asset_job(
     description="Rebuild the vocabulary, embeddings and graph from the cached per-shard results and re-run every selection.",
 )
 
+compare_job = dg.define_asset_job(
+    "compare_job", selection=[selection_comparison], executor_def=dg.in_process_executor,
+    description="Every selection method at one budget (default 10%), measured side by side.",
+)
+
 defs = dg.Definitions(
-    assets=[raw_pool, atomic_tags, sample_embeddings, *global_assets],
-    jobs=[ingest_job, tag_job, reselect_job],
+    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison],  # comparison: on demand
+    jobs=[ingest_job, tag_job, reselect_job, compare_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=build_resources(),
 )

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from mig_assets.core.warehouse import WarehouseLayout
-from mig_assets.resources import Embedder, Tagger, Warehouse
+from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -30,7 +30,10 @@ def instance():
 
 @pytest.fixture
 def resources(layout) -> dict:
-    return {"warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu"), "tagger": Tagger()}
+    return {
+        "warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu"), "tagger": Tagger(),
+        "execution": Execution(), "scorer": Scorer(),
+    }
 
 
 def materialize_shards(instance, resources, layout, paths, run_config=None) -> dict:

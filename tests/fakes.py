@@ -1,7 +1,10 @@
 """Fakes for fault injection and speed. Real backends are tested elsewhere; these never stand alone."""
 
+import functools
 import json
+import os
 import time
+from pathlib import Path
 
 from mig_assets.core.llm import Sampling, truncate_by_chars
 from mig_assets.resources import Tagger
@@ -40,6 +43,23 @@ class ScriptedBackend:
         pass
 
 
+class KillOnceBackend(ScriptedBackend):
+    """A ScriptedBackend whose process dies (``os._exit``, no cleanup: what an OOM kill or a lost
+    node looks like to Ray) the first time it is asked to tag ``kill_query``. A marker file makes
+    the death happen once, so the retried batch succeeds."""
+
+    def __init__(self, answers=None, delay_s=0.0, kill_query="", marker=""):
+        super().__init__(answers, delay_s)
+        self.kill_query, self.marker = kill_query, Path(marker)
+
+    def complete(self, conversations, schema, sampling):
+        queries = [messages[-1]["content"].rsplit("Query: ", 1)[-1] for messages in conversations]
+        if self.kill_query in queries and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            os._exit(17)
+        return super().complete(conversations, schema, sampling)
+
+
 class FakeTagger(Tagger):
     """A Tagger whose LLM is a ScriptedBackend (backend name kept as 'vllm' for the code path)."""
 
@@ -48,17 +68,27 @@ class FakeTagger(Tagger):
     delay_s: float = 0.0
     script_json: str = "{}"  # ScriptedBackend answers as JSON (resource config must be plain data)
 
+    kill_query: str = ""  # on Ray: the actor tagging this query dies once (KillOnceBackend)
+    kill_marker: str = ""
+
     def llm(self):
         if self._backend is None:
             self._backend = ScriptedBackend(json.loads(self.script_json), delay_s=self.delay_s)
         return self._backend
+
+    def backend_factory(self, **overrides):
+        if self.kill_query:
+            return functools.partial(
+                KillOnceBackend, json.loads(self.script_json), self.delay_s, kill_query=self.kill_query, marker=self.kill_marker
+            )
+        return functools.partial(ScriptedBackend, json.loads(self.script_json), delay_s=self.delay_s)
 
 
 def tag_shard_slowly(mig_home: str, shard: str, delay_s: float, batch_size: int) -> None:
     """Materialize atomic_tags[shard] with a slow fake backend (the subprocess of the kill test)."""
     import dagster as dg
 
-    from mig_assets.resources import Warehouse
+    from mig_assets.resources import Execution, Warehouse
     from mig_assets.tagging.assets import build_atomic_tags
 
     tagger = FakeTagger(delay_s=delay_s, batch_size=batch_size)
@@ -66,7 +96,7 @@ def tag_shard_slowly(mig_home: str, shard: str, delay_s: float, batch_size: int)
         instance.add_dynamic_partitions("pool_shards", [shard])
         dg.materialize(
             [build_atomic_tags(tagger.version())], partition_key=shard, instance=instance,
-            resources={"warehouse": Warehouse(mig_home=mig_home), "tagger": tagger},
+            resources={"warehouse": Warehouse(mig_home=mig_home), "tagger": tagger, "execution": Execution()},
         )
 
 

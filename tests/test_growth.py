@@ -19,7 +19,7 @@ from mig_assets.pool.sensors import incoming_shards_sensor
 from tests.conftest import MIG_FIXTURES
 
 WATCHED = [
-    "atomic_tags", "sample_embeddings", "tag_vocabulary", "tag_embeddings", "label_graph", "knowledge_tree", "target_profile",
+    "atomic_tags", "sample_embeddings", "quality_scores", "tag_vocabulary", "tag_embeddings", "label_graph", "knowledge_tree", "target_profile",
     "mig_selection", "tags_aligned_5pct", "random_5pct",
 ]
 
@@ -67,14 +67,14 @@ def test_pool_growth_tags_only_the_new_shard_and_reselects_once(layout, instance
     after_ingest = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=quiet.cursor, evaluation_time=day + dt.timedelta(days=1, hours=3, minutes=10)
     )
-    assert requested(after_ingest) == {"atomic_tags": 1, "sample_embeddings": 1}  # only the new shard
+    assert requested(after_ingest) == {"atomic_tags": 1, "sample_embeddings": 1, "quality_scores": 1}  # only the new shard
     tagged = run([a for a in shard_assets if a.key.to_user_string() != "raw_pool"], "fresh.jsonl")
     assert tagged.asset_materializations_for_node("atomic_tags")[0].metadata["dagster/row_count"].value == 100
 
     after_tagging = dg.evaluate_automation_conditions(
         defs=defs, instance=instance, cursor=after_ingest.cursor, evaluation_time=day + dt.timedelta(days=1, hours=3, minutes=15)
     )
-    assert requested(after_tagging) == {key: 1 for key in WATCHED[2:]}  # the re-selection, once
+    assert requested(after_tagging) == {key: 1 for key in WATCHED[3:]}  # the re-selection, once
     reselected = run(global_assets)
     assert reselected.asset_materializations_for_node("mig_selection")[0].metadata["version"].value == 2
     again = dg.evaluate_automation_conditions(

@@ -89,11 +89,12 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
     from dagster_graphql import DagsterGraphQLClient
 
     from mig_assets.core.warehouse import WarehouseLayout
-    from mig_assets.demo_pool import write_demo_pool
+    from mig_assets.demo_pool import write_demo_pool, write_demo_target
 
     url, mig_home = dagster_dev
     layout = WarehouseLayout(mig_home).ensure()
     files = write_demo_pool(layout.incoming_dir / "demo", n_per_shard=30)
+    write_demo_target(layout.home / "targets")
     keys = [layout.shard_key(f) for f in files]
     for key in keys:
         added = graphql(url, ADD_PARTITION, {"repositorySelector": LOCATION, "partitionsDefName": "pool_shards", "partitionKey": key})
@@ -103,13 +104,14 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
         run_and_wait(client, "ingest_job", {"dagster/partition": key})
     run_and_wait(client, "tag_job", {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
     run_and_wait(client, "reselect_job")
+    run_and_wait(client, "compare_job")
 
     nodes = graphql(url, ASSETS)["assetNodes"]
     assert all(n["assetMaterializations"] for n in nodes), [n for n in nodes if not n["assetMaterializations"]]
     groups: dict[str, list[str]] = {}
     for node in nodes:
         groups.setdefault(node["groupName"], []).append("/".join(node["assetKey"]["path"]))
-    assert sorted(groups) == ["embeddings", "pool", "selection", "tagging", "tree"]
+    assert sorted(groups) == ["embeddings", "pool", "quality", "selection", "tagging", "tree"]
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -128,7 +130,7 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
         for group, names in sorted(groups.items()):
             driver.get(f"{url}/locations/{LOCATION['repositoryLocationName']}/asset-groups/{group}")
 
-            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings") for name in names)
+            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings", "quality_scores") for name in names)
 
             def rendered(d):  # every node of the group, each with its latest materialization loaded
                 text = d.find_element(By.TAG_NAME, "body").text

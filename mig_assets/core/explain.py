@@ -61,6 +61,15 @@ def explain(con, sample_id: str, selection: str | None = None, version: int | No
         "duplicate_copies": [c for (c,) in copies],
         "quality": {"imported_deita_score": source["imported_quality"]},
     }
+    scored = None
+    if _has(con, "quality_scores"):
+        scored = _one(
+            con, "SELECT score, status, reason, backend, model, prompt_version FROM quality_scores WHERE sample_id = ? ORDER BY status = 'ok' DESC LIMIT 1",
+            [sample_id],
+        )
+        answer["quality"]["quality_scores"] = scored
+    # what the selections weigh it by: the scored quality first, then the imported one
+    source["weight"] = scored["score"] if scored and scored["status"] == "ok" else source["imported_quality"]
     tags = _one(
         con, "SELECT tags, surface_tags, status, reason, backend, model, prompt_version, truncated, attempts FROM atomic_tags WHERE sample_id = ?", [sample_id]
     ) if _has(con, "atomic_tags") else None
@@ -127,7 +136,7 @@ def _final_gain(con, chosen: dict, source: dict, tags: dict | None) -> float:
     src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
     W = sp.csr_array((np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))), shape=(len(labels), len(labels)))
     sample_columns = [column[t] for t in (tags or {}).get("tags") or [] if t in column]
-    score = source["imported_quality"] if source["imported_quality"] is not None else chosen["score_fill"]
+    score = source["weight"] if source["weight"] is not None else chosen["score_fill"]
     X = sample_label_matrix([0, len(sample_columns)], sample_columns, [score], len(labels), params.norm)
     Y = propagate(X, propagation_matrix(W, params.prop_weight))
     coverage = np.zeros(len(labels), dtype=np.float32)

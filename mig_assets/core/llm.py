@@ -3,6 +3,12 @@ any OpenAI-compatible server. vLLM and HTTP clients are imported lazily, inside 
 
 ``complete(conversations, schema, ...)`` returns one answer text (or ``None`` on an unrecoverable
 error) per conversation, in order, with JSON-schema constrained decoding.
+
+``first_token_logprobs(prompts, labels)`` returns, per prompt (a chat conversation, or a plain
+string sent without any chat template), the log-probabilities of the first generated position for
+the label tokens that were observed there (``{label: logprob}``; a label absent from the returned
+top-k is simply missing), or ``None`` on an unrecoverable error. ``tokenize(text)`` gives the token
+ids of a text (``None`` where a server cannot say), so that label ids come from the tokenizer.
 """
 
 from __future__ import annotations
@@ -36,6 +42,14 @@ class LLMBackend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class LogprobBackend(LLMBackend, Protocol):
+    def tokenize(self, text: str) -> list[int] | None: ...
+
+    def first_token_logprobs(
+        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
+    ) -> list[dict[str, float] | None]: ...
 
 
 def truncate_by_chars(text: str, max_tokens: int) -> tuple[str, bool, int]:
@@ -102,6 +116,48 @@ class VllmBackend:
         )
         outputs = self.engine().chat(conversations, params, use_tqdm=False)
         return [output.outputs[0].text if output.outputs else None for output in outputs]
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.engine().get_tokenizer().encode(text, add_special_tokens=False))
+
+    def first_token_logprobs(
+        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
+    ) -> list[dict[str, float] | None]:
+        """One greedy token per prompt; the label tokens' log-probabilities at that position.
+
+        Where this vLLM has ``logprob_token_ids`` (0.32+), exactly the label ids are returned, as
+        log-softmax over the whole vocabulary (vLLM's default ``raw_logprobs``). Otherwise the top
+        ``top_k`` (at most the engine's ``max_logprobs``, 20 by default) are requested and decoding
+        is restricted to the labels (``allowed_token_ids``), so at least the sampled label is there.
+        """
+        from vllm import SamplingParams
+
+        ids = list(labels.values())
+        kwargs = {"temperature": 0.0, "max_tokens": 1, "seed": 0}
+        if "logprob_token_ids" in getattr(SamplingParams, "__struct_fields__", ()):
+            kwargs["logprob_token_ids"] = ids
+        else:
+            kwargs |= {"logprobs": top_k, "allowed_token_ids": ids}
+        params = SamplingParams(**kwargs)
+        label_of = {token_id: label for label, token_id in labels.items()}
+        chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+        raws = [i for i, p in enumerate(prompts) if isinstance(p, str)]
+        results: list[dict[str, float] | None] = [None] * len(prompts)
+        engine = self.engine()
+        for indices, outputs in (
+            (chats, engine.chat([prompts[i] for i in chats], params, use_tqdm=False) if chats else []),
+            (raws, engine.generate([prompts[i] for i in raws], params, use_tqdm=False) if raws else []),
+        ):
+            for i, output in zip(indices, outputs):
+                first = output.outputs[0].logprobs if output.outputs else None
+                if not first:
+                    continue
+                position = first[0] or {}
+                results[i] = {
+                    label_of[token_id]: float(getattr(value, "logprob", value))
+                    for token_id, value in position.items() if token_id in label_of
+                }
+        return results
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool, int]:
         tokenizer = self.engine().get_tokenizer()
@@ -179,8 +235,115 @@ class OpenAIBackend:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, conversations))
 
+    def _post(self, session, path: str, body: dict) -> dict | None:
+        """POST with the retry policy; the JSON answer, or None after the last retry."""
+        import requests
+
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(self.api_key_env):
+            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
+        url = self.base_url.rstrip("/") + path
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = session.post(url, json=body, headers=headers, timeout=self.timeout_s)
+            except requests.RequestException:
+                response = None
+            if response is not None and response.status_code == 200:
+                return response.json()
+            retryable = response is None or response.status_code == 429 or response.status_code >= 500
+            if not retryable or attempt == self.max_retries:
+                return None
+            time.sleep(self.backoff_s * 2**attempt)
+        return None
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """Token ids from vLLM's ``/tokenize`` (next to ``/v1``); None where the server has none."""
+        import requests
+
+        root = self.base_url.rstrip("/")
+        root = root[: -len("/v1")] if root.endswith("/v1") else root
+        try:
+            response = requests.post(
+                root + "/tokenize", json={"model": self.model, "prompt": text, "add_special_tokens": False},
+                timeout=self.timeout_s,
+            )
+        except requests.RequestException:
+            return None
+        if response.status_code != 200:
+            return None
+        tokens = response.json().get("tokens")
+        return list(tokens) if isinstance(tokens, list) else None
+
+    def first_token_logprobs(
+        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
+    ) -> list[dict[str, float] | None]:
+        """``max_tokens`` 1 with the first position's ``top_k`` log-probabilities (20 is the OpenAI
+        maximum): chat conversations through ``/chat/completions``, plain strings through
+        ``/completions``. Servers return token strings, so labels are matched by their exact text."""
+        import requests
+
+        session = requests.Session()
+
+        def one(prompt: list[dict] | str) -> dict[str, float] | None:
+            common = {"model": self.model, "temperature": 0.0, "max_tokens": 1, "seed": 0}
+            try:
+                if isinstance(prompt, str):
+                    answer = self._post(session, "/completions", common | {"prompt": prompt, "logprobs": top_k})
+                    if answer is None:
+                        return None
+                    top = answer["choices"][0]["logprobs"]["top_logprobs"][0] or {}
+                    pairs = list(top.items())
+                else:
+                    body = common | {"messages": prompt, "logprobs": True, "top_logprobs": top_k}
+                    answer = self._post(session, "/chat/completions", body)
+                    if answer is None:
+                        return None
+                    content = (answer["choices"][0].get("logprobs") or {}).get("content") or []
+                    if not content:
+                        return None
+                    pairs = [(item["token"], item["logprob"]) for item in content[0].get("top_logprobs") or []]
+            except (KeyError, IndexError, TypeError, ValueError):
+                return None
+            return {token: float(logprob) for token, logprob in pairs if token in labels}
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(one, prompts))
+
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool, int]:
         return truncate_by_chars(text, max_tokens)
 
     def close(self) -> None:
         pass
+
+
+def build_backend(
+    engine: str,
+    model: str,
+    *,
+    model_id: str = "",
+    max_model_len: int = 2048,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    enable_prefix_caching: bool = True,
+    base_url: str = "",
+    api_key_env: str = "OPENAI_API_KEY",
+    concurrency: int = 8,
+    timeout_s: float = 120.0,
+    max_retries: int = 4,
+) -> VllmBackend | OpenAIBackend:
+    """The backend for ``engine`` ("vllm": the offline engine; "openai": a server at ``base_url``)."""
+    if engine == "vllm":
+        from mig_assets.core.models import resolve_llm
+
+        return VllmBackend(
+            model=resolve_llm(model), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching, model_id=model_id,
+        )
+    if engine == "openai":
+        if not base_url:
+            raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        return OpenAIBackend(
+            base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
+            timeout_s=timeout_s, max_retries=max_retries, model_id=model_id,
+        )
+    raise ValueError(f"unknown LLM engine {engine!r}; expected vllm or openai")

@@ -58,18 +58,28 @@ class SelectionOutcome:
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
 
 
-def quality_scores(imported: list[float | None]) -> tuple[np.ndarray, str, float]:
-    """Sample weights: the imported Deita score where present; the pool median of those where absent;
-    1.0 everywhere when no sample carries one. Returns the weights, a description of their origin
-    and the weight given to samples without a score."""
-    present = [q for q in imported if q is not None]
+def quality_scores(
+    imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()
+) -> tuple[np.ndarray, str, float]:
+    """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
+    score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
+    weights, a description of their origin and the weight given to samples without a score."""
+    scored = scored or [None] * len(imported)
+    values = [s if s is not None else q for s, q in zip(scored, imported)]
+    present = [v for v in values if v is not None]
     if not present:
-        return np.ones(len(imported)), "uniform (no sample carries an imported quality score)", 1.0
+        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
     fill = float(np.median(present))
-    scores = np.array([fill if q is None else q for q in imported], dtype=np.float64)
-    missing = len(imported) - len(present)
-    origin = "imported Deita scores (mean over turns of quality x complexity)"
-    return scores, origin + (f"; {missing} samples without one get the median {fill:.4g}" if missing else ""), fill
+    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
+    n_scored = sum(s is not None for s in scored)
+    parts = []
+    if n_scored:
+        parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
+    if len(present) > n_scored:
+        parts.append(f"{len(present) - n_scored} imported Deita scores")
+    if len(values) > len(present):
+        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
+    return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
 
 
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:

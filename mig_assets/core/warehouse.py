@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mig_assets.core.readers import is_supported
 
-SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings")
+SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings", "quality_scores")
 CATALOG_VIEWS = {
     # every parsed row, kept or duplicate
     "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
@@ -33,10 +33,11 @@ CATALOG_VIEWS = {
     "shards": "SELECT * FROM read_parquet({shard_stats}, hive_partitioning = false, union_by_name = true)",
     "atomic_tags": "SELECT * FROM read_parquet({atomic_tags}, hive_partitioning = false, union_by_name = true)",
     "sample_embeddings": "SELECT * FROM read_parquet({sample_embeddings}, hive_partitioning = false, union_by_name = true)",
+    "quality_scores": "SELECT * FROM read_parquet({quality_scores}, hive_partitioning = false, union_by_name = true)",
 }
 VIEW_SOURCES = {
     "raw_pool_rows": "raw_pool", "quarantine": "quarantine", "shards": "shard_stats", "atomic_tags": "atomic_tags",
-    "sample_embeddings": "sample_embeddings",
+    "sample_embeddings": "sample_embeddings", "quality_scores": "quality_scores",
 }
 
 

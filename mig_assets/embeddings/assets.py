@@ -20,7 +20,7 @@ from mig_assets.core.tagging import query_text
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
-from mig_assets.resources import Embedder, Warehouse
+from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.tagging.assets import tag_vocabulary
 
 TAG_EMBEDDINGS_FILE = ("tag_embeddings", "part-0.parquet")
@@ -112,18 +112,25 @@ def tag_embeddings(
     description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; "
     "feeds baselines, grounding and diagnostics.",
 )
-def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder) -> dg.MaterializeResult:
+def sample_embeddings(
+    context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution
+) -> dg.MaterializeResult:
     layout = warehouse.layout
     model = embedder.get()
     cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
     totals = {"rows": 0, "newly_embedded": 0, "seconds": 0.0}
+    cluster_extra: dict = {}
     dimension = 0
     for shard in context.partition_keys:
         started = time.perf_counter()
         table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "duplicate_of"])
         kept = table.filter(pc.is_null(table.column("duplicate_of")))
         texts = [query_text(m) for m in kept.column("messages").to_pylist()]
-        vectors, new = cache.lookup(texts, model.encode)
+        if execution.on_ray:
+            vectors, new, shard_cluster = _embed_on_ray(context, layout, embedder, model, execution, shard, kept, texts, cache)
+            cluster_extra = _sum_cluster_figures(cluster_extra, shard_cluster)
+        else:
+            vectors, new = cache.lookup(texts, model.encode)
         if len(texts) == 0:
             vectors = np.zeros((0, model.dimension), dtype=np.float32)
         dimension = int(vectors.shape[1])
@@ -152,5 +159,30 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
             "device": model.device,
             "dimension": dimension,
             "shards_in_run": len(context.partition_keys),
+            **cluster_extra,
         }
     )
+
+
+def _embed_on_ray(context, layout, embedder: Embedder, model, execution: Execution, shard: str, kept, texts, cache):
+    """The shard's missing texts embedded on the Ray cluster; returns vectors, count and cluster metadata."""
+    from mig_assets.core.ray_pipeline import ray_embed_texts
+
+    cluster_name = execution.connect(context.log.info)
+    context.log.info(f"{shard}: embedding on Ray: {cluster_name}")
+    vectors, new, cluster = ray_embed_texts(
+        kept.column("sample_id").to_pylist(), texts, cache, model=embedder.model,
+        device="auto" if execution.gpus_per_actor else "cpu", encode_batch_size=embedder.batch_size,
+        shard_file=layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
+        settings=execution.settings(layout), log=lambda message: context.log.info(f"{shard}: {message}"),
+    )
+    return vectors, new, {"device": "cuda" if execution.gpus_per_actor else "cpu", **execution.cluster_metadata(cluster, cluster_name)}
+
+
+def _sum_cluster_figures(total: dict, shard: dict) -> dict:
+    """Cluster figures over the shards of a run: counts and seconds add up, the rest is the last shard's."""
+    if not total:
+        return dict(shard)
+    summed = {key: total[key] + value if isinstance(value, (int, float)) and key != "ray_actor_pool_size" else value
+              for key, value in shard.items()}
+    return summed

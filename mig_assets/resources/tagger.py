@@ -5,6 +5,7 @@
 and released at teardown, so a run loads the model once and a run served from cache loads none.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ import os
 import dagster as dg
 from pydantic import PrivateAttr
 
-from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend
+from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend, build_backend
 from mig_assets.core.models import SMOLLM2, resolve_llm
 from mig_assets.core.tag_prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
 
@@ -68,25 +69,41 @@ class Tagger(dg.ConfigurableResource):
         if self.backend == "imported":
             raise ValueError("the imported backend reads annotations and has no model")
         if self._backend is None:
-            if self.backend == "vllm":
-                self._backend = VllmBackend(
-                    model=resolve_llm(self.model), max_model_len=self.max_model_len,
-                    tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
-                    enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id,
-                )
-            else:
-                if not self.base_url:
-                    raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
-                self._backend = OpenAIBackend(
-                    base_url=self.base_url, model=self.model, api_key_env=self.api_key_env, concurrency=self.concurrency,
-                    timeout_s=self.timeout_s, max_retries=self.max_retries, model_id=self.model_id,
-                )
+            self._backend = build_backend(
+                self.backend, self.model, model_id=self.model_id, max_model_len=self.max_model_len,
+                tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
+                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
+            )
         return self._backend
+
+    def backend_factory(self, *, tensor_parallel_size: int = 0, gpu_share: float = 1.0):
+        """A picklable recipe that builds this tagger's backend where it is called (a Ray actor):
+        the model folder is resolved there. ``gpu_share`` scales ``gpu_memory_utilization`` for
+        actors sharing a GPU; ``tensor_parallel_size`` overrides the configured one when set."""
+        if self.backend == "vllm":
+            return functools.partial(
+                build_vllm_backend, model=self.model, max_model_len=self.max_model_len,
+                tensor_parallel_size=tensor_parallel_size or self.tensor_parallel_size,
+                gpu_memory_utilization=self.gpu_memory_utilization * gpu_share,
+                enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id,
+            )
+        if self.backend == "openai":
+            return functools.partial(
+                OpenAIBackend, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
+                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries, model_id=self.model_id,
+            )
+        raise ValueError(f"the {self.backend!r} backend has no model to run on a cluster")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+
+
+def build_vllm_backend(model: str, **settings) -> VllmBackend:
+    """A VllmBackend for ``model`` (a folder, or a packaged alias resolved on the calling machine)."""
+    return VllmBackend(model=resolve_llm(model), **settings)
 
 
 TAGGER_ENV = {

@@ -162,18 +162,24 @@ def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
     """Kept samples (ordered by sample_id) with their tags and weights (and embeddings, given ``layout``);
     samples whose tagging failed are left out. Returns the arrays, the origin of the weights, the
     weight given to samples without one, and the number left out."""
-    has_tags = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'atomic_tags'").fetchall()[0][0]
-    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_tags else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if "atomic_tags" in views else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    scored_sql = (
+        "LEFT JOIN (SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
+        "ELSE backend || ':' || model || ' ' || prompt_version END) AS scorer "
+        "FROM quality_scores WHERE status = 'ok' GROUP BY sample_id) q USING (sample_id)"
+        if "quality_scores" in views else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
+    )
     rows = con.execute(
         f"""
-        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status
-        FROM samples s {tags_sql}
+        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
+        FROM samples s {tags_sql} {scored_sql}
         ORDER BY s.sample_id
         """
     ).fetchall()
     failed = sum(1 for r in rows if r[4] == "failed")
     rows = [r for r in rows if r[4] != "failed"]
-    scores, origin, fill = quality_scores([r[2] for r in rows])
+    scores, origin, fill = quality_scores([r[2] for r in rows], [r[5] for r in rows], sorted({r[6] for r in rows if r[6]}))
     pool = PoolArrays(
         sample_ids=[r[0] for r in rows],
         tags=[list(r[1]) for r in rows],
@@ -226,6 +232,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     deps = [
         dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("quality_scores", partition_mapping=dg.AllPartitionMapping()),  # the sample weights
     ]
     if spec.method == "mig":
         deps.append(dg.AssetDep(label_graph))

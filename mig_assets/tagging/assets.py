@@ -14,7 +14,7 @@ from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
-from mig_assets.resources import Tagger, Warehouse
+from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
 TAGS_LINEAGE = dg.TableColumnLineage(
@@ -60,8 +60,10 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         automation_condition=on_new_shard,
     )
-    def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger):
-        shards = {shard: tag_shard(context, warehouse, tagger, shard) for shard in context.partition_keys}
+    def atomic_tags(
+        context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution
+    ):
+        shards = {shard: tag_shard(context, warehouse, tagger, shard, execution) for shard in context.partition_keys}
         if len(shards) == 1:
             [(metadata, failure_rate, failures)] = shards.values()
         else:  # a range run: one materialization per shard carries the run's combined figures
@@ -87,8 +89,11 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     return atomic_tags
 
 
-def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str):
-    """Tag one shard's kept samples; returns its metadata, failure rate and a few failure examples."""
+def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str, execution: Execution | None = None):
+    """Tag one shard's kept samples; returns its metadata, failure rate and a few failure examples.
+
+    With ``execution`` on Ray the model work runs on the cluster (same plan, cache and output);
+    otherwise in this process."""
     layout = warehouse.layout
     samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
     kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
@@ -99,11 +104,15 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
         cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
-        results, stats = tag_samples(
-            list(zip(ids, texts)), tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
-            max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
-            max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
-        )
+        if execution is not None and execution.on_ray:
+            results, stats, cluster_extra, load_seconds = _tag_on_ray(context, layout, tagger, execution, shard, ids, texts, cache)
+        else:
+            results, stats = tag_samples(
+                list(zip(ids, texts)), tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
+                max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
+                max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
+            )
+            cluster_extra, load_seconds = {}, getattr(tagger.llm(), "load_seconds", 0.0)
         table = cached_tag_rows(results, ids, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
         extra = {
             "newly_tagged": stats.tagged,
@@ -115,7 +124,8 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
             "cache": dg.MetadataValue.path(str(cache.folder)),
             "generate_seconds": round(stats.generate_seconds, 3),
-            "engine_load_seconds": round(getattr(tagger.llm(), "load_seconds", 0.0), 3),
+            "engine_load_seconds": round(load_seconds, 3),
+            **cluster_extra,
         }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
     statuses = Counter(table.column("status").to_pylist())
@@ -136,6 +146,27 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed]
 
 
+def _tag_on_ray(context, layout, tagger: Tagger, execution: Execution, shard: str, ids, texts, cache):
+    """The shard's model work on the Ray cluster; returns results, stats, cluster metadata and engine load time."""
+    from mig_assets.core.ray_pipeline import ray_tag_samples
+
+    log = lambda message: context.log.info(f"{shard}: {message}")  # noqa: E731
+    cluster_name = execution.connect(context.log.info)
+    log(f"tagging on Ray: {cluster_name}")
+    settings = execution.settings(layout)
+    factory = tagger.backend_factory(
+        tensor_parallel_size=execution.gpus_per_actor if execution.gpus_per_actor > 1 else 0,
+        gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
+    )
+    results, stats, cluster = ray_tag_samples(
+        list(zip(ids, texts)), factory, tagger.prompt, cache,
+        shard_file=layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
+        include_response=tagger.include_response, settings=settings, sampling=tagger.sampling,
+        max_input_tokens=tagger.max_input_tokens, max_attempts=tagger.max_attempts, log=log,
+    )
+    return results, stats, execution.cluster_metadata(cluster, cluster_name), cluster.load_seconds
+
+
 def _combined_metadata(per_shard: dict[str, dict]) -> dict:
     rows = ["| shard | samples | statuses |", "|---|---|---|"]
     rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
@@ -148,7 +179,18 @@ def _combined_metadata(per_shard: dict[str, dict]) -> dict:
         "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
         "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
         "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
+        **_summed_figures(per_shard.values()),
     }
+
+
+def _summed_figures(per_shard) -> dict:
+    """Model time and, on Ray, the cluster counts over the shards of a range run."""
+    out: dict = {}
+    for m in per_shard:
+        for key, value in m.items():
+            if key in ("generate_seconds", "engine_load_seconds") or (key.startswith("ray_") and isinstance(value, (int, float))):
+                out[key] = round(out.get(key, 0) + value, 3) if key != "ray_actor_pool_size" else value
+    return out
 
 
 def _top_tags_md(counts: Counter) -> str:

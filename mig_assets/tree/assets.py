@@ -95,6 +95,10 @@ def knowledge_tree(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": tree.n_nodes,
+            "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+                "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="tag")],
+                "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="embedding")],
+            }),
             "leaves": tree.n_leaves,
             "depth": tree.depth,
             "nodes_per_level": dg.MetadataValue.json(per_level),
@@ -252,6 +256,10 @@ def target_profile(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(samples),
+            "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
+                "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="name")],
+                "share": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="leaf")],
+            }),
             "source": source,
             "rows_read": read.rows_read,
             "filtered_out": read.filtered_out,
