@@ -205,7 +205,7 @@ def _top_tags_md(counts: Counter) -> str:
     code_version="1",
     pool="duckdb",
     automation_condition=re_select,
-    description="Every canonical tag with the number of kept samples carrying it, and the surface "
+    description="Every canonical tag with the number of kept samples carrying it (tags parsed ok or repaired), and the surface "
     "forms that normalize to it (tables tag_vocabulary and tag_surface_forms).",
 )
 def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
@@ -215,7 +215,7 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
             """
             CREATE OR REPLACE TABLE tag_vocabulary AS
             SELECT tag, count(DISTINCT t.sample_id) AS n_samples
-            FROM (SELECT sample_id, unnest(tags) AS tag FROM atomic_tags WHERE status = 'ok') AS t
+            FROM (SELECT sample_id, unnest(tags) AS tag FROM atomic_tags WHERE status <> 'failed') AS t
             JOIN samples USING (sample_id)
             GROUP BY tag ORDER BY n_samples DESC, tag
             """
