@@ -216,11 +216,8 @@ def target_profile(
             f"the tree was built on {tree_info['embedding_model']!r} and the embedder is {embedder.model!r}: "
             "target tags unseen by the tree stay unassigned and no text grounding is done"
         )
-    untagged = [i for i, t in enumerate(tags) if not t]
-    text_vectors = None
-    if same_model and untagged and config.grounding in ("auto", "text"):
-        text_vectors = np.zeros((len(samples), tree.centroids.shape[1]), dtype=np.float32)
-        text_vectors[untagged] = embed([samples[i].text for i in untagged])
+    # texts for the samples none of whose tags reach a leaf (or all of them, grounding by text)
+    text_vectors = embed([s.text for s in samples]) if same_model and config.grounding != "tags" else None
     grounding = ground_target(
         tree, tags, embed_tags=embed if same_model else None, text_vectors=text_vectors,
         tag_threshold=config.tag_threshold, text_threshold=config.text_threshold,
