@@ -108,3 +108,25 @@ def test_openai_backend_against_a_real_local_server(openai_server, smollm_dir, l
 def test_openai_backend_gives_up_cleanly_on_a_dead_server():
     backend = OpenAIBackend(base_url=f"http://127.0.0.1:{free_port()}/v1", model="m", max_retries=2, backoff_s=0.01, timeout_s=2)
     assert backend.complete([[{"role": "user", "content": "hi"}]], {"type": "object"}, Sampling()) == [None]
+
+
+def test_tree_refinement_by_the_served_model(openai_server, smollm_dir, tmp_path):
+    """The knowledge tree refined by a real model through the same OpenAI-compatible server: the
+    model names the clusters and re-parents children within their shortlists; a cached rebuild
+    asks nothing and gives the same tree."""
+    from mig_assets.core.embedding import SentenceEmbedder
+    from mig_assets.core.tree import build_tree
+    from mig_assets.core.tree_refine import LLMTreeRefiner
+
+    tags = ["python programming", "python coding", "sql query", "database design", "bread baking", "cake recipe",
+            "french cuisine", "roman history", "world war history", "linear algebra", "matrix multiplication", "calculus"]
+    vectors = SentenceEmbedder(device="cpu").encode(tags)
+    backend = OpenAIBackend(base_url=openai_server, model=smollm_dir, concurrency=4, timeout_s=120)
+    cache = tmp_path / "refine.jsonl"
+    refiner = LLMTreeRefiner(backend, cache_path=cache)
+    tree = build_tree(tags, vectors, branching=2, top_size=2, leaf_branching=3, refine=refiner, shortlist=2)
+    assert refiner.asked > 0 and refiner.fallbacks < refiner.asked  # most answers were usable
+    assert all(name for name in tree.names) and sorted(tree.tag_names) == sorted(tags)
+    again = LLMTreeRefiner(backend, cache_path=cache)
+    rebuilt = build_tree(tags, vectors, branching=2, top_size=2, leaf_branching=3, refine=again, shortlist=2)
+    assert again.asked == 0 and rebuilt.names == tree.names and (rebuilt.tag2leaf == tree.tag2leaf).all()
