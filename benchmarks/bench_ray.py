@@ -32,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "real"
+CORES = os.cpu_count() or 1
 
 
 class PeakMemory:
@@ -118,7 +119,9 @@ def measure(stage: str, home: str, keys: list[str], rows: int, actors: int, tagg
     out = []
     for mode, execution in (
         ("local", Execution()),
-        ("ray", Execution(mode="ray", num_actors=actors, cpus_per_actor=2 / actors, omp_threads_per_actor=max(2 // actors, 1))),
+        # Ray CPUs: the actors take half the cluster (the read tasks need the rest, or the pipeline waits
+        # forever); threads: the actors use every core between them, as local execution does
+        ("ray", Execution(mode="ray", num_actors=actors, cpus_per_actor=1 / actors, omp_threads_per_actor=max(CORES // actors, 1))),
     ):
         run = run_stage(stage, home, keys, execution, tagger)
         out.append({"stage": stage, "mode": mode, "rows": rows, **run})
@@ -140,21 +143,24 @@ def main() -> None:
     from tests.fakes import FakeTagger
 
     results = []
-    with tempfile.TemporaryDirectory() as home:
-        layout = WarehouseLayout(home).ensure()
-        if args.fake_samples:
-            keys = make_shards(layout, "fake", [f"fake question {i}" for i in range(args.fake_samples)], args.shards)
-            results += measure("fake", home, keys, args.fake_samples, args.actors, FakeTagger(batch_size=256))
-        if args.embed_samples:
-            keys = make_shards(layout, "embed", real_prompts(args.embed_samples), args.shards)
-            results += measure("embed", home, keys, args.embed_samples, args.actors)
-        if args.llm_samples:
-            from mig_assets.core.models import SMOLLM2, resolve_llm
-            from mig_assets.resources import Tagger
+    for stage, rows in (("fake", args.fake_samples), ("embed", args.embed_samples), ("vllm", args.llm_samples)):
+        if not rows:
+            continue
+        with tempfile.TemporaryDirectory() as home:  # one pool per stage: no sample is a duplicate of another stage's
+            layout = WarehouseLayout(home).ensure()
+            tagger = None
+            if stage == "fake":
+                keys = make_shards(layout, stage, [f"fake question {i}" for i in range(rows)], args.shards)
+                tagger = FakeTagger(batch_size=256)
+            else:
+                keys = make_shards(layout, stage, real_prompts(rows), args.shards)
+            if stage == "vllm":
+                from mig_assets.core.models import SMOLLM2, resolve_llm
+                from mig_assets.resources import Tagger
 
-            resolve_llm(SMOLLM2)
-            keys = make_shards(layout, "llm", real_prompts(args.llm_samples), args.shards)
-            results += measure("vllm", home, keys, args.llm_samples, args.actors, Tagger(backend="vllm", model=SMOLLM2))
+                resolve_llm(SMOLLM2)
+                tagger = Tagger(backend="vllm", model=SMOLLM2)
+            results += measure(stage, home, keys, rows, args.actors, tagger)
 
     print(f"{os.cpu_count()} cores, {args.shards} shards per stage, Ray: a local cluster started for each run, {args.actors} actor(s)")
     print(f"{'stage':6} {'mode':5} {'rows':>6} {'wall s':>8} {'rows/s':>8} {'model rows/s':>13} {'load s':>7} {'peak MB':>8}  ray figures")
@@ -186,7 +192,12 @@ def main() -> None:
             extra = modes["ray"]["seconds"] - modes["local"]["seconds"]
             print(f"{stage}: Ray overhead {extra:+.1f} s over local ({extra / modes['local']['rows']:+.4f} s/row at this size)")
     if args.json:
-        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "logs"} for r in results], default=str, indent=1))
+        plain = [
+            {**{k: v for k, v in r.items() if k not in ("logs", "metadata")},
+             "metadata": {k: v for k, v in r["metadata"].items() if not k.startswith("dagster/")}}
+            for r in results
+        ]
+        Path(args.json).write_text(json.dumps(plain, default=str, indent=1))
 
 
 if __name__ == "__main__":

@@ -317,10 +317,10 @@ class ClusterStats:
 
 
 def run_pipeline(
-    shard_uri: str, planned: set[str], include_response: bool, actor_cls: type, actor_kwargs: dict,
+    shard_uris: list[str], planned: set[str], include_response: bool, actor_cls: type, actor_kwargs: dict,
     cache_uri: str, settings: RaySettings, log: Callable[[str], None],
 ) -> ClusterStats:
-    """Read the shard's Parquet on the cluster, keep the ``planned`` sample ids and run them through
+    """Read the shards' Parquet on the cluster, keep the ``planned`` sample ids and run them through
     a pool of ``actor_cls``; returns the cluster figures once every batch is written."""
     import ray
     from pyarrow import fs
@@ -333,14 +333,15 @@ def run_pipeline(
     # the same batches as local execution, and the same batches again when a task is retried
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    filesystem, shard_path = open_uri(shard_uri)
+    opened = [open_uri(uri) for uri in shard_uris]
+    filesystem, shard_paths = opened[0][0], [path for _, path in opened]
     remote_args: dict[str, Any] = {"max_restarts": settings.max_restarts, "max_task_retries": settings.max_task_retries}
     if settings.omp_threads_per_actor:
         remote_args["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(settings.omp_threads_per_actor)}}
     stats = ClusterStats(planned_rows=len(planned))
     try:
         dataset = (
-            ray.data.read_parquet(shard_path, filesystem=filesystem, partitioning=None, num_cpus=settings.read_cpus)
+            ray.data.read_parquet(shard_paths, filesystem=filesystem, partitioning=None, num_cpus=settings.read_cpus)
             .select_columns(["sample_id", "messages"])
             .map_batches(
                 select_planned, fn_kwargs={"planned": planned, "include_response": include_response},
@@ -387,13 +388,99 @@ def run_pipeline(
     return stats
 
 
-def ray_tag_samples(
-    samples: list[tuple[str, str]],
+@dataclass
+class ShardFigures:
+    """One shard's share of a cluster run, in the terms of local execution's statistics."""
+
+    samples: int = 0
+    tagged: int = 0  # texts this shard was the first of the run to bring, done on the cluster
+    cached: int = 0  # samples whose text was done before (or by an earlier shard of the run)
+    truncated: int = 0
+    input_tokens: int = 0
+    generate_seconds: float = 0.0  # the cluster's model time, shared out by rows
+    seconds: float = 0.0  # the cluster run's wall time, shared out by rows
+    load_seconds: float = 0.0  # the actors' model load, on the first shard with work
+
+    def apply(self, stats: TaggingStats) -> TaggingStats:
+        """Local statistics of a shard assembled from the cache, corrected for the work the cluster did."""
+        stats.tagged, stats.cached = self.tagged, self.cached
+        stats.truncated, stats.input_tokens = self.truncated, self.input_tokens
+        stats.generate_seconds, stats.seconds = self.generate_seconds, stats.seconds + self.seconds
+        return stats
+
+
+def fill_cache_on_ray(
+    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    cache_folder: Path,
+    known: Callable[[list[str]], dict],
+    actor_cls: type,
+    actor_kwargs: dict,
+    *,
+    include_response: bool,
+    settings: RaySettings,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[dict[str, ShardFigures], ClusterStats]:
+    """Do on the cluster, in one pipeline for all ``shards`` of a run (so each actor loads its model
+    once), the texts the cache lacks; afterwards the shards are assembled from the cache locally.
+
+    ``shards`` maps a shard key to its raw_pool file (relative to the warehouse folder) and its kept
+    ``(sample_id, text_hash)`` pairs in file order (the texts themselves stay in the files: the
+    driver holds two short strings a sample); ``known(hashes)`` returns the cache's entries for
+    those text hashes. The plan is local execution's, shard after shard: the first sample of each
+    text not yet cached is sent, once for the run. Raises if any planned text is missing afterwards.
+    """
+    storage = settings.storage
+    folder = _relative(cache_folder, storage.local_root)
+    storage.fetch_parts(folder)  # files a killed earlier run left on the workers' storage
+    hashes = {shard: [h for _, h in samples] for shard, (_, samples) in shards.items()}
+    done = known(list(dict.fromkeys(h for shard_hashes in hashes.values() for h in shard_hashes)))
+    first: dict[str, str] = {}  # text hash -> the sample sent for it
+    new: dict[str, set[str]] = {shard: set() for shard in shards}
+    for shard, (_, samples) in shards.items():
+        for (sample_id, _), h in zip(samples, hashes[shard]):
+            if h not in done and h not in first:
+                first[h] = sample_id
+                new[shard].add(h)
+    figures = {
+        # as local execution counts shard after shard: a text an earlier shard of the run brings is cached here
+        shard: ShardFigures(samples=len(hashes[shard]), tagged=len(new[shard]), cached=sum(h not in new[shard] for h in hashes[shard]))
+        for shard in shards
+    }
+    cluster = ClusterStats()
+    if not first:
+        return figures, cluster
+    files = [shards[shard][0] for shard in shards if new[shard]]
+    for file in files:
+        storage.put(file)
+    cluster = run_pipeline(
+        [join_uri(storage.root, file) for file in files], set(first.values()), include_response, actor_cls, actor_kwargs,
+        join_uri(storage.root, folder), settings, log,
+    )
+    storage.fetch_parts(folder)
+    rows = known(list(first))
+    lost = [h for h in first if h not in rows]
+    if lost:
+        raise RuntimeError(f"{len(lost)} of {len(first)} planned texts came back from the cluster without a result (first {lost[0]})")
+    loaded = False
+    for shard, figure in figures.items():
+        share = len(new[shard]) / len(first)
+        figure.generate_seconds, figure.seconds = cluster.generate_seconds * share, cluster.seconds * share
+        for h in new[shard]:
+            if isinstance(rows[h], dict):  # tag cache rows carry the truncation figures
+                figure.truncated += bool(rows[h]["truncated"])
+                figure.input_tokens += rows[h]["input_tokens"] or 0
+        if new[shard] and not loaded:
+            figure.load_seconds, loaded = cluster.load_seconds, True
+    log(f"{len(first):,} new texts done on {cluster.actors} actor(s) in {cluster.seconds:.1f}s over {len(files)} shard(s)")
+    return figures, cluster
+
+
+def tag_shards_on_ray(
+    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
     backend_factory: Callable[[], LLMBackend],
     prompt: TagPrompt,
     cache: TagCache,
     *,
-    shard_file: str,
     include_response: bool,
     settings: RaySettings,
     sampling: Sampling = Sampling(),
@@ -401,85 +488,47 @@ def ray_tag_samples(
     max_attempts: int = 3,
     retry_temperature: float = 0.7,
     log: Callable[[str], None] = lambda message: None,
-) -> tuple[dict[str, dict], TaggingStats, ClusterStats]:
-    """``tag_samples`` on a Ray cluster: the same plan, results and statistics, plus cluster figures.
-
-    ``shard_file`` is the shard's raw_pool Parquet relative to the warehouse folder; ``samples``
-    its kept ``(sample_id, text)`` pairs in file order.
-    """
-    started = time.perf_counter()
-    storage = settings.storage
-    cache_folder = _relative(cache.folder, storage.local_root)
-    storage.fetch_parts(cache_folder)  # files a killed earlier run left on the workers' storage
-    hash_of = {sample_id: text_hash(text) for sample_id, text in samples}
-    texts = {hash_of[sample_id]: (sample_id, text) for sample_id, text in reversed(samples)}  # first sample wins
-    by_text = cache.lookup(list(texts))
-    stats = TaggingStats(samples=len(hash_of), cached=sum(h in by_text for h in hash_of.values()))
-    todo = [texts[h][0] for h in dict.fromkeys(hash_of.values()) if h not in by_text]
-    cluster = ClusterStats()
-    if todo:
-        storage.put(shard_file)
-        actor_kwargs = {
-            "backend_factory": backend_factory, "prompt": prompt, "sampling": sampling, "max_input_tokens": max_input_tokens,
-            "max_attempts": max_attempts, "retry_temperature": retry_temperature,
-        }
-        cluster = run_pipeline(
-            join_uri(storage.root, shard_file), set(todo), include_response, TagActor, actor_kwargs,
-            join_uri(storage.root, cache_folder), settings, log,
-        )
-        storage.fetch_parts(cache_folder)
-        by_text = cache.lookup(list(texts))
-        lost = [h for h in texts if h not in by_text]
-        if lost:
-            raise RuntimeError(f"{len(lost)} of {len(todo)} planned texts came back from the cluster untagged (first {lost[0]})")
-        stats.tagged = len(todo)
-        stats.truncated, stats.input_tokens, stats.generate_seconds = cluster.truncated, cluster.input_tokens, cluster.generate_seconds
-        log(f"tagged {len(todo):,} new texts on {cluster.actors} actor(s) in {cluster.seconds:.1f}s, {stats.cached:,} samples from cache")
-    stats.seconds = time.perf_counter() - started
-    results = {sample_id: {**by_text[h], "sample_id": sample_id} for sample_id, h in hash_of.items()}
-    for row in results.values():
-        stats.statuses[row["status"]] = stats.statuses.get(row["status"], 0) + 1
-    return results, stats, cluster
+) -> tuple[dict[str, ShardFigures], ClusterStats]:
+    """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``_tag_batch``)."""
+    actor_kwargs = {
+        "backend_factory": backend_factory, "prompt": prompt, "sampling": sampling, "max_input_tokens": max_input_tokens,
+        "max_attempts": max_attempts, "retry_temperature": retry_temperature,
+    }
+    return fill_cache_on_ray(
+        shards, cache.folder, cache.lookup, TagActor, actor_kwargs, include_response=include_response, settings=settings, log=log
+    )
 
 
-def ray_embed_texts(
-    sample_ids: list[str],
-    texts: list[str],
+def embed_shards_on_ray(
+    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
     cache: EmbeddingCache,
     *,
     model: str,
     device: str,
     encode_batch_size: int,
-    shard_file: str,
     settings: RaySettings,
     log: Callable[[str], None] = lambda message: None,
-):
-    """``EmbeddingCache.lookup`` with the missing texts embedded on the cluster: returns the vectors
-    (row i for texts[i]), the number of texts newly embedded and the cluster figures."""
-    storage = settings.storage
-    cache_folder = _relative(cache.folder, storage.local_root)
-    storage.fetch_parts(cache_folder)
-    hashes = [text_hash(t) for t in texts]
-    cached = cache._read(list(dict.fromkeys(hashes)))
-    first = {}
-    for sample_id, h in zip(sample_ids, hashes):
-        if h not in cached:
-            first.setdefault(h, sample_id)
-    cluster = ClusterStats()
-    if first:
-        storage.put(shard_file)
-        cluster = run_pipeline(
-            join_uri(storage.root, shard_file), set(first.values()), False, EmbedActor,
-            {"model": model, "device": device, "encode_batch_size": encode_batch_size},
-            join_uri(storage.root, cache_folder), settings, log,
-        )
-        storage.fetch_parts(cache_folder)
+) -> tuple[dict[str, ShardFigures], ClusterStats]:
+    """Fill the embedding cache for ``shards`` on the cluster (sentence-transformers actors)."""
+    actor_kwargs = {"model": model, "device": device, "encode_batch_size": encode_batch_size}
+    return fill_cache_on_ray(
+        shards, cache.folder, cache._read, EmbedActor, actor_kwargs, include_response=False, settings=settings, log=log
+    )
 
-    def lost(missing: list[str]):
-        raise RuntimeError(f"{len(missing)} of {len(first)} planned texts came back from the cluster without a vector")
 
-    vectors, _ = cache.lookup(texts, lost)
-    return vectors, len(first), cluster
+class NoLocalModel:
+    """The backend handed to the local assembly after a cluster run: every text is cached by then,
+    so a call means a planning bug, never a silent local fallback."""
+
+    model_id = "none"
+
+    def complete(self, *args, **kwargs):
+        raise RuntimeError("a text the cluster should have done reached the local assembly")
+
+    truncate = encode = complete
+
+    def close(self) -> None:
+        pass
 
 
 def _relative(folder: Path, root: str) -> str:

@@ -16,12 +16,13 @@ from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, t
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.mig import embedding_lookup
 from mig_assets.core.mig_sample import load_label_embeddings
+from mig_assets.core.ray_pipeline import NoLocalModel
 from mig_assets.core.tagging import query_text
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Embedder, Execution, Warehouse
-from mig_assets.tagging.assets import tag_vocabulary
+from mig_assets.tagging.assets import kept_text_hashes, tag_vocabulary
 
 TAG_EMBEDDINGS_FILE = ("tag_embeddings", "part-0.parquet")
 # the embedding model is part of what the vectors depend on: read when the definitions load
@@ -119,16 +120,16 @@ def sample_embeddings(
     model = embedder.get()
     cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
     totals = {"rows": 0, "newly_embedded": 0, "seconds": 0.0}
-    cluster_extra: dict = {}
+    figures, cluster_extra = _embed_on_ray(context, layout, embedder, execution, cache) if execution.on_ray else ({}, {})
     dimension = 0
     for shard in context.partition_keys:
         started = time.perf_counter()
         table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "duplicate_of"])
         kept = table.filter(pc.is_null(table.column("duplicate_of")))
         texts = [query_text(m) for m in kept.column("messages").to_pylist()]
-        if execution.on_ray:
-            vectors, new, shard_cluster = _embed_on_ray(context, layout, embedder, model, execution, shard, kept, texts, cache)
-            cluster_extra = _sum_cluster_figures(cluster_extra, shard_cluster)
+        if shard in figures:  # embedded on the cluster: assembled from the cache, nothing left to encode here
+            vectors, _ = cache.lookup(texts, NoLocalModel().encode)
+            new = figures[shard].tagged
         else:
             vectors, new = cache.lookup(texts, model.encode)
         if len(texts) == 0:
@@ -138,7 +139,7 @@ def sample_embeddings(
             {"sample_id": kept.column("sample_id"), "model_id": [model.model_id] * len(texts), "embedding": vectors_to_arrow(vectors)}
         )
         write_parquet_atomic(out, layout.shard_file("sample_embeddings", shard))
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + (figures[shard].seconds if shard in figures else 0.0)
         context.log.info(f"{shard}: {len(texts):,} samples, {new:,} newly embedded in {seconds:.1f}s on {model.device}")
         totals["rows"] += len(texts)
         totals["newly_embedded"] += new
@@ -164,25 +165,17 @@ def sample_embeddings(
     )
 
 
-def _embed_on_ray(context, layout, embedder: Embedder, model, execution: Execution, shard: str, kept, texts, cache):
-    """The shard's missing texts embedded on the Ray cluster; returns vectors, count and cluster metadata."""
-    from mig_assets.core.ray_pipeline import ray_embed_texts
+def _embed_on_ray(context, layout, embedder: Embedder, execution: Execution, cache: EmbeddingCache):
+    """The run's missing texts, all shards at once, embedded on the Ray cluster into the embedding
+    cache; returns each shard's figures and the cluster metadata."""
+    from mig_assets.core.ray_pipeline import embed_shards_on_ray
 
     cluster_name = execution.connect(context.log.info)
-    context.log.info(f"{shard}: embedding on Ray: {cluster_name}")
-    vectors, new, cluster = ray_embed_texts(
-        kept.column("sample_id").to_pylist(), texts, cache, model=embedder.model,
+    context.log.info(f"embedding {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
+    figures, cluster = embed_shards_on_ray(
+        kept_text_hashes(layout, context.partition_keys), cache, model=embedder.model,
         device="auto" if execution.gpus_per_actor else "cpu", encode_batch_size=embedder.batch_size,
-        shard_file=layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
-        settings=execution.settings(layout), log=lambda message: context.log.info(f"{shard}: {message}"),
+        settings=execution.settings(layout), log=context.log.info,
     )
-    return vectors, new, {"device": "cuda" if execution.gpus_per_actor else "cpu", **execution.cluster_metadata(cluster, cluster_name)}
-
-
-def _sum_cluster_figures(total: dict, shard: dict) -> dict:
-    """Cluster figures over the shards of a run: counts and seconds add up, the rest is the last shard's."""
-    if not total:
-        return dict(shard)
-    summed = {key: total[key] + value if isinstance(value, (int, float)) and key != "ray_actor_pool_size" else value
-              for key, value in shard.items()}
-    return summed
+    device = "cuda" if execution.gpus_per_actor else "cpu"
+    return figures, {"device": device, **execution.cluster_metadata(cluster, cluster_name)}

@@ -85,6 +85,14 @@ class Execution(dg.ConfigurableResource):
         if self._connected:
             return self.describe()
         started = time.perf_counter()
+        if not self.address and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+            cpus = self.num_cpus or os.cpu_count() or 1
+            if self.num_actors * self.cpus_per_actor >= cpus:
+                raise ValueError(
+                    f"{self.num_actors} actor(s) x {self.cpus_per_actor:g} CPU leave none of the local cluster's {cpus} CPUs "
+                    "to the read tasks, and the pipeline would wait forever: lower cpus_per_actor and use "
+                    "omp_threads_per_actor to give the actors more threads"
+                )
         if ray.is_initialized():  # a session this process already holds (a notebook, a test): used, not closed
             (log or print)("using the Ray session this process already holds")
         else:
@@ -117,8 +125,8 @@ class Execution(dg.ConfigurableResource):
         }
 
     def _init_options(self) -> dict:
-        if self.address:
-            return {"log_to_driver": True}
+        if self.address:  # an existing cluster: its own settings (worker logs still stream back)
+            return {}
         options: dict = {"include_dashboard": False, "log_to_driver": True}
         if self.num_cpus:
             options["num_cpus"] = self.num_cpus

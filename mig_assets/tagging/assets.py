@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from mig_assets.automation import on_new_shard, re_select
+from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.ray_pipeline import NoLocalModel
 from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows, query_text, tag_samples
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
@@ -63,7 +65,9 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     def atomic_tags(
         context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution
     ):
-        shards = {shard: tag_shard(context, warehouse, tagger, shard, execution) for shard in context.partition_keys}
+        on_ray = execution.on_ray and tagger.backend != "imported"
+        figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
+        shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
         if len(shards) == 1:
             [(metadata, failure_rate, failures)] = shards.values()
         else:  # a range run: one materialization per shard carries the run's combined figures
@@ -71,7 +75,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
             failure_rate = max(result[1] for result in shards.values())
             failures = [f for result in shards.values() for f in result[2]][:5]
         return dg.MaterializeResult(
-            metadata=metadata,
+            metadata={**metadata, **cluster_extra},
             check_results=[
                 dg.AssetCheckResult(
                     check_name="tagging_failure_rate",
@@ -89,11 +93,12 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     return atomic_tags
 
 
-def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str, execution: Execution | None = None):
+def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str, ray_figures=None):
     """Tag one shard's kept samples; returns its metadata, failure rate and a few failure examples.
 
-    With ``execution`` on Ray the model work runs on the cluster (same plan, cache and output);
-    otherwise in this process."""
+    After a Ray run (``ray_figures``: the shard's share of it) every answer is in the cache: the
+    shard is assembled by the same code, with a backend that refuses work, and the cluster's
+    figures replace the (empty) local ones."""
     layout = warehouse.layout
     samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
     kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
@@ -104,15 +109,15 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
         cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
-        if execution is not None and execution.on_ray:
-            results, stats, cluster_extra, load_seconds = _tag_on_ray(context, layout, tagger, execution, shard, ids, texts, cache)
+        results, stats = tag_samples(
+            list(zip(ids, texts)), tagger.llm() if ray_figures is None else NoLocalModel(), tagger.prompt, cache,
+            sampling=tagger.sampling, max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
+            max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
+        )
+        if ray_figures is None:
+            load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
         else:
-            results, stats = tag_samples(
-                list(zip(ids, texts)), tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
-                max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
-                max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
-            )
-            cluster_extra, load_seconds = {}, getattr(tagger.llm(), "load_seconds", 0.0)
+            stats, load_seconds = ray_figures.apply(stats), ray_figures.load_seconds
         table = cached_tag_rows(results, ids, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
         extra = {
             "newly_tagged": stats.tagged,
@@ -125,7 +130,6 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "cache": dg.MetadataValue.path(str(cache.folder)),
             "generate_seconds": round(stats.generate_seconds, 3),
             "engine_load_seconds": round(load_seconds, 3),
-            **cluster_extra,
         }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
     statuses = Counter(table.column("status").to_pylist())
@@ -146,25 +150,37 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed]
 
 
-def _tag_on_ray(context, layout, tagger: Tagger, execution: Execution, shard: str, ids, texts, cache):
-    """The shard's model work on the Ray cluster; returns results, stats, cluster metadata and engine load time."""
-    from mig_assets.core.ray_pipeline import ray_tag_samples
+def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
+    """The run's untagged texts, all shards at once, tagged on the Ray cluster into the tag cache
+    (each actor loads the engine once per run); returns each shard's figures and the cluster's."""
+    from mig_assets.core.ray_pipeline import tag_shards_on_ray
 
-    log = lambda message: context.log.info(f"{shard}: {message}")  # noqa: E731
+    layout = warehouse.layout
     cluster_name = execution.connect(context.log.info)
-    log(f"tagging on Ray: {cluster_name}")
-    settings = execution.settings(layout)
+    context.log.info(f"tagging {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
     factory = tagger.backend_factory(
         tensor_parallel_size=execution.gpus_per_actor if execution.gpus_per_actor > 1 else 0,
         gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
     )
-    results, stats, cluster = ray_tag_samples(
-        list(zip(ids, texts)), factory, tagger.prompt, cache,
-        shard_file=layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
-        include_response=tagger.include_response, settings=settings, sampling=tagger.sampling,
-        max_input_tokens=tagger.max_input_tokens, max_attempts=tagger.max_attempts, log=log,
+    figures, cluster = tag_shards_on_ray(
+        kept_text_hashes(layout, context.partition_keys, tagger.include_response), factory, tagger.prompt,
+        TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling),
+        include_response=tagger.include_response, settings=execution.settings(layout), sampling=tagger.sampling,
+        max_input_tokens=tagger.max_input_tokens, max_attempts=tagger.max_attempts, log=context.log.info,
     )
-    return results, stats, execution.cluster_metadata(cluster, cluster_name), cluster.load_seconds
+    return figures, execution.cluster_metadata(cluster, cluster_name)
+
+
+def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Per shard: its raw_pool file relative to the warehouse and its kept (sample_id, text hash) pairs."""
+    out = {}
+    for shard in shards:
+        path = layout.shard_file("raw_pool", shard)
+        table = pq.read_table(path, columns=["sample_id", "messages", "duplicate_of"])
+        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
+        out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
+    return out
 
 
 def _combined_metadata(per_shard: dict[str, dict]) -> dict:
@@ -179,18 +195,11 @@ def _combined_metadata(per_shard: dict[str, dict]) -> dict:
         "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
         "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
         "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
-        **_summed_figures(per_shard.values()),
+        # model time adds up over the shards; the engine loads once per run (each shard reports that load)
+        **({"generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
+            "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values())}
+           if any("generate_seconds" in m for m in per_shard.values()) else {}),
     }
-
-
-def _summed_figures(per_shard) -> dict:
-    """Model time and, on Ray, the cluster counts over the shards of a range run."""
-    out: dict = {}
-    for m in per_shard:
-        for key, value in m.items():
-            if key in ("generate_seconds", "engine_load_seconds") or (key.startswith("ray_") and isinstance(value, (int, float))):
-                out[key] = round(out.get(key, 0) + value, 3) if key != "ray_actor_pool_size" else value
-    return out
 
 
 def _top_tags_md(counts: Counter) -> str:
