@@ -1,6 +1,7 @@
 """Benchmark TAGS selection and tree building on seeded synthetic data.
 
-    python benchmarks/bench_tags.py [--size small|full] [--seed 0] [--skip-tree] [--skip-baselines]
+    python benchmarks/bench_tags.py [--size small|full] [--seed 0] [--modes none,penalty,hard,quota]
+                                    [--skip-tree] [--skip-baselines]
 
 Sizes (samples × leaves, picks; tags for the tree build):
   small    50,000 ×  1,000,  2,000 picks;  5,000 tags
@@ -13,10 +14,12 @@ samples whose tags are drawn from a tenth of the top-level subtrees. Data are ca
 benchmarks/.cache/ and generated in a child process, so the peak RSS reported is the run's own.
 
 Phases: grounding (tags → leaves → leaf-weight matrix A), path matrix (U = diag(q)·A·Ω), lazy
-selection unaligned and aligned (penalty, λ = 1). Baselines in the same process: the dense greedy
-(every score recomputed at every pick) on the first 20,000 samples for 100 picks, against the lazy
-selection on the same, and MIG's lazy ``select`` (exact gain) on the full U. Tree: ``build_tree`` on
-random clustered 384-d embeddings.
+selection in each of ``--modes`` (default unaligned and aligned penalty, λ = 1; hard uses the
+default cap, decaying from 1.0 to 0.1 over the first half of the picks; e.g. ``--modes hard
+--skip-baselines --skip-tree`` times hard mode alone). Baselines in the same process: the dense
+greedy (every score recomputed at every pick) on the first 20,000 samples for 100 picks, against
+the lazy selection on the same, and MIG's lazy ``select`` (exact gain) on the full U (against the
+unaligned run, when it ran). Tree: ``build_tree`` on random clustered 384-d embeddings.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ SIZES = {"small": Size(50_000, 1_000, 2_000, 5_000), "full": Size(1_000_000, 10_
 TAGS_PER_LEAF = 5
 UNASSIGNED = 0.03
 TARGET_SAMPLES = 2_000
+MODES = {"none": ("unaligned", TagsParams(align="none")), "penalty": ("aligned penalty", TagsParams(align="penalty")),
+         "hard": ("aligned hard", TagsParams(align="hard")), "quota": ("aligned quota", TagsParams(align="quota"))}
 
 
 def peak_rss_mib() -> float:
@@ -130,18 +135,20 @@ def load(size_name: str, seed: int) -> dict:
 
 
 class Timer:
+    """Wall time per phase, with this process's CPU time beside it (the two differ on a busy machine)."""
+
     def __init__(self):
-        self.phases: list[tuple[str, float, float]] = []
+        self.phases: list[tuple[str, float, float, float]] = []
 
     def __call__(self, name: str, fn, *args, **kwargs):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = fn(*args, **kwargs)
-        self.phases.append((name, time.perf_counter() - started, peak_rss_mib()))
+        self.phases.append((name, time.perf_counter() - started, peak_rss_mib(), time.process_time() - cpu))
         return result
 
     def report(self) -> None:
-        for name, seconds, rss in self.phases:
-            print(f"  {name:<34} {seconds:8.2f} s   peak RSS so far {rss:8,.0f} MiB")
+        for name, seconds, rss, cpu in self.phases:
+            print(f"  {name:<38} {seconds:8.2f} s ({cpu:7.2f} s CPU)   peak RSS so far {rss:8,.0f} MiB")
 
 
 def clustered_embeddings(n_tags: int, seed: int, dimensions: int = 384) -> np.ndarray:
@@ -155,9 +162,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default="none,penalty",
+                        help="comma-separated selection modes to time: none, penalty, hard, quota")
     parser.add_argument("--skip-tree", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not modes or any(mode not in MODES for mode in modes):
+        parser.error(f"--modes takes a comma-separated subset of {', '.join(MODES)}")
     size = SIZES[args.size]
     data = load(args.size, args.seed)
     timer = Timer()
@@ -173,18 +185,16 @@ def main() -> None:
     target_counts = np.bincount(data["tag_leaf"][data["target_tags"]][data["tag_leaf"][data["target_tags"]] >= 0],
                                 minlength=n_leaves)
     target = target_distribution(target_counts, alpha=0.5)
-    unaligned = timer(f"select unaligned ({size.picks:,} picks)", select, problem, size.picks,
-                      TagsParams(align="none"), target)
-    aligned = timer(f"select aligned penalty ({size.picks:,})", select, problem, size.picks,
-                    TagsParams(align="penalty", lam=1.0), target)
+    selections = {mode: timer(f"select {MODES[mode][0]} ({size.picks:,} picks)", select, problem, size.picks,
+                              MODES[mode][1], target) for mode in modes}
 
     print(f"\n{args.size}: {problem.n_samples:,} samples, {problem.n_nodes:,} nodes ({n_leaves:,} leaves, "
           f"depth {int(data['levels'].max())} with the root), nnz(A) {A.nnz:,}, nnz(U) {problem.paths.nnz:,}, "
           f"{size.picks:,} picks")
     timer.report()
-    for name, selection in (("unaligned", unaligned), ("aligned", aligned)):
+    for mode, selection in selections.items():
         coverage = coverage_by_level(selection.coverage, problem.levels)
-        print(f"  {name:<9} E(S) {selection.objective[-1]:12.1f}  KL(t||p_S) {selection.kl[-1]:.3f}  "
+        print(f"  {mode:<9} E(S) {selection.objective[-1]:12.1f}  KL(t||p_S) {selection.kl[-1]:.3f}  "
               f"leaf entropy {leaf_entropy(selection.leaf_mass):.2f}  leaf coverage {coverage[1]:.2f}  "
               f"evaluations/pick {(selection.gain_evaluations - problem.n_samples) / size.picks:.1f}  "
               f"{ {k: v for k, v in selection.info.items() if np.isscalar(v)} }")
@@ -203,10 +213,13 @@ def main() -> None:
         started = time.perf_counter()
         mig_selection = mig.select(problem.paths, size.picks, mig.MigParams(gain="exact"))
         mig_s = time.perf_counter() - started
-        unaligned_s = next(s for name, s, _ in timer.phases if name.startswith("select unaligned"))
-        print(f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s; TAGS unaligned {unaligned_s:.2f} s; "
-              f"ratio TAGS/MIG {unaligned_s / mig_s:.2f}; same picks in the first 1,000: "
-              f"{bool((mig_selection.order[:1000] == unaligned.order[:1000]).all())}")
+        if "none" in selections:
+            unaligned_s = next(s for name, s, *_ in timer.phases if name.startswith("select unaligned"))
+            print(f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s; TAGS unaligned {unaligned_s:.2f} s; "
+                  f"ratio TAGS/MIG {unaligned_s / mig_s:.2f}; same picks in the first 1,000: "
+                  f"{bool((mig_selection.order[:1000] == selections['none'].order[:1000]).all())}")
+        else:
+            print(f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s")
         print(f"  peak RSS so far {peak_rss_mib():,.0f} MiB")
 
     if not args.skip_tree:

@@ -22,7 +22,12 @@ forward KL(t ‖ p_S) (mass-covering) throughout:
       bounds, and the groups' winners are compared.
   hard: greedy on E among rows with KL(t ‖ p_{S+i}) ≤ δ_k (δ_k decays linearly from δ₀ to δ over
       the first ``kl_cap_decay`` of the budget); when none qualifies, the row of least
-      KL(t ‖ p_{S+i}). Exact, but can cost O(N) per pick while the cap binds (see the benchmark).
+      KL(t ‖ p_{S+i}). Within a mass group, feasibility is pull_i ≥ θ_k (pull_i = the first part of
+      −ΔKL_i above, θ_k one number per group and pick), and pulls, like gains, only shrink: rows are
+      kept sorted by stale pull with blocks of stale-gain maxima (:class:`_PullOrderedGain`), so a
+      pick looks at the rows that might be feasible, best stale gain first, whatever θ_k does; the
+      least ΔKL comes from a lazy frontier on the pull. Pulls are memoised per class of identical
+      leaf rows (same terms, same sum).
   quota: greedy on E among rows whose primary leaf (largest a_iℓ) has quota left, quotas
       B_ℓ = round(B·t_ℓ) by largest remainder, capped by the rows available and redistributed;
       then (only if quotas cannot absorb the budget) greedy over all rows.
@@ -36,7 +41,7 @@ same alone or in a batch (the approach of ``core/mig.py``); lazy greedy and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -48,7 +53,10 @@ from mig_assets.core.mig import MigParams, _first_few, _phi_function, phi
 _FRONTIER_SIZE = 4096  # rows per group whose stale scores the lazy greedy keeps at hand
 _FRONTIER_SAMPLE = 1 << 16  # values sampled to choose the frontier limit at a refill
 _BLOCK_ROWS = 1 << 16  # rows per block when every row is evaluated
-_FEASIBLE_LIST = 4096  # hard mode lists the feasible rows when there are at most this many
+_PULL_BLOCK = 256  # hard mode's pull-ordered slots: rows per block with a stale-gain maximum
+_OVERFLOW_MIN = 4096  # hard mode merges rows whose pull fell back into the pull order beyond this many
+_GIVE_UP = 2048  # hard mode asks for the least ΔKL after refreshing this many infeasible rows
+_RECENT_MAX = 512  # hard mode sorts the rows that left the pull order into the overflow beyond this many
 _MAX_MASS_GROUPS = 64  # more distinct row masses than this: aligned modes re-scan instead of lazy greedy
 
 Align = Literal["none", "penalty", "hard", "quota"]
@@ -476,8 +484,8 @@ class _Frontier:
     holds, in row order, the rows with h ≥ ``hlim``; every other row has h < hlim, so its score is
     at most fl(prev(hlim) − c), since rounding is monotone. A pick re-evaluates the frontier rows
     whose bound fl(h_stale − c) can reach the best fresh score, and refills the frontier from
-    ``all_h`` (O(group)) when rows outside might reach it. Among fresh rows with the best score (and
-    eligible, where an eligibility test is given), the lowest row wins.
+    ``all_h`` (O(group)) when rows outside might reach it. Among fresh rows with the best score, the
+    lowest row wins. ``scorer`` is a :class:`_Scorer` or anything called the same way.
     """
 
     def __init__(self, rows: np.ndarray, h: np.ndarray, scorer: _Scorer, size: int | None = None):
@@ -490,7 +498,6 @@ class _Frontier:
         self.pos = np.empty(0, dtype=np.int64)  # frontier: positions in group_rows, ascending
         self.h = np.empty(0)
         self.stamps = np.empty(0, dtype=np.int64)
-        self.ok = np.empty(0, dtype=bool)
         self.hlim = np.inf  # +inf: refill before the next pick
         self.outside = len(rows) > 0  # may rows outside the frontier still be candidates?
         self.refills = 0
@@ -518,16 +525,12 @@ class _Frontier:
         self.hlim = hlim if self.outside else -np.inf
         self.h = self.all_h[self.pos]
         self.stamps = self.all_stamps[self.pos]
-        self.ok = np.ones(len(self.pos), dtype=bool)
         self.last = -1
 
-    def best(self, pick: int, shift: float, eligible: Callable[[np.ndarray], np.ndarray] | None = None,
-             surely_not: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, int]:
-        """(score, row) of the best eligible row of the group at this pick, or (−inf, −1) if none."""
+    def best(self, pick: int, shift: float) -> tuple[float, int]:
+        """(score, row) of the best row of the group at this pick, or (−inf, −1) if none."""
         if self.hlim == np.inf:
             self._refill(self.size)
-        if eligible is not None:
-            return self._best_eligible(pick, shift, eligible, surely_not)
         # As mig.py's frontier: the first maximum of the bounds wins once it is fresh (a stale row
         # with an equal bound comes later in row order, and its fresh score can only be lower or equal).
         # Otherwise re-evaluate it alone, then every stale row whose bound reaches the best fresh score.
@@ -555,77 +558,13 @@ class _Frontier:
             self.stamps[targets] = pick
             best_fresh = max(best_fresh, float(np.max(values - shift)))
 
-    def _best_eligible(self, pick: int, shift: float, eligible: Callable[[np.ndarray], np.ndarray],
-                       surely_not: Callable[[np.ndarray], np.ndarray] | None) -> tuple[float, int]:
-        """:meth:`best` among the rows passing ``eligible`` (evaluated on fresh rows only): ineligible
-        fresh rows are skipped, and rows are evaluated in batches of growing size, best bounds first,
-        until an eligible fresh score is known. Rows for which the cheap ``surely_not`` holds are
-        skipped without evaluation."""
-        size, best, batch = self.size, -np.inf, 1
-        skip = np.zeros(len(self.pos), dtype=bool)
-        while True:
-            bound = self.h - shift
-            fresh = self.stamps == pick
-            stale = ~fresh & ~skip & (self.h > -np.inf) & (bound >= best)
-            if stale.any():
-                targets = np.flatnonzero(stale)
-                if surely_not is not None:
-                    excluded = surely_not(self.group_rows[self.pos[targets]])
-                    skip[targets[excluded]] = True
-                    targets = targets[~excluded]
-                    if not len(targets):
-                        continue
-                if best == -np.inf and len(targets) > batch:
-                    if batch == 1:
-                        targets = targets[[int(np.argmax(bound[targets]))]]
-                    else:
-                        targets = np.sort(targets[np.argpartition(-bound[targets], batch - 1)[:batch]])
-                    batch *= 2
-                rows = self.group_rows[self.pos[targets]]
-                values = np.array([self.scorer.one(int(rows[0]))]) if len(rows) == 1 else self.scorer(rows)
-                self.h[targets] = values
-                self.stamps[targets] = pick
-                self.ok[targets] = eligible(rows)
-                if self.ok[targets].any():
-                    best = max(best, float(np.max(values[self.ok[targets]] - shift)))
-                continue
-            if self.outside and (best == -np.inf or np.nextafter(self.hlim, -np.inf) - shift >= best):
-                if best > -np.inf and shift == 0.0:
-                    self._refill(size, hlim=best)  # exactly the rows that might reach the best
-                else:
-                    size *= 2
-                    self._refill(size)
-                skip = np.zeros(len(self.pos), dtype=bool)
-                continue
-            self.size = size  # eligible rows were this far down: start there at the next refill
-            if best == -np.inf:
-                return -np.inf, -1
-            winner = int(np.flatnonzero(fresh & self.ok & (bound == best))[0])
-            self.last = winner
-            return best, int(self.group_rows[self.pos[winner]])
-
-    def at_least(self, pick: int, shift: float, threshold: float, limit: int) -> np.ndarray | None:
-        """The rows whose fresh score fl(h − c) is ≥ ``threshold``, ascending, or None when more than
-        ``limit`` rows might be (their stale bounds reach it): then the caller searches otherwise."""
-        size = self.size
-        if self.hlim == np.inf:
-            self._refill(size)
-        while True:
-            if self.outside and np.nextafter(self.hlim, -np.inf) - shift >= threshold:
-                if size > 2 * limit:
-                    return None
-                size *= 2
-                self._refill(size)
-                continue
-            bound = self.h - shift
-            reach = bound >= threshold
-            stale = np.flatnonzero(reach & (self.stamps != pick))
-            if len(stale) > limit:
-                return None
-            if not len(stale):
-                return self.group_rows[self.pos[np.flatnonzero(reach)]]
-            self.h[stale] = self.scorer(self.group_rows[self.pos[stale]])
-            self.stamps[stale] = pick
+    def shrink(self) -> None:
+        """Rebuild the frontier smaller when it has grown far beyond the rows that reach the last
+        winner's stale score (after many stale rows had to be looked at once)."""
+        if len(self.pos) > 8 * self.size and 0 <= self.last < len(self.pos):
+            reach = int(np.count_nonzero(self.h >= self.h[self.last]))
+            if len(self.pos) > 8 * max(self.size, 2 * reach):
+                self._refill(max(self.size, 2 * reach))
 
     def _positions(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.group_rows, rows)
@@ -898,82 +837,375 @@ def _dkl(run: _Run, pulls: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return run.shifts(rows) - pulls
 
 
-class _RememberingScorer(_Scorer):
-    """A scorer that keeps the latest value of every row it evaluates (``known``, −inf if never)."""
+def _row_digest(columns: np.ndarray, values: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's entries (listed row by row from ``offsets``, ``counts`` each)."""
+    mix = columns.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    mix ^= values.view(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+    mix ^= mix >> np.uint64(31)
+    mix *= np.uint64(0x94D049BB133111EB)
+    digest = counts.astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+    nonempty = counts > 0
+    if nonempty.any():
+        digest[nonempty] += np.add.reduceat(mix, offsets[nonempty])
+    return digest
 
-    def __init__(self, n_rows: int, *parts):
-        super().__init__(*parts)
-        self.known = np.full(n_rows, -np.inf)
 
-    def __call__(self, rows=None):
-        values = super().__call__(rows)
-        self.known[slice(None) if rows is None else rows] = values
-        return values
+def _identical_rows(matrix: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Classes of exactly identical rows (same columns, same values) among ``rows`` (ascending):
+    each row's class and each class's first row. Rows are hashed, then checked entry by entry
+    against the first row of their hash; a row that differs (a collision) gets a class of its own."""
+    rows = np.asarray(rows, dtype=np.int64)
+    columns, values, offsets, counts = _entries(matrix, rows)
+    _, first, classes = np.unique(_row_digest(columns, values, offsets, counts), return_index=True,
+                                  return_inverse=True)  # first: the lowest row of each hash
+    classes = classes.ravel()
+    lead = first[classes]
+    same = counts == counts[lead]
+    entry_lead = np.repeat(offsets[lead] - offsets, counts) + np.arange(len(columns))
+    entry_lead = np.where(np.repeat(same, counts), entry_lead, 0)
+    equal = (columns == columns[entry_lead]) & (values == values[entry_lead])
+    nonempty = counts > 0
+    if nonempty.any():
+        same[nonempty] &= np.logical_and.reduceat(equal, offsets[nonempty])
+    odd = np.flatnonzero(~same)
+    classes[odd] = len(first) + np.arange(len(odd))
+    return classes, rows[np.concatenate([first, odd])]
+
+
+class _ClassPulls:
+    """Pulls Σ_ℓ t_ℓ·ln(1 + a_iℓ/(m_ℓ + ε)), memoised per class of identical leaf rows (whose row sums
+    are identical): ``known`` is the latest value of each class (an upper bound of its pull from then
+    on, since pulls never grow), ``stamp`` the pick it was computed at (the caller sets ``pick``).
+    Row ``dead`` (= N) stands for no row: its pull is −inf."""
+
+    def __init__(self, run: _Run, rows: np.ndarray):
+        self.A, self.terms = run.A, run.pull_terms
+        classes, self.lead = _identical_rows(run.A, rows)
+        n_classes = len(self.lead)
+        self.dead = run.N
+        self.cls = np.full(run.N + 1, n_classes, dtype=np.int64)
+        self.cls[rows] = classes
+        self.known = np.full(n_classes + 1, -np.inf)
+        self.stamp = np.full(n_classes + 1, np.iinfo(np.int64).max, dtype=np.int64)
+        self.pick = 0
+        self.evaluations = 0
+        self.refresh_classes(np.arange(n_classes))
+
+    def refresh_classes(self, classes: np.ndarray) -> None:
+        self.known[classes] = _row_sums(self.A, self.terms, self.lead[classes])
+        self.stamp[classes] = self.pick
+        self.evaluations += len(classes)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """Fresh pulls of ``rows``."""
+        classes = self.cls[rows]
+        stale = self.stamp[classes] != self.pick
+        if stale.any():
+            todo = np.sort(classes[stale])
+            self.refresh_classes(todo[np.diff(todo, prepend=-1) != 0])
+        return self.known[classes]
 
     def one(self, row: int) -> float:
-        self.known[row] = value = super().one(row)
-        return value
+        c = self.cls[row]
+        if self.stamp[c] != self.pick:
+            self.known[c] = _row_sum(self.A, self.terms, int(self.lead[c]))
+            self.stamp[c] = self.pick
+            self.evaluations += 1
+        return float(self.known[c])
+
+    def bound(self, rows: np.ndarray) -> np.ndarray:
+        """Remembered pulls of ``rows``: upper bounds, exact where fresh."""
+        return self.known[self.cls[rows]]
+
+    def fresh(self, rows: np.ndarray) -> np.ndarray:
+        return self.stamp[self.cls[rows]] == self.pick
+
+
+class _GainMemo:
+    """Every row's latest gain (``h``; −inf once picked, and for the row ``dead`` = N that stands for no
+    row: an upper bound of its gain from then on) and the pick it was computed at (``stamp``)."""
+
+    def __init__(self, scorer: _Scorer, n_rows: int, rows: np.ndarray, pick: int = 0):
+        self.scorer = scorer
+        self.h = np.full(n_rows + 1, -np.inf)
+        self.stamp = np.full(n_rows + 1, -1, dtype=np.int64)
+        self.refresh(rows, pick)
+
+    def refresh(self, rows: np.ndarray, pick: int) -> np.ndarray:
+        self.h[rows] = values = self.scorer(rows)
+        self.stamp[rows] = pick
+        return values
+
+
+class _GaveUp(Exception):
+    """The gain search looked at many rows without finding a feasible one."""
+
+
+def _passing(keys: np.ndarray, shift: float, room: float) -> int:
+    """Number of leading ``keys`` (descending) that pass fl(c − key) ≤ room: a bisection (rounding is
+    monotone, so the keys that pass form a prefix)."""
+    lo, hi = 0, len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if shift - keys[mid] <= room:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class _SortedRows:
+    """Rows sorted by a remembered pull (``key``, descending), each with a bound of its gain
+    (``value``), in blocks of ``block`` slots with the largest bound of each (``block_max``).
+    Emptied slots hold the row ``dead`` (gain −inf)."""
+
+    def __init__(self, rows: np.ndarray, keys: np.ndarray, values: np.ndarray, block: int, dead: int):
+        self.block, self.dead = block, dead
+        n_slots = max(1, -(-len(rows) // block)) * block
+        self.order = np.full(n_slots, dead, dtype=np.int64)
+        self.order[: len(rows)] = rows
+        self.key = np.full(n_slots, -np.inf)
+        self.key[: len(rows)] = keys
+        self.value = np.full(n_slots, -np.inf)
+        self.value[: len(rows)] = values
+        self.block_max = self.value.reshape(-1, block).max(axis=1)
+        self.size = len(rows)
+
+    def live(self, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, keys, gain bounds) of the rows not emptied nor picked, in order."""
+        keep = self.value > -np.inf
+        keep[keep] = gain[self.order[keep]] > -np.inf
+        return self.order[keep], self.key[keep], self.value[keep]
+
+    def collect(self, prefix: int, x: float, gain: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Among the first ``prefix`` slots, those whose row has a gain ≥ x (> −inf): (slots, rows,
+        blocks looked at); the bounds of the rows looked at are updated from ``gain``."""
+        n_blocks = -(-prefix // self.block)
+        if x > -np.inf:
+            blocks = np.flatnonzero(self.block_max[:n_blocks] >= x)
+            chosen = self.value.reshape(-1, self.block)[blocks] >= x
+        else:  # every live slot
+            blocks = np.flatnonzero(self.block_max[:n_blocks] > x)
+            chosen = self.value.reshape(-1, self.block)[blocks] > x
+        if len(blocks) and blocks[-1] == n_blocks - 1 and prefix % self.block:
+            chosen[-1, prefix % self.block :] = False  # the last block is partly outside the prefix
+        slots = (blocks[:, None] * self.block + np.arange(self.block))[chosen]
+        rows = self.order[slots]
+        h = gain[rows]
+        self.value[slots] = h
+        keep = (h >= x) & (h > -np.inf)
+        return slots[keep], rows[keep], blocks
+
+    def threshold(self, prefix: int, count: int) -> float:
+        """A gain x with rows of bound ≥ x in at least ``count`` blocks of the prefix (−inf: all)."""
+        maxima = self.block_max[: -(-prefix // self.block)]
+        if len(maxima) <= count:
+            return -np.inf
+        return float(-np.partition(-maxima, count - 1)[count - 1])
+
+    def empty(self, slots: np.ndarray) -> None:
+        self.order[slots] = self.dead
+        self.value[slots] = -np.inf
+
+    def tighten(self, blocks: np.ndarray) -> None:
+        if len(blocks):
+            self.block_max[blocks] = self.value.reshape(-1, self.block)[blocks].max(axis=1)
+
+
+def _merge_sorted(a: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two (rows, keys, values) lists sorted by key (descending) merged into one, stably (a first)."""
+    at = np.searchsorted(-a[1], -b[1], side="right")
+    return tuple(np.insert(x, at, y) for x, y in zip(a, b))
+
+
+class _PullOrderedGain:
+    """Hard mode's gain search in one mass group: the row of largest gain among the feasible rows,
+    those with ΔKL_i = fl(c − pull_i) ≤ room (c = ln(1 + s/(M + εL)), common to the group), ties
+    to the lowest row.
+
+    Feasibility depends on the pull alone, monotonically (rounding is monotone), and gains and
+    pulls never grow as the selection grows, so remembered (stale) values bound the fresh ones from
+    above. Rows sit in :class:`_SortedRows`, sorted by their remembered pull when they were placed:
+    the slots whose key passes the test form a prefix, found by bisection, and every row after it
+    is surely infeasible; the blocks' gain bounds let a search collect the prefix's rows of stale
+    gain ≥ x without looking at the others. A search collects the best stale gains first, in
+    growing batches, refreshing the pull and then (if still feasible) the gain, until every
+    possibly feasible row whose stale gain reaches the best fresh feasible gain is fresh. A
+    collected row whose remembered pull fails the test leaves its slot for a short unsorted list;
+    the list is sorted into a second, smaller level, and that level into the main one, when they
+    grow. Picked rows are dropped lazily (their gain is −inf).
+    """
+
+    def __init__(self, rows: np.ndarray, gains: _GainMemo, pulls: _ClassPulls):
+        self.gains, self.pulls, self.dead = gains, pulls, pulls.dead
+        self.merges = 0
+        self.block = _PULL_BLOCK
+        rows = np.asarray(rows, dtype=np.int64)
+        keys = pulls.bound(rows)
+        by_pull = np.argsort(-keys, kind="stable")
+        self.main = _SortedRows(rows[by_pull], keys[by_pull], gains.h[rows[by_pull]], self.block, self.dead)
+        self.level_limit = max(_OVERFLOW_MIN, len(rows) >> 3)
+        self._reset_overflow()
+
+    def _reset_overflow(self) -> None:
+        empty = np.empty(0, dtype=np.int64), np.empty(0), np.empty(0)
+        self.overflow = _SortedRows(*empty, self.block, self.dead)
+        self.recent, self.recent_key, self.recent_h = empty
+
+    def _sort_recent(self) -> None:
+        """The recent rows into the second level; that level into the main one once it is large."""
+        by_pull = np.argsort(-self.recent_key, kind="stable")
+        recent = self.recent[by_pull], self.recent_key[by_pull], self.recent_h[by_pull]
+        merged = _merge_sorted(self.overflow.live(self.gains.h), recent)
+        if len(merged[0]) > self.level_limit:
+            self.merges += 1
+            merged = _merge_sorted(self.main.live(self.gains.h), merged)
+            self.main = _SortedRows(*merged, self.block, self.dead)
+            self._reset_overflow()
+        else:
+            self.overflow = _SortedRows(*merged, self.block, self.dead)
+            self.recent, self.recent_key, self.recent_h = self.recent[:0], self.recent_key[:0], self.recent_h[:0]
+
+    def _to_recent(self, rows: np.ndarray) -> None:
+        self.recent = np.concatenate([self.recent, rows])
+        self.recent_key = np.concatenate([self.recent_key, self.pulls.bound(rows)])
+        self.recent_h = np.concatenate([self.recent_h, self.gains.h[rows]])
+
+    def best(self, pick: int, shift: float, room: float, floor: float = -np.inf,
+             give_up: int | None = None) -> tuple[float, int]:
+        """(gain, row) of the best feasible row at this pick with gain ≥ ``floor``, or (−inf, −1);
+        raises :class:`_GaveUp` once more than ``give_up`` rows were refreshed without a feasible one."""
+        if len(self.recent) > _RECENT_MAX:
+            self._sort_recent()
+        main, overflow, gains, pulls = self.main, self.overflow, self.gains, self.pulls
+        prefix = _passing(main.key, shift, room)
+        in_overflow = _passing(overflow.key, shift, room) if overflow.size else 0
+        # positions of the recent rows that may pass (rows coming during this search fail the test)
+        recent = np.flatnonzero((shift - self.recent_key) <= room) if len(self.recent) else self.recent
+        if prefix == 0 and in_overflow == 0 and not len(recent):
+            return -np.inf, -1  # the remembered pulls rule out every row
+        best, batch, looked = -np.inf, 8, 0
+        while True:
+            x = best if best > -np.inf else main.threshold(prefix, batch)
+            x = max(x, floor)
+            batch *= 4
+            main_slots, main_rows, main_blocks = main.collect(prefix, x, gains.h)
+            parts = [main_rows]
+            if in_overflow:
+                over_slots, over_rows, over_blocks = overflow.collect(in_overflow, x, gains.h)
+                parts.append(over_rows)
+            if len(recent):
+                candidates = self.recent[recent[self.recent_h[recent] >= x]]
+                h = gains.h[candidates]
+                parts.append(candidates[(h >= x) & (h > -np.inf)])
+            rows = np.concatenate(parts) if len(parts) > 1 else main_rows
+            # remembered pulls, then fresh ones: the rows that fail leave their level
+            keys = pulls.bound(rows)
+            out = (shift - keys) > room
+            stale = ~out & ~pulls.fresh(rows)
+            if stale.any():
+                looked += int(np.count_nonzero(stale))
+                out[stale] = (shift - pulls(rows[stale])) > room
+            if out.any():
+                n_main = len(main_rows)
+                n_over = n_main + (len(over_rows) if in_overflow else 0)
+                main.empty(main_slots[out[:n_main]])
+                if in_overflow:
+                    overflow.empty(over_slots[out[n_main:n_over]])
+                leaving = out.copy()
+                leaving[n_over:] = False  # rows of the recent list stay there
+                self._to_recent(rows[leaving])
+                rows = rows[~out]
+                if len(main_slots):
+                    main_slots = main_slots[~out[:n_main]]
+                if in_overflow:
+                    over_slots = over_slots[~out[n_main:n_over]]
+            stale = gains.stamp[rows] != pick
+            if stale.any():
+                gains.refresh(rows[stale], pick)
+                main.value[main_slots] = gains.h[main.order[main_slots]]
+                if in_overflow:
+                    overflow.value[over_slots] = gains.h[overflow.order[over_slots]]
+            main.tighten(main_blocks)
+            if in_overflow:
+                overflow.tighten(over_blocks)
+            if len(rows):
+                best = max(best, float(gains.h[rows].max()))
+            if best >= x or x <= floor or x == -np.inf:
+                break
+            if best == -np.inf and give_up is not None and looked > give_up:
+                raise _GaveUp
+        if best == -np.inf or best < floor:
+            return -np.inf, -1
+        return best, int(rows[gains.h[rows] == best].min())
 
 
 def _select_hard(run: _Run, order, scores, info) -> int:
     gain_scorer = _Scorer((run.U, run.node_terms))
-    pull_scorer = _RememberingScorer(run.N, (run.A, run.pull_terms))
     rows = run.grounded
-    gain_frontier = _Frontier(rows, gain_scorer(rows), gain_scorer)
+    n_picks = min(run.k, len(rows))
+    if n_picks == 0:
+        _append_ungrounded(run, order, scores, 0)
+        info["fallback_picks"] = 0
+        return 0
     masses, group_rows = _groups(run.mass_key, rows)
-    pulls = pull_scorer(rows)
-    position = np.empty(run.N, dtype=np.int64)
-    position[rows] = np.arange(len(rows))
-    kl_frontiers = [_Frontier(g_rows, pulls[position[g_rows]], pull_scorer) for g_rows in group_rows]
     owner = np.empty(run.N, dtype=np.int64)
     for g, g_rows in enumerate(group_rows):
         owner[g_rows] = g
+    pulls = _ClassPulls(run, rows)
+    gains = _GainMemo(gain_scorer, run.N, rows)
+    kl_frontiers = [_Frontier(g_rows, pulls.bound(g_rows), pulls) for g_rows in group_rows]
+    searches = [_PullOrderedGain(g_rows, gains, pulls) for g_rows in group_rows]
     fallbacks = 0
-    n_picks = min(run.k, len(rows))
     for pick in range(n_picks):
+        pulls.pick = pick
         room = run.params.kl_cap_at(pick, run.k) - run.kl_now
-        # the least ΔKL first (lazily, per mass group): if even it exceeds the room, no row is feasible
-        # and the gain search would have to look at every row to find out
-        least, least_row = -np.inf, -1
-        for g, frontier in enumerate(kl_frontiers):
-            s, r = frontier.best(pick, run.shift(float(masses[g])))
-            if r >= 0 and (s > least or (s == least and r < least_row)):
-                least, least_row = s, r
-        row = -1
-        if -least <= room:
-            # few feasible rows (a tight cap): list them in ΔKL order and take the largest gain;
-            # many: search by gain, skipping infeasible rows
-            found = [frontier.at_least(pick, run.shift(float(masses[g])), -room, _FEASIBLE_LIST)
-                     for g, frontier in enumerate(kl_frontiers)]
-            if all(rows_ is not None for rows_ in found) and sum(len(r) for r in found) <= _FEASIBLE_LIST:
-                candidates = np.sort(np.concatenate(found))
-                gains = gain_scorer(candidates)
-                best = int(np.argmax(gains))  # the first maximum: the lowest row
-                score, row = float(gains[best]), int(candidates[best])
-            else:
+        shifts = [run.shift(float(mass)) for mass in masses]  # as run.shifts computes them
 
-                def feasible(candidates: np.ndarray) -> np.ndarray:
-                    return _dkl(run, pull_scorer(candidates), candidates) <= room
+        def least_dkl() -> tuple[float, int]:
+            """The least ΔKL (lazily, per mass group), as (−ΔKL, row)."""
+            least, least_row = -np.inf, -1
+            for g, frontier in enumerate(kl_frontiers):
+                s, r = frontier.best(pick, shifts[g])
+                frontier.shrink()
+                if r >= 0 and (s > least or (s == least and r < least_row)):
+                    least, least_row = s, r
+            return least, least_row
 
-                def surely_infeasible(candidates: np.ndarray) -> np.ndarray:
-                    # pulls only shrink, so a remembered pull bounds ΔKL from below (rounding is monotone)
-                    return _dkl(run, pull_scorer.known[candidates], candidates) > room
+        def search(give_up: int | None) -> tuple[float, int]:
+            score, row = -np.inf, -1
+            for g, group_search in enumerate(searches):
+                s, r = group_search.best(pick, shifts[g], room, floor=score, give_up=give_up)
+                if r >= 0 and (s > score or (s == score and r < row)):
+                    score, row = s, r
+            return score, row
 
-                score, row = gain_frontier.best(pick, 0.0, feasible, surely_infeasible)
+        least = None
+        try:
+            # by gain, in each group's pull order; when many rows turn out infeasible, the least ΔKL
+            # tells whether any row is feasible (else the search would have to look at all of them)
+            score, row = search(_GIVE_UP)
+        except _GaveUp:
+            least = least_dkl()
+            score, row = search(None) if -least[0] <= room else (-np.inf, -1)
         if row >= 0:
-            dkl = float(_dkl(run, np.array([pull_scorer.one(row)]), np.array([row]))[0])
+            dkl = float(shifts[owner[row]] - pulls.one(row))
         else:
             fallbacks += 1
-            row, dkl = least_row, -least
+            least_value, row = least if least is not None else least_dkl()
+            dkl = -least_value
             score = float(gain_scorer.one(row))
         order[pick], scores[pick] = row, score
-        gain_frontier.remove(row)
+        gains.h[row] = -np.inf
         kl_frontiers[owner[row]].remove(row)
         run.add(row)
         run.kl_now += dkl
     _append_ungrounded(run, order, scores, n_picks)
     info["fallback_picks"] = fallbacks
-    return gain_scorer.evaluations + pull_scorer.evaluations
+    info["merges"] = sum(s.merges for s in searches)
+    info["pull_evaluations"] = pulls.evaluations
+    return gain_scorer.evaluations + pulls.evaluations
 
 
 def _quota_setup(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -220,7 +220,10 @@ def test_lazy_equals_dense_with_a_tiny_frontier(config, monkeypatch):
     """A frontier of 8 rows (sampled limits, refills, rows outside it) and hard mode's gain search."""
     monkeypatch.setattr(tags_select, "_FRONTIER_SIZE", 8)
     monkeypatch.setattr(tags_select, "_FRONTIER_SAMPLE", 16)
-    monkeypatch.setattr(tags_select, "_FEASIBLE_LIST", 3)
+    monkeypatch.setattr(tags_select, "_PULL_BLOCK", 4)
+    monkeypatch.setattr(tags_select, "_OVERFLOW_MIN", 2)
+    monkeypatch.setattr(tags_select, "_GIVE_UP", 3)
+    monkeypatch.setattr(tags_select, "_RECENT_MAX", 2)
     config = dict(CONFIGS[config])
     params = config.pop("params")
     A, q, parents, levels, target = random_pool(3, n_samples=200, normalize=config.pop("normalize", True))
@@ -391,6 +394,116 @@ def test_hard_mode_keeps_kl_under_the_cap_once_it_can():
     under = np.flatnonzero(selection.kl <= 0.2)
     assert (selection.kl[under[0] :] <= 0.2 + 1e-12).all()
     assert selection.info["fallback_picks"] >= 1
+
+
+# hard mode: lazy search (pull order, class-memoised pulls, least-ΔKL frontier) = dense re-scan
+
+HARD_CAPS = [
+    dict(kl_cap=0.3, kl_cap_start=1.5, kl_cap_decay=0.5),  # decaying cap, binding part of the way
+    dict(kl_cap=0.05, kl_cap_start=0.05),  # tight from the start: long stretches of least-KL fallbacks
+    dict(kl_cap=0.0, kl_cap_start=0.0),  # never satisfiable: every pick is the least-KL row
+    dict(kl_cap=50.0, kl_cap_start=50.0),  # never binds: plain greedy on the gain
+    dict(kl_cap=0.2, kl_cap_start=3.0, kl_cap_decay=2.0),  # still decaying at the end of the budget
+]
+
+
+def _hard_pool(seed: int, normalize: bool, n_samples: int = 150):
+    A, q, parents, levels, target = random_pool(seed, n_samples=n_samples, normalize=normalize)
+    return build_problem(A, q, parents, levels), target
+
+
+def _tiny_hard_structures(monkeypatch):
+    """Blocks of 4 slots, merges and sorts after a few moved rows, the least ΔKL asked for early."""
+    monkeypatch.setattr(tags_select, "_PULL_BLOCK", 4)
+    monkeypatch.setattr(tags_select, "_OVERFLOW_MIN", 2)
+    monkeypatch.setattr(tags_select, "_RECENT_MAX", 2)
+    monkeypatch.setattr(tags_select, "_GIVE_UP", 3)
+    monkeypatch.setattr(tags_select, "_FRONTIER_SIZE", 8)
+    monkeypatch.setattr(tags_select, "_FRONTIER_SAMPLE", 16)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("cap", range(len(HARD_CAPS)))
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_hard_mode_equals_dense_on_random_pools(seed, cap, normalize):
+    problem, target = _hard_pool(seed, normalize)
+    params = TagsParams(align="hard", **HARD_CAPS[cap])
+    for k in (40, problem.n_samples):
+        lazy = select(problem, k, params, target)
+        np.testing.assert_array_equal(lazy.order, select_dense(problem, k, params, target))
+        np.testing.assert_allclose(lazy.scores, lazy.gains, rtol=1e-12, atol=0)  # hard mode reports the gain
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("seed", [20, 21, 22, 23])
+def test_hard_mode_equals_dense_with_tiny_structures(seed, normalize, monkeypatch):
+    _tiny_hard_structures(monkeypatch)
+    problem, target = _hard_pool(seed, normalize, n_samples=250)
+    for caps in HARD_CAPS:
+        params = TagsParams(align="hard", **caps)
+        for k in (70, problem.n_samples):
+            np.testing.assert_array_equal(select(problem, k, params, target).order,
+                                          select_dense(problem, k, params, target))
+
+
+def test_hard_mode_fallback_and_unbound_cap():
+    problem, target = _hard_pool(13, True)
+    k = 80
+    # a cap no selection can meet: every grounded pick is the row of least KL(t ‖ p_{S+i})
+    never = select(problem, k, TagsParams(align="hard", kl_cap=0.0, kl_cap_start=0.0), target)
+    assert never.info["fallback_picks"] == k
+    np.testing.assert_array_equal(never.order, select_dense(problem, k, TagsParams(align="hard", kl_cap=0.0,
+                                                                                   kl_cap_start=0.0), target))
+    # ... which is the greedy on −ΔKL, recomputed from scratch here (ties to the lowest row)
+    A = problem.leaves
+    grounded = np.flatnonzero(np.diff(A.indptr) > 0)
+    mass, chosen = np.zeros(A.shape[1]), []
+    for _ in range(10):
+        rest = np.setdiff1d(grounded, chosen)
+        dkl = delta_kl(A, mass, target, rows=rest)
+        chosen.append(int(rest[np.argmin(dkl)]))
+        mass += A[[chosen[-1]]].toarray().ravel()
+    assert never.order[:10].tolist() == chosen
+    # a cap that never binds: the greedy on the gain among the grounded rows
+    loose = select(problem, k, TagsParams(align="hard", kl_cap=50.0, kl_cap_start=50.0), target)
+    assert loose.info["fallback_picks"] == 0
+    unaligned = select(problem, k, TagsParams(align="none"))
+    positive = unaligned.gains > 0
+    np.testing.assert_array_equal(loose.order[: positive.sum()], unaligned.order[positive][: positive.sum()])
+
+
+@pytest.mark.parametrize("cap", [0.05, 0.2])
+def test_hard_mode_equals_dense_with_identical_rows_and_tied_pulls(cap, monkeypatch):
+    """Single-tag rows: many identical leaf rows (one pull class) and equal pulls across classes."""
+    A, q, parents, levels, leaves = single_tag_pool(per_leaf=15)
+    quality = np.random.default_rng(3).choice([0.2, 0.5, 1.0], size=len(leaves))
+    problem = build_problem(A, quality, parents, levels)
+    target = target_distribution(np.arange(12) % 4, alpha=0.2)
+    params = TagsParams(align="hard", kl_cap=cap, kl_cap_start=4 * cap)
+    for tiny in (False, True):
+        if tiny:
+            _tiny_hard_structures(monkeypatch)
+        for k in (25, 90, problem.n_samples):
+            np.testing.assert_array_equal(select(problem, k, params, target).order,
+                                          select_dense(problem, k, params, target))
+
+
+def test_identical_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
+    rng = np.random.default_rng(4)
+    dense = rng.integers(0, 3, size=(200, 6)) * (rng.random((200, 6)) < 0.3)
+    dense[50:60] = dense[5]
+    matrix = sp.csr_array(dense.astype(float))
+    rows = np.arange(200)
+    same = (dense[:, None, :] == dense[None, :, :]).all(axis=2)
+    classes, lead = tags_select._identical_rows(matrix, rows)
+    np.testing.assert_array_equal(classes[:, None] == classes[None, :], same)
+    np.testing.assert_array_equal(lead[classes], [int(np.flatnonzero(same[i])[0]) for i in rows])  # the lowest row
+    # every row hashing alike: classes still hold identical rows only
+    monkeypatch.setattr(tags_select, "_row_digest", lambda columns, values, offsets, counts: np.zeros(len(counts),
+                                                                                                      dtype=np.uint64))
+    classes, lead = tags_select._identical_rows(matrix, rows)
+    assert not ((classes[:, None] == classes[None, :]) & ~same).any()
+    assert (dense[lead[classes]] == dense).all()
 
 
 def test_target_distribution_smoothing_and_reachability():
