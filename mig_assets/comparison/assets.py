@@ -11,6 +11,7 @@ from pydantic import Field
 from mig_assets.core.compare import run_comparison
 from mig_assets.core.report import COMPARED_METRICS, comparison_plot, html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.tags_select import TagsParams
+from mig_assets.core.warehouse import insert_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Warehouse
@@ -84,20 +85,16 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     with warehouse.connect() as con:
         con.execute(COMPARISON_TABLES)
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM comparisons").fetchall()[0][0]
-        rows = [{**{c: row.get(c) for c in COLUMNS}, "version": version, "budget": config.budget().describe(),
+        rows = [{"version": version, **{c: row.get(c) for c in COLUMNS}, "budget": config.budget().describe(),
                  "n_pool": len(pool.sample_ids), "run_id": context.run.run_id, "created_at": now} for row in table]
-        con.register("rows_arrow", pa.Table.from_pylist(rows))
-        con.execute(f"INSERT INTO comparisons SELECT version, {', '.join(COLUMNS)}, budget, n_pool, run_id, created_at FROM rows_arrow")
-        con.unregister("rows_arrow")
+        insert_table(con, "comparisons", pa.Table.from_pylist(rows))  # columns in the table's order
         members = pa.table({
             "version": pa.array([version] * sum(len(o) for o in orders.values()), pa.int32()),
             "method": [m for m, o in orders.items() for _ in o],
             "rank": pa.array([r for o in orders.values() for r in range(1, len(o) + 1)], pa.int32()),
             "sample_id": [pool.sample_ids[i] for o in orders.values() for i in o],
         })
-        con.register("members_arrow", members)
-        con.execute("INSERT INTO comparison_members SELECT * FROM members_arrow")
-        con.unregister("members_arrow")
+        insert_table(con, "comparison_members", members)
     folder = layout.exports_dir / "comparison" / f"v{version:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     summary_md = markdown_table(table, COLUMNS)

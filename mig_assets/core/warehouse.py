@@ -155,3 +155,22 @@ def shard_key_of(relative_path: str) -> str:
     """``sub/dir/file name.jsonl`` -> ``sub__dir__file_name.jsonl`` (no '/', ',', spaces or '...')."""
     key = "__".join(_UNSAFE.sub("_", part) for part in relative_path.split("/"))
     return re.sub(r"\.{3,}", "_", key)
+
+
+def replace_table(con, name: str, table) -> None:
+    """``CREATE OR REPLACE TABLE name`` with the rows of an Arrow table."""
+    _from_arrow(con, f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {{source}}", table)
+
+
+def insert_table(con, name: str, table) -> None:
+    """Append the rows of an Arrow table (columns in the table's order) to ``name``."""
+    _from_arrow(con, f"INSERT INTO {name} SELECT * FROM {{source}}", table)
+
+
+def _from_arrow(con, sql: str, table) -> None:
+    source = "arrow_source"
+    con.register(source, table)
+    try:
+        con.execute(sql.format(source=source))
+    finally:
+        con.unregister(source)

@@ -26,6 +26,7 @@ from mig_assets.core.selection import (
 from mig_assets.core.specs import SelectionSpec, load_specs
 from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
 from mig_assets.core.tags import normalize_tag
+from mig_assets.core.warehouse import insert_table, replace_table
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
@@ -83,9 +84,7 @@ def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, war
         edges = pa.table({"src": pa.array(coo.row, pa.int64()), "dst": pa.array(coo.col, pa.int64()), "weight": pa.array(coo.data, pa.float32())})
         info = pa.table({"tau": [config.tau], "valid_tag_path": [config.valid_tag_path], "model_id": [model_id], "run_id": [context.run.run_id]})
         for name, arrow in (("label_graph_labels", nodes), ("label_graph_edges", edges), ("label_graph_info", info)):
-            con.register("arrow_input", arrow)
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM arrow_input")
-            con.unregister("arrow_input")
+            replace_table(con, name, arrow)
     n_edges = int((coo.row != coo.col).sum()) // 2
     return dg.MaterializeResult(
         metadata={
@@ -298,8 +297,7 @@ def materialize_selection(
                 "top_labels": pa.array(outcome.top_labels or [[] for _ in ids], pa.list_(pa.string())),
             }
         )
-        con.register("members_arrow", members)
-        con.execute("INSERT INTO selection_members SELECT * FROM members_arrow")
+        insert_table(con, "selection_members", members)
         if graph is not None and outcome.coverage is not None:  # the final s, to explain why a sample was not picked
             covered = np.flatnonzero(outcome.coverage)
             coverage = pa.table(
@@ -310,18 +308,14 @@ def materialize_selection(
                     "coverage": pa.array(outcome.coverage[covered], pa.float64()),
                 }
             )
-            con.register("coverage_arrow", coverage)
-            con.execute("INSERT INTO selection_coverage SELECT * FROM coverage_arrow")
-            con.unregister("coverage_arrow")
+            insert_table(con, "selection_coverage", coverage)
         messages = con.execute(
-            "SELECT m.rank, s.sample_id, s.messages FROM members_arrow m JOIN samples s USING (sample_id) ORDER BY m.rank"
+            "SELECT m.rank, s.sample_id, s.messages FROM selection_members m JOIN samples s USING (sample_id) "
+            "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank", [spec.name, version],
         ).fetchall()
-        con.unregister("members_arrow")
         diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
         if diff:
-            con.register("diff_arrow", pa.Table.from_pylist(diff))
-            con.execute("INSERT INTO selection_diffs SELECT * FROM diff_arrow")
-            con.unregister("diff_arrow")
+            insert_table(con, "selection_diffs", pa.Table.from_pylist(diff))
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
         plots = _plots(spec, pool, outcome, tree, target)
         report = _report(spec, version, pool, outcome, score_origin, plots, diff)

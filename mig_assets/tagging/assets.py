@@ -14,6 +14,7 @@ from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
 from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows, query_text, tag_samples
 from mig_assets.core.tags import normalize_tag
+from mig_assets.core.warehouse import replace_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Execution, Tagger, Warehouse
@@ -239,9 +240,7 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
                 "occurrences": pa.array([n for _, n in surface], pa.int64()),
             }
         )
-        con.register("surface_forms_arrow", forms)
-        con.execute("CREATE OR REPLACE TABLE tag_surface_forms AS SELECT * FROM surface_forms_arrow")
-        con.unregister("surface_forms_arrow")
+        replace_table(con, "tag_surface_forms", forms)
         n_tags, n_tagged = con.execute("SELECT count(*), coalesce(sum(n_samples), 0) FROM tag_vocabulary").fetchall()[0]
         top = con.execute("SELECT tag, n_samples FROM tag_vocabulary LIMIT ?", [TOP_TAGS]).fetchall()
     dropped = sum(n for s, n in surface if normalize_tag(s) is None)

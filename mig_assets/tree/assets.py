@@ -22,6 +22,7 @@ from mig_assets.core.tags_select import leaf_entropy, target_distribution
 from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
 from mig_assets.core.tree import KnowledgeTree, build_tree
 from mig_assets.core.tree_refine import LLMTreeRefiner
+from mig_assets.core.warehouse import replace_table
 from mig_assets.core.embedding import EmbeddingCache
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.resources import Embedder, Tagger, Warehouse
@@ -83,9 +84,7 @@ def knowledge_tree(
     (folder / "tree.json").write_text(json.dumps(tree.to_dict() | {"version": version, "embedding_model": model_id, "refined_by": refined_by}, sort_keys=True))
     with warehouse.connect() as con:
         for name, columns in (("tree_nodes", tree.nodes_table()), ("tree_tags", tree.tags_table())):
-            con.register("arrow_input", pa.table(columns))
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM arrow_input")
-            con.unregister("arrow_input")
+            replace_table(con, name, pa.table(columns))
     per_level = {int(level): int(n) for level, n in zip(*np.unique(tree.levels, return_counts=True))}
     top = [v for v in range(tree.n_nodes) if tree.parents[v] == tree.root]
     top.sort(key=lambda v: -tree.counts[v])
@@ -242,9 +241,7 @@ def target_profile(
     })
     with warehouse.connect() as con:
         for name, arrow in zip(TARGET_TABLES, (profile, target_samples, info)):
-            con.register("arrow_input", arrow)
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM arrow_input")
-            con.unregister("arrow_input")
+            replace_table(con, name, arrow)
     methods = Counter(grounding.methods)
     top = np.argsort(-grounding.leaf_counts, kind="stable")[:15]
     top_md = "\n".join(["| leaf | target samples | share |", "|---|---|---|"] + [
