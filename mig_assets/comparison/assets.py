@@ -11,7 +11,7 @@ from pydantic import Field
 from mig_assets.core.compare import run_comparison
 from mig_assets.core.report import COMPARED_METRICS, comparison_plot, html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.tags_select import TagsParams
-from mig_assets.core.warehouse import insert_table
+from mig_assets.core.warehouse import has_relation, insert_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Warehouse
@@ -35,13 +35,6 @@ class ComparisonConfig(SelectionConfig):
     budget_fraction: float | None = Field(default=0.1, description="share of the pool each method selects")
 
 
-def _exists(con, name: str) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()) "
-        "WHERE name = ?", [name],
-    ).fetchall()[0][0])
-
-
 @dg.asset(
     deps=[
         dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
@@ -63,7 +56,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     with warehouse.connect() as con:
         layout.refresh_catalog(con)
         pool, score_origin, _, failed = load_pool(con, layout if layout.shard_files("sample_embeddings") else None)
-        graph = load_graph(con) if _exists(con, "label_graph_labels") else None
+        graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
         tree, tree_info = load_tree(layout)

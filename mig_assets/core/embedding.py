@@ -112,7 +112,8 @@ class EmbeddingCache:
         self.model_id = model_id
         self.folder = Path(folder) / f"model={model_id.replace('/', '_')}"
 
-    def _read(self, hashes: list[str]) -> dict[str, np.ndarray]:
+    def read(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Cached vectors of the given text hashes (those present)."""
         files = sorted(self.folder.glob("batch-*.parquet"))
         if not files or not hashes:
             return {}
@@ -127,7 +128,7 @@ class EmbeddingCache:
     ) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (row i <-> texts[i]) and the number of texts newly embedded."""
         hashes = [text_hash(t) for t in texts]
-        cached = self._read(list(dict.fromkeys(hashes)))
+        cached = self.read(list(dict.fromkeys(hashes)))
         missing = [(h, t) for h, t in dict(zip(hashes, texts)).items() if h not in cached]
         for start in range(0, len(missing), batch_size):
             batch = missing[start : start + batch_size]

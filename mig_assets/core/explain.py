@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mig_assets.core.mig import MigParams, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.warehouse import has_relation
 
 
 def _one(con, sql: str, params: list) -> dict | None:
@@ -21,12 +22,6 @@ def _one(con, sql: str, params: list) -> dict | None:
     names = [d[0] for d in cursor.description]
     row = cursor.fetchall()
     return dict(zip(names, row[0])) if row else None
-
-
-def _has(con, name: str) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0]) or bool(
-        con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0][0]
-    )
 
 
 def resolve_sample_id(con, prefix: str) -> str:
@@ -62,7 +57,7 @@ def explain(con, sample_id: str, selection: str | None = None, version: int | No
         "quality": {"imported_deita_score": source["imported_quality"]},
     }
     scored = None
-    if _has(con, "quality_scores"):
+    if has_relation(con, "quality_scores"):
         scored = _one(
             con, "SELECT score, status, reason, backend, model, prompt_version FROM quality_scores WHERE sample_id = ? ORDER BY status = 'ok' DESC LIMIT 1",
             [sample_id],
@@ -72,12 +67,12 @@ def explain(con, sample_id: str, selection: str | None = None, version: int | No
     source["weight"] = scored["score"] if scored and scored["status"] == "ok" else source["imported_quality"]
     tags = _one(
         con, "SELECT tags, surface_tags, status, reason, backend, model, prompt_version, truncated, attempts FROM atomic_tags WHERE sample_id = ?", [sample_id]
-    ) if _has(con, "atomic_tags") else None
+    ) if has_relation(con, "atomic_tags") else None
     answer["tags"] = tags
-    if _has(con, "sample_embeddings"):
+    if has_relation(con, "sample_embeddings"):
         embedding = _one(con, "SELECT model_id FROM sample_embeddings WHERE sample_id = ?", [sample_id])
         answer["embedding_model"] = embedding["model_id"] if embedding else None
-    if _has(con, "selections"):
+    if has_relation(con, "selections"):
         answer["selection"] = _selection_fate(con, sample_id, source, tags, selection, version)
     return answer
 

@@ -205,10 +205,6 @@ class OpenAIBackend:
         import requests
 
         session = requests.Session()
-        headers = {"Content-Type": "application/json"}
-        if os.environ.get(self.api_key_env):
-            headers["Authorization"] = f"Bearer {os.environ[self.api_key_env]}"
-        url = self.base_url.rstrip("/") + "/chat/completions"
 
         def one(messages: list[dict]) -> str | None:
             body = {
@@ -219,18 +215,8 @@ class OpenAIBackend:
                 "seed": sampling.seed,
                 "response_format": {"type": "json_schema", "json_schema": {"name": "tags", "schema": schema}},
             }
-            for attempt in range(self.max_retries + 1):
-                try:
-                    response = session.post(url, json=body, headers=headers, timeout=self.timeout_s)
-                except requests.RequestException:
-                    response = None
-                if response is not None and response.status_code == 200:
-                    return response.json()["choices"][0]["message"].get("content")
-                retryable = response is None or response.status_code == 429 or response.status_code >= 500
-                if not retryable or attempt == self.max_retries:
-                    return None
-                time.sleep(self.backoff_s * 2**attempt)
-            return None
+            answer = self._post(session, "/chat/completions", body)
+            return answer["choices"][0]["message"].get("content") if answer is not None else None
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(one, conversations))

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,9 +37,9 @@ from typing import Callable, Mapping
 import pyarrow as pa
 
 from mig_assets.core.embedding import text_hash
-from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.io import BatchFileCache
 from mig_assets.core.llm import Sampling
-from mig_assets.core.tag_prompts import _FENCE, _THINK, _load_json
+from mig_assets.core.tag_prompts import load_answer_json
 
 DIGITS = ("1", "2", "3", "4", "5", "6")
 SCORE_RANGE = (1.0, 36.0)  # complexity x quality, each in [1, 6]
@@ -237,17 +236,9 @@ def parse_judge_output(text: str | None) -> JudgeAnswer:
     """Apply the tagging parse contract to a rubric answer: both scores numbers in [1, 6]."""
     if text is None or not text.strip():
         return JudgeAnswer("failed", reason="empty output")
-    repairs = []
-    cleaned = text.strip()
-    if _THINK.search(cleaned):
-        cleaned, repairs = _THINK.sub("", cleaned).strip(), repairs + ["think block removed"]
-    fence = _FENCE.search(cleaned)
-    if fence:
-        cleaned, repairs = fence.group(1).strip(), repairs + ["code fence removed"]
-    value, how = _load_json(cleaned)
+    value, repairs = load_answer_json(text)
     if not isinstance(value, dict):
         return JudgeAnswer("failed", reason=f"not a JSON object: {text.strip()[:80]!r}")
-    repairs += how
     scores = {}
     for name in ("complexity", "quality"):
         raw = value.get(name)
@@ -334,7 +325,7 @@ CACHE_SCHEMA = pa.schema(
 )
 
 
-class QualityCache:
+class QualityCache(BatchFileCache):
     """Scores per (model, prompt fingerprint, settings), keyed by the hash of what was scored:
     the query for a complexity score (shared by every answer to the same question), the query and
     response for a quality or judge score. Append-only batch files, each written atomically once
@@ -344,25 +335,12 @@ class QualityCache:
     digit in the log-probabilities, an unparseable answer after every retry) are.
     """
 
+    schema = CACHE_SCHEMA
+    key_column = "unit_hash"
+
     def __init__(self, folder: Path, model_id: str, prompt: ScorePrompt, settings: str = ""):
         self.key = f"{prompt.version}-{prompt.fingerprint}" + (f"-{settings}" if settings else "")
-        self.folder = Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}"
-
-    def lookup(self, keys: list[str]) -> dict[str, dict]:
-        files = sorted(self.folder.glob("batch-*.parquet"))
-        if not files or not keys:
-            return {}
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(files, schema=CACHE_SCHEMA).to_table(filter=pc.field("unit_hash").isin(keys))
-        return {row["unit_hash"]: row for row in table.to_pylist()}
-
-    def append(self, rows: list[dict]) -> Path | None:
-        if not rows:
-            return None
-        name = f"batch-{time.time_ns()}-{os.getpid()}.parquet"
-        return write_parquet_atomic(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), self.folder / name)
+        super().__init__(Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}")
 
 
 @dataclass

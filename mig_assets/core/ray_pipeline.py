@@ -512,7 +512,7 @@ def embed_shards_on_ray(
     """Fill the embedding cache for ``shards`` on the cluster (sentence-transformers actors)."""
     actor_kwargs = {"model": model, "device": device, "encode_batch_size": encode_batch_size}
     return fill_cache_on_ray(
-        shards, cache.folder, cache._read, EmbedActor, actor_kwargs, include_response=False, settings=settings, log=log
+        shards, cache.folder, cache.read, EmbedActor, actor_kwargs, include_response=False, settings=settings, log=log
     )
 
 

@@ -86,10 +86,9 @@ _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(```|$)", re.DOTALL | re.IGNORECASE)
 
 
-def parse_tag_output(text: str | None) -> ParsedTags:
-    """Apply the parsing contract to one model answer."""
-    if text is None or not text.strip():
-        return ParsedTags("failed", [], [], "empty output")
+def load_answer_json(text: str) -> tuple[object, list[str]]:
+    """The JSON value in a model answer, after removing a think block and a code fence, and the
+    repairs made (including :func:`_load_json`'s); the value is None when nothing parses."""
     repairs = []
     cleaned = text.strip()
     if _THINK.search(cleaned):
@@ -98,9 +97,16 @@ def parse_tag_output(text: str | None) -> ParsedTags:
     if fence:
         cleaned, repairs = fence.group(1).strip(), repairs + ["code fence removed"]
     value, how = _load_json(cleaned)
+    return value, repairs + how
+
+
+def parse_tag_output(text: str | None) -> ParsedTags:
+    """Apply the parsing contract to one model answer."""
+    if text is None or not text.strip():
+        return ParsedTags("failed", [], [], "empty output")
+    value, repairs = load_answer_json(text)
     if value is None:
         return ParsedTags("failed", [], [], f"not JSON: {text.strip()[:80]!r}")
-    repairs += how
     surface = _surface_tags(value)
     if surface is None:
         return ParsedTags("failed", [], [], "JSON without a `tags` list")

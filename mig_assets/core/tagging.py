@@ -7,7 +7,6 @@ none after normalization), ``no_annotation`` (imported backend, the record carri
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable
 import pyarrow as pa
 
 from mig_assets.core.embedding import text_hash
-from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.io import BatchFileCache
 from mig_assets.core.llm import LLMBackend, Sampling
 from mig_assets.core.tag_prompts import ParsedTags, TagPrompt, parse_tag_output
 from mig_assets.core.tags import normalize_tags
@@ -76,32 +75,17 @@ CACHE_SCHEMA = pa.schema(
 )
 
 
-class TagCache:
-    """Tag results per (model, prompt fingerprint, sampling), keyed by the hash of the text tagged,
-    in append-only batch files. Samples that share a prompt (the same question answered by several
-    models, exact duplicates across shards) are tagged once.
+class TagCache(BatchFileCache):
+    """Tag results per (model, prompt fingerprint, sampling), keyed by the hash of the text tagged.
+    Samples that share a prompt (the same question answered by several models, exact duplicates
+    across shards) are tagged once; a killed run loses at most the batch in flight."""
 
-    A batch file is written atomically once its samples are tagged, so killing a run loses at most
-    the batch in flight and a re-run tags only the texts no batch file holds.
-    """
+    schema = CACHE_SCHEMA
+    key_column = "text_hash"
 
     def __init__(self, folder: Path, model_id: str, prompt: TagPrompt, sampling: Sampling):
         self.key = f"{prompt.version}-{prompt.fingerprint}-{sampling.key()}"
-        self.folder = Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}"
-
-    def lookup(self, text_hashes: list[str]) -> dict[str, dict]:
-        files = sorted(self.folder.glob("batch-*.parquet"))
-        if not files or not text_hashes:
-            return {}
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(files, schema=CACHE_SCHEMA).to_table(filter=pc.field("text_hash").isin(text_hashes))
-        return {row["text_hash"]: row for row in table.to_pylist()}
-
-    def append(self, rows: list[dict]) -> Path:
-        name = f"batch-{time.time_ns()}-{os.getpid()}.parquet"
-        return write_parquet_atomic(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), self.folder / name)
+        super().__init__(Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}")
 
 
 @dataclass

@@ -157,6 +157,14 @@ def shard_key_of(relative_path: str) -> str:
     return re.sub(r"\.{3,}", "_", key)
 
 
+def has_relation(con, name: str) -> bool:
+    """Whether the catalog has a table or a view called ``name``."""
+    return bool(con.execute(
+        "SELECT count(*) FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()) "
+        "WHERE name = ?", [name],
+    ).fetchall()[0][0])
+
+
 def replace_table(con, name: str, table) -> None:
     """``CREATE OR REPLACE TABLE name`` with the rows of an Arrow table."""
     _from_arrow(con, f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM {{source}}", table)

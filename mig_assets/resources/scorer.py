@@ -15,37 +15,24 @@ import os
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mig_assets.core.llm import Sampling, build_backend
-from mig_assets.core.models import SMOLLM2
+from mig_assets.core.llm import Sampling
 from mig_assets.core.quality import DEFAULT_PROMPTS, PROMPTS, ScorePrompt, digit_token_ids
+from mig_assets.resources.llm import LLMResource
 
 SCORER_BACKENDS = ("imported", "logprob", "judge")
 ENGINES = ("vllm", "openai")
 
 
-class Scorer(dg.ConfigurableResource):
+class Scorer(LLMResource):
     backend: str = Field(default="imported", description="imported | logprob | judge")
     engine: str = Field(default="vllm", description="vllm (offline engine) | openai (a server at base_url)")
-    model: str = SMOLLM2
     prompt_version: str = Field(default="", description="deita-v1 / deita-chat-v1 (logprob), judge-v1 (judge); empty: the backend's default")
     max_query_tokens: int = 768
     max_response_tokens: int = 1024
-    max_model_len: int = 2048
     batch_size: int = 512  # LLM calls per engine call and per cache file: a crash loses at most one batch
     top_k: int = 20  # logprob: first-position log-probabilities asked of servers (OpenAI allows 20)
     judge_max_tokens: int = 32
     max_attempts: int = 3  # judge: answers that fail to parse are retried at a higher temperature
-    # vllm
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    # openai
-    base_url: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    _backend: object = PrivateAttr(default=None)
     _labels: object = PrivateAttr(default=None)
 
     @property
@@ -89,14 +76,7 @@ class Scorer(dg.ConfigurableResource):
             raise ValueError("the imported backend reads annotations and has no model")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown scorer engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
-        if self._backend is None:
-            self._backend = build_backend(
-                self.engine, self.model, model_id=self.model_id, max_model_len=self.max_model_len,
-                tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
-                enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
-                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
-            )
-        return self._backend
+        return self._engine_backend(self.engine)
 
     def labels(self) -> dict[str, int] | None:
         """The digit token ids, from the model's tokenizer, checked once per run (logprob backend).
@@ -106,9 +86,7 @@ class Scorer(dg.ConfigurableResource):
         return self._labels["ids"]
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
+        super().teardown_after_execution(context)
         self._labels = None
 
 

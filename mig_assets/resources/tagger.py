@@ -9,38 +9,25 @@ import functools
 import hashlib
 import json
 import os
+from pathlib import Path
 
-import dagster as dg
-from pydantic import PrivateAttr
-
-from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend, build_backend
-from mig_assets.core.models import SMOLLM2, resolve_llm
+from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend
+from mig_assets.core.models import resolve_llm
 from mig_assets.core.tag_prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
+from mig_assets.core.tagging import TagCache
+from mig_assets.resources.llm import LLMResource
 
 BACKENDS = ("imported", "vllm", "openai")
 
 
-class Tagger(dg.ConfigurableResource):
+class Tagger(LLMResource):
     backend: str = "imported"
-    model: str = SMOLLM2
     prompt_version: str = DEFAULT_PROMPT
     max_tokens: int = 96
-    max_model_len: int = 2048
     max_input_tokens: int = 1536
     include_response: bool = False
     batch_size: int = 1024  # samples per llm.chat call and per cache file: a crash loses at most one batch
     max_attempts: int = 3
-    # vllm
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    # openai
-    base_url: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 4
-    _backend: LLMBackend | None = PrivateAttr(default=None)
 
     @property
     def prompt(self) -> TagPrompt:
@@ -56,6 +43,10 @@ class Tagger(dg.ConfigurableResource):
     def model_id(self) -> str:
         return "" if self.backend == "imported" else self.model.rstrip("/").rsplit("/", 1)[-1]
 
+    def tag_cache(self, warehouse_dir: Path) -> TagCache:
+        """The answer cache of this model, prompt and sampling (shared by shards and target sets)."""
+        return TagCache(Path(warehouse_dir) / "tag_cache", self.model_id, self.prompt, self.sampling)
+
     def version(self) -> str:
         """Backend, model, prompt text and sampling: what the tags depend on (the asset's code version)."""
         if self.backend == "imported":
@@ -68,14 +59,7 @@ class Tagger(dg.ConfigurableResource):
             raise ValueError(f"unknown tagger backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.backend == "imported":
             raise ValueError("the imported backend reads annotations and has no model")
-        if self._backend is None:
-            self._backend = build_backend(
-                self.backend, self.model, model_id=self.model_id, max_model_len=self.max_model_len,
-                tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
-                enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
-                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
-            )
-        return self._backend
+        return self._engine_backend(self.backend)
 
     def backend_factory(self, *, tensor_parallel_size: int = 0, gpu_share: float = 1.0):
         """A picklable recipe that builds this tagger's backend where it is called (a Ray actor):
@@ -95,10 +79,6 @@ class Tagger(dg.ConfigurableResource):
             )
         raise ValueError(f"the {self.backend!r} backend has no model to run on a cluster")
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
 
 
 def build_vllm_backend(model: str, **settings) -> VllmBackend:

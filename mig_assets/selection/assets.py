@@ -26,7 +26,7 @@ from mig_assets.core.selection import (
 from mig_assets.core.specs import SelectionSpec, load_specs
 from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
 from mig_assets.core.tags import normalize_tag
-from mig_assets.core.warehouse import insert_table, replace_table
+from mig_assets.core.warehouse import has_relation, insert_table, replace_table
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
@@ -161,13 +161,12 @@ def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
     """Kept samples (ordered by sample_id) with their tags and weights (and embeddings, given ``layout``);
     samples whose tagging failed are left out. Returns the arrays, the origin of the weights, the
     weight given to samples without one, and the number left out."""
-    views = {name for (name,) in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
-    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if "atomic_tags" in views else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_relation(con, "atomic_tags") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
     scored_sql = (
         "LEFT JOIN (SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
         "ELSE backend || ':' || model || ' ' || prompt_version END) AS scorer "
         "FROM quality_scores WHERE status = 'ok' GROUP BY sample_id) q USING (sample_id)"
-        if "quality_scores" in views else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
+        if has_relation(con, "quality_scores") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
     )
     rows = con.execute(
         f"""
@@ -439,8 +438,7 @@ def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
     """The target leaf distribution of ``target_profile`` when it was built on this tree version.
 
     Missing or stale: an error when ``required`` (an aligned selection), else None (KL not reported)."""
-    has_profile = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'target_info'").fetchall()[0][0]
-    if has_profile:
+    if has_relation(con, "target_info"):
         [(built_on,)] = con.execute("SELECT tree_version FROM target_info").fetchall()
         if built_on == tree_version:
             return np.array([share for (share,) in con.execute("SELECT share FROM target_profile ORDER BY leaf_id").fetchall()])

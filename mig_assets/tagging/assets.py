@@ -12,7 +12,7 @@ from mig_assets.automation import on_new_shard, re_select
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
-from mig_assets.core.tagging import TagCache, cached_tag_rows, imported_tag_rows, query_text, tag_samples
+from mig_assets.core.tagging import cached_tag_rows, imported_tag_rows, query_text, tag_samples
 from mig_assets.core.tags import normalize_tag
 from mig_assets.core.warehouse import replace_table
 from mig_assets.partitions import pool_shards
@@ -109,7 +109,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     else:
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
-        cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
+        cache = tagger.tag_cache(layout.warehouse_dir)
         results, stats = tag_samples(
             list(zip(ids, texts)), tagger.llm() if ray_figures is None else NoLocalModel(), tagger.prompt, cache,
             sampling=tagger.sampling, max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
@@ -165,7 +165,7 @@ def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger:
     )
     figures, cluster = tag_shards_on_ray(
         kept_text_hashes(layout, context.partition_keys, tagger.include_response), factory, tagger.prompt,
-        TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling),
+        tagger.tag_cache(layout.warehouse_dir),
         include_response=tagger.include_response, settings=execution.settings(layout), sampling=tagger.sampling,
         max_input_tokens=tagger.max_input_tokens, max_attempts=tagger.max_attempts, log=context.log.info,
     )

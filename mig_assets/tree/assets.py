@@ -16,7 +16,7 @@ from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.report import markdown_image, target_plot
-from mig_assets.core.tagging import TagCache, tag_samples
+from mig_assets.core.tagging import tag_samples
 from mig_assets.core.tags import normalize_tag
 from mig_assets.core.tags_select import leaf_entropy, target_distribution
 from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
@@ -190,7 +190,7 @@ def target_profile(
     tag_source = "none"
     if config.grounding != "text":
         if tagger.backend != "imported":
-            cache = TagCache(layout.warehouse_dir / "tag_cache", tagger.model_id, tagger.prompt, tagger.sampling)
+            cache = tagger.tag_cache(layout.warehouse_dir)
             results, stats = tag_samples(
                 [(s.sample_id, s.text) for s in samples], tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
                 max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size, max_attempts=tagger.max_attempts,

