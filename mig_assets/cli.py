@@ -2,7 +2,8 @@
 
 Runs are real Dagster materializations in the instance at ``$DAGSTER_HOME`` (default
 ``$MIG_HOME/dagster``), so everything the CLI does shows up in ``dagster dev`` with the same
-``DAGSTER_HOME``.
+``DAGSTER_HOME``. Settings come from ``MIG_HOME/mig.yaml`` (``mig-assets init`` writes it,
+``mig-assets config`` shows what is in effect), exactly as the UI reads them.
 """
 
 from __future__ import annotations
@@ -19,15 +20,11 @@ from pathlib import Path
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest import file_sha256
 from mig_assets.core.warehouse import ShardPathError, WarehouseLayout
-from mig_assets.resources.warehouse import DEFAULT_MIG_HOME
+from mig_assets.settings import DEFAULT_MIG_HOME, SETTINGS_FILE, SettingsError, load_settings, mig_home, render_settings_file, unknown_variables, write_settings_file
 
 TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
 # runs launched from the CLI log at INFO (our progress lines), not Dagster's DEBUG event stream
 CLI_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-
-def mig_home() -> Path:
-    return Path(os.environ.get("MIG_HOME", DEFAULT_MIG_HOME)).resolve()
 
 
 def dagster_instance(layout: WarehouseLayout):
@@ -44,19 +41,40 @@ def dagster_instance(layout: WarehouseLayout):
     return dg.DagsterInstance.get()
 
 
+def log_file(layout: WarehouseLayout) -> Path:
+    return layout.home / "logs" / "mig-assets.log"
+
+
 @contextmanager
-def stdout_to_stderr():
-    """Send everything written to file descriptor 1 (engine subprocesses included) to stderr, so
-    that stdout carries only the command's JSON result."""
+def output_to_log(layout: WarehouseLayout):
+    """Send everything written to file descriptors 1 and 2 (Dagster's event log, engine
+    subprocesses) to ``MIG_HOME/logs/mig-assets.log``; yields ``say``, which writes a progress line
+    to the terminal. Afterwards stdout carries only the command's JSON result."""
+    path = log_file(layout)
+    path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved_err), "w", buffering=1)
+    with open(path, "a", buffering=1) as log:
+        log.write(f"\n==== mig-assets {' '.join(sys.argv[1:])} ====\n")
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+
+        def say(line: str) -> None:
+            terminal.write(line + "\n")
+            log.write(line + "\n")
+
+        try:
+            yield say
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            terminal.close()
 
 
 def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
@@ -79,13 +97,10 @@ def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
     return layout.shard_key(target), target
 
 
-def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_config: dict | None = None) -> dict:
-    """Register ``files`` as pool_shards partitions, materialize raw_pool for each, return totals."""
-    import dagster as dg
-
-    from mig_assets.definitions import build_resources
+def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_config: dict | None = None) -> dict:
+    """Register ``files`` as pool_shards partitions, run ``ingest_job`` for each, return totals."""
+    from mig_assets.definitions import defs
     from mig_assets.partitions import pool_shards
-    from mig_assets.pool.assets import raw_pool
 
     keys = [place_in_pool(layout, f)[0] for f in files]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -94,21 +109,17 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
         instance.add_dynamic_partitions(pool_shards.name, new)
     totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
     unique = list(dict.fromkeys(keys))
+    job = defs.resolve_job_def("ingest_job")
     for done, key in enumerate(unique, start=1):
-        result = dg.materialize(
-            [raw_pool],
-            partition_key=key,
-            instance=instance,
-            resources=build_resources(),
-            run_config=(run_config or {}) | CLI_LOGGING,
-            tags={"mig/launched_by": "cli"},
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, run_config=(run_config or {}) | CLI_LOGGING, tags={"mig/launched_by": "cli"},
         )
         metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
         shard = {"shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id}
         totals["shards"].append(shard)
         for name in TOTALS:
             totals[name] += shard[name]
-        print(f"{_bar(done, len(unique))} {key}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept", file=sys.stderr)
+        say(f"{_bar(done, len(unique))} {key}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept")
     return totals
 
 
@@ -117,52 +128,139 @@ def _bar(done: int, total: int, width: int = 24) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
-def _print_quarantine(layout: WarehouseLayout, shards: list[str], limit: int = 10) -> None:
+def _print_quarantine(layout: WarehouseLayout, shards: list[str], say, limit: int = 10) -> None:
     import pyarrow.parquet as pq
 
     shown = 0
     for shard in shards:
         for row in pq.read_table(layout.shard_file("quarantine", shard), columns=["reason"]).to_pylist():
             if shown == limit:
-                print("quarantined: ... (query the `quarantine` view for all)", file=sys.stderr)
+                say("quarantined: ... (query the `quarantine` view for all)")
                 return
-            print(f"quarantined: {row['reason']}", file=sys.stderr)
+            say(f"quarantined: {row['reason']}")
             shown += 1
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     layout = WarehouseLayout(mig_home()).ensure()
     run_config = {"ops": {"raw_pool": {"config": {"source_format": args.format}}}} if args.format != "auto" else None
-    with stdout_to_stderr():
-        totals = ingest_files(layout, args.files, dagster_instance(layout), run_config)
-        _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
+    with output_to_log(layout) as say:
+        totals = ingest_files(layout, args.files, dagster_instance(layout), say, run_config)
+        _print_quarantine(layout, [s["shard"] for s in totals["shards"]], say)
     print(json.dumps(totals, indent=2))
     return 0
 
 
-def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) -> dict:
-    """Tag each shard, then materialize every global asset (vocabulary, embeddings, graph, selections)."""
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented settings file with the defaults (an existing one is kept)."""
+    home = Path(args.dir).expanduser().resolve() if args.dir else mig_home()
+    layout = WarehouseLayout(home).ensure()
+    path = home / SETTINGS_FILE
+    if path.exists():
+        print(f"{path} exists: kept as it is (`mig-assets config` shows what is in effect)", file=sys.stderr)
+    else:
+        path.write_text(render_settings_file(), encoding="utf-8")
+        print(f"wrote {path} (every key commented out at its default)", file=sys.stderr)
+    dagster_instance(layout)
+    hint = "" if home == mig_home() else f"MIG_HOME={home} "
+    print(
+        f"next: put shard files in {layout.incoming_dir} (or `{hint}mig-assets ingest FILE...`), then `{hint}mig-assets run`",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """The effective settings and where each value came from."""
+    settings = load_settings()
+    if args.json:
+        print(json.dumps({"file": str(settings.file), "values": settings.values, "origins": settings.origins}, indent=2, default=str))
+        return 0
+    print(f"# settings file: {settings.file}{'' if settings.file.exists() else ' (missing: every value is a default)'}")
+    for section, values in settings.values.items():
+        for key, value in values.items():
+            origin = settings.origins[f"{section}.{key}"]
+            print(f"{section}.{key} = {json.dumps(value, default=str)}  ({'file' if origin == 'file' else origin})")
+    for variable in unknown_variables():
+        print(f"# warning: {variable} is set but overrides no setting", file=sys.stderr)
+    return 0
+
+
+def shards_needing(instance, assets_def, shards: list[str], retag: bool) -> tuple[list[str], list[str]]:
+    """Of ``shards``, those whose ``assets_def`` output is missing or older than their raw_pool (and,
+    with ``retag``, those made by another code version), and those left alone because another
+    configuration made them (re-made only with ``retag``)."""
     import dagster as dg
 
-    from mig_assets.definitions import build_resources, defs
+    key = assets_def.key
+    current = assets_def.code_versions_by_key.get(key)
+    needed, other = [], []
+    for shard in shards:
+        [made] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[shard]), limit=1).records or [None]
+        [ingested] = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_pool"), asset_partitions=[shard]), limit=1
+        ).records or [None]
+        if ingested is None:
+            continue
+        if made is not None and made.asset_materialization.tags.get("dagster/code_version") != current:
+            (needed if retag else other).append(shard)
+        elif made is None or made.storage_id < ingested.storage_id:
+            needed.append(shard)
+    return needed, other
 
+
+def contiguous_ranges(ordered: list[str], chosen: set[str]) -> list[tuple[str, str]]:
+    """The runs of consecutive ``chosen`` keys in ``ordered``, as (first, last): one range run each."""
+    ranges, start, last = [], None, None
+    for key in ordered + [None]:
+        if key is not None and key in chosen:
+            start, last = start or key, key
+        elif start is not None:
+            ranges.append((start, last))
+            start = None
+    return ranges
+
+
+def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) -> dict:
+    """Tag, embed and score the shards that need it (``tag_job``, one range run per block of shards:
+    each model loads once), then the global chain and every selection (``reselect_job``)."""
+    import time
+
+    from mig_assets.definitions import atomic_tags, defs, quality_scores, sample_embeddings
     from mig_assets.partitions import pool_shards
 
-    assets = list(defs.assets)
-    shard_assets = [a for a in assets if a.partitions_def is not None and a.key.to_user_string() != "raw_pool"]
-    if shard_keys:  # one run over the shards' range: the tagging model loads once
-        ordered = [k for k in instance.get_dynamic_partitions(pool_shards.name) if k in set(shard_keys)]
-        dg.materialize(
-            assets, selection=shard_assets, instance=instance, resources=build_resources(), run_config=CLI_LOGGING,
-            tags={"dagster/asset_partition_range_start": ordered[0], "dagster/asset_partition_range_end": ordered[-1]},
-        )
-    result = dg.materialize(
-        assets, selection=[a for a in assets if a.partitions_def is None], instance=instance, resources=build_resources(),
-        run_config=CLI_LOGGING,
+    ordered = list(instance.get_dynamic_partitions(pool_shards.name))
+    if not ordered:
+        raise ValueError(f"nothing ingested in {layout.home}: `mig-assets ingest FILE...` first (or drop files in {layout.incoming_dir})")
+    job = defs.resolve_job_def("tag_job")
+    for assets_def in (atomic_tags, sample_embeddings, quality_scores):  # tag_job's assets
+        needed, other = shards_needing(instance, assets_def, ordered, retag)
+        asset_key, name = assets_def.key, assets_def.key.to_user_string()
+        if other:
+            say(
+                f"{name}: {len(other)} shard(s) were made by another configuration and are kept; "
+                "`mig-assets run --retag` re-makes them with the current settings"
+            )
+        for first, last in contiguous_ranges(ordered, set(needed)):
+            started = time.perf_counter()
+            say(f"{name}: shards {first} .. {last} (tag_job) ...")
+            job.execute_in_process(
+                instance=instance, run_config=CLI_LOGGING, asset_selection=[asset_key],
+                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
+            )
+            say(f"{name}: done in {time.perf_counter() - started:.1f}s")
+        if not needed:
+            say(f"{name}: up to date")
+    started = time.perf_counter()
+    say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
+    result = defs.resolve_job_def("reselect_job").execute_in_process(
+        instance=instance, run_config=CLI_LOGGING, tags={"mig/launched_by": "cli"},
     )
+    say(f"re-selected in {time.perf_counter() - started:.1f}s")
+    nodes = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
     return {
         node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS}
-        for node in sorted({key.to_user_string() for a in assets if a.partitions_def is None for key in a.keys})
+        for node in nodes
     }
 
 
@@ -172,29 +270,48 @@ SUMMARY_KEYS = (
 )
 
 
+def _print_exports(assets: dict, say) -> None:
+    exports = "\n".join(f"  {name:<18}  {info['export_dir']}" for name, info in assets.items() if "export_dir" in info)
+    say(f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    layout = WarehouseLayout(mig_home()).ensure()
+    instance = dagster_instance(layout)
+    with output_to_log(layout) as say:
+        say(f"logs: {log_file(layout)}")
+        assets = run_pipeline(layout, instance, say, retag=args.retag)
+        _print_exports(assets, say)
+    print(json.dumps(assets, indent=2, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    # the tagger is chosen before the definitions load: it decides atomic_tags' code version
-    os.environ.setdefault("MIG_TAGGER_BACKEND", args.tagger)
     from mig_assets.demo_pool import write_demo_pool, write_demo_target
 
     layout = WarehouseLayout(mig_home()).ensure()
+    # recorded in the settings file before the definitions load (the tagger decides atomic_tags' code
+    # version), so `dagster dev` started afterwards tags with the same tagger
+    write_settings_file(layout.home, {"tagger.backend": args.tagger})
+    settings = load_settings(layout.home)
+    if settings.values["tagger"]["backend"] != args.tagger:
+        raise SettingsError(f"{settings.origins['tagger.backend']} overrides the demo's --tagger {args.tagger}: unset it")
     instance = dagster_instance(layout)
-    with stdout_to_stderr():
+    with output_to_log(layout) as say:
+        say(f"demo in {layout.home} (settings {settings.file}, logs {log_file(layout)})")
         files = write_demo_pool(layout.incoming_dir / "demo")
-        if not os.environ.get("MIG_TARGET_PATH"):
+        if not settings.target.path:
             write_demo_target(layout.home / "targets")
-        totals = ingest_files(layout, files, instance)
-        _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
-        assets = materialize_all(layout, instance, [s["shard"] for s in totals["shards"]])
+        totals = ingest_files(layout, files, instance, say)
+        _print_quarantine(layout, [s["shard"] for s in totals["shards"]], say)
+        assets = run_pipeline(layout, instance, say)
+        say(f"\nDemo pool ingested, tagged ({args.tagger} backend) and selected in {layout.home}")
+        _print_exports(assets, say)
+        ui = f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev"
+        if layout.home != Path(DEFAULT_MIG_HOME).resolve():
+            ui = f"MIG_HOME={layout.home} {ui}"
+        say(f"catalog (DuckDB):  mig-assets sql 'SELECT * FROM selections'\nDagster UI:        {ui}   (`make dev` for ./mig_home)")
     print(json.dumps({"ingest": totals, "assets": assets}, indent=2, default=str))
-    exports = "\n".join(f"  {name:<18}  {info['export_dir']}" for name, info in assets.items() if "export_dir" in info)
-    print(
-        f"\nDemo pool ingested, tagged ({os.environ['MIG_TAGGER_BACKEND']} backend) and selected in {layout.home}\n"
-        f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}\n"
-        f"catalog (DuckDB):  duckdb -readonly {layout.duckdb_path} -c 'SELECT * FROM selections'\n"
-        f"Dagster UI:        DAGSTER_HOME={os.environ['DAGSTER_HOME']} MIG_HOME={layout.home} dagster dev",
-        file=sys.stderr,
-    )
     return 0
 
 
@@ -234,23 +351,44 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Materialize selection_comparison at one budget and print its table."""
-    import dagster as dg
-
-    from mig_assets.definitions import build_resources, defs
+    """Run compare_job (selection_comparison at one budget) and print its table."""
+    from mig_assets.definitions import defs
 
     layout = WarehouseLayout(mig_home())
     instance = dagster_instance(layout)
     budget = {"budget_fraction": None, "budget_count": args.count} if args.count else {"budget_fraction": args.fraction}
     run_config = {"ops": {"selection_comparison": {"config": budget | {"seed": args.seed}}}} | CLI_LOGGING
-    with stdout_to_stderr():
-        result = dg.materialize(
-            list(defs.assets), selection=["selection_comparison"], instance=instance, resources=build_resources(),
-            run_config=run_config, tags={"mig/launched_by": "cli"},
+    with output_to_log(layout) as say:
+        say("selection_comparison (compare_job) ...")
+        result = defs.resolve_job_def("compare_job").execute_in_process(
+            instance=instance, run_config=run_config, tags={"mig/launched_by": "cli"},
         )
     metadata = result.asset_materializations_for_node("selection_comparison")[0].metadata
     print(metadata["methods"].value)
     print(f"\nreport, plots, JSON and CSV-ready tables: {metadata['export_dir'].value}", file=sys.stderr)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """One query over the catalog, read-only, printed as a table (or JSON lines)."""
+    import duckdb
+
+    layout = WarehouseLayout(mig_home())
+    if not layout.duckdb_path.exists():
+        raise FileNotFoundError(f"{layout.duckdb_path}: no catalog yet (ingest something first)")
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        try:
+            relation = con.sql(args.query)
+        except duckdb.Error as exc:
+            raise ValueError(f"query failed: {exc}") from None
+        if relation is None:
+            return 0
+        if args.json:
+            names = relation.columns
+            for row in relation.fetchall():
+                print(json.dumps(dict(zip(names, row)), default=str))
+        else:
+            relation.show(max_rows=args.max_rows, max_width=10_000)
     return 0
 
 
@@ -261,13 +399,26 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("files", nargs="+", type=Path, help="JSONL, JSON (array or object) or Parquet files")
     ingest.add_argument("--format", default="auto", help="auto, mig, sharegpt, openai, alpaca, turns or prompt")
     ingest.set_defaults(func=cmd_ingest)
-    demo = sub.add_parser("demo", help="set up MIG_HOME, ingest the demo pool and run every asset")
+    init = sub.add_parser("init", help="write MIG_HOME/mig.yaml, the project settings, with every default (commented)")
+    init.add_argument("dir", nargs="?", default=None, help="the MIG_HOME to set up (default: $MIG_HOME or ./mig_home)")
+    init.set_defaults(func=cmd_init)
+    config = sub.add_parser("config", help="print the effective settings and where each value came from")
+    config.add_argument("--json", action="store_true", help="as one JSON object")
+    config.set_defaults(func=cmd_config)
+    run = sub.add_parser("run", help="tag, embed and score what was ingested, then re-select (tag_job, reselect_job)")
+    run.add_argument("--retag", action="store_true", help="also re-make tags, scores and embeddings made by another configuration")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="write the demo pool, ingest it and run everything (records --tagger in mig.yaml)")
     demo.add_argument(
         "--tagger", choices=["vllm", "imported"], default="vllm",
-        help="vllm: SmolLM2-135M on vLLM (CPU here, ~3 min); imported: the annotations in the pool (seconds). "
-        "MIG_TAGGER_BACKEND, when set, wins.",
+        help="vllm: SmolLM2-135M on vLLM (CPU here, ~3 min); imported: the annotations in the pool (seconds)",
     )
     demo.set_defaults(func=cmd_demo)
+    sql = sub.add_parser("sql", help="run one SQL query over the catalog (read-only), e.g. 'SELECT * FROM selections'")
+    sql.add_argument("query")
+    sql.add_argument("--json", action="store_true", help="one JSON object per row")
+    sql.add_argument("--max-rows", type=int, default=40)
+    sql.set_defaults(func=cmd_sql)
     sample = sub.add_parser("sample", help="the MIG reference's `mig sample`: select records of an annotated pool")
     sample.add_argument("pool", type=Path, help="JSONL pool in the MIG reference schema")
     sample.add_argument("--out", type=Path, default=None, help="output JSONL (default: POOL-sampled-N.jsonl)")
@@ -308,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ShardPathError, ValueError, FileNotFoundError) as exc:
+    except (ShardPathError, SettingsError, ValueError, FileNotFoundError) as exc:
         print(f"mig-assets: {exc}", file=sys.stderr)
         return 2
 

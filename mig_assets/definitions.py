@@ -1,6 +1,8 @@
-"""The one ``Definitions`` of the project, loaded by ``dagster dev`` and the ``mig-assets`` CLI.
+"""The one ``Definitions`` of the project, loaded by ``dagster dev``, ``dg`` and the ``mig-assets`` CLI.
 
-Loads in seconds without a GPU: no model library is imported at module level anywhere.
+Everything configurable comes from the project settings (``MIG_HOME/mig.yaml``, see
+``mig_assets.settings``), read once when this module loads. Loads in seconds without a GPU: no
+model library is imported at module level anywhere.
 """
 
 import dagster as dg
@@ -13,24 +15,17 @@ from mig_assets.pool.assets import raw_pool
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.pool.sensors import incoming_shards_sensor
 from mig_assets.quality.assets import build_quality_scores
-from mig_assets.resources import Warehouse, embedder_from_env, execution_from_env, mig_home_setting, scorer_from_env, tagger_from_env
+from mig_assets.resources import build_resources
 from mig_assets.selection.assets import build_selection_asset, label_graph, selection_specs
 from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
+from mig_assets.settings import current_settings
 from mig_assets.tree.assets import knowledge_tree, target_profile
 
-tagger = tagger_from_env()
-scorer = scorer_from_env()
-
-
-def build_resources() -> dict:
-    return {
-        "warehouse": Warehouse(mig_home=mig_home_setting()), "embedder": embedder_from_env(), "tagger": tagger, "scorer": scorer,
-        "execution": execution_from_env(),  # local, or Ray (MIG_EXECUTION=ray, MIG_RAY_*)
-    }
-
-
-atomic_tags = build_atomic_tags(tagger.version())
-quality_scores = build_quality_scores(scorer.version())  # MIG_SCORER_* decide its code version
+settings = current_settings()
+resources = build_resources(settings)
+# the tagger and scorer settings decide these assets' code versions: a change shows them stale
+atomic_tags = build_atomic_tags(resources["tagger"].version())
+quality_scores = build_quality_scores(resources["scorer"].version())
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 # GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
 tag_job = dg.define_asset_job(
@@ -52,5 +47,5 @@ defs = dg.Definitions(
     assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison],  # comparison: on demand
     jobs=[ingest_job, tag_job, reselect_job, compare_job],
     sensors=[incoming_shards_sensor, automation_sensor],
-    resources=build_resources(),
+    resources=resources,
 )

@@ -62,7 +62,7 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     failed = dg.materialize(assets + [aligned], selection=[aligned], instance=instance, resources=resources, raise_on_error=False)
     assert not failed.success
     [failure] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "no target profile: set MIG_TARGET_PATH" in failure.event_specific_data.error.cause.message
+    assert "no target profile: set target.path in MIG_HOME/mig.yaml" in failure.event_specific_data.error.cause.message
     coverage = meta["coverage_by_level"].value
     assert "1" in coverage and 0 < coverage["1"] <= 1
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:

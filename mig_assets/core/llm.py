@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mig_assets.core.records import CHARS_PER_TOKEN
+from mig_assets.core.models import DEFAULT_MODEL_CACHE, resolve_llm
 
 
 @dataclass
@@ -316,13 +317,12 @@ def build_backend(
     concurrency: int = 8,
     timeout_s: float = 120.0,
     max_retries: int = 4,
+    model_cache: str = DEFAULT_MODEL_CACHE,
 ) -> VllmBackend | OpenAIBackend:
     """The backend for ``engine`` ("vllm": the offline engine; "openai": a server at ``base_url``)."""
     if engine == "vllm":
-        from mig_assets.core.models import resolve_llm
-
         return VllmBackend(
-            model=resolve_llm(model), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+            model=resolve_llm(model, model_cache), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching, model_id=model_id,
         )
     if engine == "openai":

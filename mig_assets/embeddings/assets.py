@@ -1,6 +1,5 @@
 """``tag_embeddings``: one vector per canonical tag, cached by (tag text, model)."""
 
-import os
 import time
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.automation import on_new_shard, re_select
+from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.mig import embedding_lookup
@@ -22,11 +21,12 @@ from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Embedder, Execution, Warehouse
+from mig_assets.settings import current_settings
 from mig_assets.tagging.assets import kept_text_hashes, tag_vocabulary
 
 TAG_EMBEDDINGS_FILE = ("tag_embeddings", "part-0.parquet")
 # the embedding model is part of what the vectors depend on: read when the definitions load
-EMBEDDING_CODE_VERSION = f"1-{os.environ.get('MIG_EMBEDDING_MODEL') or DEFAULT_EMBEDDING_MODEL}"
+EMBEDDING_CODE_VERSION = f"1-{current_settings().values['embedder']['model'] or DEFAULT_EMBEDDING_MODEL}"
 SAMPLE_EMBEDDING_SCHEMA_COLUMNS = ("sample_id", "model_id", "embedding")
 
 
@@ -116,6 +116,7 @@ def tag_embeddings(
 def sample_embeddings(
     context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution
 ) -> dg.MaterializeResult:
+    refuse_to_replace_other_configuration(context)
     layout = warehouse.layout
     model = embedder.get()
     cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)

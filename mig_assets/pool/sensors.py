@@ -5,12 +5,19 @@ Versioning rule: a file is identified by its path (the partition key); its versi
 re-ingestion of the same partition (run key ``<key>@<size>-<mtime_ns>``), which replaces the
 shard's rows and gets a new data version when the bytes changed, so downstream assets show stale.
 Deleted files keep their partition and data (nothing is lost silently); the tick logs them.
+
+A file whose bytes are the ones the warehouse already ingested for its shard (the CLI ingested it,
+or an earlier daemon did before its cursor was lost) is recorded as seen and not re-ingested, so
+starting the UI over a ``MIG_HOME`` the CLI filled launches nothing.
 """
 
 import json
 import time
 
 import dagster as dg
+import pyarrow.parquet as pq
+
+from mig_assets.core.ingest import file_sha256
 
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.jobs import ingest_job
@@ -23,6 +30,15 @@ SETTLE_SECONDS = 5.0
 def file_fingerprint(path) -> str:
     stat = path.stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def already_ingested(layout, key: str, path) -> bool:
+    """Whether the warehouse's latest ingestion of shard ``key`` read exactly the bytes of ``path``."""
+    stats = layout.shard_file("shard_stats", key)
+    if not stats.exists():
+        return False
+    [recorded] = pq.read_table(stats, columns=["file_sha256"]).column("file_sha256").to_pylist()[:1] or [None]
+    return recorded == file_sha256(path)
 
 
 @dg.sensor(
@@ -44,6 +60,9 @@ def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
     for key, path in shards.items():
         fingerprint = file_fingerprint(path)
         if seen.get(key) == fingerprint or now - path.stat().st_mtime < SETTLE_SECONDS:
+            continue
+        if key in registered and already_ingested(layout, key, path):
+            seen[key] = fingerprint
             continue
         if key not in registered:
             new_keys.append(key)

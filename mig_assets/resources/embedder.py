@@ -1,7 +1,5 @@
 """The ``Embedder`` resource: sentence-transformers on CUDA when present, else CPU, offline."""
 
-import os
-
 import dagster as dg
 from pydantic import PrivateAttr
 
@@ -21,13 +19,3 @@ class Embedder(dg.ConfigurableResource):
         if self._embedder is None:
             self._embedder = SentenceEmbedder(self.model, self.device, self.batch_size)
         return self._embedder
-
-
-def embedder_from_env() -> Embedder:
-    """``MIG_EMBEDDING_MODEL`` / ``MIG_EMBEDDING_DEVICE`` override the defaults when set."""
-    settings = {
-        field: dg.EnvVar(variable)
-        for field, variable in (("model", "MIG_EMBEDDING_MODEL"), ("device", "MIG_EMBEDDING_DEVICE"))
-        if os.environ.get(variable)
-    }
-    return Embedder(**settings)

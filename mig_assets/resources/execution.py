@@ -20,7 +20,7 @@ from mig_assets.core.warehouse import WarehouseLayout
 
 MODES = ("local", "ray")
 # passed to the workers' runtime environment when set here (a remote cluster does not inherit them)
-WORKER_ENV = ("MIG_MODEL_CACHE", "HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS")
+WORKER_ENV = ("HF_HUB_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "OMP_NUM_THREADS")
 
 
 class Execution(dg.ConfigurableResource):
@@ -170,23 +170,3 @@ def _ray_resource_class():
             return f"Ray cluster at {self.address}" if self.address else "local Ray cluster"
 
     return AddressedRay
-
-
-EXECUTION_ENV = {
-    "mode": "MIG_EXECUTION",
-    "address": "MIG_RAY_ADDRESS",
-    "num_actors": "MIG_RAY_NUM_ACTORS",
-    "gpus_per_actor": "MIG_RAY_GPUS_PER_ACTOR",
-    "batch_size": "MIG_RAY_BATCH_SIZE",
-    "storage": "MIG_RAY_STORAGE",
-}
-
-
-def execution_from_env() -> Execution:
-    """``MIG_EXECUTION=ray`` and ``MIG_RAY_*`` override the defaults when set (Launchpad config still can)."""
-    settings: dict = {}
-    for field, variable in EXECUTION_ENV.items():
-        value = os.environ.get(variable)
-        if value:
-            settings[field] = int(value) if field in ("num_actors", "gpus_per_actor", "batch_size") else value
-    return Execution(**settings)

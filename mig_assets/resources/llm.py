@@ -6,22 +6,23 @@ from cache loads no model, and released at teardown.
 """
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from mig_assets.core.llm import LLMBackend, build_backend
-from mig_assets.core.models import SMOLLM2
+from mig_assets.core.models import DEFAULT_MODEL_CACHE, SMOLLM2
 
 
 class LLMResource(dg.ConfigurableResource):
-    model: str = SMOLLM2
+    model: str = Field(default=SMOLLM2, description="a model folder, a served model name, or the packaged smollm2-135m-instruct")
     max_model_len: int = 2048
+    model_cache: str = DEFAULT_MODEL_CACHE  # where packaged models are converted once (project setting models.cache_dir)
     # vllm
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     # openai
-    base_url: str = ""
-    api_key_env: str = "OPENAI_API_KEY"
+    base_url: str = Field(default="", description="openai engine: the server, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="the variable holding the API key (the key itself is never stored)")
     concurrency: int = 8
     timeout_s: float = 120.0
     max_retries: int = 4
@@ -39,6 +40,7 @@ class LLMResource(dg.ConfigurableResource):
                 tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
                 enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
                 concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                model_cache=self.model_cache,
             )
         return self._backend
 

@@ -10,7 +10,6 @@ released at teardown.
 
 import hashlib
 import json
-import os
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -88,18 +87,3 @@ class Scorer(LLMResource):
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         super().teardown_after_execution(context)
         self._labels = None
-
-
-SCORER_ENV = {
-    "backend": "MIG_SCORER_BACKEND",
-    "engine": "MIG_SCORER_ENGINE",
-    "model": "MIG_SCORER_MODEL",
-    "prompt_version": "MIG_SCORER_PROMPT",
-    "base_url": "MIG_SCORER_BASE_URL",
-}
-
-
-def scorer_from_env() -> Scorer:
-    """Scorer settings from ``MIG_SCORER_*`` variables, read when the definitions load: they decide
-    the quality_scores code version, so changing them marks the scores stale in the UI."""
-    return Scorer(**{field: os.environ[var] for field, var in SCORER_ENV.items() if os.environ.get(var)})

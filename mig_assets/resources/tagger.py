@@ -8,8 +8,9 @@ and released at teardown, so a run loads the model once and a run served from ca
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from pydantic import Field
 
 from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend
 from mig_assets.core.models import resolve_llm
@@ -21,13 +22,13 @@ BACKENDS = ("imported", "vllm", "openai")
 
 
 class Tagger(LLMResource):
-    backend: str = "imported"
-    prompt_version: str = DEFAULT_PROMPT
-    max_tokens: int = 96
-    max_input_tokens: int = 1536
-    include_response: bool = False
-    batch_size: int = 1024  # samples per llm.chat call and per cache file: a crash loses at most one batch
-    max_attempts: int = 3
+    backend: str = Field(default="imported", description="imported (the pool's annotations) | vllm | openai (a server at base_url)")
+    prompt_version: str = Field(default=DEFAULT_PROMPT, description=f"tagging prompt: {', '.join(PROMPTS)}")
+    max_tokens: int = Field(default=96, description="answer length limit")
+    max_input_tokens: int = Field(default=1536, description="longer samples are cut (and flagged truncated)")
+    include_response: bool = Field(default=False, description="tag the assistant turns too, not only the user turns")
+    batch_size: int = Field(default=1024, description="samples per engine call and per cache file: a crash loses at most one batch")
+    max_attempts: int = Field(default=3, description="tries per sample whose answer fails to parse")
 
     @property
     def prompt(self) -> TagPrompt:
@@ -70,7 +71,7 @@ class Tagger(LLMResource):
                 build_vllm_backend, model=self.model, max_model_len=self.max_model_len,
                 tensor_parallel_size=tensor_parallel_size or self.tensor_parallel_size,
                 gpu_memory_utilization=self.gpu_memory_utilization * gpu_share,
-                enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id,
+                enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id, model_cache=self.model_cache,
             )
         if self.backend == "openai":
             return functools.partial(
@@ -81,20 +82,6 @@ class Tagger(LLMResource):
 
 
 
-def build_vllm_backend(model: str, **settings) -> VllmBackend:
+def build_vllm_backend(model: str, model_cache: str, **settings) -> VllmBackend:
     """A VllmBackend for ``model`` (a folder, or a packaged alias resolved on the calling machine)."""
-    return VllmBackend(model=resolve_llm(model), **settings)
-
-
-TAGGER_ENV = {
-    "backend": "MIG_TAGGER_BACKEND",
-    "model": "MIG_TAGGER_MODEL",
-    "prompt_version": "MIG_TAGGER_PROMPT",
-    "base_url": "MIG_TAGGER_BASE_URL",
-}
-
-
-def tagger_from_env() -> Tagger:
-    """Tagger settings from ``MIG_TAGGER_*`` variables, read when the definitions load: they
-    decide the atomic_tags code version, so changing them marks the tags stale in the UI."""
-    return Tagger(**{field: os.environ[var] for field, var in TAGGER_ENV.items() if os.environ.get(var)})
+    return VllmBackend(model=resolve_llm(model, model_cache), **settings)

@@ -1,6 +1,5 @@
 """The ``Warehouse`` resource: MIG_HOME paths and short-lived DuckDB connections."""
 
-import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -9,11 +8,6 @@ import dagster as dg
 from mig_assets.core.warehouse import WarehouseLayout
 
 DEFAULT_MIG_HOME = "mig_home"
-
-
-def mig_home_setting() -> str | dg.EnvVar:
-    """``EnvVar("MIG_HOME")`` when set (resolved at run time), else ``./mig_home``."""
-    return dg.EnvVar("MIG_HOME") if os.environ.get("MIG_HOME") else DEFAULT_MIG_HOME
 
 
 class Warehouse(dg.ConfigurableResource):

@@ -3,7 +3,6 @@
 import datetime as dt
 import json
 from collections import Counter
-import os
 import time
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Warehouse
+from mig_assets.settings import current_settings
 from mig_assets.tree.assets import load_tree
 
 SELECTION_CODE_VERSION = "1"
-DEFAULT_SPECS = Path(__file__).resolve().parents[1] / "selections.yaml"
 CURVE_POINTS = 20
 
 
@@ -444,7 +443,7 @@ def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
             return np.array([share for (share,) in con.execute("SELECT share FROM target_profile ORDER BY leaf_id").fetchall()])
         problem = f"target_profile was built on tree {built_on}, the tree is now {tree_version}: materialize target_profile again"
     else:
-        problem = "no target profile: set MIG_TARGET_PATH (or put the target set in MIG_HOME/targets) and materialize target_profile"
+        problem = "no target profile: set target.path in MIG_HOME/mig.yaml (or put the target set in MIG_HOME/targets) and materialize target_profile"
     if required:
         raise ValueError(problem)
     return None
@@ -531,5 +530,5 @@ def _score_table(pool_scores: np.ndarray, selected: np.ndarray) -> str:
 
 
 def selection_specs() -> list[SelectionSpec]:
-    """Specs from ``$MIG_SELECTIONS`` or the packaged ``selections.yaml``."""
-    return load_specs(os.environ.get("MIG_SELECTIONS") or DEFAULT_SPECS)
+    """Specs from the file the setting ``selections.path`` names, else the packaged ``selections.yaml``."""
+    return load_specs(current_settings().selections_path)

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.automation import on_new_shard, re_select
+from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
@@ -66,6 +66,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     def atomic_tags(
         context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution
     ):
+        refuse_to_replace_other_configuration(context)
         on_ray = execution.on_ray and tagger.backend != "imported"
         figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
         shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}

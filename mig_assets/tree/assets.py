@@ -3,7 +3,6 @@
 
 import hashlib
 import json
-import os
 from collections import Counter
 
 import dagster as dg
@@ -26,6 +25,7 @@ from mig_assets.core.warehouse import replace_table
 from mig_assets.core.embedding import EmbeddingCache
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.resources import Embedder, Tagger, Warehouse
+from mig_assets.settings import current_settings
 
 TOP_NODES_SHOWN = 20
 
@@ -124,21 +124,13 @@ def load_tree(layout) -> tuple[KnowledgeTree, dict]:
     return KnowledgeTree.from_dict(data, centroids), info
 
 
-def _target_filter() -> tuple[str, list[str]]:
-    """``MIG_TARGET_FILTER=category=coding,math``: keep records whose field is one of the values."""
-    setting = os.environ.get("MIG_TARGET_FILTER", "")
-    if not setting:
-        return "", []
-    field, _, values = setting.partition("=")
-    return field.strip(), [v.strip() for v in values.split(",") if v.strip()]
-
-
-TARGET_FILTER_FIELD, TARGET_FILTER_VALUES = _target_filter()
+TARGET_SETTINGS = current_settings().target  # settings `target.path` and `target.filter` (field=value,value)
+TARGET_FILTER_FIELD, TARGET_FILTER_VALUES = TARGET_SETTINGS.parsed_filter()
 
 
 class TargetProfileConfig(dg.Config):
     path: str = Field(
-        default=os.environ.get("MIG_TARGET_PATH", ""),
+        default=TARGET_SETTINGS.path,
         description="target set: a file or folder in any format the ingestion reads (empty: MIG_HOME/targets)",
     )
     filter_field: str = Field(default=TARGET_FILTER_FIELD, description="keep records whose field ... (e.g. category)")
@@ -175,7 +167,7 @@ def target_profile(
         with warehouse.connect() as con:
             for name in TARGET_TABLES:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
-        context.log.warning(f"no target set: {source} is empty and MIG_TARGET_PATH is not set; aligned selections will fail")
+        context.log.warning(f"no target set: {source} is empty and the setting target.path is not set; aligned selections will fail")
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "source": f"none ({source} is empty)"}, data_version=dg.DataVersion("none"))
     read = read_target(source, config.filter_field, config.filter_values)
     for problem in read.bad[:20]:

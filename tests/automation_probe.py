@@ -1,0 +1,56 @@
+"""What `dagster dev` would do on a MIG_HOME, in a fresh process, with Dagster's own test helpers.
+
+``python -m tests.automation_probe MIG_HOME CURSOR_FILE``: loads the project's definitions (the
+settings file only, as the UI reads it), evaluates ``incoming_shards_sensor`` and the automation
+conditions against the persistent instance ``MIG_HOME/dagster``, launches what they request as the
+daemon would (automation runs carry the automation tag), keeps the automation cursor in
+CURSOR_FILE between calls, and prints one JSON object: what was requested and how each run ended.
+"""
+
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+
+def main(home: str, cursor_file: str) -> dict:
+    from mig_assets.automation import AUTOMATION_RUN_TAG
+    from mig_assets.definitions import defs, resources
+    from mig_assets.pool.sensors import incoming_shards_sensor
+
+    instance = dg.DagsterInstance.get()
+    cursor_path = Path(cursor_file)
+    state = json.loads(cursor_path.read_text()) if cursor_path.exists() else {"sensor": None, "automation": None}
+
+    context = dg.build_sensor_context(instance=instance, cursor=state["sensor"], resources={"warehouse": resources["warehouse"]})
+    sensor = incoming_shards_sensor(context)
+    ingested = []
+    for request in sensor.run_requests:
+        outcome = defs.resolve_job_def("ingest_job").execute_in_process(
+            partition_key=request.partition_key, instance=instance, tags=request.tags, raise_on_error=False
+        )
+        ingested.append({"shard": request.partition_key, "success": outcome.success})
+    state["sensor"] = sensor.cursor
+
+    # a time far from the nightly cron: only the eager per-shard conditions can fire
+    evaluation_time = dt.datetime.now(dt.timezone.utc).replace(hour=12, minute=0)
+    cursor = dg.deserialize_value(state["automation"]) if state["automation"] else None
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=evaluation_time)
+    state["automation"] = dg.serialize_value(evaluation.cursor)
+    automated = []
+    for request in evaluation.run_requests:
+        keys = list(request.asset_selection or [])
+        outcome = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=instance, partition_key=request.partition_key, asset_selection=keys,
+            tags={**request.tags, AUTOMATION_RUN_TAG: "true"}, raise_on_error=False,
+        )
+        failure = next((e.event_specific_data.error.message for e in outcome.all_events if e.is_step_failure), "")
+        automated.append({"assets": [k.to_user_string() for k in keys], "shard": request.partition_key, "success": outcome.success, "failure": failure})
+    cursor_path.write_text(json.dumps(state))
+    return {"sensor_requests": [r.partition_key for r in sensor.run_requests], "ingested": ingested, "automation_runs": automated}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], sys.argv[2])))
