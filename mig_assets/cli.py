@@ -28,16 +28,16 @@ CLI_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def dagster_instance(layout: WarehouseLayout):
-    """The persistent instance; creates ``$MIG_HOME/dagster`` with the project's dagster.yaml."""
+    """The persistent instance at ``$DAGSTER_HOME`` (default ``$MIG_HOME/dagster``), created with the
+    project's dagster.yaml when it does not exist yet."""
     import dagster as dg
 
-    if not os.environ.get("DAGSTER_HOME"):
-        home = layout.home / "dagster"
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists():
-            config.write_text(resources.files("mig_assets").joinpath("dagster.yaml").read_text())
-        os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(os.environ.get("DAGSTER_HOME") or layout.home / "dagster")
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(resources.files("mig_assets").joinpath("dagster.yaml").read_text())
+    os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 
 
@@ -254,14 +254,20 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
     started = time.perf_counter()
     say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
     result = defs.resolve_job_def("reselect_job").execute_in_process(
-        instance=instance, run_config=CLI_LOGGING, tags={"mig/launched_by": "cli"},
+        instance=instance, run_config=CLI_LOGGING, tags={"mig/launched_by": "cli"}, raise_on_error=False,
     )
-    say(f"re-selected in {time.perf_counter() - started:.1f}s")
+    say(f"re-selected in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     nodes = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
-    return {
+    summary = {
         node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS}
         for node in nodes
     }
+    failures = {e.step_key: root_cause(e.event_specific_data.error) for e in result.all_events if e.is_step_failure}
+    for step, reason in failures.items():
+        say(f"{step}: FAILED: {reason}")
+    if failures:
+        raise StepsFailed(f"{len(failures)} step(s) failed (details in the UI, run {result.run_id}); the other assets were made", summary)
+    return summary
 
 
 SUMMARY_KEYS = (
@@ -275,15 +281,36 @@ def _print_exports(assets: dict, say) -> None:
     say(f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}")
 
 
+def root_cause(error) -> str:
+    """The innermost error's message (the asset's own exception, not Dagster's wrapper)."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+class StepsFailed(RuntimeError):
+    """Some assets of a run failed; ``summary`` holds what the others made."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     layout = WarehouseLayout(mig_home()).ensure()
     instance = dagster_instance(layout)
+    code, failed = 0, None
     with output_to_log(layout) as say:
         say(f"logs: {log_file(layout)}")
-        assets = run_pipeline(layout, instance, say, retag=args.retag)
+        try:
+            assets = run_pipeline(layout, instance, say, retag=args.retag)
+        except StepsFailed as exc:
+            assets, failed, code = exc.summary, str(exc), 1
         _print_exports(assets, say)
     print(json.dumps(assets, indent=2, default=str))
-    return 0
+    if failed:
+        print(f"mig-assets: {failed}", file=sys.stderr)
+    return code
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

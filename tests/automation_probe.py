@@ -39,15 +39,17 @@ def main(home: str, cursor_file: str) -> dict:
     cursor = dg.deserialize_value(state["automation"]) if state["automation"] else None
     evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor, evaluation_time=evaluation_time)
     state["automation"] = dg.serialize_value(evaluation.cursor)
+    by_partition: dict = {}
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        for partition in evaluation.get_requested_partitions(key):
+            by_partition.setdefault(partition, []).append(key)
     automated = []
-    for request in evaluation.run_requests:
-        keys = list(request.asset_selection or [])
+    for partition, keys in sorted(by_partition.items(), key=lambda item: str(item[0])):
         outcome = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, partition_key=request.partition_key, asset_selection=keys,
-            tags={**request.tags, AUTOMATION_RUN_TAG: "true"}, raise_on_error=False,
+            instance=instance, partition_key=partition, asset_selection=keys, tags={AUTOMATION_RUN_TAG: "true"}, raise_on_error=False,
         )
         failure = next((e.event_specific_data.error.message for e in outcome.all_events if e.is_step_failure), "")
-        automated.append({"assets": [k.to_user_string() for k in keys], "shard": request.partition_key, "success": outcome.success, "failure": failure})
+        automated.append({"assets": sorted(k.to_user_string() for k in keys), "shard": partition, "success": outcome.success, "failure": failure})
     cursor_path.write_text(json.dumps(state))
     return {"sensor_requests": [r.partition_key for r in sensor.run_requests], "ingested": ingested, "automation_runs": automated}
 

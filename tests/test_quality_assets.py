@@ -161,15 +161,16 @@ def test_range_run_scores_every_shard_once(layout, instance, resources):
     assert all(pq.read_table(layout.shard_file("quality_scores", s)).num_rows == 3 for s in shards)
 
 
-def test_scorer_from_env(monkeypatch):
-    from mig_assets.resources import scorer_from_env
+def test_scorer_from_settings_overrides(tmp_path):
+    from mig_assets.resources import build_resources
+    from mig_assets.settings import load_settings
 
-    assert scorer_from_env().backend == "imported"
-    monkeypatch.setenv("MIG_SCORER_BACKEND", "logprob")
-    monkeypatch.setenv("MIG_SCORER_ENGINE", "openai")
-    monkeypatch.setenv("MIG_SCORER_BASE_URL", "http://127.0.0.1:8000/v1")
-    monkeypatch.setenv("MIG_SCORER_PROMPT", "deita-chat-v1")
-    scorer = scorer_from_env()
+    assert build_resources(load_settings(tmp_path, environ={}))["scorer"].backend == "imported"
+    environ = {
+        "MIG_SCORER_BACKEND": "logprob", "MIG_SCORER_ENGINE": "openai", "MIG_SCORER_BASE_URL": "http://127.0.0.1:8000/v1",
+        "MIG_SCORER_PROMPT": "deita-chat-v1",
+    }
+    scorer = build_resources(load_settings(tmp_path, environ=environ))["scorer"]
     assert (scorer.backend, scorer.engine, scorer.base_url, scorer.prompt.version) == (
         "logprob", "openai", "http://127.0.0.1:8000/v1", "deita-chat-v1",
     )

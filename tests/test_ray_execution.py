@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.embedding import arrow_to_vectors
-from mig_assets.resources import Execution, Tagger, execution_from_env
+from mig_assets.resources import Execution, Tagger, build_resources
+from mig_assets.settings import load_settings
 from mig_assets.tagging.assets import build_atomic_tags
 from tests.conftest import REAL_DATA, materialize_shards
 from tests.fakes import FakeTagger
@@ -57,16 +58,14 @@ def prompts_with_duplicates(n: int) -> list[dict]:
     return records
 
 
-def test_execution_resource_configuration(monkeypatch):
+def test_execution_resource_configuration(monkeypatch, tmp_path):
     assert Execution().mode == "local" and not Execution().on_ray
     with pytest.raises(ValueError, match="unknown execution mode"):
         Execution(mode="spark").on_ray
     assert Execution(mode="ray", gpus_per_actor=1, actors_per_gpu=4).gpus_per_actor_share == 0.25
     assert Execution(mode="ray", gpus_per_actor=2).gpus_per_actor_share == 2.0
-    monkeypatch.setenv("MIG_EXECUTION", "ray")
-    monkeypatch.setenv("MIG_RAY_ADDRESS", "ray://head:10001")
-    monkeypatch.setenv("MIG_RAY_NUM_ACTORS", "8")
-    configured = execution_from_env()
+    environ = {"MIG_EXECUTION": "ray", "MIG_RAY_ADDRESS": "ray://head:10001", "MIG_RAY_NUM_ACTORS": "8"}
+    configured = build_resources(load_settings(tmp_path, environ=environ))["execution"]
     assert (configured.mode, configured.address, configured.num_actors) == ("ray", "ray://head:10001", 8)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if not ray.is_initialized():  # actors holding every CPU of a cluster started for the run would starve the reads

@@ -1,0 +1,186 @@
+"""The newcomer's path, end to end on one MIG_HOME: `init`, `ingest`, `run` with a tagger set in the
+settings file, then what `dagster dev` would do on the same MIG_HOME with no variable set (the
+sensor and the automation, evaluated with Dagster's helpers in a fresh process), then a deliberate
+change of the tagger in the file.
+
+The tagger is an OpenAI-compatible server on 127.0.0.1 (a small fake, so that the whole path costs
+seconds): the real-model version of the same scenario runs after the vLLM demo in test_cli.py.
+"""
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import dagster as dg
+import pytest
+
+from mig_assets.demo_pool import write_demo_pool
+from mig_assets.settings import write_settings_file
+from tests.conftest import REAL_DATA, REPO_ROOT, free_port
+
+
+class TagServer(http.server.BaseHTTPRequestHandler):
+    """`/v1/chat/completions` answering two tags drawn from the query's words."""
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if not self.path.endswith("/chat/completions"):
+            self.send_error(404)
+            return
+        query = body["messages"][-1]["content"].rsplit("Query: ", 1)[-1]
+        words = sorted({w.lower() for w in query.split() if w.isalpha() and len(w) > 4})[:2] or ["general"]
+        answer = {"choices": [{"message": {"content": json.dumps({"tags": [f"{w} topic" for w in words]})}}]}
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def tag_server():
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), TagServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}/v1"
+    server.shutdown()
+
+
+def clean_env(home) -> dict:
+    """The environment of a user who set no project variable: only MIG_HOME says where the project is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIG_") and k != "DAGSTER_HOME"}
+    return env | {"MIG_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+
+
+def cli(home, *args):
+    done = subprocess.run(
+        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def ui_tick(home, cursor_file):
+    """One sensor tick and one automation evaluation, as `dagster dev` would run them, in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.automation_probe", str(home), str(cursor_file)],
+        cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def tag_files(home) -> dict[str, str]:
+    return {
+        path.parent.name.removeprefix("shard="): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((home / "warehouse" / "atomic_tags").glob("shard=*/part-0.parquet"))
+    }
+
+
+def tag_backends(home) -> set[str]:
+    import duckdb
+
+    with duckdb.connect(str(home / "warehouse" / "mig.duckdb"), read_only=True) as con:
+        return {b for (b,) in con.execute("SELECT DISTINCT backend FROM atomic_tags").fetchall()}
+
+
+def automation_run(home, shard: str) -> dict:
+    """atomic_tags[shard] run as the automation sensor launches it (with its tag), in a fresh process."""
+    code = (
+        "import json, dagster as dg; from mig_assets.definitions import defs, atomic_tags;"
+        "from mig_assets.automation import AUTOMATION_RUN_TAG;"
+        "result = defs.resolve_job_def('tag_job').execute_in_process(instance=dg.DagsterInstance.get(), "
+        f"partition_key='{shard}', asset_selection=[atomic_tags.key], tags={{AUTOMATION_RUN_TAG: 'true'}}, raise_on_error=False);"
+        "failure = next((e.event_specific_data.error.message for e in result.all_events if e.is_step_failure), '');"
+        "print(json.dumps({'success': result.success, 'failure': failure}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def stale_partitions(home, asset: str) -> set[str]:
+    """Partitions of ``asset`` the UI shows stale for a changed code version (the latest
+    materialization's code version is not the definitions' one), seen from a fresh process."""
+    code = (
+        "import json, dagster as dg; from mig_assets.definitions import defs;"
+        f"key = dg.AssetKey('{asset}'); current = defs.resolve_assets_def(key).code_versions_by_key[key];"
+        "instance = dg.DagsterInstance.get(); stale = [];"
+        "[stale.append(p) for p in instance.get_dynamic_partitions('pool_shards') for r in "
+        "instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1).records "
+        "if r.asset_materialization.tags.get('dagster/code_version') != current];"
+        "print(json.dumps(stale))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def test_init_ingest_run_then_the_ui_keeps_the_tags_and_a_tagger_change_waits_for_a_launched_run(tmp_path, tag_server):
+    home = tmp_path / "home"
+    cli(home, "init")
+    write_settings_file(home, {
+        "tagger.backend": "openai", "tagger.base_url": tag_server, "tagger.model": "fake-served-model",
+        "target.path": str(REAL_DATA / "mt_bench_questions.jsonl"), "target.filter": "category=coding,math",
+    })
+    files = write_demo_pool(tmp_path / "my_files")
+    cli(home, "ingest", *map(str, files))
+    done = cli(home, "run")
+    summary = json.loads(done.stdout)
+    assert summary["mig_selection"]["dagster/row_count"] > 0 and (home / "exports" / "mig_selection" / "v0001" / "data.jsonl").exists()
+    assert "atomic_tags: shards" in done.stderr and "exports" not in done.stderr.split("selected subsets")[0].lower()
+    assert "Traceback" not in done.stderr and (home / "logs" / "mig-assets.log").stat().st_size > 0  # Dagster's logs went to the file
+    before = tag_files(home)
+    assert len(before) == 4 and tag_backends(home) == {"openai"}
+
+    # the UI starts on the same MIG_HOME with no variable: nothing is re-ingested or re-tagged
+    cursor = tmp_path / "ui_cursor.json"
+    first = ui_tick(home, cursor)
+    assert first == {"sensor_requests": [], "ingested": [], "automation_runs": []}
+    assert ui_tick(home, cursor)["automation_runs"] == []
+    assert tag_files(home) == before
+    assert stale_partitions(home, "atomic_tags") == set()
+
+    # runs launched by the CLI are the project's jobs, on the persistent instance the UI reads
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    jobs = {run.job_name for run in instance.get_runs()}
+    assert {"ingest_job", "tag_job", "reselect_job"} <= jobs
+
+    # a deliberate change of the tagger in the file: the tags show stale, automation leaves them alone
+    write_settings_file(home, {"tagger.backend": "imported"})
+    assert stale_partitions(home, "atomic_tags") == set(before)
+    changed = home / "pool" / "incoming" / "annotated_mig.jsonl"
+    first_line = json.loads(changed.read_text().splitlines()[0])
+    first_line["dialogs"][0]["content"] += " (edited)"
+    changed.write_text(changed.read_text() + json.dumps(first_line) + "\n")
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime - 60))  # settled
+    after_change = ui_tick(home, cursor)
+    assert after_change["ingested"] == [{"shard": "annotated_mig.jsonl", "success": True}]
+    # the shard changed: its scores and embeddings (same configuration) follow, its tags (another tagger) wait
+    assert [(r["assets"], r["success"]) for r in after_change["automation_runs"]] == [(["quality_scores", "sample_embeddings"], True)]
+    refused = automation_run(home, "annotated_mig.jsonl")  # a daemon that forgot the old version would ask: the run refuses
+    assert not refused["success"] and "automation never replaces that work" in refused["failure"]
+    assert tag_files(home) == before and tag_backends(home) == {"openai"}
+
+    # re-tagging is a launched run
+    retag = cli(home, "run", "--retag")
+    assert "made by another configuration" not in retag.stderr
+    assert tag_backends(home) == {"imported"} and tag_files(home) != before
+    assert stale_partitions(home, "atomic_tags") == set()
+
+
+def test_run_without_anything_ingested_says_what_to_do(tmp_path):
+    home = tmp_path / "home"
+    done = subprocess.run(
+        [sys.executable, "-m", "mig_assets.cli", "run"], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "nothing ingested" in done.stderr and "mig-assets ingest" in done.stderr
