@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.core.compare import run_comparison
 from mig_assets.core.report import COMPARED_METRICS, comparison_plot, html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.tags_select import TagsParams
@@ -52,6 +53,7 @@ class ComparisonConfig(SelectionConfig):
     "k-center costs O(N x picks).",
 )
 def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
         layout.refresh_catalog(con)

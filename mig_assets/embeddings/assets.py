@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
@@ -53,6 +54,7 @@ def tag_embeddings_path(warehouse_dir: Path) -> Path:
 def tag_embeddings(
     context: dg.AssetExecutionContext, config: TagEmbeddingConfig, warehouse: Warehouse, embedder: Embedder
 ) -> dg.MaterializeResult:
+    record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
         tags = [tag for (tag,) in con.execute("SELECT tag FROM tag_vocabulary ORDER BY tag").fetchall()]
@@ -116,6 +118,7 @@ def tag_embeddings(
 def sample_embeddings(
     context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution
 ) -> dg.MaterializeResult:
+    record_settings(context)
     refuse_to_replace_other_configuration(context)
     layout = warehouse.layout
     model = embedder.get()

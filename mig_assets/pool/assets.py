@@ -6,6 +6,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.core.ingest import SAMPLE_SCHEMA, ShardStats, ingest_shard
 from mig_assets.core.readers import DEFAULT_MAX_RECORD_BYTES
 from mig_assets.core.records import FORMATS
@@ -44,6 +45,7 @@ RAW_POOL_SCHEMA = _arrow_to_dagster_schema(SAMPLE_SCHEMA)
     ),
 )
 def raw_pool(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    record_settings(context)
     layout = warehouse.layout
     shard = context.partition_key
     path = layout.shard_path(shard)

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.automation import on_new_shard, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
@@ -73,6 +74,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
         automation_condition=on_new_shard,
     )
     def quality_scores(context: dg.AssetExecutionContext, config: QualityConfig, warehouse: Warehouse, scorer: Scorer):
+        record_settings(context)
         refuse_to_replace_other_configuration(context)
         shards = {shard: score_shard(context, warehouse, scorer, shard) for shard in context.partition_keys}
         verdicts = {shard: degenerate(r["scores"], r["failures"], config.max_failure_rate) for shard, r in shards.items()}

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import Field
 
+from mig_assets.provenance import record_settings, settings_record
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
@@ -53,6 +54,7 @@ class LabelGraphConfig(dg.Config):
     "(tables label_graph_labels, label_graph_edges, label_graph_info).",
 )
 def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    record_settings(context)
     table = pq.read_table(tag_embeddings_path(warehouse.layout.warehouse_dir))
     row_of = {tag: i for i, tag in enumerate(table.column("tag").to_pylist())}
     all_vectors = arrow_to_vectors(table.column("embedding"))
@@ -251,6 +253,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
         description=spec.description or f"{spec.method} selection ({', '.join(f'{k}={v}' for k, v in spec.budget.items())})",
     )
     def selection_asset(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse) -> dg.MaterializeResult:  # type: ignore[valid-type]
+        record_settings(context)
         return materialize_selection(context, spec, config, warehouse)
 
     return selection_asset
@@ -483,6 +486,7 @@ def _manifest(context, spec, config, version, pool, outcome, score_origin, faile
         "counts": {"pool": len(pool.sample_ids), "selected": len(outcome.order), "excluded_failed_tagging": failed,
                    "selected_tokens_est": int(pool.tokens[outcome.order].sum())},
         "score_origin": score_origin,
+        "settings": settings_record(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 

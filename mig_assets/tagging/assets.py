@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
@@ -66,6 +67,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     def atomic_tags(
         context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution
     ):
+        record_settings(context)
         refuse_to_replace_other_configuration(context)
         on_ray = execution.on_ray and tagger.backend != "imported"
         figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
@@ -220,6 +222,7 @@ def _top_tags_md(counts: Counter) -> str:
     "forms that normalize to it (tables tag_vocabulary and tag_surface_forms).",
 )
 def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    record_settings(context)
     with warehouse.connect() as con:
         warehouse.layout.refresh_catalog(con)
         con.execute(

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.provenance import record_settings
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
@@ -56,6 +57,7 @@ class KnowledgeTreeConfig(dg.Config):
 def knowledge_tree(
     context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse, tagger: Tagger
 ) -> dg.MaterializeResult:
+    record_settings(context)
     layout = warehouse.layout
     table = pq.read_table(tag_embeddings_path(layout.warehouse_dir))
     tags = table.column("tag").to_pylist()
@@ -157,6 +159,7 @@ TARGET_TABLES = ("target_profile", "target_samples", "target_info")
 def target_profile(
     context: dg.AssetExecutionContext, config: TargetProfileConfig, warehouse: Warehouse, tagger: Tagger, embedder: Embedder
 ) -> dg.MaterializeResult:
+    record_settings(context)
     if config.grounding not in ("auto", "tags", "text"):
         raise ValueError(f"grounding must be auto, tags or text, got {config.grounding!r}")
     layout = warehouse.layout
