@@ -18,7 +18,7 @@ from pathlib import Path
 
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest import file_sha256
-from mig_assets.core.warehouse import ShardPathError, WarehouseLayout
+from mig_assets.core.warehouse import ShardPathError, WarehouseLayout, open_catalog, publish_catalog
 from mig_assets.resources.warehouse import DEFAULT_MIG_HOME
 
 TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
@@ -222,15 +222,34 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import duckdb
-
     from mig_assets.core.explain import explain
 
     layout = WarehouseLayout(mig_home())
-    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+    with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
         answer = explain(con, args.sample_id, args.selection, args.version)
     print(json.dumps(answer, indent=2, default=str))
     return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Rebuild a missing or corrupt catalog file from the Parquet, and re-ingest the shards whose
+    samples or quarantine file was deleted (exit 2 when one cannot be restored: its source is gone)."""
+    layout = WarehouseLayout(mig_home()).ensure()
+    report: dict = {"catalog": publish_catalog(layout), "catalog_file": str(layout.duckdb_path)}
+    missing = layout.missing_shard_files()
+    for shard, files in missing.items():
+        print(f"shard {shard}: {', '.join(str(f) for f in files)} missing", file=sys.stderr)
+    sources, _ = layout.discover_shards()
+    restorable = [sources[shard] for shard in missing if shard in sources]
+    report["missing_shard_files"] = {shard: [str(f) for f in files] for shard, files in missing.items()}
+    report["unrecoverable"] = sorted(shard for shard in missing if shard not in sources)
+    if restorable:
+        with stdout_to_stderr():
+            report["reingested"] = ingest_files(layout, restorable, dagster_instance(layout))["shards"]
+    for shard in report["unrecoverable"]:
+        print(f"mig-assets: shard {shard} cannot be restored: no file under {layout.incoming_dir} has that key", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 2 if report["unrecoverable"] else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -292,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--selection", default=None, help="selection name (default: the latest selection made)")
     why.add_argument("--version", type=int, default=None, help="selection version (default: the latest)")
     why.set_defaults(func=cmd_explain)
+    repair = sub.add_parser("repair", help="rebuild a missing or corrupt catalog file; re-ingest shards whose Parquet was deleted")
+    repair.set_defaults(func=cmd_repair)
     compare = sub.add_parser("compare", help="every selection method at one budget, measured side by side")
     size = compare.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=float, default=0.1, help="share of the pool each method selects (default 0.1)")
