@@ -253,7 +253,7 @@ def drop_table(con, name: str) -> None:
 def _table_folder(con, name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise ValueError(f"{name!r} is not a table name")
-    (tables_dir,) = con.execute(f"SELECT getvariable('{TABLES_DIR_VARIABLE}')").fetchone()
+    [(tables_dir,)] = con.execute(f"SELECT getvariable('{TABLES_DIR_VARIABLE}')").fetchall()
     if tables_dir is None:
         raise ValueError("global tables are written through a connection from open_catalog (Warehouse.connect)")
     return Path(tables_dir) / name
@@ -275,7 +275,7 @@ def _write_rows(con, select: str, table, path: Path) -> Path:
 
 
 def _relation_kind(con, name: str) -> str:
-    is_table = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0]
+    is_table = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0]
     return "TABLE" if is_table else "VIEW"
 
 
