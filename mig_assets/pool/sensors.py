@@ -5,6 +5,8 @@ Versioning rule: a file is identified by its path (the partition key); its versi
 re-ingestion of the same partition (run key ``<key>@<size>-<mtime_ns>``), which replaces the
 shard's rows and gets a new data version when the bytes changed, so downstream assets show stale.
 Deleted files keep their partition and data (nothing is lost silently); the tick logs them.
+A shard whose samples or quarantine Parquet was deleted by hand is reported and re-ingested from
+its file (run key ``<key>@<size>-<mtime_ns>@restore-<stats mtime_ns>``: once per loss).
 """
 
 import json
@@ -55,6 +57,7 @@ def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
             )
         )
         seen[key] = fingerprint
+    requests += restore_requests(context, layout, shards, requested={request.partition_key for request in requests})
     missing = sorted(set(seen) - set(shards))
     if missing:
         context.log.info(f"shard files no longer present (partitions and data kept): {', '.join(missing)}")
@@ -67,3 +70,25 @@ def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
         cursor=json.dumps(seen, sort_keys=True),
         skip_reason=skip_reason,
     )
+
+
+def restore_requests(context: dg.SensorEvaluationContext, layout, shards: dict, requested: set[str]) -> list[dg.RunRequest]:
+    """A re-ingestion for each shard whose samples or quarantine Parquet was deleted, once per loss
+    (the run key carries the stats file's mtime, which the re-ingestion changes)."""
+    requests = []
+    for key, gone in layout.missing_shard_files().items():
+        if key in requested:  # re-ingested anyway: its file changed
+            continue
+        if key not in shards:
+            context.log.warning(f"shard {key}: {', '.join(map(str, gone))} deleted and its file is gone too: cannot restore it")
+            continue
+        context.log.warning(f"shard {key}: {', '.join(map(str, gone))} deleted; re-ingesting {shards[key]}")
+        stats_version = layout.shard_file("shard_stats", key).stat().st_mtime_ns
+        requests.append(
+            dg.RunRequest(
+                partition_key=key,
+                run_key=f"{key}@{file_fingerprint(shards[key])}@restore-{stats_version}",
+                tags={"mig/source_file": layout.relative_source(shards[key]), "mig/restore": "missing shard files"},
+            )
+        )
+    return requests
