@@ -173,3 +173,15 @@ def test_a_quote_in_mig_home_works(tmp_path):
     with duckdb.connect(str(home / "warehouse" / "mig.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchall()[0][0] == json.loads(done.stdout)["rows_kept"]
     assert run_cli(["repair"], home).returncode == 0
+
+
+def test_an_old_style_catalog_keeps_its_tables_on_upgrade(layout):
+    """Global tables stored inside mig.duckdb (the previous layout) are copied to Parquet first."""
+    with duckdb.connect(str(layout.duckdb_path)) as con:
+        con.execute("CREATE TABLE selections AS SELECT 'mig_selection' AS selection, 1 AS version")
+        con.execute("CREATE TABLE selection_members AS SELECT 'mig_selection' AS selection, 1 AS version, 1 AS rank, 'abc' AS sample_id")
+    with Warehouse(mig_home=str(layout.home)).connect() as con:
+        assert con.execute("SELECT coalesce(max(version), 0) + 1 FROM selections").fetchall() == [(2,)]
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT * FROM selection_members").fetchall() == [("mig_selection", 1, 1, "abc")]
+        assert {v for (v,) in con.execute("SELECT view FROM catalog_views").fetchall()} == {"selections", "selection_members"}

@@ -203,6 +203,7 @@ def open_catalog(layout: WarehouseLayout):
     """
     import duckdb
 
+    salvage_legacy_tables(layout)
     con = duckdb.connect()
     con.execute(f"SET VARIABLE {TABLES_DIR_VARIABLE} = ?", [str(layout.tables_dir)])
     layout.refresh_catalog(con)
@@ -302,8 +303,7 @@ def publish_catalog(layout: WarehouseLayout) -> str:
     The shared file is never opened for writing: a new file is built beside it and renamed over it.
     A reader keeps the file it opened (its lock is on that file), so readers never block writers,
     and a missing, truncated or zeroed file is simply replaced. Nothing is lost with it: every view
-    reads Parquet under the warehouse. Tables found in an old-style catalog (global tables stored in
-    DuckDB) that have no Parquet folder yet are first copied out to ``tables/<name>/``.
+    reads Parquet under the warehouse.
     """
     import duckdb
 
@@ -312,8 +312,7 @@ def publish_catalog(layout: WarehouseLayout) -> str:
     if path.exists():
         try:
             with duckdb.connect(str(path), read_only=True) as con:
-                salvaged = _salvage_tables(con, layout)
-                if not salvaged and has_relation(con, CATALOG_INFO):
+                if has_relation(con, CATALOG_INFO):
                     published = dict(con.execute(f"SELECT view, definition FROM {CATALOG_INFO}").fetchall())
         except duckdb.Error:
             published = None  # unreadable (truncated, zeroed, not DuckDB): rebuilt below
@@ -334,10 +333,21 @@ def publish_catalog(layout: WarehouseLayout) -> str:
     return "rebuilt" if existed and published is None else "written"
 
 
-def _salvage_tables(con, layout: WarehouseLayout) -> list[str]:
-    """Copy the base tables of an old-style catalog that have no Parquet folder to ``tables/<name>/``."""
-    names = [n for (n,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT internal").fetchall() if n != CATALOG_INFO]
-    salvaged = [n for n in names if not layout.table_files(n)]
-    for name in salvaged:
-        write_parquet_atomic(con.sql(f"SELECT * FROM {name}").to_arrow_table(), layout.tables_dir / name / "part-0.parquet")
-    return salvaged
+def salvage_legacy_tables(layout: WarehouseLayout) -> list[str]:
+    """Copy the tables of an old-style catalog (global tables stored inside ``mig.duckdb``) to
+    ``tables/<name>/`` before the first session of a warehouse without a tables folder, so that
+    upgrading loses no selection history. Returns the tables copied."""
+    import duckdb
+
+    if layout.tables_dir.exists() or not layout.duckdb_path.exists():
+        return []
+    names: list[str] = []
+    try:
+        with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+            names = [n for (n,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT internal").fetchall() if n != CATALOG_INFO]
+            for name in names:
+                write_parquet_atomic(con.sql(f"SELECT * FROM {name}").to_arrow_table(), layout.tables_dir / name / "part-0.parquet")
+    except duckdb.Error:
+        pass  # unreadable: nothing to copy; publish_catalog replaces the file
+    layout.tables_dir.mkdir(parents=True, exist_ok=True)
+    return names
