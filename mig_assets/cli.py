@@ -243,6 +243,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
     restorable = [sources[shard] for shard in missing if shard in sources]
     report["missing_shard_files"] = {shard: [str(f) for f in files] for shard, files in missing.items()}
     report["unrecoverable"] = sorted(shard for shard in missing if shard not in sources)
+    report["reingested"] = []
     if restorable:
         with stdout_to_stderr():
             report["reingested"] = ingest_files(layout, restorable, dagster_instance(layout))["shards"]

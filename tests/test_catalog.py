@@ -90,7 +90,7 @@ def test_a_new_view_is_published_while_a_reader_holds_the_catalog(layout):
     from mig_assets.core.warehouse import publish_catalog, replace_table
 
     ingest_shard(layout, "a.jsonl", layout.incoming_dir / "a.jsonl", run_id="test")
-    assert publish_catalog(layout) == "written"
+    assert publish_catalog(layout) == "created"
     assert publish_catalog(layout) == "unchanged"  # nothing to write: the file is not touched
     reader = CatalogReader(layout.duckdb_path)
     try:
@@ -125,7 +125,7 @@ def test_a_corrupt_or_missing_catalog_is_rebuilt_with_the_selection_history(p2k_
         corrupt(layout.duckdb_path, how)
         done = run_cli(["repair"], layout.home)
         assert done.returncode == 0, (how, done.stderr)
-        assert json.loads(done.stdout)["catalog"] == ("written" if how == "deleted" else "rebuilt")
+        assert json.loads(done.stdout)["catalog"] == ("created" if how == "deleted" else "rebuilt")
         assert "Traceback" not in done.stderr
         assert catalog_rows(layout.duckdb_path) == before, how
     # the next run rebuilds it too, and numbers its version after the history it finds

@@ -298,7 +298,8 @@ def sql_literal(text: str) -> str:
 
 
 def publish_catalog(layout: WarehouseLayout) -> str:
-    """Make the shared ``mig.duckdb`` hold exactly the current view definitions; returns what it did.
+    """Make the shared ``mig.duckdb`` hold exactly the current view definitions; returns what it did:
+    ``unchanged``, ``updated`` (a view added or removed), ``created`` (no file) or ``rebuilt`` (unreadable).
 
     The shared file is never opened for writing: a new file is built beside it and renamed over it.
     A reader keeps the file it opened (its lock is on that file), so readers never block writers,
@@ -328,9 +329,9 @@ def publish_catalog(layout: WarehouseLayout) -> str:
         if wanted:
             con.executemany(f"INSERT INTO {CATALOG_INFO} VALUES (?, ?)", list(wanted.items()))
     path.with_name(path.name + ".wal").unlink(missing_ok=True)  # a write-ahead log belongs to the file being replaced
-    existed = path.exists()
+    outcome = "created" if not path.exists() else "rebuilt" if published is None else "updated"
     os.replace(staging, path)
-    return "rebuilt" if existed and published is None else "written"
+    return outcome
 
 
 def salvage_legacy_tables(layout: WarehouseLayout) -> list[str]:

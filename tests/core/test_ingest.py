@@ -191,7 +191,7 @@ def test_ingesting_the_same_file_twice_changes_nothing(layout):
 def test_catalog_views_answer_plain_sql(layout):
     ingest(layout, "a.jsonl", "\n".join([line(GOOD), "{oops"]))
     ingest(layout, "b.jsonl", line(GOOD))
-    assert publish_catalog(layout) == "written"
+    assert publish_catalog(layout) == "created"
     assert set(layout.view_definitions()) == {"raw_pool_rows", "samples", "duplicates", "quarantine", "shards"}
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
