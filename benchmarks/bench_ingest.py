@@ -65,11 +65,10 @@ def peak_rss_mb() -> float:
 
 def run_configuration(shard_paths: list[str]) -> dict:
     """Ingest the given shards into a fresh MIG_HOME; called in a subprocess."""
-    import duckdb
     import orjson
 
     from mig_assets.core.ingest import ingest_shard
-    from mig_assets.core.warehouse import WarehouseLayout, shard_key_of
+    from mig_assets.core.warehouse import WarehouseLayout, open_catalog, shard_key_of
 
     started = time.perf_counter()
     for path in shard_paths:
@@ -93,8 +92,7 @@ def run_configuration(shard_paths: list[str]) -> dict:
                 totals[key] += getattr(stats, key)
         ingest_seconds = time.perf_counter() - started
         ingest_rss = peak_rss_mb()
-        with duckdb.connect(str(layout.duckdb_path)) as con:
-            layout.refresh_catalog(con)
+        with open_catalog(layout) as con:
             catalog_rows = con.execute("SELECT count(*) FROM samples").fetchone()[0]
         seconds = time.perf_counter() - started
     assert totals["rows_read"] == totals["rows_kept"] + totals["rows_quarantined"] + totals["duplicates"]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest import file_sha256
-from mig_assets.core.warehouse import ShardPathError, WarehouseLayout
+from mig_assets.core.warehouse import ShardPathError, WarehouseLayout, open_catalog, publish_catalog
 from mig_assets.settings import DEFAULT_MIG_HOME, SETTINGS_FILE, SettingsError, load_settings, mig_home, render_settings_file, unknown_variables, write_settings_file
 
 TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
@@ -366,15 +366,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    import duckdb
-
     from mig_assets.core.explain import explain
 
     layout = WarehouseLayout(mig_home())
-    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+    with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
         answer = explain(con, args.sample_id, args.selection, args.version)
     print(json.dumps(answer, indent=2, default=str))
     return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Rebuild a missing or corrupt catalog file from the Parquet, and re-ingest the shards whose
+    samples or quarantine file was deleted (exit 2 when one cannot be restored: its source is gone)."""
+    layout = WarehouseLayout(mig_home()).ensure()
+    report: dict = {"catalog": publish_catalog(layout), "catalog_file": str(layout.duckdb_path)}
+    missing = layout.missing_shard_files()
+    for shard, files in missing.items():
+        print(f"shard {shard}: {', '.join(str(f) for f in files)} missing", file=sys.stderr)
+    sources, _ = layout.discover_shards()
+    restorable = [sources[shard] for shard in missing if shard in sources]
+    report["missing_shard_files"] = {shard: [str(f) for f in files] for shard, files in missing.items()}
+    report["unrecoverable"] = sorted(shard for shard in missing if shard not in sources)
+    report["reingested"] = []
+    if restorable:
+        with output_to_log(layout) as say:
+            report["reingested"] = ingest_files(layout, restorable, dagster_instance(layout), say)["shards"]
+    for shard in report["unrecoverable"]:
+        print(f"mig-assets: shard {shard} cannot be restored: no file under {layout.incoming_dir} has that key", file=sys.stderr)
+    print(json.dumps(report, indent=2))
+    return 2 if report["unrecoverable"] else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -397,13 +417,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    """One query over the catalog, read-only, printed as a table (or JSON lines)."""
+    """One query over the catalog's views (a private session over the Parquet, so it never holds a
+    lock a run needs), printed as a table or as JSON lines."""
     import duckdb
 
     layout = WarehouseLayout(mig_home())
-    if not layout.duckdb_path.exists():
-        raise FileNotFoundError(f"{layout.duckdb_path}: no catalog yet (ingest something first)")
-    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+    if not layout.warehouse_dir.exists():
+        raise FileNotFoundError(f"{layout.warehouse_dir}: no warehouse yet (ingest something first)")
+    con = open_catalog(layout)
+    try:
         try:
             relation = con.sql(args.query)
         except duckdb.Error as exc:
@@ -416,6 +438,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
                 print(json.dumps(dict(zip(names, row)), default=str))
         else:
             relation.show(max_rows=args.max_rows, max_width=10_000)
+    finally:
+        con.close()
     return 0
 
 
@@ -470,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     why.add_argument("--selection", default=None, help="selection name (default: the latest selection made)")
     why.add_argument("--version", type=int, default=None, help="selection version (default: the latest)")
     why.set_defaults(func=cmd_explain)
+    repair = sub.add_parser("repair", help="rebuild a missing or corrupt catalog file; re-ingest shards whose Parquet was deleted")
+    repair.set_defaults(func=cmd_repair)
     compare = sub.add_parser("compare", help="every selection method at one budget, measured side by side")
     size = compare.add_mutually_exclusive_group()
     size.add_argument("--fraction", type=float, default=0.1, help="share of the pool each method selects (default 0.1)")

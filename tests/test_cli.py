@@ -10,11 +10,11 @@ import duckdb
 from tests.conftest import MIG_FIXTURES, REAL_DATA, REPO_ROOT
 
 
-def run_cli(args, mig_home, **kwargs):
+def run_cli(args, mig_home, timeout=900, **kwargs):
     env = {**os.environ, "MIG_HOME": str(mig_home)}
     env.pop("DAGSTER_HOME", None)
     return subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900, **kwargs
+        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
     )
 
 

@@ -1,12 +1,12 @@
 """A real embedding model (all-MiniLM-L6-v2 shipped on PyPI), offline, through the cache and the asset."""
 
 import dagster as dg
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from mig_assets.core.embedding import EmbeddingCache, SentenceEmbedder
+from mig_assets.core.warehouse import open_catalog, replace_table
 from mig_assets.resources import Embedder
 
 
@@ -42,10 +42,8 @@ def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instan
     from mig_assets.embeddings.assets import tag_embeddings
     from mig_assets.resources import Warehouse
 
-    with duckdb.connect(str(layout.duckdb_path)) as con:
-        vocabulary = pa.table({"tag": ["algebra", "linear algebra", "poetry"], "n_samples": [3, 2, 1]})
-        con.register("v", vocabulary)
-        con.execute("CREATE TABLE tag_vocabulary AS SELECT * FROM v")
+    with open_catalog(layout) as con:
+        replace_table(con, "tag_vocabulary", pa.table({"tag": ["algebra", "linear algebra", "poetry"], "n_samples": [3, 2, 1]}))
     resources = {"warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu")}
     first = dg.materialize([tag_embeddings], instance=instance, resources=resources)
     second = dg.materialize([tag_embeddings], instance=instance, resources=resources)

@@ -6,6 +6,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 
+from mig_assets.core.warehouse import open_catalog, replace_table
 from mig_assets.embeddings.assets import tag_embeddings
 from mig_assets.tree.assets import knowledge_tree
 
@@ -15,9 +16,8 @@ OTHERS = ["roman empire history", "world war history", "french cuisine", "guitar
 
 def test_tree_from_real_embeddings_groups_synonyms(layout, instance, resources):
     tags = [t for pair in SYNONYMS for t in pair] + OTHERS
-    with duckdb.connect(str(layout.duckdb_path)) as con:
-        con.register("v", pa.table({"tag": tags, "n_samples": [5] * len(tags)}))
-        con.execute("CREATE TABLE tag_vocabulary AS SELECT * FROM v")
+    with open_catalog(layout) as con:
+        replace_table(con, "tag_vocabulary", pa.table({"tag": tags, "n_samples": [5] * len(tags)}))
     config = {"ops": {"knowledge_tree": {"config": {"branching": 2, "top_size": 3}}}}
     runs = [dg.materialize([tag_embeddings, knowledge_tree], instance=instance, resources=resources, run_config=config) for _ in range(2)]
     meta = [r.asset_materializations_for_node("knowledge_tree")[0].metadata for r in runs]

@@ -56,7 +56,6 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
-        layout.refresh_catalog(con)
         pool, score_origin, _, failed = load_pool(con, layout if layout.shard_files("sample_embeddings") else None)
         graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
@@ -82,14 +81,14 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM comparisons").fetchall()[0][0]
         rows = [{"version": version, **{c: row.get(c) for c in COLUMNS}, "budget": config.budget().describe(),
                  "n_pool": len(pool.sample_ids), "run_id": context.run.run_id, "created_at": now} for row in table]
-        insert_table(con, "comparisons", pa.Table.from_pylist(rows))  # columns in the table's order
+        insert_table(con, "comparisons", pa.Table.from_pylist(rows), part=f"v{version:04d}")  # columns in the table's order
         members = pa.table({
             "version": pa.array([version] * sum(len(o) for o in orders.values()), pa.int32()),
             "method": [m for m, o in orders.items() for _ in o],
             "rank": pa.array([r for o in orders.values() for r in range(1, len(o) + 1)], pa.int32()),
             "sample_id": [pool.sample_ids[i] for o in orders.values() for i in o],
         })
-        insert_table(con, "comparison_members", members)
+        insert_table(con, "comparison_members", members, part=f"v{version:04d}")
     folder = layout.exports_dir / "comparison" / f"v{version:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     summary_md = markdown_table(table, COLUMNS)

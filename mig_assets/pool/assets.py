@@ -65,7 +65,6 @@ def raw_pool(context: dg.AssetExecutionContext, config: IngestConfig, warehouse:
     if stats.rows_read == 0:
         context.log.warning(f"{stats.source_file} holds no records")
     with warehouse.connect() as con:
-        warehouse.layout.refresh_catalog(con)
         check_results = raw_pool_check_results(con, layout, stats, config.max_quarantine_rate)
     return dg.MaterializeResult(
         metadata=_metadata(layout.shard_file("raw_pool", shard), stats),

@@ -9,6 +9,9 @@ Deleted files keep their partition and data (nothing is lost silently); the tick
 A file whose bytes are the ones the warehouse already ingested for its shard (the CLI ingested it,
 or an earlier daemon did before its cursor was lost) is recorded as seen and not re-ingested, so
 starting the UI over a ``MIG_HOME`` the CLI filled launches nothing.
+
+A shard whose samples or quarantine Parquet was deleted by hand is reported and re-ingested from
+its file (run key ``<key>@<size>-<mtime_ns>@restore-<stats mtime_ns>``: once per loss).
 """
 
 import json
@@ -18,7 +21,6 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from mig_assets.core.ingest import file_sha256
-
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.resources import Warehouse
@@ -74,6 +76,7 @@ def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
             )
         )
         seen[key] = fingerprint
+    requests += restore_requests(context, layout, shards, requested={request.partition_key for request in requests})
     missing = sorted(set(seen) - set(shards))
     if missing:
         context.log.info(f"shard files no longer present (partitions and data kept): {', '.join(missing)}")
@@ -86,3 +89,25 @@ def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Wareh
         cursor=json.dumps(seen, sort_keys=True),
         skip_reason=skip_reason,
     )
+
+
+def restore_requests(context: dg.SensorEvaluationContext, layout, shards: dict, requested: set[str]) -> list[dg.RunRequest]:
+    """A re-ingestion for each shard whose samples or quarantine Parquet was deleted, once per loss
+    (the run key carries the stats file's mtime, which the re-ingestion changes)."""
+    requests = []
+    for key, gone in layout.missing_shard_files().items():
+        if key in requested:  # re-ingested anyway: its file changed
+            continue
+        if key not in shards:
+            context.log.warning(f"shard {key}: {', '.join(map(str, gone))} deleted and its file is gone too: cannot restore it")
+            continue
+        context.log.warning(f"shard {key}: {', '.join(map(str, gone))} deleted; re-ingesting {shards[key]}")
+        stats_version = layout.shard_file("shard_stats", key).stat().st_mtime_ns
+        requests.append(
+            dg.RunRequest(
+                partition_key=key,
+                run_key=f"{key}@{file_fingerprint(shards[key])}@restore-{stats_version}",
+                tags={"mig/source_file": layout.relative_source(shards[key]), "mig/restore": "missing shard files"},
+            )
+        )
+    return requests

@@ -1,11 +1,11 @@
-"""The ``Warehouse`` resource: MIG_HOME paths and short-lived DuckDB connections."""
+"""The ``Warehouse`` resource: MIG_HOME paths and private DuckDB sessions over the Parquet."""
 
 from contextlib import contextmanager
 from typing import Iterator
 
 import dagster as dg
 
-from mig_assets.core.warehouse import WarehouseLayout
+from mig_assets.core.warehouse import WarehouseLayout, open_catalog, publish_catalog
 
 DEFAULT_MIG_HOME = "mig_home"
 
@@ -13,8 +13,11 @@ DEFAULT_MIG_HOME = "mig_home"
 class Warehouse(dg.ConfigurableResource):
     """Parquet warehouse and DuckDB catalog under ``mig_home``.
 
-    DuckDB allows one writer per file: connections are opened only around the SQL (never around
-    model work), and every asset that writes the catalog runs in the ``duckdb`` pool (limit 1).
+    Assets never open the shared ``mig.duckdb``: each session is an in-memory DuckDB over the
+    Parquet (``open_catalog``), so a user's read-only session cannot block a run. After a session,
+    the shared file is replaced (built beside it, then renamed) only when a view definition changed.
+    Assets that write global tables still run in the ``duckdb`` pool (limit 1): versions are
+    numbered from the tables' contents.
     """
 
     mig_home: str = DEFAULT_MIG_HOME
@@ -24,21 +27,19 @@ class Warehouse(dg.ConfigurableResource):
         return WarehouseLayout(self.mig_home).ensure()
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
-        if read_only:
-            import duckdb
+    def connect(self) -> Iterator["duckdb.DuckDBPyConnection"]:  # noqa: F821
+        layout = self.layout
+        with open_catalog(layout) as con:
+            yield con
+        self.publish_catalog()
 
-            with duckdb.connect(str(self.layout.duckdb_path), read_only=True) as con:
-                yield con
-            return
-        from dagster_duckdb import DuckDBResource  # retries while another writer holds the file lock
+    def publish_catalog(self) -> str:
+        """Update the shared catalog file; a failure is logged, not raised: the data is in Parquet
+        already, and the next run (or ``mig-assets repair``) writes the file again."""
+        import duckdb
 
-        with DuckDBResource(database=str(self.layout.duckdb_path)).get_connection() as con:
-            try:
-                yield con
-            finally:  # get_connection closes only on success: a failed asset must not keep the file open
-                con.close()
-
-    def refresh_catalog(self) -> list[str]:
-        with self.connect() as con:
-            return self.layout.refresh_catalog(con)
+        try:
+            return publish_catalog(self.layout)
+        except (OSError, duckdb.Error) as exc:
+            dg.get_dagster_logger().warning(f"{self.layout.duckdb_path} not updated ({exc}); the next run or `mig-assets repair` rebuilds it")
+            return "failed"

@@ -265,7 +265,6 @@ def materialize_selection(
     layout = warehouse.layout
     started = time.perf_counter()
     with warehouse.connect() as con:
-        layout.refresh_catalog(con)
         pool, score_origin, score_fill, failed = load_pool(con, layout if spec.method in EMBEDDING_METHODS else None)
         graph = load_graph(con) if spec.method == "mig" else None
     tree, target = None, None
@@ -298,7 +297,8 @@ def materialize_selection(
                 "top_labels": pa.array(outcome.top_labels or [[] for _ in ids], pa.list_(pa.string())),
             }
         )
-        insert_table(con, "selection_members", members)
+        part = f"{spec.name}-v{version:04d}"  # a retried version replaces its own rows
+        insert_table(con, "selection_members", members, part=part)
         if graph is not None and outcome.coverage is not None:  # the final s, to explain why a sample was not picked
             covered = np.flatnonzero(outcome.coverage)
             coverage = pa.table(
@@ -309,14 +309,14 @@ def materialize_selection(
                     "coverage": pa.array(outcome.coverage[covered], pa.float64()),
                 }
             )
-            insert_table(con, "selection_coverage", coverage)
+            insert_table(con, "selection_coverage", coverage, part=part)
         messages = con.execute(
             "SELECT m.rank, s.sample_id, s.messages FROM selection_members m JOIN samples s USING (sample_id) "
             "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank", [spec.name, version],
         ).fetchall()
         diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
         if diff:
-            insert_table(con, "selection_diffs", pa.Table.from_pylist(diff))
+            insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
         plots = _plots(spec, pool, outcome, tree, target)
         report = _report(spec, version, pool, outcome, score_origin, plots, diff)
@@ -324,15 +324,13 @@ def materialize_selection(
             export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name,
             extra_files={"report.html": report.encode(), **{f"{name}.png": png for name, png in plots.items()}},
         )
-        con.execute(
-            "INSERT INTO selections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
-                json.dumps(config.model_dump(), sort_keys=True), score_origin, score_fill,
-                float(outcome.objective[-1]) if len(ids) and spec.method in ("mig", "tags") else None,
-                str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
-            ],
-        )
+        row = [  # the columns of table selections, in order; written last: it commits the version
+            spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
+            json.dumps(config.model_dump(), sort_keys=True), score_origin, score_fill,
+            float(outcome.objective[-1]) if len(ids) and spec.method in ("mig", "tags") else None,
+            str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
+        ]
+        insert_table(con, "selections", pa.table({f"c{i}": [value] for i, value in enumerate(row)}), part=part)
     context.log.info(
         f"{spec.name} v{version}: {len(ids):,} of {len(pool.sample_ids):,} samples "
         f"(load {loaded - started:.2f}s, select {selected - loaded:.2f}s, persist {time.perf_counter() - selected:.2f}s)"

@@ -224,16 +224,15 @@ def _top_tags_md(counts: Counter) -> str:
 def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
     with warehouse.connect() as con:
-        warehouse.layout.refresh_catalog(con)
-        con.execute(
+        vocabulary = con.sql(
             """
-            CREATE OR REPLACE TABLE tag_vocabulary AS
             SELECT tag, count(DISTINCT t.sample_id) AS n_samples
             FROM (SELECT sample_id, unnest(tags) AS tag FROM atomic_tags WHERE status <> 'failed') AS t
             JOIN samples USING (sample_id)
             GROUP BY tag ORDER BY n_samples DESC, tag
             """
-        )
+        ).to_arrow_table()
+        replace_table(con, "tag_vocabulary", vocabulary)
         surface = con.execute(
             "SELECT surface, count(*) FROM (SELECT unnest(surface_tags) AS surface FROM atomic_tags) GROUP BY surface ORDER BY surface"
         ).fetchall()

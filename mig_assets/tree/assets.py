@@ -22,7 +22,7 @@ from mig_assets.core.tags_select import leaf_entropy, target_distribution
 from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
 from mig_assets.core.tree import KnowledgeTree, build_tree
 from mig_assets.core.tree_refine import LLMTreeRefiner
-from mig_assets.core.warehouse import replace_table
+from mig_assets.core.warehouse import drop_table, replace_table
 from mig_assets.core.embedding import EmbeddingCache
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.resources import Embedder, Tagger, Warehouse
@@ -169,7 +169,7 @@ def target_profile(
         # no target set: an empty profile, so unaligned selections run (without KL) and aligned ones say why not
         with warehouse.connect() as con:
             for name in TARGET_TABLES:
-                con.execute(f"DROP TABLE IF EXISTS {name}")
+                drop_table(con, name)
         context.log.warning(f"no target set: {source} is empty and the setting target.path is not set; aligned selections will fail")
         return dg.MaterializeResult(metadata={"dagster/row_count": 0, "source": f"none ({source} is empty)"}, data_version=dg.DataVersion("none"))
     read = read_target(source, config.filter_field, config.filter_values)

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.ingest import ingest_shard
+from mig_assets.core.warehouse import publish_catalog
 from tests.conftest import REAL_DATA
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -190,8 +191,8 @@ def test_ingesting_the_same_file_twice_changes_nothing(layout):
 def test_catalog_views_answer_plain_sql(layout):
     ingest(layout, "a.jsonl", "\n".join([line(GOOD), "{oops"]))
     ingest(layout, "b.jsonl", line(GOOD))
-    with duckdb.connect(str(layout.duckdb_path)) as con:
-        assert set(layout.refresh_catalog(con)) == {"raw_pool_rows", "samples", "duplicates", "quarantine", "shards"}
+    assert publish_catalog(layout) == "created"
+    assert set(layout.view_definitions()) == {"raw_pool_rows", "samples", "duplicates", "quarantine", "shards"}
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 1
         assert con.execute("SELECT count(*) FROM duplicates").fetchone()[0] == 1
