@@ -184,3 +184,28 @@ def test_run_without_anything_ingested_says_what_to_do(tmp_path):
         [sys.executable, "-m", "mig_assets.cli", "run"], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 2 and "nothing ingested" in done.stderr and "mig-assets ingest" in done.stderr
+
+
+def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show_in_the_instance(tmp_path):
+    """A user with their own files and no variable: init, ingest, run."""
+    home = tmp_path / "home"
+    cli(home, "init")
+    write_settings_file(home, {"target.path": str(REAL_DATA / "mt_bench_questions.jsonl"), "target.filter": "category=coding,math"})
+    files = [REAL_DATA / name for name in ("self_instruct_seed_tasks.jsonl", "self_instruct_user_oriented.jsonl", "xsample_example.jsonl")]
+    ingested = json.loads(cli(home, "ingest", *map(str, files)).stdout)
+    assert ingested["rows_read"] == ingested["rows_kept"] + ingested["rows_quarantined"] + ingested["duplicates"]
+    done = cli(home, "run")
+    summary = json.loads(done.stdout)
+    from mig_assets.core.specs import load_specs
+    from mig_assets.settings import load_settings
+
+    for spec in load_specs(load_settings(home, environ={}).selections_path):
+        export = home / "exports" / spec.name / "v0001"
+        assert summary[spec.name]["export_dir"] == str(export), spec.name
+        rows = (export / "data.jsonl").read_text().splitlines()
+        assert len(rows) == summary[spec.name]["dagster/row_count"] > 0
+        assert json.loads((export / "manifest.json").read_text())["settings"]["values"]["target"]["filter"] == "category=coding,math"
+        assert str(export) in done.stderr  # where the exports are
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    runs = {run.job_name: run.status for run in instance.get_runs()}
+    assert runs.get("tag_job") == dg.DagsterRunStatus.SUCCESS and runs.get("reselect_job") == dg.DagsterRunStatus.SUCCESS
