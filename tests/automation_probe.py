@@ -8,7 +8,10 @@ CURSOR_FILE between calls, and prints one JSON object: what was requested and ho
 """
 
 import datetime as dt
+import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -52,6 +55,29 @@ def main(home: str, cursor_file: str) -> dict:
         automated.append({"assets": sorted(k.to_user_string() for k in keys), "shard": partition, "success": outcome.success, "failure": failure})
     cursor_path.write_text(json.dumps(state))
     return {"sensor_requests": [r.partition_key for r in sensor.run_requests], "ingested": ingested, "automation_runs": automated}
+
+
+def clean_env(home) -> dict:
+    """The environment of a user who set no project variable: only MIG_HOME says where the project is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIG_") and k != "DAGSTER_HOME"}
+    return env | {"MIG_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+
+
+def ui_tick(home, cursor_file):
+    """One sensor tick and one automation evaluation, as `dagster dev` would run them, in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.automation_probe", str(home), str(cursor_file)],
+        cwd=Path(__file__).resolve().parents[1], env=clean_env(home), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def tag_files(home) -> dict[str, str]:
+    return {
+        path.parent.name.removeprefix("shard="): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted((home / "warehouse" / "atomic_tags").glob("shard=*/part-0.parquet"))
+    }
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 
 import duckdb
 
+from tests.automation_probe import tag_files, ui_tick
 from tests.conftest import MIG_FIXTURES, REAL_DATA, REPO_ROOT
 
 
@@ -60,6 +61,13 @@ def test_demo_ingests_tags_and_selects(tmp_path):
         backends = con.execute("SELECT backend, count(*) FROM atomic_tags GROUP BY ALL").fetchall()
         failed = con.execute("SELECT count(*) FROM atomic_tags WHERE status = 'failed'").fetchone()[0]
     assert [b for b, _ in backends] == ["vllm"] and failed <= 0.05 * sum(n for _, n in backends)
+    assert "backend: \"vllm\"" in (home / "mig.yaml").read_text()  # recorded where the UI reads it
+
+    # `make dev` afterwards, with no variable set: nothing is re-ingested or re-tagged
+    tags_before = tag_files(home)
+    cursor = tmp_path / "ui_cursor.json"
+    assert ui_tick(home, cursor) == {"sensor_requests": [], "ingested": [], "automation_runs": []}
+    assert ui_tick(home, cursor)["automation_runs"] == [] and tag_files(home) == tags_before
     aligned = summary["assets"]["tags_aligned_5pct"]
     assert aligned["kl_target_selection"] <= summary["assets"]["tags_5pct"]["kl_target_selection"]
 

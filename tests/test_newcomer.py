@@ -7,7 +7,6 @@ The tagger is an OpenAI-compatible server on 127.0.0.1 (a small fake, so that th
 seconds): the real-model version of the same scenario runs after the vLLM demo in test_cli.py.
 """
 
-import hashlib
 import http.server
 import json
 import os
@@ -20,6 +19,7 @@ import pytest
 
 from mig_assets.demo_pool import write_demo_pool
 from mig_assets.settings import write_settings_file
+from tests.automation_probe import clean_env, tag_files, ui_tick
 from tests.conftest import REAL_DATA, REPO_ROOT, free_port
 
 
@@ -55,35 +55,12 @@ def tag_server():
     server.shutdown()
 
 
-def clean_env(home) -> dict:
-    """The environment of a user who set no project variable: only MIG_HOME says where the project is."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MIG_") and k != "DAGSTER_HOME"}
-    return env | {"MIG_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
-
-
 def cli(home, *args):
     done = subprocess.run(
         [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr
     return done
-
-
-def ui_tick(home, cursor_file):
-    """One sensor tick and one automation evaluation, as `dagster dev` would run them, in a fresh process."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.automation_probe", str(home), str(cursor_file)],
-        cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
-
-
-def tag_files(home) -> dict[str, str]:
-    return {
-        path.parent.name.removeprefix("shard="): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted((home / "warehouse" / "atomic_tags").glob("shard=*/part-0.parquet"))
-    }
 
 
 def tag_backends(home) -> set[str]:
