@@ -86,6 +86,7 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
     from mig_assets.definitions import build_resources
     from mig_assets.partitions import pool_shards
     from mig_assets.pool.assets import raw_pool
+    from mig_assets.run_recovery import wait_for_pool
 
     keys = [place_in_pool(layout, f)[0] for f in files]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -95,6 +96,7 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
     totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
     unique = list(dict.fromkeys(keys))
     for done, key in enumerate(unique, start=1):
+        wait_for_pool(instance, raw_pool.op.pool, report=lambda line: print(line, file=sys.stderr))
         result = dg.materialize(
             [raw_pool],
             partition_key=key,
@@ -311,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardPathError, ValueError, FileNotFoundError) as exc:
         print(f"mig-assets: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("mig-assets: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
