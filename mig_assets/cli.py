@@ -70,13 +70,14 @@ def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
     if path.resolve().is_relative_to(layout.incoming_dir.resolve()):
         return layout.shard_key(path), path
     target = layout.incoming_dir / path.name
+    key = layout.shard_key(target)  # refuses a name that cannot be a shard before copying anything
     if not (target.exists() and file_sha256(target) == file_sha256(path)):
         if target.exists():
             print(f"{target} changed: ingesting {path} as a new version of that shard", file=sys.stderr)
         staging = target.with_name(f".{target.name}.part")
         shutil.copyfile(path, staging)
         os.replace(staging, target)
-    return layout.shard_key(target), target
+    return key, target
 
 
 def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_config: dict | None = None) -> dict:

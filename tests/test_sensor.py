@@ -1,5 +1,6 @@
 """The incoming-files sensor: registration, versions of changed files, paths outside the pool."""
 
+import hashlib
 import json
 import os
 import time
@@ -38,9 +39,10 @@ def test_new_files_become_partitions_with_run_requests(layout, instance):
     (layout.incoming_dir / "partial.jsonl.part").write_text(GOOD)
 
     result = tick(instance, layout)
-    assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", "sub__b_c.json"]
-    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", "sub__b_c.json"]
-    assert set(instance.get_dynamic_partitions("pool_shards")) == {"a.jsonl", "sub__b_c.json"}
+    unsafe_key = "sub__b_c.json-" + hashlib.sha256(b"sub/b c.json").hexdigest()[:10]  # made safe: a hash suffix
+    assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", unsafe_key]
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", unsafe_key]
+    assert set(instance.get_dynamic_partitions("pool_shards")) == {"a.jsonl", unsafe_key}
 
     again = tick(instance, layout, result.cursor)
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
