@@ -107,7 +107,10 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, run_confi
             tags={"mig/launched_by": "cli"},
         )
         metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
-        shard = {"shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id}
+        shard = {
+            "shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id,
+            "source_file": metadata["source_file"].value, "container_errors": metadata["container_errors"].value,
+        }
         totals["shards"].append(shard)
         for name in TOTALS:
             totals[name] += shard[name]
@@ -140,7 +143,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         totals = ingest_files(layout, args.files, dagster_instance(layout), run_config)
         _print_quarantine(layout, [s["shard"] for s in totals["shards"]])
     print(json.dumps(totals, indent=2))
-    return 0
+    damaged = [s for s in totals["shards"] if s["container_errors"]]
+    for shard in damaged:  # the readable part is ingested; the file itself needs a look
+        print(
+            f"mig-assets: {shard['source_file']} is damaged: {'; '.join(shard['container_errors'])} "
+            f"({shard['rows_kept']:,} readable records kept, the unreadable part quarantined)",
+            file=sys.stderr,
+        )
+    return 2 if damaged else 0
 
 
 def materialize_all(layout: WarehouseLayout, instance, shard_keys: list[str]) -> dict:
