@@ -240,6 +240,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from mig_assets.core.explain import explain
 
     layout = WarehouseLayout(mig_home())
+    if not layout.duckdb_path.exists():
+        raise FileNotFoundError(f"no catalog at {layout.duckdb_path}: nothing was ingested under MIG_HOME={layout.home} yet")
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         answer = explain(con, args.sample_id, args.selection, args.version)
     print(json.dumps(answer, indent=2, default=str))
