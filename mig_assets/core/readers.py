@@ -7,7 +7,7 @@ is ever dropped. Blank lines are not records; they are counted by :class:`ReadSt
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 import re
 import zlib
@@ -26,7 +26,7 @@ SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".n
 PARQUET_BATCH_ROWS = 2048
 OVERSIZED_PREVIEW_BYTES = 64 * 1024  # what an over-limit record keeps in quarantine (the file keeps all)
 # what a damaged compressed stream or Parquet file raises while being read
-CONTAINER_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+CONTAINER_ERRORS = (EOFError, OSError)
 PARQUET_ERRORS = (*CONTAINER_ERRORS, pa.ArrowException)
 
 
@@ -81,7 +81,63 @@ def read_records(
 
 
 def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    return io.BufferedReader(_GzipStream(path)) if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+class _GzipStream(io.RawIOBase):
+    """The decompressed bytes of a gzip file (every member), as a raw stream that hands out all the
+    bytes that can be decompressed before it reports damage: a truncated stream raises EOFError,
+    and corrupt or non-gzip data OSError, only once everything before the damage has been read.
+    (``gzip.open`` raises as soon as its read-ahead meets the damage, losing the bytes before it.)"""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "rb")
+        self._inflater = zlib.decompressobj(wbits=31)
+        self._pending, self._offset = b"", 0
+        self._fed = False  # whether the current member has received input
+        self._error: Exception | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset == len(self._pending) and self._file is not None:
+            self._pending, self._offset = self._inflate_more(), 0
+        n = min(len(buffer), len(self._pending) - self._offset)
+        if n == 0 and self._error is not None:
+            raise self._error
+        buffer[:n] = self._pending[self._offset:self._offset + n]
+        self._offset += n
+        return n
+
+    def _inflate_more(self) -> bytes:
+        chunk = self._inflater.unused_data if self._inflater.eof else self._file.read(1 << 16)
+        if self._inflater.eof:
+            if not chunk:
+                chunk = self._file.read(1 << 16)
+            if not chunk:
+                return self._finish(None)
+            self._inflater, self._fed = zlib.decompressobj(wbits=31), False  # the next member
+        if not chunk:
+            truncated = EOFError("the compressed stream ends before its end-of-stream marker (a truncated file)")
+            return self._finish(truncated if self._fed else None)
+        self._fed = True
+        try:
+            return self._inflater.decompress(chunk)
+        except zlib.error as exc:
+            return self._finish(OSError(f"not a valid gzip stream ({exc})"))
+
+    def _finish(self, error: Exception | None) -> bytes:
+        self._error = error
+        self._file.close()
+        self._file = None
+        return b""
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
 
 
 def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int) -> Iterator[RawRecord]:
@@ -187,7 +243,7 @@ def _read_all(path: Path) -> tuple[bytes, str | None]:
     chunks = []
     try:
         with _open_binary(path) as handle:
-            while chunk := handle.read(1 << 20):
+            while chunk := handle.read1(1 << 20):  # one raw read at a time: nothing read is lost to an error
                 chunks.append(chunk)
     except CONTAINER_ERRORS as exc:
         data = b"".join(chunks)
@@ -199,13 +255,24 @@ def _read_json_array(path: Path, stats: ReadStats, max_record_bytes: int, single
     """Walk a JSON array element by element, keeping each element's source line.
 
     Text is decoded with ``surrogateescape`` so that one invalid byte spoils only its own element.
-    A syntax error stops the walk: the unparsed remainder becomes one quarantined record (and a
-    container error). A damaged compressed stream keeps the elements decompressed before it broke.
+    A syntax error stops the walk: the unparsed remainder becomes one quarantined record and one
+    container error. A damaged compressed stream keeps the elements decompressed before it broke.
     """
     data, damage = _read_all(path)
-    if damage:
-        stats.container_errors.append(damage)
     text = data.removeprefix(BOM).decode("utf-8", errors="surrogateescape")
+    records = _walk_array(text, max_record_bytes, single_object)
+    for record in records:
+        if record.error is not None and record.error.field == "(file)":  # the walk stopped here
+            if damage:
+                record.error = RecordError("(file)", f"{damage}; {record.error.reason}")
+            stats.container_errors.append(f"line {record.line_no}: {record.error.reason}")
+            damage = None
+        yield record
+    if damage:  # the stream broke after the array's closing bracket: no record lost, the file is still damaged
+        stats.container_errors.append(damage)
+
+
+def _walk_array(text: str, max_record_bytes: int, single_object: bool) -> Iterator[RawRecord]:
     decoder = json.JSONDecoder()
     line_of = _LineCounter(text)
     pos = _skip_ws(text, 0)
@@ -217,20 +284,16 @@ def _read_json_array(path: Path, stats: ReadStats, max_record_bytes: int, single
         return
     while True:
         record, pos = _decoded_element(text, pos, decoder, line_of, max_record_bytes)
-        if record.error is not None and pos < 0:
-            stats.container_errors.append(f"line {record.line_no}: {record.error.reason}")
-            yield record
-            return
         yield record
+        if record.error is not None and pos < 0:
+            return
         pos = _skip_ws(text, pos)
         if pos < len(text) and text[pos] == ",":
             pos = _skip_ws(text, pos + 1)
             continue
         if pos < len(text) and text[pos] == "]" and not text[pos + 1 :].strip():
             return
-        rest = _remainder(text, pos, line_of, "expected ',' or the closing ']' of the array")
-        stats.container_errors.append(f"line {rest.line_no}: {rest.error.reason}")
-        yield rest
+        yield _remainder(text, pos, line_of, "expected ',' or the closing ']' of the array")
         return
 
 
