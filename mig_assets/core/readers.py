@@ -199,7 +199,12 @@ def _rest_of_line_size(handle, head: bytes) -> tuple[int, int]:
 
 def _container_reason(path: Path, exc: BaseException) -> str:
     kind = "compressed stream" if path.name.lower().endswith(".gz") else "file"
-    return f"damaged {kind}: {type(exc).__name__}: {exc}"
+    return f"damaged {kind}: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` on one line (pyarrow's messages span several)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _parse_line(line: bytes, line_no: int, max_record_bytes: int) -> RawRecord:
@@ -384,7 +389,7 @@ def _read_parquet(path: Path, stats: ReadStats, max_record_bytes: int) -> Iterat
     try:
         parquet = pq.ParquetFile(path)
     except PARQUET_ERRORS as exc:
-        reason = f"not a readable Parquet file: {type(exc).__name__}: {exc}"
+        reason = f"not a readable Parquet file: {_describe(exc)}"
         stats.container_errors.append(reason)
         yield RawRecord(1, "", error=RecordError("(file)", f"{reason}; no row could be read"))
         return
@@ -400,7 +405,7 @@ def _read_parquet(path: Path, stats: ReadStats, max_record_bytes: int) -> Iterat
                     too_big = _size_error(len(raw), max_record_bytes)
                     yield RawRecord(row_no, text, error=too_big) if too_big else RawRecord(row_no, text, value=row)
         except PARQUET_ERRORS as exc:
-            reason = f"undecodable Parquet row group {group} (rows {row_no + 1:,} to {last:,}): {type(exc).__name__}: {exc}"
+            reason = f"undecodable Parquet row group {group} (rows {row_no + 1:,} to {last:,}): {_describe(exc)}"
             stats.container_errors.append(reason)
             yield RawRecord(row_no + 1, "", error=RecordError(f"(row group {group})", f"{reason}; those rows stay unread in the file"))
             row_no = last
