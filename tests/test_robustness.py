@@ -87,7 +87,7 @@ def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_ctrl_c(tmp_path):
     """A live run holding the pool slot (fault injection: a run record owned by a sleeping process)."""
     home = tmp_path / "home"
     assert run_cli(["ingest", write_jsonl(tmp_path / "a.jsonl", GOOD[:5])], home).returncode == 0
-    holder = subprocess.Popen(["sleep", "300"])
+    holder, waiting = subprocess.Popen(["sleep", "300"]), None
     try:
         with persistent_instance(home) as instance:
             run = instance.add_run(dg.DagsterRun(job_name="holder", status=dg.DagsterRunStatus.STARTED))
@@ -115,8 +115,10 @@ def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_ctrl_c(tmp_path):
         assert done.returncode == 0, done.stderr
         assert f"released the `duckdb` pool slot (or claim) of run {run.run_id}: its process (pid {holder.pid}) is gone" in done.stderr
     finally:
-        holder.kill()
-        holder.wait()
+        for process in (holder, waiting):
+            if process is not None:
+                process.kill()
+                process.wait()
 
 
 def test_names_that_sanitize_alike_keep_both_files(tmp_path):
