@@ -2,7 +2,9 @@
 
 Every reader yields :class:`RawRecord` items in file order. A record that cannot be parsed is still
 yielded, with ``error`` set and its raw text kept, so the caller can quarantine it: nothing read
-is ever dropped. Blank lines are not records; they are counted by :class:`ReadStats`.
+is ever dropped. Blank lines are not records; they are counted by :class:`ReadStats`. Damage to
+the container itself (a truncated gzip stream, an undecodable Parquet row group) costs only the
+damaged part: it becomes one quarantined record, and one line in ``ReadStats.container_errors``.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def read_records(
         raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     try:
         with _open_binary(path) as handle:
-            head = handle.read(4096).lstrip(BOM).lstrip()
+            head = handle.read1(4096).lstrip(BOM).lstrip()  # one raw read: a damaged stream still shows its start
     except CONTAINER_ERRORS:
         head = b""  # a damaged stream: the JSONL reader keeps what it can and quarantines the rest
     if name.endswith((".json", ".json.gz")) and head.startswith(b"["):
