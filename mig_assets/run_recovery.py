@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import psutil
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 # a process may start up to this long before Dagster records its run's start time
@@ -31,9 +31,13 @@ PID_START_SLACK_SECONDS = 120.0
 class SlotHolder:
     run_id: str
     pool: str
-    status: str
+    run: DagsterRun | None  # None once the run was deleted
     pid: int | None
     started_at: float | None  # run start, epoch seconds
+
+    @property
+    def status(self) -> str:
+        return self.run.status.value.lower() if self.run else "deleted"
 
 
 def run_owner_pid(instance: DagsterInstance, run_id: str) -> int | None:
@@ -70,7 +74,7 @@ def slot_holders(instance: DagsterInstance, pools: list[str] | None = None) -> l
         for run_id in dict.fromkeys(run_ids):
             record = instance.get_run_record_by_id(run_id)
             holders.append(SlotHolder(
-                run_id=run_id, pool=name, status=record.dagster_run.status.value if record else "DELETED",
+                run_id=run_id, pool=name, run=record.dagster_run if record else None,
                 pid=run_owner_pid(instance, run_id) if record else None, started_at=record.start_time if record else None,
             ))
     return holders
@@ -80,17 +84,16 @@ def reclaim_dead_runs(instance: DagsterInstance) -> list[str]:
     """Free the slots of finished or dead runs (dead ones are marked failed); one line per run freed."""
     freed = []
     for holder in {h.run_id: h for h in slot_holders(instance)}.values():
-        record = instance.get_run_record_by_id(holder.run_id)
-        if record is not None and record.dagster_run.status not in FINISHED_STATUSES:
+        if holder.run is not None and holder.run.status not in FINISHED_STATUSES:
             if holder.pid is None or process_alive(holder.pid, holder.started_at):
                 continue
             instance.report_run_failed(
-                record.dagster_run,
+                holder.run,
                 message=f"its process (pid {holder.pid}) is gone; marked failed and its pool slots freed by mig-assets",
             )
             reason = f"its process (pid {holder.pid}) is gone: marked failed"
         else:
-            reason = f"it is {holder.status.lower()}"
+            reason = f"it is {holder.status}"
         instance.event_log_storage.free_concurrency_slots_for_run(holder.run_id)
         freed.append(f"released the `{holder.pool}` pool slot (or claim) of run {holder.run_id}: {reason}")
     return freed
@@ -103,8 +106,8 @@ def wait_for_pool(
     report: Callable[[str], None],
     poll_seconds: float = 1.0,
     report_every_seconds: float = 30.0,
-) -> float:
-    """Block until ``pool`` has a free slot, reclaiming dead runs' slots; returns the seconds waited.
+) -> None:
+    """Block until ``pool`` has a free slot, reclaiming dead runs' slots on the way.
 
     Says what it waits for (the holding runs, their pid and start) and since when, at the start and
     every ``report_every_seconds``. Interrupting it (Ctrl-C) raises KeyboardInterrupt as usual.
@@ -117,11 +120,11 @@ def wait_for_pool(
             report(line)
         info = storage.get_concurrency_info(pool) if storage.supports_global_concurrency_limits else None
         if info is None or info.limit is None or len(_slot_owners(info)) < info.limit:
-            return time.time() - since
+            return
         if last_report is None or time.time() - last_report >= report_every_seconds:
             owners = _slot_owners(info)
             holders = ", ".join(
-                f"run {h.run_id} ({h.status.lower()}, pid {h.pid}, started {_utc(h.started_at)})"
+                f"run {h.run_id} ({h.status}, pid {h.pid}, since {_utc(h.started_at)})"
                 for h in slot_holders(instance, [pool]) if h.run_id in owners
             )
             report(f"waiting since {_utc(since)} for a slot of the `{pool}` pool (limit {info.limit}), held by {holders}; Ctrl-C stops")
