@@ -23,7 +23,7 @@ import psutil
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 
 FINISHED_STATUSES = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
-# a process may start up to this long before Dagster records its run's start time
+# a run's own process exists before the run starts; one created this long after it reuses a dead owner's pid
 PID_START_SLACK_SECONDS = 120.0
 
 
