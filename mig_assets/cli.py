@@ -88,19 +88,22 @@ def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
     if path.resolve().is_relative_to(layout.incoming_dir.resolve()):
         return layout.shard_key(path), path
     target = layout.incoming_dir / path.name
+    key = layout.shard_key(target)  # refuses a name that cannot be a shard before copying anything
     if not (target.exists() and file_sha256(target) == file_sha256(path)):
         if target.exists():
             print(f"{target} changed: ingesting {path} as a new version of that shard", file=sys.stderr)
         staging = target.with_name(f".{target.name}.part")
         shutil.copyfile(path, staging)
         os.replace(staging, target)
-    return layout.shard_key(target), target
+    return key, target
 
 
 def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_config: dict | None = None) -> dict:
     """Register ``files`` as pool_shards partitions, run ``ingest_job`` for each, return totals."""
     from mig_assets.definitions import defs
     from mig_assets.partitions import pool_shards
+    from mig_assets.pool.assets import raw_pool
+    from mig_assets.run_recovery import wait_for_pool
 
     keys = [place_in_pool(layout, f)[0] for f in files]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -111,11 +114,15 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_
     unique = list(dict.fromkeys(keys))
     job = defs.resolve_job_def("ingest_job")
     for done, key in enumerate(unique, start=1):
+        wait_for_pool(instance, raw_pool.op.pool, report=say)
         result = job.execute_in_process(
             partition_key=key, instance=instance, run_config=(run_config or {}) | CLI_LOGGING, tags={"mig/launched_by": "cli"},
         )
         metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
-        shard = {"shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id}
+        shard = {
+            "shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id,
+            "source_file": metadata["source_file"].value, "container_errors": metadata["container_errors"].value,
+        }
         totals["shards"].append(shard)
         for name in TOTALS:
             totals[name] += shard[name]
@@ -148,7 +155,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         totals = ingest_files(layout, args.files, dagster_instance(layout), say, run_config)
         _print_quarantine(layout, [s["shard"] for s in totals["shards"]], say)
     print(json.dumps(totals, indent=2))
-    return 0
+    damaged = [s for s in totals["shards"] if s["container_errors"]]
+    for shard in damaged:  # the readable part is ingested; the file itself needs a look
+        print(
+            f"mig-assets: {shard['source_file']} is damaged: {'; '.join(shard['container_errors'])} "
+            f"({shard['rows_kept']:,} readable records kept, the unreadable part quarantined)",
+            file=sys.stderr,
+        )
+    return 2 if damaged else 0
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -369,6 +383,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from mig_assets.core.explain import explain
 
     layout = WarehouseLayout(mig_home())
+    if not layout.warehouse_dir.exists():
+        raise FileNotFoundError(f"no warehouse at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
     with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
         answer = explain(con, args.sample_id, args.selection, args.version)
     print(json.dumps(answer, indent=2, default=str))
@@ -515,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardPathError, SettingsError, ValueError, FileNotFoundError) as exc:
         print(f"mig-assets: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("mig-assets: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -197,6 +197,11 @@ def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, lay
         ).fetchall()
         chosen = explain(con, picked[0][:10], "mig_selection")
         rejected = [explain(con, sid, "mig_selection") for (sid,) in unpicked]
+        assert explain(con, picked[0][:10].upper(), "mig_selection")["sample_id"] == picked[0]  # any case
+        with pytest.raises(ValueError, match=r"no selection 'nope' in the catalog; known selections \(latest version\): mig_selection \(v1\)"):
+            explain(con, picked[0], "nope")
+        with pytest.raises(ValueError, match="no selection 'mig_selection' version 99 in the catalog"):
+            explain(con, picked[0], "mig_selection", 99)
     assert chosen["source"]["shard"] == "p2k.jsonl" and chosen["source"]["source_file"] == "incoming/p2k.jsonl"
     line = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[chosen["source"]["line_no"] - 1]
     assert json.loads(line)["_id"] == chosen["source"]["original_id"]

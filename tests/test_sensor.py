@@ -1,5 +1,6 @@
 """The incoming-files sensor: registration, versions of changed files, paths outside the pool."""
 
+import hashlib
 import json
 import os
 import time
@@ -38,9 +39,10 @@ def test_new_files_become_partitions_with_run_requests(layout, instance):
     (layout.incoming_dir / "partial.jsonl.part").write_text(GOOD)
 
     result = tick(instance, layout)
-    assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", "sub__b_c.json"]
-    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", "sub__b_c.json"]
-    assert set(instance.get_dynamic_partitions("pool_shards")) == {"a.jsonl", "sub__b_c.json"}
+    unsafe_key = "sub__b_c.json-" + hashlib.sha256(b"sub/b c.json").hexdigest()[:10]  # made safe: a hash suffix
+    assert sorted(r.partition_key for r in result.run_requests) == ["a.jsonl", unsafe_key]
+    assert sorted(result.dynamic_partitions_requests[0].partition_keys) == ["a.jsonl", unsafe_key]
+    assert set(instance.get_dynamic_partitions("pool_shards")) == {"a.jsonl", unsafe_key}
 
     again = tick(instance, layout, result.cursor)
     assert again.run_requests == [] and again.dynamic_partitions_requests == []
@@ -85,3 +87,35 @@ def test_cursor_is_plain_json(layout, instance):
     settled(path)
     cursor = json.loads(tick(instance, layout).cursor)
     assert list(cursor) == ["a.jsonl"]
+
+
+def test_a_symlink_loop_is_skipped_with_a_reason_and_other_files_still_ingest(layout, instance):
+    (layout.incoming_dir / "loop.jsonl").symlink_to(layout.incoming_dir / "loop.jsonl")
+    path = layout.incoming_dir / "ok.jsonl"
+    path.write_text(GOOD)
+    settled(path)
+    result = tick(instance, layout)  # used to raise "RuntimeError: Symlink loop" on every tick
+    assert [r.partition_key for r in result.run_requests] == ["ok.jsonl"]
+    _, problems = layout.discover_shards()
+    assert len(problems) == 1 and "loop.jsonl: cannot be resolved" in problems[0]
+
+
+def test_a_tick_frees_the_pool_slot_of_a_run_whose_process_died(layout, tmp_path):
+    """Under `dagster dev`, a killed run's slot kept every requested ingestion QUEUED."""
+    import subprocess
+
+    from dagster._core.events import EngineEventData  # fault injection: a run record as Dagster writes it
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:  # SQLite storage: pools are enforced
+        run = instance.add_run(dg.DagsterRun(job_name="ingest_job", status=dg.DagsterRunStatus.STARTED))
+        instance.report_engine_event(
+            "Executing steps in process", dagster_run=run, engine_event_data=EngineEventData.in_process(dead.pid)
+        )
+        instance.event_log_storage.set_concurrency_slots("duckdb", 1)
+        assert instance.event_log_storage.claim_concurrency_slot("duckdb", run.run_id, "raw_pool").is_claimed
+        tick(instance, layout)
+        assert instance.event_log_storage.get_concurrency_info("duckdb").claimed_slots == []
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE

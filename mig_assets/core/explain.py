@@ -25,9 +25,12 @@ def _one(con, sql: str, params: list) -> dict | None:
 
 
 def resolve_sample_id(con, prefix: str) -> str:
-    """Full sample_id from an unambiguous prefix (at least 8 hex characters)."""
+    """Full sample_id from an unambiguous prefix (at least 8 hex characters, any case)."""
     if len(prefix) < 8:
         raise ValueError("give at least 8 characters of the sample_id")
+    if not has_relation(con, "raw_pool_rows"):
+        raise ValueError("the catalog holds no samples yet: ingest a shard first (mig-assets ingest FILE)")
+    prefix = prefix.lower()  # ids are lower-case hex SHA-256
     rows = con.execute("SELECT DISTINCT sample_id FROM raw_pool_rows WHERE starts_with(sample_id, ?) LIMIT 2", [prefix]).fetchall()
     if not rows:
         raise ValueError(f"no sample_id starts with {prefix!r}")
@@ -74,6 +77,8 @@ def explain(con, sample_id: str, selection: str | None = None, version: int | No
         answer["embedding_model"] = embedding["model_id"] if embedding else None
     if has_relation(con, "selections"):
         answer["selection"] = _selection_fate(con, sample_id, source, tags, selection, version)
+    elif selection is not None or version is not None:
+        raise ValueError("no selection has been made yet, so there is no --selection/--version to explain against")
     return answer
 
 
@@ -82,6 +87,11 @@ def _selection_fate(con, sample_id: str, source: dict, tags: dict | None, select
     if version is not None:
         where, params = where + " AND version = ?", params + [version]
     chosen = _one(con, f"SELECT * FROM selections WHERE {where} ORDER BY created_at DESC LIMIT 1", params)
+    if chosen is None and (selection is not None or version is not None):
+        known = con.execute("SELECT selection, max(version) FROM selections GROUP BY selection ORDER BY selection").fetchall()
+        asked = " ".join(part for part in (f"selection {selection!r}" if selection else "", f"version {version}" if version is not None else "") if part)
+        raise ValueError(f"no {asked} in the catalog; known selections (latest version): "
+                         + (", ".join(f"{name} (v{latest})" for name, latest in known) or "none"))
     if chosen is None:
         return None
     fate = {k: chosen[k] for k in ("selection", "version", "method", "budget", "n_selected", "n_pool", "run_id", "export_dir")}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.io import remove_stale_staging, write_parquet_atomic
 from mig_assets.core.readers import DEFAULT_MAX_RECORD_BYTES, RawRecord, ReadStats, read_records
 from mig_assets.core.records import RecordError, canonicalize
 from mig_assets.core.warehouse import WarehouseLayout
@@ -73,6 +73,7 @@ STATS_SCHEMA = pa.schema(
         ("duplicates_of_other_shards", pa.int64()),
         ("blank_lines", pa.int64()),
         ("formats", pa.string()),
+        ("container_errors", pa.list_(pa.string())),
         ("ingest_run_id", pa.string()),
         ("ingested_at", pa.timestamp("us", tz="UTC")),
         ("seconds", pa.float64()),
@@ -97,6 +98,8 @@ class ShardStats:
     blank_lines: int = 0
     formats: dict[str, int] = field(default_factory=dict)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    container_errors: list[str] = field(default_factory=list)  # damage to the file itself, one line each
+    stale_staging_removed: list[str] = field(default_factory=list)  # left behind by a crashed earlier run
     ingest_run_id: str = ""
     seconds: float = 0.0
 
@@ -149,6 +152,8 @@ def ingest_shard(
     quarantine_staging = quarantine_out.with_name(f".staging-{os.getpid()}.parquet")
     for target in (staging, quarantine_staging):
         target.parent.mkdir(parents=True, exist_ok=True)
+    for folder in (samples_out.parent, quarantine_out.parent, layout.shard_file("shard_stats", shard).parent):
+        stats.stale_staging_removed += [str(p) for p in remove_stale_staging(folder)]
 
     read_stats = ReadStats()
     formats: Counter[str] = Counter()
@@ -182,6 +187,7 @@ def ingest_shard(
     stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
     stats.container = read_stats.container
     stats.blank_lines = read_stats.blank_lines
+    stats.container_errors = read_stats.container_errors
     stats.formats = dict(formats)
     stats.quarantine_reasons = dict(reasons)
     _check_accounting(stats, staging, quarantine_staging)

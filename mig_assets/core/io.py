@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,6 +19,36 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     pq.write_table(table, staging, compression="zstd")
     os.replace(staging, path)
     return path
+
+
+_STAGING_PID = re.compile(r"^\.staging-(\d+)")
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Delete staging files (``.staging-<pid>...``) in ``folder`` left by a crashed writer.
+
+    A file is stale when its writer's pid is this process (an earlier, failed attempt) or no longer
+    runs; a live writer's file is left alone. Returns the files removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".staging-*")):
+        match = _STAGING_PID.match(path.name)
+        if match and path.is_file() and not _other_live_process(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _other_live_process(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class BatchFileCache:

@@ -141,7 +141,7 @@ def ancestor_weights(parents, levels, n_leaves: int, *, gamma: float = 0.5, incl
         raise ValueError("nodes 0 .. n_leaves-1 must be leaves (nodes without children)")
     rows, cols, weights = [], [], []
     node = np.arange(n_leaves)
-    for _ in range(V):
+    for _ in range(V + 1):  # a path visits at most V nodes; one more step sees every walk end
         alive = node >= 0
         if not alive.any():
             break

@@ -13,6 +13,7 @@ Layout::
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -102,7 +103,12 @@ class WarehouseLayout:
 
         Raises :class:`ShardPathError` for a path (or symlink target) outside pool/incoming.
         """
-        resolved = Path(path).resolve()
+        if Path(path).name.startswith("."):
+            raise ShardPathError(f"{path}: a hidden file name (leading '.') is not a shard; rename it without the dot")
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+            raise ShardPathError(f"{path}: cannot be resolved ({exc}); skipped") from exc
         incoming = self.incoming_dir.resolve()
         if not resolved.is_relative_to(incoming):
             raise ShardPathError(
@@ -178,12 +184,26 @@ class WarehouseLayout:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# a path part that maps to itself, and whose parts joined with '__' can be split back unambiguously
+_PLAIN_PART = re.compile(r"[A-Za-z0-9.-]+(?:_[A-Za-z0-9.-]+)*")
+KEY_HASH_CHARS = 10
 
 
 def shard_key_of(relative_path: str) -> str:
-    """``sub/dir/file name.jsonl`` -> ``sub__dir__file_name.jsonl`` (no '/', ',', spaces or '...')."""
-    key = "__".join(_UNSAFE.sub("_", part) for part in relative_path.split("/"))
-    return re.sub(r"\.{3,}", "_", key)
+    """Collision-free, path-safe partition key of a file's path under pool/incoming.
+
+    A plain path keeps its readable key, parts joined with ``__`` (``sub/file.jsonl`` ->
+    ``sub__file.jsonl``). Any other path (characters outside ``[A-Za-z0-9._-]``, ``__``, ``...``, a
+    part starting or ending with ``_``) is made safe and gets ``-`` + the first 10 hex digits of the
+    SHA-256 of the original path (``my file.jsonl`` -> ``my_file.jsonl-<hash>``): two names never
+    share a key, since a plain key always ends in a file suffix, never in ``-<hash>``.
+    """
+    parts = relative_path.split("/")
+    key = "__".join(_UNSAFE.sub("_", part) for part in parts)
+    if all(_PLAIN_PART.fullmatch(part) and "..." not in part for part in parts):
+        return key
+    digest = hashlib.sha256(relative_path.encode("utf-8", errors="surrogateescape")).hexdigest()[:KEY_HASH_CHARS]
+    return f"{re.sub(r'[.]{3,}', '_', key)}-{digest}"
 
 
 def has_relation(con, name: str) -> bool:

@@ -64,6 +64,10 @@ def raw_pool(context: dg.AssetExecutionContext, config: IngestConfig, warehouse:
     )
     if stats.rows_read == 0:
         context.log.warning(f"{stats.source_file} holds no records")
+    for removed in stats.stale_staging_removed:
+        context.log.warning(f"removed {removed}, a staging file left behind by a crashed earlier run")
+    for damage in stats.container_errors:
+        context.log.warning(f"{stats.source_file} is damaged: {damage} (quarantined; every readable record kept)")
     with warehouse.connect() as con:
         check_results = raw_pool_check_results(con, layout, stats, config.max_quarantine_rate)
     return dg.MaterializeResult(
@@ -92,6 +96,7 @@ def _metadata(samples_path, stats: ShardStats) -> dict:
         "formats": dg.MetadataValue.json(stats.formats),
         "quarantine_reasons": dg.MetadataValue.json(stats.quarantine_reasons),
         "container": stats.container,
+        "container_errors": dg.MetadataValue.json(stats.container_errors),
         "source_file": stats.source_file,
         "file_sha256": stats.file_sha256,
         "rows_per_second": round(stats.rows_read / max(stats.seconds, 1e-9), 1),

@@ -24,6 +24,7 @@ from mig_assets.core.ingest import file_sha256
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.jobs import ingest_job
 from mig_assets.resources import Warehouse
+from mig_assets.run_recovery import reclaim_dead_runs
 
 # A file modified less than this long ago may still be being written: wait for the next tick.
 SETTLE_SECONDS = 5.0
@@ -51,6 +52,9 @@ def already_ingested(layout, key: str, path) -> bool:
     "and requests their ingestion; a changed file is re-ingested as a new version.",
 )
 def incoming_shards_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse) -> dg.SensorResult:
+    # a killed run would hold the `duckdb` pool slot forever and keep every requested run queued
+    for line in reclaim_dead_runs(context.instance):
+        context.log.warning(line)
     layout = warehouse.layout
     shards, problems = layout.discover_shards()
     for problem in problems:

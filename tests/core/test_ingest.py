@@ -99,7 +99,9 @@ def test_a_10_mb_record_is_kept_under_the_limit_and_quarantined_over_it(layout):
     stats = ingest(layout, "big_limited.jsonl", line(big) + "\n" + small + "\n", max_record_bytes=1024 * 1024)
     assert (stats.rows_kept, stats.rows_quarantined) == (1, 1)
     [bad] = quarantine(layout, stats)
-    assert "over the max_record_bytes limit of 1,048,576" in bad["reason"] and len(bad["raw_text"]) > 10 * 1024 * 1024
+    # measured while streaming, never held whole: quarantine keeps a preview and says where the rest is
+    assert "over the max_record_bytes limit of 1,048,576" in bad["reason"] and "from byte 0" in bad["reason"]
+    assert f"record is {len(line(big)):,} bytes" in bad["reason"] and bad["raw_text"] == line(big)[:65536]
 
 
 def test_non_utf8_bytes_are_quarantined_and_kept_byte_for_byte(layout):
@@ -207,3 +209,120 @@ def test_unsupported_file_type_is_rejected(layout):
 
     with pytest.raises(ShardPathError, match="unsupported file type"):
         layout.shard_key(path)
+
+
+# --- damaged containers: every readable record kept, the unreadable part quarantined where it broke
+
+
+def records(n: int) -> list[dict]:
+    return [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(n)]
+
+
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(line(r) + "\n" for r in rows).encode()
+
+
+def test_json_array_with_a_lone_surrogate_loses_only_that_element(layout):
+    content = "[" + line(GOOD) + ',\n{"instruction": "\\ud800 broken", "output": "x"},\n' + line(records(1)[0]) + "]"
+    stats = ingest(layout, "surrogate.json", content)
+    assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined, stats.container_errors) == (3, 2, 1, [])
+    [bad] = quarantine(layout, stats)
+    assert bad["line_no"] == 2 and "unreadable JSON value" in bad["reason"] and "surrogate" in bad["reason"].lower()
+
+
+def test_json_array_with_100000_nested_arrays_loses_only_that_element(layout):
+    content = "[" + line(GOOD) + ",\n" + "[" * 100_000 + "]" * 100_000 + ",\n" + line(records(1)[0]) + "]"
+    stats = ingest(layout, "nested.json", content)
+    assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined) == (3, 2, 1)
+    [bad] = quarantine(layout, stats)
+    assert bad["line_no"] == 2 and "depth limit exceeded" in bad["reason"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".json.gz"])
+def test_truncated_gzip_keeps_every_line_before_the_break(layout, suffix):
+    import gzip
+
+    rows = records(10_000)
+    body = jsonl_bytes(rows) if suffix == ".jsonl.gz" else json.dumps(rows, indent=0).encode()
+    packed = gzip.compress(body)
+    stats = ingest(layout, "truncated" + suffix, packed[: len(packed) * 2 // 3])
+    assert_accounted(stats)
+    assert stats.rows_kept > 5000 and stats.rows_quarantined == 1 and len(stats.container_errors) == 1
+    [bad] = quarantine(layout, stats)
+    assert "damaged compressed stream: EOFError" in bad["reason"] and "truncated" + suffix in bad["reason"]
+    kept = samples(layout, stats)
+    assert [r["line_no"] for r in kept] == sorted(r["line_no"] for r in kept)
+    if suffix == ".jsonl.gz":  # the record after the last kept line is where it broke, with its byte offset
+        assert bad["line_no"] == stats.rows_kept + 1 and f"at line {stats.rows_kept + 1} (byte " in bad["reason"]
+
+
+def test_a_gz_that_is_not_gzip_is_one_quarantined_record(layout):
+    stats = ingest(layout, "plain.jsonl.gz", jsonl_bytes(records(3)))
+    assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined) == (1, 0, 1)
+    assert "not a valid gzip stream" in stats.container_errors[0] and "at line 1 (byte 0" in stats.container_errors[0]
+
+
+def parquet_bytes(rows: list[dict], tmp_path, row_group_size: int) -> bytes:
+    path = tmp_path / "whole.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size, compression="snappy")
+    return path.read_bytes()
+
+
+def test_parquet_with_a_corrupt_page_loses_only_its_row_group(layout, tmp_path):
+    data = bytearray(parquet_bytes(records(10_000), tmp_path, 2500))
+    (tmp_path / "whole.parquet").write_bytes(data)
+    page = pq.ParquetFile(tmp_path / "whole.parquet").metadata.row_group(1).column(0).data_page_offset
+    for i in range(page + 30, page + 200):  # scramble the compressed data of row group 1's first page
+        data[i] ^= 0x5A
+    stats = ingest(layout, "corrupt_page.parquet", bytes(data))
+    assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined) == (7501, 7500, 1)
+    [bad] = quarantine(layout, stats)
+    assert bad["field"] == "(row group 1)" and bad["line_no"] == 2501
+    assert "undecodable Parquet row group 1 (rows 2,501 to 5,000)" in bad["reason"]
+    kept = {r["line_no"] for r in samples(layout, stats)}
+    assert kept == set(range(1, 2501)) | set(range(5001, 10_001))
+
+
+def test_truncated_parquet_is_one_quarantined_record_naming_the_file(layout, tmp_path):
+    data = parquet_bytes(records(100), tmp_path, 50)
+    stats = ingest(layout, "truncated.parquet", data[: len(data) // 2])
+    assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined) == (1, 0, 1)
+    [bad] = quarantine(layout, stats)
+    assert bad["reason"].startswith("incoming/truncated.parquet, line 1, field (file): not a readable Parquet file")
+
+
+def test_an_oversized_line_is_measured_without_being_held(layout):
+    """A 64 MiB line over a 1 MiB limit: the reader never holds more than the limit of it."""
+    import tracemalloc
+
+    from mig_assets.core.readers import ReadStats, read_records
+
+    path = layout.incoming_dir / "huge.jsonl"
+    with open(path, "wb") as handle:
+        handle.write(line(GOOD).encode() + b"\n" + b'{"prompt": "' + b"x" * (64 << 20) + b'"}\n' + line(GOOD).encode() + b"\n")
+    tracemalloc.start()
+    try:
+        read = [(r.line_no, r.error is None) for r in read_records(path, ReadStats(), max_record_bytes=1 << 20)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read == [(1, True), (2, False), (3, True)]
+    assert peak < 8 << 20, f"peak {peak:,} bytes"
+
+
+def test_stale_staging_files_of_dead_writers_are_removed(layout):
+    import subprocess
+
+    stats = ingest(layout, "a.jsonl", line(GOOD) + "\n")
+    folder = layout.shard_file("raw_pool", stats.shard).parent
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        dead_file, live_file = folder / ".staging-999999999.parquet", folder / f".staging-{live.pid}.parquet"
+        dead_file.write_bytes(b"half a file")
+        live_file.write_bytes(b"being written")
+        stats = ingest(layout, "a.jsonl", line(GOOD) + "\n")
+        assert not dead_file.exists() and live_file.exists()
+        assert stats.stale_staging_removed == [str(dead_file)]
+    finally:
+        live.kill()
+        live.wait()

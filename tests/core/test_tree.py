@@ -8,7 +8,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from mig_assets.core.tags_select import TagsParams, ancestor_weights, build_problem, select
 from mig_assets.core.tree import (
     CentralRefiner,
     Concept,
@@ -348,3 +351,29 @@ def test_concept_carries_centrality_and_count():
     leaf_level = [c for c in seen if c.name.startswith("tag ")][:100]
     assert all(isinstance(c, Concept) and -1.0 <= c.centrality <= 1.0 + 1e-6 for c in leaf_level)
     assert sorted(c.count for c in leaf_level) == sorted(counts.astype(float).tolist())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    n_tags=st.integers(1, 12), dim=st.integers(2, 6), seed=st.integers(0, 2**16),
+    branching=st.sampled_from([2, 3, 10]), top_size=st.integers(1, 4), identical=st.booleans(),
+    counts=st.one_of(st.none(), st.lists(st.integers(0, 4), min_size=12, max_size=12)),
+)
+def test_small_vocabularies_give_trees_tags_selection_can_use(n_tags, dim, seed, branching, top_size, identical, counts):
+    """1, 2, 8 tags, every tag on one leaf (identical vectors), rare tags: always a valid tree whose
+    ancestor weights TAGS can build (a one-leaf tree used to raise 'parents contain a cycle')."""
+    rng = np.random.default_rng(seed)
+    embeddings = np.tile(rng.normal(size=(1, dim)), (n_tags, 1)) if identical else rng.normal(size=(n_tags, dim))
+    tag_counts = None if counts is None else np.asarray(counts[:n_tags], dtype=float)
+    tree = build_tree([f"tag {i}" for i in range(n_tags)], embeddings, tag_counts, branching=branching, top_size=top_size)
+    validate_tree(tree)
+    assert sorted(set(tree.tag2leaf.tolist())) == list(range(tree.n_leaves))  # every tag on a leaf, no empty leaf
+    omega = ancestor_weights(tree.parents, tree.levels, tree.n_leaves).toarray()
+    assert omega.shape == (tree.n_leaves, tree.n_nodes) and (omega[:, tree.root] == 0).all()
+    for leaf in range(tree.n_leaves):  # weight 1 on the leaf itself, gamma^(h(v)-1) on each ancestor below the root
+        path = tree.ancestors(leaf)[:-1]
+        assert np.flatnonzero(omega[leaf]).tolist() == sorted(path.tolist())
+        assert np.allclose(omega[leaf, path], 0.5 ** (tree.levels[path] - 1))
+    leaf_matrix = np.eye(tree.n_leaves)[np.arange(2 * tree.n_leaves) % tree.n_leaves]
+    problem = build_problem(leaf_matrix, np.ones(len(leaf_matrix)), tree.parents, tree.levels)
+    assert sorted(select(problem, len(leaf_matrix), TagsParams()).order.tolist()) == list(range(len(leaf_matrix)))
