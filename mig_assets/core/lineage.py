@@ -1,0 +1,255 @@
+"""What a selection version read, kept per version so that its lineage stays true after a re-tag,
+a re-score or a replaced shard file.
+
+One Parquet file per version, ``warehouse/selection_inputs/<selection>/v0001.parquet``: a row per
+sample of the pool the version saw (its tags, status and tagger; its weight, the weight's origin
+and the scorer; its embedding model; its shard, line and the shard file's SHA-256), and, for
+members only, the raw input record, its format and original id (the exact text of its line or Parquet row) with its SHA-256.
+The file's key-value metadata holds the version-level facts: the Dagster run id and data version
+of every upstream materialization, per shard for the partitioned assets. MIG versions add
+``v0001.graph.parquet``: the label graph and the final coverage s, so that a rejected sample's
+final gain Y_i . phi'(s) is recomputed from the same inputs.
+
+Changes are found by comparing a version's rows with the current ones (or the next version's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from mig_assets.core.io import write_parquet_atomic
+from mig_assets.core.warehouse import has_relation
+
+INPUTS_DIR = "selection_inputs"
+METADATA_KEY = b"mig.selection_inputs"
+# the partitioned assets whose per-shard materializations a version records (run id, data version)
+SHARD_INPUT_ASSETS = ("raw_pool", "atomic_tags", "quality_scores", "sample_embeddings")
+# the asset whose re-materialization changes each compared field
+CHANGED_BY = {"tags": "atomic_tags", "quality": "quality_scores", "raw_record": "raw_pool", "embedding_model": "sample_embeddings"}
+
+INPUTS_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("rank", pa.int32()),  # null: in the pool, not selected
+        ("shard", pa.string()),
+        ("line_no", pa.int64()),
+        ("source_file", pa.string()),
+        ("file_sha256", pa.string()),
+        ("ingest_run_id", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("tag_status", pa.string()),
+        ("tag_reason", pa.string()),
+        ("tagger", pa.string()),  # backend:model prompt_version
+        ("imported_quality", pa.float64()),
+        ("scored_quality", pa.float64()),
+        ("scorer", pa.string()),
+        ("weight", pa.float64()),  # what the selection weighed it by; null: left out (tagging failed)
+        ("weight_origin", pa.string()),
+        ("embedding_model", pa.string()),
+        ("source_format", pa.string()),  # members only
+        ("original_id", pa.string()),  # members only
+        ("raw", pa.string()),  # members only
+        ("raw_sha256", pa.string()),  # members only
+    ]
+)
+GRAPH_SCHEMA = pa.schema(
+    [("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))]
+)
+# the scored quality of a sample and who scored it (also what the selections weigh by)
+SCORED_QUALITY_SQL = (
+    "SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
+    "ELSE backend || ':' || model || ' ' || prompt_version END) AS scorer "
+    "FROM quality_scores WHERE status = 'ok' GROUP BY sample_id"
+)
+
+
+def inputs_path(warehouse_dir: Path, selection: str, version: int) -> Path:
+    return Path(warehouse_dir) / INPUTS_DIR / selection / f"v{version:04d}.parquet"
+
+
+def graph_path(warehouse_dir: Path, selection: str, version: int) -> Path:
+    return Path(warehouse_dir) / INPUTS_DIR / selection / f"v{version:04d}.graph.parquet"
+
+
+def warehouse_dir_of(con) -> Path:
+    """The folder of the DuckDB file ``con`` is open on (the warehouse)."""
+    [(path,)] = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return Path(path).parent
+
+
+def raw_sha256(raw: str | None) -> str | None:
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest() if raw is not None else None
+
+
+def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] = ()) -> pa.Table:
+    """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
+    :data:`INPUTS_SCHEMA` with rank, weight and origin left null; the raw record for ``raw_for``."""
+    tags = "atomic_tags" if has_relation(con, "atomic_tags") else (
+        "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status, NULL::VARCHAR AS reason, "
+        "NULL::VARCHAR AS backend, NULL::VARCHAR AS model, NULL::VARCHAR AS prompt_version)"
+    )
+    scored = f"({SCORED_QUALITY_SQL})" if has_relation(con, "quality_scores") else "(SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer)"
+    embedded = (
+        "(SELECT sample_id, any_value(model_id) AS model_id FROM sample_embeddings GROUP BY sample_id)"
+        if has_relation(con, "sample_embeddings") else "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_id)"
+    )
+    where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
+    table = con.sql(
+        f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
+                   t.tags, t.status AS tag_status, t.reason AS tag_reason,
+                   t.backend || ':' || t.model || ' ' || t.prompt_version AS tagger,
+                   s.imported_quality, q.score AS scored_quality, q.scorer, NULL::DOUBLE AS weight, NULL::VARCHAR AS weight_origin,
+                   e.model_id AS embedding_model,
+                   s.source_format, s.original_id, CASE WHEN s.sample_id IN (SELECT unnest($raw_for)) THEN s.raw END AS raw
+            FROM samples s LEFT JOIN shards st USING (shard) LEFT JOIN {tags} t USING (sample_id)
+                 LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)
+            {where} ORDER BY s.sample_id""",
+        params={"raw_for": list(raw_for)} | ({"ids": list(sample_ids)} if sample_ids is not None else {}),
+    ).to_arrow_table()
+    hashes = pa.array([raw_sha256(r) for r in table.column("raw").to_pylist()], pa.string())
+    return table.append_column("raw_sha256", hashes).cast(INPUTS_SCHEMA)
+
+
+def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:
+    """``current`` (from :func:`current_inputs`) as a version's snapshot: members first in rank
+    order, each pool sample with the weight the selection used and its origin; raw records of
+    members only. Samples outside the pool (failed tagging) keep a null weight."""
+    weight_of = dict(zip(pool_ids, weights.tolist()))
+    rank_of = {sid: rank for rank, sid in enumerate(selected_ids, start=1)}
+    rows = current.to_pylist()
+    for row in rows:
+        sid = row["sample_id"]
+        row["rank"] = rank_of.get(sid)
+        row["weight"] = weight_of.get(sid)
+        if sid not in weight_of:
+            row["weight_origin"] = f"left out of the pool: tagging {row['tag_status']}" if row["tag_status"] else "left out of the pool"
+        elif row["scored_quality"] is not None:
+            row["weight_origin"] = f"quality_scores ({row['scorer']})"
+        elif row["imported_quality"] is not None:
+            row["weight_origin"] = "imported Deita annotation"
+        else:
+            row["weight_origin"] = f"no score: the pool median {fill:.6g}"
+        if sid not in rank_of:
+            row["raw"] = row["raw_sha256"] = row["source_format"] = row["original_id"] = None
+    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["sample_id"]))
+    return pa.Table.from_pylist(rows, schema=INPUTS_SCHEMA)
+
+
+def write_inputs(path: Path, table: pa.Table, facts: dict) -> Path:
+    """The snapshot with the version-level ``facts`` (JSON) in the file's key-value metadata."""
+    metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()}
+    return write_parquet_atomic(table.replace_schema_metadata(metadata), path)
+
+
+def read_facts(path: Path) -> dict:
+    return json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+
+
+def read_inputs_row(con, path: Path, sample_id: str) -> dict | None:
+    """One sample's row of a snapshot (DuckDB pushes the filter into the Parquet scan)."""
+    cursor = con.execute("SELECT * FROM read_parquet(?) WHERE sample_id = ?", [str(path), sample_id])
+    names = [d[0] for d in cursor.description]
+    rows = cursor.fetchall()
+    return dict(zip(names, rows[0])) if rows else None
+
+
+def write_graph(path: Path, labels: list[str], W: sp.csr_array, coverage: np.ndarray) -> Path:
+    """The label graph (row-wise adjacency) and the final coverage s of a MIG version."""
+    W = sp.csr_array(W)
+    indptr = pa.array(W.indptr, pa.int32())
+    table = pa.table(
+        {
+            "label": pa.array(labels, pa.string()),
+            "coverage": pa.array(np.asarray(coverage, np.float64), pa.float64()),
+            "neighbours": pa.ListArray.from_arrays(indptr, pa.array(W.indices, pa.int32())),
+            "weights": pa.ListArray.from_arrays(indptr, pa.array(W.data, pa.float32())),
+        },
+        schema=GRAPH_SCHEMA,
+    )
+    return write_parquet_atomic(table, path)
+
+
+def read_graph(path: Path) -> tuple[list[str], sp.csr_array, np.ndarray]:
+    table = pq.read_table(path)
+    neighbours, weights = table.column("neighbours").combine_chunks(), table.column("weights").combine_chunks()
+    n = table.num_rows
+    W = sp.csr_array((weights.values.to_numpy(), neighbours.values.to_numpy(), neighbours.offsets.to_numpy()), shape=(n, n))
+    return table.column("label").to_pylist(), W, table.column("coverage").to_numpy()
+
+
+def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, runs_now: dict | None = None) -> dict:
+    """What differs between a sample's inputs at a version (``then``) and now (``now``; None: the
+    sample is no longer in the pool), field by field with before/after, and the run that made the
+    current value (``runs_*``: {asset: {run_id, data_version}} of the sample's shard)."""
+    if now is None:
+        return {"removed_from_pool": f"shard {then['shard']} no longer holds this sample"}
+    changes = {}
+    if (then["tags"], then["tag_status"], then["tagger"]) != (now["tags"], now["tag_status"], now["tagger"]):
+        changes["tags"] = {
+            "before": then["tags"], "after": now["tags"], "tagger_before": then["tagger"], "tagger_after": now["tagger"],
+            "status_before": then["tag_status"], "status_after": now["tag_status"],
+        }
+    if (then["scored_quality"], then["imported_quality"], then["scorer"]) != (now["scored_quality"], now["imported_quality"], now["scorer"]):
+        changes["quality"] = {
+            "score_before": then["scored_quality"] if then["scored_quality"] is not None else then["imported_quality"],
+            "score_after": now["scored_quality"] if now["scored_quality"] is not None else now["imported_quality"],
+            "scorer_before": then["scorer"] or "imported Deita annotation", "scorer_after": now["scorer"] or "imported Deita annotation",
+        }
+    if then["raw_sha256"] is not None and now["raw_sha256"] is not None and then["raw_sha256"] != now["raw_sha256"]:
+        changes["raw_record"] = {
+            "sha256_before": then["raw_sha256"], "sha256_after": now["raw_sha256"],
+            "file_sha256_before": then["file_sha256"], "file_sha256_after": now["file_sha256"],
+            "line_before": then["line_no"], "line_after": now["line_no"],
+        }
+    if then["embedding_model"] != now["embedding_model"]:
+        changes["embedding_model"] = {"before": then["embedding_model"], "after": now["embedding_model"]}
+    for field, change in changes.items():
+        asset = CHANGED_BY[field]
+        change["changed_by_run"] = now["ingest_run_id"] if asset == "raw_pool" else ((runs_now or {}).get(asset) or {}).get("run_id")
+        change["run_at_version"] = then["ingest_run_id"] if asset == "raw_pool" else ((runs_then or {}).get(asset) or {}).get("run_id")
+    return changes
+
+
+def member_changes(previous: pa.Table, previous_facts: dict, current: pa.Table, current_facts: dict) -> list[dict]:
+    """For each member of a previous version, what changed in its inputs since (empty ones left out)."""
+    now_of = {row["sample_id"]: row for row in current.to_pylist()}
+    shards_then, shards_now = previous_facts.get("shards", {}), current_facts.get("shards", {})
+    out = []
+    for then in previous.filter(previous.column("rank").is_valid()).to_pylist():
+        now = now_of.get(then["sample_id"])
+        changes = input_changes(then, now, shards_then.get(then["shard"]), shards_now.get(now["shard"]) if now else None)
+        if changes:
+            out.append({"sample_id": then["sample_id"], "rank": then["rank"], **changes})
+    return out
+
+
+def changes_summary(changes: list[dict], previous_version: int) -> list[dict]:
+    """One row per (field, before -> after, run) with the number of previous members affected."""
+    counts: dict[tuple, int] = {}
+    for change in changes:
+        for field in ("tags", "quality", "raw_record", "embedding_model", "removed_from_pool"):
+            if field not in change:
+                continue
+            detail = change[field]
+            if field == "tags":
+                key = (field, f"tagger {detail['tagger_before']} -> {detail['tagger_after']}", detail["changed_by_run"])
+            elif field == "quality":
+                key = (field, f"scorer {detail['scorer_before']} -> {detail['scorer_after']}", detail["changed_by_run"])
+            elif field == "raw_record":
+                key = (field, f"shard file {detail['file_sha256_before'][:12]} -> {detail['file_sha256_after'][:12]}", detail["changed_by_run"])
+            elif field == "embedding_model":
+                key = (field, f"{detail['before']} -> {detail['after']}", detail["changed_by_run"])
+            else:
+                key = (field, detail, None)
+            counts[key] = counts.get(key, 0) + 1
+    return [
+        {"input": field, "change": what, "changed by run": run or "", f"members of v{previous_version}": n}
+        for (field, what, run), n in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
+    ]
