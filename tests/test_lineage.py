@@ -62,14 +62,14 @@ def rescore(instance, resources, scorer) -> str:
     return result.run_id
 
 
-def select(instance, resources) -> dg.AssetMaterialization:
+def select(instance, resources, tau: float = 0.9) -> dg.AssetMaterialization:
     """tag_vocabulary -> tag_embeddings (the reference's label vectors) -> label_graph -> mig_selection."""
     from mig_assets.definitions import defs
 
     nodes = ("tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection")
     run_config = {"ops": {
         "tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}},
-        "label_graph": {"config": {"valid_tag_path": str(MIG_FIXTURES / "valid_tags.json")}},
+        "label_graph": {"config": {"tau": tau, "valid_tag_path": str(MIG_FIXTURES / "valid_tags.json")}},
         "mig_selection": {"config": BUDGET},
     }}
     assets = list(defs.assets)
@@ -121,7 +121,7 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     retag_run = retag(persistent, resources, FakeTagger(script_json=json.dumps(script)))
     v2_tags = current_tags(layout)
     assert v2_tags[top] != v1_tags[top] and v2_tags[rejected] != v1_tags[rejected]
-    v2_meta = select(persistent, resources)
+    v2_meta = select(persistent, resources, tau=0.8)  # another label graph too: v1's is in its snapshot
 
     old = cli_explain(layout, top, 1)
     assert old["tags"]["tags"] == v1_tags[top] and old["tags"]["tagger"].startswith("imported:")

@@ -59,7 +59,8 @@ def explain(
     used; ``current_runs(shard)`` ({asset: {run_id, data_version}} of the latest materializations)
     names the runs that changed an input since."""
     chosen = _chosen_version(con, selection, version) if has_relation(con, "selections") else None
-    inputs_file = inputs_path(warehouse_dir_of(con), chosen["selection"], chosen["version"]) if chosen else None
+    warehouse_dir = warehouse_dir_of(con)
+    inputs_file = inputs_path(warehouse_dir, chosen["selection"], chosen["version"]) if chosen else None
     inputs_file = inputs_file if inputs_file is not None and inputs_file.exists() else None
     sample_id = resolve_sample_id(con, sample_id, inputs_file)
     answer, ingested_at = _current_lineage(con, sample_id)
@@ -88,7 +89,7 @@ def explain(
             "in_pool_then": inputs_file is None and (chosen is None or ingested_at is None or ingested_at <= chosen["created_at"]),
         }
     if chosen is not None:
-        answer["selection"] = _selection_fate(con, sample_id, chosen, inputs, inputs_file)
+        answer["selection"] = _selection_fate(con, sample_id, chosen, inputs, warehouse_dir)
     return answer
 
 
@@ -154,7 +155,7 @@ def _chosen_version(con, selection: str | None, version: int | None) -> dict | N
     return _one(con, f"SELECT * FROM selections WHERE {where} ORDER BY created_at DESC LIMIT 1", params)
 
 
-def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, inputs_file: Path | None) -> dict:
+def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_dir: Path) -> dict:
     """Rank, gain and labels of a member; for another sample, why not (recomputed from ``inputs``:
     the sample's tags, tag status and weight as the version used them)."""
     fate = {k: chosen[k] for k in ("selection", "version", "method", "budget", "n_selected", "n_pool", "run_id", "export_dir")}
@@ -182,7 +183,7 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, inputs_file
             [chosen["selection"], chosen["version"]],
         ).fetchall()
         weight = inputs["weight"] if inputs["weight"] is not None else chosen["score_fill"]
-        gain = final_gain(inputs["tags"], weight, *_version_graph(con, chosen, inputs_file), json.loads(chosen["config"]))
+        gain = final_gain(inputs["tags"], weight, *_version_graph(con, chosen, warehouse_dir), json.loads(chosen["config"]))
         fate["gain_at_end"] = gain
         fate["last_pick_gain"] = last[0][0] if last else None
         fate["why_not"] = (
@@ -193,11 +194,12 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, inputs_file
     return fate
 
 
-def _version_graph(con, chosen: dict, inputs_file: Path | None) -> tuple[list[str], sp.csr_array, np.ndarray]:
+def _version_graph(con, chosen: dict, warehouse_dir: Path) -> tuple[list[str], sp.csr_array, np.ndarray]:
     """Labels, W and final coverage of a MIG version: from its snapshot, or (a version made before
     snapshots) the current label graph with the stored coverage."""
-    if inputs_file is not None and graph_path(inputs_file.parents[1], chosen["selection"], chosen["version"]).exists():
-        return read_graph(graph_path(inputs_file.parents[1], chosen["selection"], chosen["version"]))
+    snapshot = graph_path(warehouse_dir, chosen["selection"], chosen["version"])
+    if snapshot.exists():
+        return read_graph(snapshot)
     labels = [label for (label,) in con.execute("SELECT label FROM label_graph_labels ORDER BY label_id").fetchall()]
     src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
     W = sp.csr_array((np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))), shape=(len(labels), len(labels)))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -119,27 +120,30 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
 
 def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:
     """``current`` (from :func:`current_inputs`) as a version's snapshot: members first in rank
-    order, each pool sample with the weight the selection used and its origin; raw records of
-    members only. Samples outside the pool (failed tagging) keep a null weight."""
-    weight_of = dict(zip(pool_ids, weights.tolist()))
-    rank_of = {sid: rank for rank, sid in enumerate(selected_ids, start=1)}
-    rows = current.to_pylist()
-    for row in rows:
-        sid = row["sample_id"]
-        row["rank"] = rank_of.get(sid)
-        row["weight"] = weight_of.get(sid)
-        if sid not in weight_of:
-            row["weight_origin"] = f"left out of the pool: tagging {row['tag_status']}" if row["tag_status"] else "left out of the pool"
-        elif row["scored_quality"] is not None:
-            row["weight_origin"] = f"quality_scores ({row['scorer']})"
-        elif row["imported_quality"] is not None:
-            row["weight_origin"] = "imported Deita annotation"
-        else:
-            row["weight_origin"] = f"no score: the pool median {fill:.6g}"
-        if sid not in rank_of:
-            row["raw"] = row["raw_sha256"] = row["source_format"] = row["original_id"] = None
-    rows.sort(key=lambda r: (r["rank"] is None, r["rank"] or 0, r["sample_id"]))
-    return pa.Table.from_pylist(rows, schema=INPUTS_SCHEMA)
+    order, each pool sample with the weight the selection used and its origin; raw record, format
+    and original id of members only. Samples left out of the pool (failed tagging) keep a null weight."""
+    ids = current.column("sample_id")
+    in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
+    weight = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
+    rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
+    status = current.column("tag_status")
+    origin = pc.if_else(
+        pc.is_null(in_pool),
+        pc.if_else(pc.is_null(status), "left out of the pool", pc.binary_join_element_wise("left out of the pool: tagging ", status, "")),
+        pc.if_else(
+            pc.is_valid(current.column("scored_quality")),
+            pc.binary_join_element_wise("quality_scores (", current.column("scorer"), ")", ""),
+            pc.if_else(pc.is_valid(current.column("imported_quality")), "imported Deita annotation", f"no score: the pool median {fill:.6g}"),
+        ),
+    )
+    member = pc.is_valid(rank)
+    table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
+    table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
+    table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
+    for name in ("source_format", "original_id", "raw", "raw_sha256"):
+        column = table.column(name)
+        table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, pc.if_else(member, column, pa.nulls(len(column), pa.string())))
+    return table.sort_by([("rank", "ascending", "at_end"), ("sample_id", "ascending")]).cast(INPUTS_SCHEMA)
 
 
 def write_inputs(path: Path, table: pa.Table, facts: dict) -> Path:
@@ -219,10 +223,11 @@ def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, r
 
 def member_changes(previous: pa.Table, previous_facts: dict, current: pa.Table, current_facts: dict) -> list[dict]:
     """For each member of a previous version, what changed in its inputs since (empty ones left out)."""
-    now_of = {row["sample_id"]: row for row in current.to_pylist()}
-    shards_then, shards_now = previous_facts.get("shards", {}), current_facts.get("shards", {})
+    then_members = previous.filter(pc.is_valid(previous.column("rank")))
+    now_of = {row["sample_id"]: row for row in current.filter(pc.is_in(current.column("sample_id"), value_set=then_members.column("sample_id"))).to_pylist()}
+    shards_then, shards_now = previous_facts["shards"], current_facts["shards"]
     out = []
-    for then in previous.filter(previous.column("rank").is_valid()).to_pylist():
+    for then in then_members.to_pylist():
         now = now_of.get(then["sample_id"])
         changes = input_changes(then, now, shards_then.get(then["shard"]), shards_now.get(now["shard"]) if now else None)
         if changes:
