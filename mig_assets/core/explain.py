@@ -19,7 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from mig_assets.core.lineage import (
-    current_inputs, graph_path, input_changes, inputs_path, read_facts, read_graph, read_inputs_row, warehouse_dir_of,
+    current_inputs, graph_path, input_changes, inputs_path, raw_sha256, read_facts, read_graph, read_inputs_row,
+    warehouse_dir_of,
 )
 from mig_assets.core.mig import MigParams, phi_prime, propagate, propagation_matrix, sample_label_matrix
 from mig_assets.core.warehouse import has_relation
@@ -139,11 +140,10 @@ def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
         "sample_id": used["sample_id"],
         "inputs_of_version": str(inputs_file),
         "source": {k: used[k] for k in ("shard", "source_file", "line_no", "source_format", "original_id", "file_sha256", "ingest_run_id")},
-        "raw_record": {"text": used["raw"], "sha256": used["raw_sha256"]} if used["raw"] is not None else None,
+        "raw_record": {"text": used["raw"], "sha256": raw_sha256(used["raw"])} if used["raw"] is not None else None,
         "tags": {"tags": used["tags"], "status": used["tag_status"], "reason": used["tag_reason"], "tagger": used["tagger"],
                  "run_id": run("atomic_tags")},
-        "quality": {"weight": used["weight"], "origin": used["weight_origin"], "imported_deita_score": used["imported_quality"],
-                    "scored": used["scored_quality"], "scorer": used["scorer"], "run_id": run("quality_scores")},
+        "quality": {"weight": used["weight"], "origin": used["weight_origin"], "scorer": used["scorer"], "run_id": run("quality_scores")},
         "embedding_model": used["embedding_model"],
     }
 

@@ -48,21 +48,19 @@ INPUTS_SCHEMA = pa.schema(
         ("tag_status", pa.string()),
         ("tag_reason", pa.string()),
         ("tagger", pa.string()),  # backend:model prompt_version
-        ("imported_quality", pa.float64()),
-        ("scored_quality", pa.float64()),
-        ("scorer", pa.string()),
-        ("weight", pa.float64()),  # what the selection weighed it by; null: left out (tagging failed)
+        ("scorer", pa.string()),  # of quality_scores; null: no scored quality
+        ("weight", pa.float64()),  # what the selection weighed it by (left-out samples: their score, unused)
         ("weight_origin", pa.string()),
         ("embedding_model", pa.string()),
         ("source_format", pa.string()),  # members only
         ("original_id", pa.string()),  # members only
         ("raw", pa.string()),  # members only
-        ("raw_sha256", pa.string()),  # members only
     ]
 )
 GRAPH_SCHEMA = pa.schema(
     [("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))]
 )
+IMPORTED_ORIGIN = "imported Deita annotation"
 # the scored quality of a sample and who scored it (also what the selections weigh by)
 SCORED_QUALITY_SQL = (
     "SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
@@ -91,7 +89,8 @@ def raw_sha256(raw: str | None) -> str | None:
 
 def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] = ()) -> pa.Table:
     """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
-    :data:`INPUTS_SCHEMA` with rank, weight and origin left null; the raw record for ``raw_for``."""
+    :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
+    (null: neither); the raw record for ``raw_for`` only."""
     tags = "atomic_tags" if has_relation(con, "atomic_tags") else (
         "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status, NULL::VARCHAR AS reason, "
         "NULL::VARCHAR AS backend, NULL::VARCHAR AS model, NULL::VARCHAR AS prompt_version)"
@@ -106,7 +105,9 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
         f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
                    t.tags, t.status AS tag_status, t.reason AS tag_reason,
                    t.backend || ':' || t.model || ' ' || t.prompt_version AS tagger,
-                   s.imported_quality, q.score AS scored_quality, q.scorer, NULL::DOUBLE AS weight, NULL::VARCHAR AS weight_origin,
+                   q.scorer, coalesce(q.score, s.imported_quality) AS weight,
+                   CASE WHEN q.score IS NOT NULL THEN 'quality_scores (' || q.scorer || ')'
+                        WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
                    e.model_id AS embedding_model,
                    s.source_format, s.original_id, CASE WHEN s.sample_id IN (SELECT unnest($raw_for)) THEN s.raw END AS raw
             FROM samples s LEFT JOIN shards st USING (shard) LEFT JOIN {tags} t USING (sample_id)
@@ -114,8 +115,7 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
             {where} ORDER BY s.sample_id""",
         params={"raw_for": list(raw_for)} | ({"ids": list(sample_ids)} if sample_ids is not None else {}),
     ).to_arrow_table()
-    hashes = pa.array([raw_sha256(r) for r in table.column("raw").to_pylist()], pa.string())
-    return table.append_column("raw_sha256", hashes).cast(INPUTS_SCHEMA)
+    return table.cast(INPUTS_SCHEMA)
 
 
 def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:
@@ -124,23 +124,18 @@ def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, 
     and original id of members only. Samples left out of the pool (failed tagging) keep a null weight."""
     ids = current.column("sample_id")
     in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
-    weight = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
-    rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
-    status = current.column("tag_status")
+    used = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
+    weight = pc.if_else(pc.is_valid(in_pool), used, current.column("weight"))
     origin = pc.if_else(
-        pc.is_null(in_pool),
-        pc.if_else(pc.is_null(status), "left out of the pool", pc.binary_join_element_wise("left out of the pool: tagging ", status, "")),
-        pc.if_else(
-            pc.is_valid(current.column("scored_quality")),
-            pc.binary_join_element_wise("quality_scores (", current.column("scorer"), ")", ""),
-            pc.if_else(pc.is_valid(current.column("imported_quality")), "imported Deita annotation", f"no score: the pool median {fill:.6g}"),
-        ),
+        pc.and_(pc.is_valid(in_pool), pc.is_null(current.column("weight_origin"))),
+        f"no score: the pool median {fill:.6g}", current.column("weight_origin"),
     )
+    rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
     member = pc.is_valid(rank)
     table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
-    for name in ("source_format", "original_id", "raw", "raw_sha256"):
+    for name in ("source_format", "original_id", "raw"):
         column = table.column(name)
         table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, pc.if_else(member, column, pa.nulls(len(column), pa.string())))
     return table.sort_by([("rank", "ascending", "at_end"), ("sample_id", "ascending")]).cast(INPUTS_SCHEMA)
@@ -188,6 +183,12 @@ def read_graph(path: Path) -> tuple[list[str], sp.csr_array, np.ndarray]:
     return table.column("label").to_pylist(), W, table.column("coverage").to_numpy()
 
 
+def _score(row: dict) -> tuple[float | None, str | None]:
+    """A sample's own quality score and its origin (None, None: it had none, whatever fill it got)."""
+    origin = row["weight_origin"] or ""
+    return (row["weight"], origin) if origin.startswith(("quality_scores (", IMPORTED_ORIGIN)) else (None, None)
+
+
 def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, runs_now: dict | None = None) -> dict:
     """What differs between a sample's inputs at a version (``then``) and now (``now``; None: the
     sample is no longer in the pool), field by field with before/after, and the run that made the
@@ -200,15 +201,14 @@ def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, r
             "before": then["tags"], "after": now["tags"], "tagger_before": then["tagger"], "tagger_after": now["tagger"],
             "status_before": then["tag_status"], "status_after": now["tag_status"],
         }
-    if (then["scored_quality"], then["imported_quality"], then["scorer"]) != (now["scored_quality"], now["imported_quality"], now["scorer"]):
+    if _score(then) != _score(now):
         changes["quality"] = {
-            "score_before": then["scored_quality"] if then["scored_quality"] is not None else then["imported_quality"],
-            "score_after": now["scored_quality"] if now["scored_quality"] is not None else now["imported_quality"],
-            "scorer_before": then["scorer"] or "imported Deita annotation", "scorer_after": now["scorer"] or "imported Deita annotation",
+            "score_before": _score(then)[0], "score_after": _score(now)[0],
+            "scorer_before": _score(then)[1], "scorer_after": _score(now)[1],
         }
-    if then["raw_sha256"] is not None and now["raw_sha256"] is not None and then["raw_sha256"] != now["raw_sha256"]:
+    if then["raw"] is not None and now["raw"] is not None and then["raw"] != now["raw"]:
         changes["raw_record"] = {
-            "sha256_before": then["raw_sha256"], "sha256_after": now["raw_sha256"],
+            "sha256_before": raw_sha256(then["raw"]), "sha256_after": raw_sha256(now["raw"]),
             "file_sha256_before": then["file_sha256"], "file_sha256_after": now["file_sha256"],
             "line_before": then["line_no"], "line_after": now["line_no"],
         }
