@@ -11,6 +11,8 @@ from importlib import resources as package_files
 
 import dagster as dg
 import duckdb
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -214,3 +216,40 @@ def test_replaced_shard_file_explain_v1_still_shows_the_raw_record_it_used(layou
     assert new["changed_since_version"] == {}
     changed = v2_meta.metadata["inputs_changed_since_previous"].value
     assert "raw_record" in changed and "removed_from_pool" in changed and reingest in changed
+
+
+def test_snapshot_rows_weights_origins_and_changes(tmp_path):
+    """The snapshot's own rules on hand-made rows: rank order, the weight the selection used and its
+    origin (scored, imported, median fill), left-out samples, raw records of members only, and the
+    change report (a median fill is not a score, so staying unscored is no change)."""
+    from mig_assets.core.lineage import INPUTS_SCHEMA, input_changes, read_inputs_row, version_inputs, write_inputs
+
+    def row(sid, **values):
+        base = {name: None for name in INPUTS_SCHEMA.names} | {"sample_id": sid, "shard": "a.jsonl", "tags": ["x"], "tag_status": "ok",
+                                                               "tagger": "imported: instag", "raw": f"{{\"id\": \"{sid}\"}}"}
+        return base | values
+
+    current = pa.Table.from_pylist([
+        row("s1", weight=3.0, weight_origin="quality_scores (logprob:m deita-v1)", scorer="logprob:m deita-v1"),
+        row("s2", weight=2.0, weight_origin="imported Deita annotation"),
+        row("s3"),  # no score: gets the median
+        row("s4", tag_status="failed", tag_reason="backend error", tags=[], weight=5.0, weight_origin="imported Deita annotation"),
+    ], schema=INPUTS_SCHEMA)
+    snapshot = version_inputs(current, ["s1", "s2", "s3"], np.array([3.0, 2.0, 2.5]), 2.5, ["s2", "s1"])
+    rows = snapshot.to_pylist()
+    assert [r["sample_id"] for r in rows] == ["s2", "s1", "s3", "s4"] and [r["rank"] for r in rows] == [1, 2, None, None]
+    assert [r["weight"] for r in rows] == [2.0, 3.0, 2.5, 5.0]
+    assert rows[2]["weight_origin"] == "no score: the pool median 2.5" and rows[3]["weight_origin"] == "imported Deita annotation"
+    assert [r["raw"] is not None for r in rows] == [True, True, False, False]
+    path = write_inputs(tmp_path / "v0001.parquet", snapshot, {"shards": {}})
+    with duckdb.connect() as con:
+        assert read_inputs_row(con, path, "s1")["weight_origin"].startswith("quality_scores") and read_inputs_row(con, path, "s9") is None
+
+    then = rows[2]
+    assert input_changes(then, current.to_pylist()[2]) == {}  # unscored then and now
+    rescored = current.to_pylist()[2] | {"weight": 4.0, "weight_origin": "quality_scores (judge:m judge-v1)"}
+    change = input_changes(then, rescored, runs_now={"quality_scores": {"run_id": "r2"}})["quality"]
+    assert (change["score_before"], change["score_after"], change["changed_by_run"]) == (None, 4.0, "r2")
+    edited = current.to_pylist()[0] | {"raw": '{"id": "s1", "new": 1}', "line_no": 7}
+    assert set(input_changes(rows[1], edited)) == {"raw_record"}
+    assert input_changes(rows[1], None) == {"removed_from_pool": "shard a.jsonl no longer holds this sample"}

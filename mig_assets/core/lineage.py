@@ -121,7 +121,8 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
 def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:
     """``current`` (from :func:`current_inputs`) as a version's snapshot: members first in rank
     order, each pool sample with the weight the selection used and its origin; raw record, format
-    and original id of members only. Samples left out of the pool (failed tagging) keep a null weight."""
+    and original id of members only. Samples left out of the pool (failed tagging) keep their own
+    score, which the selection did not use (their tag status says so)."""
     ids = current.column("sample_id")
     in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
     used = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
