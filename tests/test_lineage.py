@@ -126,11 +126,11 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     v2_meta = select(persistent, resources, tau=0.8)  # another label graph too: v1's is in its snapshot
 
     old = cli_explain(layout, top, 1)
-    assert old["tags"]["tags"] == v1_tags[top] and old["tags"]["tagger"].startswith("imported:")
+    assert old["tags"]["tags"] == v1_tags[top] and old["tags"]["tagger"] == "imported"
     assert old["tags"]["run_id"] == first_tag_run
     change = old["changed_since_version"]["tags"]
     assert (change["before"], change["after"]) == (v1_tags[top], v2_tags[top])
-    assert change["tagger_before"].startswith("imported:") and change["tagger_after"].startswith("vllm:fake-model")
+    assert change["tagger_before"] == "imported" and change["tagger_after"].startswith("vllm:fake-model")
     assert (change["run_at_version"], change["changed_by_run"]) == (first_tag_run, retag_run)
     assert old["selection"]["selected"] and old["selection"]["rank"] == 1
     assert old["current"]["tags"]["tags"] == v2_tags[top]
@@ -226,7 +226,7 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
 
     def row(sid, **values):
         base = {name: None for name in INPUTS_SCHEMA.names} | {"sample_id": sid, "shard": "a.jsonl", "tags": ["x"], "tag_status": "ok",
-                                                               "tagger": "imported: instag", "raw": f"{{\"id\": \"{sid}\"}}"}
+                                                               "tagger": "imported", "raw": f"{{\"id\": \"{sid}\"}}"}
         return base | values
 
     current = pa.Table.from_pylist([

@@ -47,7 +47,7 @@ INPUTS_SCHEMA = pa.schema(
         ("tags", pa.list_(pa.string())),
         ("tag_status", pa.string()),
         ("tag_reason", pa.string()),
-        ("tagger", pa.string()),  # backend:model prompt_version
+        ("tagger", pa.string()),  # backend:model prompt_version, or the backend alone (imported tags)
         ("scorer", pa.string()),  # of quality_scores; null: no scored quality
         ("weight", pa.float64()),  # what the selection weighed it by (left-out samples: their score, unused)
         ("weight_origin", pa.string()),
@@ -104,7 +104,7 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
     table = con.sql(
         f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
                    t.tags, t.status AS tag_status, t.reason AS tag_reason,
-                   t.backend || ':' || t.model || ' ' || t.prompt_version AS tagger,
+                   CASE WHEN coalesce(t.model, '') = '' THEN t.backend ELSE t.backend || ':' || t.model || ' ' || t.prompt_version END AS tagger,
                    q.scorer, coalesce(q.score, s.imported_quality) AS weight,
                    CASE WHEN q.score IS NOT NULL THEN 'quality_scores (' || q.scorer || ')'
                         WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
