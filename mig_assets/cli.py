@@ -225,12 +225,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import duckdb
 
     from mig_assets.core.explain import explain
-    from mig_assets.selection.assets import shard_materializations
+    from mig_assets.selection.assets import latest_materializations
 
     layout = WarehouseLayout(mig_home())
     instance = dagster_instance(layout)  # names the runs that changed an input since the version
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: shard_materializations(instance, shard))
+        answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: latest_materializations(instance, shard))
     print(json.dumps(answer, indent=2, default=str))
     return 0
 

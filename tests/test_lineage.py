@@ -134,6 +134,9 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     assert (change["run_at_version"], change["changed_by_run"]) == (first_tag_run, retag_run)
     assert old["selection"]["selected"] and old["selection"]["rank"] == 1
     assert old["current"]["tags"]["tags"] == v2_tags[top]
+    graph_change = old["changed_since_version"]["upstream"]["label_graph"]  # rebuilt at tau 0.8: config is not in the data version
+    assert graph_change["run_at_version"] == old["upstream_at_version"]["label_graph"]["run_id"] != graph_change["changed_by_run"]
+    assert graph_change["same_data_version"]
 
     new = cli_explain(layout, top, 2)
     assert new["tags"]["tags"] == v2_tags[top] and new["tags"]["tagger"].startswith("vllm:fake-model")
@@ -149,7 +152,7 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
 
     # the same fact in the next version's metadata and report page
     changed = v2_meta.metadata["inputs_changed_since_previous"].value
-    assert "tags" in changed and retag_run in changed and "vllm:fake-model" in changed
+    assert "tags" in changed and retag_run in changed and "vllm:fake-model" in changed and "| label_graph | materialized again" in changed
     report = (layout.exports_dir / "mig_selection" / "v0002" / "report.html").read_text()
     assert "inputs changed since version 1" in report and retag_run in report
 

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from mig_assets.core.lineage import (
     current_inputs, graph_path, input_changes, inputs_path, raw_sha256, read_facts, read_graph, read_inputs_row,
-    warehouse_dir_of,
+    upstream_changes, warehouse_dir_of,
 )
 from mig_assets.core.mig import MigParams, phi_prime, propagate, propagation_matrix, sample_label_matrix
 from mig_assets.core.warehouse import has_relation
@@ -52,13 +52,14 @@ def resolve_sample_id(con, prefix: str, inputs_file: Path | None = None) -> str:
 
 def explain(
     con, sample_id: str, selection: str | None = None, version: int | None = None,
-    current_runs: Callable[[str], dict] | None = None,
+    current_runs: Callable[[str | None], dict] | None = None,
 ) -> dict:
     """The lineage of ``sample_id`` and its fate in ``selection`` (latest version by default).
 
     With the version's input snapshot, tags, weight, raw record and fate come from what the version
-    used; ``current_runs(shard)`` ({asset: {run_id, data_version}} of the latest materializations)
-    names the runs that changed an input since."""
+    used; ``current_runs(shard)`` ({asset: {run_id, data_version}} of the latest materializations
+    of the shard's inputs; ``current_runs(None)``: of the global inputs) names the runs that changed
+    an input since."""
     chosen = _chosen_version(con, selection, version) if has_relation(con, "selections") else None
     warehouse_dir = warehouse_dir_of(con)
     inputs_file = inputs_path(warehouse_dir, chosen["selection"], chosen["version"]) if chosen else None
@@ -69,10 +70,14 @@ def explain(
     if used is not None:
         now = current_inputs(con, [sample_id], raw_for=[sample_id]).to_pylist()
         now = now[0] if now else None
-        runs_then = read_facts(inputs_file)["shards"].get(used["shard"], {})
+        facts = read_facts(inputs_file)
+        runs_then = facts["shards"].get(used["shard"], {})
         runs_now = current_runs(now["shard"]) if current_runs is not None and now is not None else None
+        changes = input_changes(used, now, runs_then, runs_now)
+        upstream = upstream_changes(facts, {"inputs": current_runs(None)}) if current_runs is not None else {}
         answer = _lineage_at_version(used, runs_then, inputs_file) | {
-            "changed_since_version": input_changes(used, now, runs_then, runs_now),
+            "upstream_at_version": facts["inputs"],
+            "changed_since_version": changes | ({"upstream": upstream} if upstream else {}),
             "current": answer,
         }
         inputs = {"tags": used["tags"] or [], "tag_status": used["tag_status"], "tag_reason": used["tag_reason"],

@@ -236,8 +236,24 @@ def member_changes(previous: pa.Table, previous_facts: dict, current: pa.Table, 
     return out
 
 
-def changes_summary(changes: list[dict], previous_version: int) -> list[dict]:
-    """One row per (field, before -> after, run) with the number of previous members affected."""
+def upstream_changes(previous_facts: dict, current_facts: dict) -> dict:
+    """The global (unpartitioned) upstream assets materialized again between two versions' facts,
+    with the data versions and runs before and after. A run with the same data version is listed
+    too: Dagster's default data version hashes code and inputs, not run config (``label_graph``'s
+    tau), so only the version's own snapshot can say whether the content moved."""
+    then, now = previous_facts["inputs"], current_facts["inputs"]
+    return {
+        asset: {"data_version_before": then[asset]["data_version"], "data_version_after": now[asset]["data_version"],
+                "same_data_version": then[asset]["data_version"] == now[asset]["data_version"],
+                "run_at_version": then[asset]["run_id"], "changed_by_run": now[asset]["run_id"]}
+        for asset in sorted(set(then) & set(now))
+        if asset not in SHARD_INPUT_ASSETS and then[asset] != now[asset]
+    }
+
+
+def changes_summary(changes: list[dict], previous_version: int, upstream: dict | None = None) -> list[dict]:
+    """One row per (field, before -> after, run) with the number of previous members affected; then
+    one row per global upstream asset that changed (``upstream``, from :func:`upstream_changes`)."""
     counts: dict[tuple, int] = {}
     for change in changes:
         for field in ("tags", "quality", "raw_record", "embedding_model", "removed_from_pool"):
@@ -255,7 +271,14 @@ def changes_summary(changes: list[dict], previous_version: int) -> list[dict]:
             else:
                 key = (field, detail, None)
             counts[key] = counts.get(key, 0) + 1
-    return [
-        {"input": field, "change": what, "changed by run": run or "", f"members of v{previous_version}": n}
+    members = f"members of v{previous_version}"
+    rows = [
+        {"input": field, "change": what, "changed by run": run or "", members: n}
         for (field, what, run), n in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
+    ]
+    return rows + [
+        {"input": asset, "change": "materialized again, same data version" if c["same_data_version"]
+         else f"data version {(c['data_version_before'] or '')[:12]} -> {(c['data_version_after'] or '')[:12]}",
+         "changed by run": c["changed_by_run"], members: "all"}
+        for asset, c in (upstream or {}).items()
     ]

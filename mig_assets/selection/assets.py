@@ -19,7 +19,7 @@ from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
 from mig_assets.core.lineage import (
     SCORED_QUALITY_SQL, SHARD_INPUT_ASSETS, changes_summary, current_inputs, graph_path, inputs_path, member_changes, read_facts,
-    version_inputs, write_graph, write_inputs,
+    upstream_changes, version_inputs, write_graph, write_inputs,
 )
 from mig_assets.core.report import (
     curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, markdown_table, score_plot,
@@ -459,11 +459,16 @@ def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
     return None
 
 
-def shard_materializations(instance: dg.DagsterInstance, shard: str) -> dict:
-    """Run id and data version of the latest materialization of each per-shard input of ``shard``."""
+GLOBAL_INPUT_ASSETS = ("tag_embeddings", "label_graph", "knowledge_tree", "target_profile")
+
+
+def latest_materializations(instance: dg.DagsterInstance, shard: str | None = None) -> dict:
+    """Run id and data version of the latest materialization of each per-shard input of ``shard``
+    (``None``: of each global input)."""
     found = {}
-    for asset in SHARD_INPUT_ASSETS:
-        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard]), limit=1).records
+    for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
+        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard] if shard is not None else None)
+        records = instance.fetch_materializations(records_filter, limit=1).records
         if records:
             found[asset] = {"run_id": records[0].run_id, "data_version": records[0].asset_materialization.tags.get("dagster/data_version")}
     return found
@@ -479,7 +484,7 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
     shards = sorted(set(current.column("shard").to_pylist()))
     facts = {
         "selection": spec.name, "version": version, "method": spec.method, "run_id": context.run.run_id, "inputs": upstream,
-        "shards": {shard: shard_materializations(context.instance, shard) for shard in shards},
+        "shards": {shard: latest_materializations(context.instance, shard) for shard in shards},
     }
     snapshot = version_inputs(current, pool.sample_ids, pool.scores, score_fill, ids)
     write_inputs(inputs_path(warehouse_dir, spec.name, version), snapshot, facts)
@@ -487,7 +492,8 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
         write_graph(graph_path(warehouse_dir, spec.name, version), graph.labels, graph.weights, outcome.coverage)
     if previous is None:
         return []
-    return changes_summary(member_changes(previous, read_facts(previous_path), current, facts), version - 1)
+    previous_facts = read_facts(previous_path)
+    return changes_summary(member_changes(previous, previous_facts, current, facts), version - 1, upstream_changes(previous_facts, facts))
 
 
 def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed) -> str:
