@@ -64,16 +64,16 @@ def rescore(instance, resources, scorer) -> str:
     return result.run_id
 
 
-def select(instance, resources, tau: float = 0.9) -> dg.AssetMaterialization:
+def select(instance, resources, tau: float = 0.9, nodes=("tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection")):
     """tag_vocabulary -> tag_embeddings (the reference's label vectors) -> label_graph -> mig_selection."""
     from mig_assets.definitions import defs
 
-    nodes = ("tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection")
-    run_config = {"ops": {
+    ops = {
         "tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}},
         "label_graph": {"config": {"tau": tau, "valid_tag_path": str(MIG_FIXTURES / "valid_tags.json")}},
         "mig_selection": {"config": BUDGET},
-    }}
+    }
+    run_config = {"ops": {name: config for name, config in ops.items() if name in nodes}}
     assets = list(defs.assets)
     result = dg.materialize(
         assets, selection=[a for a in assets if a.key.to_user_string() in nodes], instance=instance, resources=resources, run_config=run_config,
@@ -178,6 +178,8 @@ def test_rescore_explain_v1_shows_v1_weight_and_the_change(layout, persistent, r
     assert new["changed_since_version"] == {} and new["quality"]["weight"] == new_score
     assert "fake-scorer" in new["quality"]["origin"]
     assert rescore_run in v2_meta.metadata["inputs_changed_since_previous"].value
+    v3_meta = select(persistent, resources, nodes=("mig_selection",))  # nothing changed since v2
+    assert v3_meta.metadata["inputs_changed_since_previous"].value == "no input of v2's members changed"
 
 
 def test_replaced_shard_file_explain_v1_still_shows_the_raw_record_it_used(layout, persistent, resources, pool):

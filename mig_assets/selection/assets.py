@@ -347,9 +347,7 @@ def materialize_selection(
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
             "report": dg.MetadataValue.path(files["report.html"]),
             "diff_vs_previous": dg.MetadataValue.md(_diff_md(diff, version)) if version > 1 else "first version",
-            "inputs_changed_since_previous": dg.MetadataValue.md(
-                markdown_table(inputs_changed, list(inputs_changed[0])) if inputs_changed else f"no input of v{version - 1}'s members changed"
-            ) if version > 1 else "first version",
+            "inputs_changed_since_previous": _inputs_changed_md(inputs_changed, version),
             "inputs_snapshot": dg.MetadataValue.path(str(inputs_path(layout.warehouse_dir, spec.name, version))),
             **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
             "added": changes.get("added", 0),
@@ -398,6 +396,16 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
         )
         rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
     return rows
+
+
+def _inputs_changed_md(inputs_changed: list[dict] | None, version: int) -> dg.MetadataValue | str:
+    if version == 1:
+        return "first version"
+    if inputs_changed is None:
+        return f"v{version - 1} has no input snapshot (made before snapshots were kept)"
+    if not inputs_changed:
+        return f"no input of v{version - 1}'s members changed"
+    return dg.MetadataValue.md(markdown_table(inputs_changed, list(inputs_changed[0])))
 
 
 def _diff_md(diff: list[dict], version: int, limit: int = 20) -> str:
@@ -474,9 +482,10 @@ def latest_materializations(instance: dg.DagsterInstance, shard: str | None = No
     return found
 
 
-def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, upstream) -> list[dict]:
+def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, upstream) -> list[dict] | None:
     """Write the version's input snapshot (and, for MIG, its label graph and final coverage); returns
-    what changed in the previous version's members' inputs since, summarized."""
+    what changed in the previous version's members' inputs since, summarized (None: the previous
+    version has no snapshot)."""
     previous_path = inputs_path(warehouse_dir, spec.name, version - 1)
     previous = pq.read_table(previous_path) if previous_path.exists() else None
     previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
@@ -491,7 +500,7 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
     if graph is not None and outcome.coverage is not None:
         write_graph(graph_path(warehouse_dir, spec.name, version), graph.labels, graph.weights, outcome.coverage)
     if previous is None:
-        return []
+        return None
     previous_facts = read_facts(previous_path)
     return changes_summary(member_changes(previous, previous_facts, current, facts), version - 1, upstream_changes(previous_facts, facts))
 
@@ -508,7 +517,7 @@ def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_chan
     top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
     changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
     tables = {"top tags in the selection": top, "changes since the previous version": changes}
-    if version > 1:
+    if inputs_changed is not None:
         tables[f"inputs changed since version {version - 1}"] = inputs_changed
     return html_report(f"{spec.name} v{version}", summary, plots, tables)
 
