@@ -68,20 +68,7 @@ def explain(
     answer, ingested_at = _current_lineage(con, sample_id)
     used = read_inputs_row(con, inputs_file, sample_id) if inputs_file is not None else None
     if used is not None:
-        now = current_inputs(con, [sample_id], raw_for=[sample_id]).to_pylist()
-        now = now[0] if now else None
-        facts = read_facts(inputs_file)
-        runs_then = facts["shards"].get(used["shard"], {})
-        runs_now = current_runs(now["shard"]) if current_runs is not None and now is not None else None
-        changes = input_changes(used, now, runs_then, runs_now)
-        upstream = upstream_changes(facts, {"inputs": current_runs(None)}) if current_runs is not None else {}
-        answer = _lineage_at_version(used, runs_then, inputs_file) | {
-            "upstream_at_version": facts["inputs"],
-            "changed_since_version": changes | ({"upstream": upstream} if upstream else {}),
-            "current": answer,
-        }
-        inputs = {"tags": used["tags"] or [], "tag_status": used["tag_status"], "tag_reason": used["tag_reason"],
-                  "weight": used["weight"], "in_pool_then": True}
+        answer, inputs = _answer_from_version_inputs(con, used, inputs_file, answer, current_runs)
     elif answer is None:
         raise ValueError(f"sample {sample_id} is in no shard and not in the inputs of the selection asked about")
     else:
@@ -134,6 +121,26 @@ def _current_lineage(con, sample_id: str) -> tuple[dict | None, object]:
         embedding = _one(con, "SELECT model_id FROM sample_embeddings WHERE sample_id = ?", [sample_id])
         answer["embedding_model"] = embedding["model_id"] if embedding else None
     return answer, source["ingested_at"]
+
+
+def _answer_from_version_inputs(con, used: dict, inputs_file: Path, current: dict | None, current_runs) -> tuple[dict, dict]:
+    """The answer from the version's snapshot row ``used``, what changed since (against the
+    ``current`` lineage and the current runs), and the inputs the fate is judged on."""
+    now = current_inputs(con, [used["sample_id"]], raw_for=[used["sample_id"]]).to_pylist()
+    now = now[0] if now else None
+    facts = read_facts(inputs_file)
+    runs_then = facts["shards"].get(used["shard"], {})
+    runs_now = current_runs(now["shard"]) if current_runs is not None and now is not None else None
+    changes = input_changes(used, now, runs_then, runs_now)
+    upstream = upstream_changes(facts, {"inputs": current_runs(None)}) if current_runs is not None else {}
+    answer = _lineage_at_version(used, runs_then, inputs_file) | {
+        "upstream_at_version": facts["inputs"],
+        "changed_since_version": changes | ({"upstream": upstream} if upstream else {}),
+        "current": current,
+    }
+    inputs = {"tags": used["tags"] or [], "tag_status": used["tag_status"], "tag_reason": used["tag_reason"],
+              "weight": used["weight"], "in_pool_then": True}
+    return answer, inputs
 
 
 def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
