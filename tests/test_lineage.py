@@ -132,6 +132,7 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     assert (change["before"], change["after"]) == (v1_tags[top], v2_tags[top])
     assert change["tagger_before"] == "imported" and change["tagger_after"].startswith("vllm:fake-model")
     assert (change["run_at_version"], change["changed_by_run"]) == (first_tag_run, retag_run)
+    assert (change["code_version_before"], change["code_version_after"]) == ("tags-imported", f"tags-{FakeTagger(script_json=json.dumps(script)).version()}")
     assert old["selection"]["selected"] and old["selection"]["rank"] == 1
     assert old["current"]["tags"]["tags"] == v2_tags[top]
     graph_change = old["changed_since_version"]["upstream"]["label_graph"]  # rebuilt at tau 0.8: config is not in the data version
@@ -188,6 +189,7 @@ def test_replaced_shard_file_explain_v1_still_shows_the_raw_record_it_used(layou
     old_file_sha = hashlib.sha256((layout.incoming_dir / SHARD).read_bytes()).hexdigest()
     facts = read_facts(inputs_path(layout.warehouse_dir, "mig_selection", 1))
     assert set(facts["shards"][SHARD]) == {"raw_pool", "atomic_tags", "quality_scores"} and facts["inputs"]["label_graph"]["data_version"]
+    assert facts["shards"][SHARD]["atomic_tags"]["code_version"] == "tags-imported" and facts["tag_embedding_model"] == "precomputed:p2k"
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         line_of = dict(con.execute("SELECT sample_id, line_no FROM samples").fetchall())
     # a new version of the file: the top sample's record gets a new id (same dialog, same sample_id),

@@ -145,8 +145,8 @@ def _answer_from_version_inputs(con, used: dict, inputs_file: Path, current: dic
 
 def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
     """The sample's inputs as the selection version saw them (its snapshot row)."""
-    def run(asset):
-        return (runs_then.get(asset) or {}).get("run_id")
+    def run(asset, key="run_id"):
+        return (runs_then.get(asset) or {}).get(key)
 
     return {
         "sample_id": used["sample_id"],
@@ -154,8 +154,9 @@ def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
         "source": {k: used[k] for k in ("shard", "source_file", "line_no", "source_format", "original_id", "file_sha256", "ingest_run_id")},
         "raw_record": {"text": used["raw"], "sha256": raw_sha256(used["raw"])} if used["raw"] is not None else None,
         "tags": {"tags": used["tags"], "status": used["tag_status"], "reason": used["tag_reason"], "tagger": used["tagger"],
-                 "run_id": run("atomic_tags")},
-        "quality": {"weight": used["weight"], "origin": used["weight_origin"], "scorer": used["scorer"], "run_id": run("quality_scores")},
+                 "tagger_version": run("atomic_tags", "code_version"), "run_id": run("atomic_tags")},
+        "quality": {"weight": used["weight"], "origin": used["weight_origin"], "scorer": used["scorer"],
+                    "scorer_version": run("quality_scores", "code_version"), "run_id": run("quality_scores")},
         "embedding_model": used["embedding_model"],
     }
 

@@ -192,8 +192,9 @@ def _score(row: dict) -> tuple[float | None, str | None]:
 
 def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, runs_now: dict | None = None) -> dict:
     """What differs between a sample's inputs at a version (``then``) and now (``now``; None: the
-    sample is no longer in the pool), field by field with before/after, and the run that made the
-    current value (``runs_*``: {asset: {run_id, data_version}} of the sample's shard)."""
+    sample is no longer in the pool), field by field with before/after, the run that made the
+    current value and the code versions (``runs_*``: {asset: {run_id, data_version, code_version}}
+    of the sample's shard)."""
     if now is None:
         return {"removed_from_pool": f"shard {then['shard']} no longer holds this sample"}
     changes = {}
@@ -217,8 +218,11 @@ def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, r
         changes["embedding_model"] = {"before": then["embedding_model"], "after": now["embedding_model"]}
     for field, change in changes.items():
         asset = CHANGED_BY[field]
-        change["changed_by_run"] = now["ingest_run_id"] if asset == "raw_pool" else ((runs_now or {}).get(asset) or {}).get("run_id")
-        change["run_at_version"] = then["ingest_run_id"] if asset == "raw_pool" else ((runs_then or {}).get(asset) or {}).get("run_id")
+        then_run, now_run = (runs_then or {}).get(asset) or {}, (runs_now or {}).get(asset) or {}
+        change["changed_by_run"] = now["ingest_run_id"] if asset == "raw_pool" else now_run.get("run_id")
+        change["run_at_version"] = then["ingest_run_id"] if asset == "raw_pool" else then_run.get("run_id")
+        # the asset's code version: the tagger's, scorer's or embedder's full version hash
+        change["code_version_before"], change["code_version_after"] = then_run.get("code_version"), now_run.get("code_version")
     return changes
 
 
@@ -247,7 +251,8 @@ def upstream_changes(previous_facts: dict, current_facts: dict) -> dict:
                 "same_data_version": then[asset]["data_version"] == now[asset]["data_version"],
                 "run_at_version": then[asset]["run_id"], "changed_by_run": now[asset]["run_id"]}
         for asset in sorted(set(then) & set(now))
-        if asset not in SHARD_INPUT_ASSETS and then[asset] != now[asset]
+        if asset not in SHARD_INPUT_ASSETS
+        and (then[asset]["run_id"], then[asset]["data_version"]) != (now[asset]["run_id"], now[asset]["data_version"])
     }
 
 

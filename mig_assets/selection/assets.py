@@ -471,14 +471,16 @@ GLOBAL_INPUT_ASSETS = ("tag_embeddings", "label_graph", "knowledge_tree", "targe
 
 
 def latest_materializations(instance: dg.DagsterInstance, shard: str | None = None) -> dict:
-    """Run id and data version of the latest materialization of each per-shard input of ``shard``
-    (``None``: of each global input)."""
+    """Run id, data version and code version (the tagger's, scorer's, embedder's for the per-shard
+    assets) of the latest materialization of each per-shard input of ``shard`` (``None``: of each
+    global input)."""
     found = {}
     for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
         records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard] if shard is not None else None)
         records = instance.fetch_materializations(records_filter, limit=1).records
         if records:
-            found[asset] = {"run_id": records[0].run_id, "data_version": records[0].asset_materialization.tags.get("dagster/data_version")}
+            tags = records[0].asset_materialization.tags
+            found[asset] = {"run_id": records[0].run_id, "data_version": tags.get("dagster/data_version"), "code_version": tags.get("dagster/code_version")}
     return found
 
 
@@ -494,6 +496,8 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
     facts = {
         "selection": spec.name, "version": version, "method": spec.method, "run_id": context.run.run_id, "inputs": upstream,
         "shards": {shard: latest_materializations(context.instance, shard) for shard in shards},
+        "tag_embedding_model": con.execute("SELECT any_value(model_id) FROM label_graph_info").fetchall()[0][0]
+        if has_relation(con, "label_graph_info") else None,
     }
     snapshot = version_inputs(current, pool.sample_ids, pool.scores, score_fill, ids)
     write_inputs(inputs_path(warehouse_dir, spec.name, version), snapshot, facts)
