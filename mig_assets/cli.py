@@ -381,12 +381,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from mig_assets.core.explain import explain
+    from mig_assets.selection.assets import latest_materializations
 
     layout = WarehouseLayout(mig_home())
     if not layout.warehouse_dir.exists():
         raise FileNotFoundError(f"no warehouse at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
+    instance = dagster_instance(layout)  # names the runs that changed an input since the version
     with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
-        answer = explain(con, args.sample_id, args.selection, args.version)
+        answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: latest_materializations(instance, shard))
     print(json.dumps(answer, indent=2, default=str))
     return 0
 

@@ -205,7 +205,8 @@ def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, lay
     assert chosen["source"]["shard"] == "p2k.jsonl" and chosen["source"]["source_file"] == "incoming/p2k.jsonl"
     line = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[chosen["source"]["line_no"] - 1]
     assert json.loads(line)["_id"] == chosen["source"]["original_id"]
-    assert chosen["tags"]["backend"] == "imported" and chosen["tags"]["status"] == "ok"
+    assert chosen["tags"]["tagger"] == "imported" and chosen["tags"]["status"] == "ok"
+    assert chosen["raw_record"]["text"] == line and chosen["changed_since_version"] == {}
     assert chosen["selection"]["selected"] and chosen["selection"]["rank"] == 7 and chosen["selection"]["gain"] == picked[1]
     for answer in rejected:
         fate = answer["selection"]

@@ -230,6 +230,16 @@ def open_catalog(layout: WarehouseLayout):
     return con
 
 
+def warehouse_dir_of(con) -> Path:
+    """The warehouse folder of ``con``: a session opened by :func:`open_catalog`, or a connection
+    to the catalog file itself."""
+    [(tables,)] = con.execute(f"SELECT getvariable('{TABLES_DIR_VARIABLE}')").fetchall()
+    if tables is not None:
+        return Path(tables).parent
+    [(path,)] = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return Path(path).parent
+
+
 def replace_table(con, name: str, table) -> Path:
     """Replace global table ``name`` by the rows of an Arrow table: ``tables/<name>/part-0.parquet``
     (staging file + rename), exposed as a view in ``con``."""

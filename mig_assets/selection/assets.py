@@ -17,7 +17,13 @@ from mig_assets.provenance import record_settings, settings_record
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
-from mig_assets.core.report import curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, score_plot
+from mig_assets.core.lineage import (
+    SCORED_QUALITY_SQL, SHARD_INPUT_ASSETS, changes_summary, current_inputs, graph_path, inputs_path, member_changes, read_facts,
+    upstream_changes, version_inputs, write_graph, write_inputs,
+)
+from mig_assets.core.report import (
+    curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, markdown_table, score_plot,
+)
 from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
 from mig_assets.core.selection import (
@@ -164,9 +170,7 @@ def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
     weight given to samples without one, and the number left out."""
     tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_relation(con, "atomic_tags") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
     scored_sql = (
-        "LEFT JOIN (SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
-        "ELSE backend || ':' || model || ' ' || prompt_version END) AS scorer "
-        "FROM quality_scores WHERE status = 'ok' GROUP BY sample_id) q USING (sample_id)"
+        f"LEFT JOIN ({SCORED_QUALITY_SQL}) q USING (sample_id)"
         if has_relation(con, "quality_scores") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
     )
     rows = con.execute(
@@ -318,8 +322,9 @@ def materialize_selection(
         if diff:
             insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
+        inputs_changed = _record_inputs(context, con, layout.warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, manifest["inputs"])
         plots = _plots(spec, pool, outcome, tree, target)
-        report = _report(spec, version, pool, outcome, score_origin, plots, diff)
+        report = _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed)
         files = write_export(
             export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name,
             extra_files={"report.html": report.encode(), **{f"{name}.png": png for name, png in plots.items()}},
@@ -342,6 +347,8 @@ def materialize_selection(
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
             "report": dg.MetadataValue.path(files["report.html"]),
             "diff_vs_previous": dg.MetadataValue.md(_diff_md(diff, version)) if version > 1 else "first version",
+            "inputs_changed_since_previous": _inputs_changed_md(inputs_changed, version),
+            "inputs_snapshot": dg.MetadataValue.path(str(inputs_path(layout.warehouse_dir, spec.name, version))),
             **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
             "added": changes.get("added", 0),
             "removed": changes.get("removed", 0),
@@ -389,6 +396,16 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
         )
         rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
     return rows
+
+
+def _inputs_changed_md(inputs_changed: list[dict] | None, version: int) -> dg.MetadataValue | str:
+    if version == 1:
+        return "first version"
+    if inputs_changed is None:
+        return f"v{version - 1} has no input snapshot (made before snapshots were kept)"
+    if not inputs_changed:
+        return f"no input of v{version - 1}'s members changed"
+    return dg.MetadataValue.md(markdown_table(inputs_changed, list(inputs_changed[0])))
 
 
 def _diff_md(diff: list[dict], version: int, limit: int = 20) -> str:
@@ -450,7 +467,49 @@ def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
     return None
 
 
-def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
+GLOBAL_INPUT_ASSETS = ("tag_embeddings", "label_graph", "knowledge_tree", "target_profile")
+
+
+def latest_materializations(instance: dg.DagsterInstance, shard: str | None = None) -> dict:
+    """Run id, data version and code version (the tagger's, scorer's, embedder's for the per-shard
+    assets) of the latest materialization of each per-shard input of ``shard`` (``None``: of each
+    global input)."""
+    found = {}
+    for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
+        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard] if shard is not None else None)
+        records = instance.fetch_materializations(records_filter, limit=1).records
+        if records:
+            tags = records[0].asset_materialization.tags
+            found[asset] = {"run_id": records[0].run_id, "data_version": tags.get("dagster/data_version"), "code_version": tags.get("dagster/code_version")}
+    return found
+
+
+def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, upstream) -> list[dict] | None:
+    """Write the version's input snapshot (and, for MIG, its label graph and final coverage); returns
+    what changed in the previous version's members' inputs since, summarized (None: the previous
+    version has no snapshot)."""
+    previous_path = inputs_path(warehouse_dir, spec.name, version - 1)
+    previous = pq.read_table(previous_path) if previous_path.exists() else None
+    previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
+    current = current_inputs(con, raw_for=sorted(set(ids) | set(previous_members)))
+    shards = sorted(set(current.column("shard").to_pylist()))
+    facts = {
+        "selection": spec.name, "version": version, "method": spec.method, "run_id": context.run.run_id, "inputs": upstream,
+        "shards": {shard: latest_materializations(context.instance, shard) for shard in shards},
+        "tag_embedding_model": con.execute("SELECT any_value(model_id) FROM label_graph_info").fetchall()[0][0]
+        if has_relation(con, "label_graph_info") else None,
+    }
+    snapshot = version_inputs(current, pool.sample_ids, pool.scores, score_fill, ids)
+    write_inputs(inputs_path(warehouse_dir, spec.name, version), snapshot, facts)
+    if graph is not None and outcome.coverage is not None:
+        write_graph(graph_path(warehouse_dir, spec.name, version), graph.labels, graph.weights, outcome.coverage)
+    if previous is None:
+        return None
+    previous_facts = read_facts(previous_path)
+    return changes_summary(member_changes(previous, previous_facts, current, facts), version - 1, upstream_changes(previous_facts, facts))
+
+
+def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed) -> str:
     selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     summary = {
         "selection": spec.name, "version": version, "method": spec.method, "budget": spec.budget,
@@ -461,7 +520,10 @@ def _report(spec, version, pool, outcome, score_origin, plots, diff) -> str:
         summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
     top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
     changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
-    return html_report(f"{spec.name} v{version}", summary, plots, {"top tags in the selection": top, "changes since the previous version": changes})
+    tables = {"top tags in the selection": top, "changes since the previous version": changes}
+    if inputs_changed is not None:
+        tables[f"inputs changed since version {version - 1}"] = inputs_changed
+    return html_report(f"{spec.name} v{version}", summary, plots, tables)
 
 
 def _manifest(context, spec, config, version, pool, outcome, score_origin, failed) -> dict:
