@@ -1,9 +1,12 @@
 """Fakes for fault injection and speed. Real backends are tested elsewhere; these never stand alone."""
 
 import functools
+import http.server
 import json
 import os
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mig_assets.core.llm import Sampling, truncate_by_chars
@@ -104,3 +107,40 @@ if __name__ == "__main__":
     import sys
 
     tag_shard_slowly(sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]))
+
+
+class JsonApiHandler(http.server.BaseHTTPRequestHandler):
+    """A JSON-over-POST server on 127.0.0.1 (an OpenAI-compatible stand-in): subclasses answer
+    ``respond(path, body)`` with a JSON-able value, or None for a 404."""
+
+    def respond(self, path: str, body: dict):
+        raise NotImplementedError
+
+    def do_POST(self):  # noqa: N802
+        answer = self.respond(self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        if answer is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        data = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def json_api_server(handler: type[JsonApiHandler]):
+    """Serve ``handler`` on a free port in a thread; yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()

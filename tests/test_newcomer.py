@@ -7,12 +7,10 @@ The tagger is an OpenAI-compatible server on 127.0.0.1 (a small fake, so that th
 seconds): the real-model version of the same scenario runs after the vLLM demo in test_cli.py.
 """
 
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 
 import dagster as dg
 import pytest
@@ -20,39 +18,25 @@ import pytest
 from mig_assets.demo_pool import write_demo_pool
 from mig_assets.settings import write_settings_file
 from tests.automation_probe import clean_env, tag_files, ui_tick
-from tests.conftest import REAL_DATA, REPO_ROOT, free_port
+from tests.conftest import REAL_DATA, REPO_ROOT
+from tests.fakes import JsonApiHandler, json_api_server
 
 
-class TagServer(http.server.BaseHTTPRequestHandler):
+class TagServer(JsonApiHandler):
     """`/v1/chat/completions` answering two tags drawn from the query's words."""
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if not self.path.endswith("/chat/completions"):
-            self.send_error(404)
-            return
+    def respond(self, path: str, body: dict):
+        if not path.endswith("/chat/completions"):
+            return None
         query = body["messages"][-1]["content"].rsplit("Query: ", 1)[-1]
         words = sorted({w.lower() for w in query.split() if w.isalpha() and len(w) > 4})[:2] or ["general"]
-        answer = {"choices": [{"message": {"content": json.dumps({"tags": [f"{w} topic" for w in words]})}}]}
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        return {"choices": [{"message": {"content": json.dumps({"tags": [f"{w} topic" for w in words]})}}]}
 
 
 @pytest.fixture
 def tag_server():
-    port = free_port()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), TagServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}/v1"
-    server.shutdown()
+    with json_api_server(TagServer) as url:
+        yield url
 
 
 def cli(home, *args):

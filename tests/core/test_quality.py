@@ -4,8 +4,6 @@ judge parser, and the OpenAI backend's log-probability requests against a stub s
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pyarrow.parquet as pq
 import pytest
@@ -26,6 +24,7 @@ from mig_assets.core.quality import (
     score_samples,
     turn_pairs,
 )
+from tests.fakes import JsonApiHandler, json_api_server
 from tests.fakes_quality import TOKEN_OFFSET, ScriptedScorerBackend
 
 
@@ -244,47 +243,29 @@ def test_judge_retries_then_records_failures(tmp_path):
 # --- the OpenAI backend's log-probability path, against a stub server ---------------------------------
 
 
-class _Stub(BaseHTTPRequestHandler):
+class _Stub(JsonApiHandler):
     bodies: list = []
 
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Stub.bodies.append((self.path, body))
-        if self.path == "/tokenize":
-            answer = {"tokens": [100 + int(c) if c.isdigit() else 99 for c in body["prompt"]]}
-        elif self.path == "/v1/chat/completions":
+    def respond(self, path: str, body: dict):
+        _Stub.bodies.append((path, body))
+        if path == "/tokenize":
+            return {"tokens": [100 + int(c) if c.isdigit() else 99 for c in body["prompt"]]}
+        if path == "/v1/chat/completions":
             content = body["messages"][-1]["content"]
             if "broken" in content:
-                answer = {"choices": [{"message": {"content": "3"}, "logprobs": None}]}
-            else:
-                top = [{"token": "4", "logprob": -0.1}, {"token": " 4", "logprob": -2.0}, {"token": "2", "logprob": -3.0}, {"token": "x", "logprob": -4.0}]
-                answer = {"choices": [{"message": {"content": "4"}, "logprobs": {"content": [{"token": "4", "logprob": -0.1, "top_logprobs": top}]}}]}
-        elif self.path == "/v1/completions":
-            answer = {"choices": [{"text": "5", "logprobs": {"top_logprobs": [{"5": -0.5, "6": -1.0, "hello": -2.0}]}}]}
-        else:
-            self.send_response(404)
-            self.end_headers()
-            return
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+                return {"choices": [{"message": {"content": "3"}, "logprobs": None}]}
+            top = [{"token": "4", "logprob": -0.1}, {"token": " 4", "logprob": -2.0}, {"token": "2", "logprob": -3.0}, {"token": "x", "logprob": -4.0}]
+            return {"choices": [{"message": {"content": "4"}, "logprobs": {"content": [{"token": "4", "logprob": -0.1, "top_logprobs": top}]}}]}
+        if path == "/v1/completions":
+            return {"choices": [{"text": "5", "logprobs": {"top_logprobs": [{"5": -0.5, "6": -1.0, "hello": -2.0}]}}]}
+        return None
 
 
 @pytest.fixture
 def stub_server():
-    server = HTTPServer(("127.0.0.1", 0), _Stub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     _Stub.bodies = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with json_api_server(_Stub) as url:
+        yield url
 
 
 def test_openai_backend_reads_first_token_logprobs(stub_server):
