@@ -170,3 +170,11 @@ def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
     runs = {run.job_name: run.status for run in instance.get_runs()}
     assert runs.get("tag_job") == dg.DagsterRunStatus.SUCCESS and runs.get("reselect_job") == dg.DagsterRunStatus.SUCCESS
+
+
+def test_shards_needing_work_become_one_range_run_per_consecutive_block():
+    from mig_assets.cli import contiguous_ranges
+
+    ordered = ["a", "b", "c", "d", "e", "f"]
+    assert contiguous_ranges(ordered, {"a", "b", "d", "f"}) == [("a", "b"), ("d", "d"), ("f", "f")]
+    assert contiguous_ranges(ordered, set()) == [] and contiguous_ranges(ordered, set(ordered)) == [("a", "f")]
