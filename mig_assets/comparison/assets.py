@@ -55,7 +55,9 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     layout = warehouse.layout
     with warehouse.connect() as con:
         layout.refresh_catalog(con)
-        pool, score_origin, _, failed = load_pool(con, layout if layout.shard_files("sample_embeddings") else None)
+        pool, score_origin, _, failed = load_pool(
+            con, layout if layout.shard_files("sample_embeddings") else None, context.instance.get_dynamic_partitions(pool_shards.name)
+        )
         graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
