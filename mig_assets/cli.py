@@ -227,8 +227,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from mig_assets.core.explain import explain
 
     layout = WarehouseLayout(mig_home())
+    tree = None
+    if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():  # recomputes TAGS gains
+        from mig_assets.tree.assets import load_tree
+
+        tree, _ = load_tree(layout)
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        answer = explain(con, args.sample_id, args.selection, args.version)
+        answer = explain(con, args.sample_id, args.selection, args.version, tree)
     print(json.dumps(answer, indent=2, default=str))
     return 0
 

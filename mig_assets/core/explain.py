@@ -3,7 +3,8 @@
 From the selection back to the shard: source file and line, ingestion run, tags with model,
 prompt version and parse status, quality score and its origin, embedding model, then the
 selection version's rank, gain at pick time and contributing labels, or, for a sample that was not
-picked, its gain at the end of the selection against the last pick's.
+picked, its gain at the end of the selection against the last pick's (MIG: the gradient gain over
+the label graph; TAGS: the exact tree-level gain, given the knowledge tree).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import json
 import numpy as np
 import scipy.sparse as sp
 
-from mig_assets.core.mig import MigParams, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.mig import MigParams, phi, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.selection import PoolArrays, tags_problem
 from mig_assets.core.warehouse import has_relation
 
 
@@ -36,8 +38,10 @@ def resolve_sample_id(con, prefix: str) -> str:
     return rows[0][0]
 
 
-def explain(con, sample_id: str, selection: str | None = None, version: int | None = None) -> dict:
-    """The lineage of ``sample_id`` and its fate in ``selection`` (latest version by default)."""
+def explain(con, sample_id: str, selection: str | None = None, version: int | None = None, tree=None) -> dict:
+    """The lineage of ``sample_id`` and its fate in ``selection`` (latest version by default).
+
+    ``tree`` (the current ``KnowledgeTree``) lets a TAGS selection recompute a rejected sample's gain."""
     sample_id = resolve_sample_id(con, sample_id)
     source = _one(
         con,
@@ -73,11 +77,13 @@ def explain(con, sample_id: str, selection: str | None = None, version: int | No
         embedding = _one(con, "SELECT model_id FROM sample_embeddings WHERE sample_id = ?", [sample_id])
         answer["embedding_model"] = embedding["model_id"] if embedding else None
     if has_relation(con, "selections"):
-        answer["selection"] = _selection_fate(con, sample_id, source, tags, selection, version)
+        answer["selection"] = _selection_fate(con, sample_id, source, tags, selection, version, tree)
     return answer
 
 
-def _selection_fate(con, sample_id: str, source: dict, tags: dict | None, selection: str | None, version: int | None) -> dict | None:
+def _selection_fate(
+    con, sample_id: str, source: dict, tags: dict | None, selection: str | None, version: int | None, tree=None
+) -> dict | None:
     where, params = ("selection = ?", [selection]) if selection else ("TRUE", [])
     if version is not None:
         where, params = where + " AND version = ?", params + [version]
@@ -99,24 +105,53 @@ def _selection_fate(con, sample_id: str, source: dict, tags: dict | None, select
         fate["why_not"] = "the sample was ingested after this selection version was made"
     elif tags is not None and tags["status"] == "failed":
         fate["why_not"] = f"excluded: its tagging failed ({tags['reason']})"
-    elif chosen["method"] == "tags":
-        fate["why_not"] = "TAGS' greedy never ranked its tree-level information gain within the budget"
-    elif chosen["method"] != "mig":
+    elif chosen["method"] == "tags" and tree is None:
+        fate["why_not"] = "TAGS' greedy never ranked its tree-level information gain within the budget (no tree to recompute it)"
+    elif chosen["method"] not in ("mig", "tags"):
         fate["why_not"] = f"the {chosen['method']} sampler (seed {fate['config'].get('seed')}) did not draw it"
     else:
         last = con.execute(
             "SELECT gain FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank DESC LIMIT 1",
             [chosen["selection"], chosen["version"]],
         ).fetchall()
-        gain = _final_gain(con, chosen, source, tags)
+        mig = chosen["method"] == "mig"
+        gain = _final_gain(con, chosen, source, tags) if mig else _final_tree_gain(con, chosen, source, tags, tree)
         fate["gain_at_end"] = gain
         fate["last_pick_gain"] = last[0][0] if last else None
+        covered = "the labels it carries were already covered" if mig else "the tree nodes its tags reach were already covered"
+        aligned = "" if mig or fate["config"].get("align", "none") == "none" else (
+            f" (tree-level information only; the last pick's gain also has the {fate['config']['align']} alignment term)"
+        )
         fate["why_not"] = (
             f"its gain once the selection was complete ({gain:.6g}) is below the last pick's gain "
-            f"({fate['last_pick_gain']:.6g}): the labels it carries were already covered"
+            f"({fate['last_pick_gain']:.6g}): {covered}{aligned}"
             if last else "the budget allowed no pick"
         )
     return fate
+
+
+def _final_coverage(con, chosen: dict, index_of: dict[str, int], size: int) -> np.ndarray:
+    """The selection's final coverage (s over labels for MIG, x over tree nodes for TAGS) from selection_coverage."""
+    coverage = np.zeros(size, dtype=np.float64)
+    for label, value in con.execute(
+        "SELECT label, coverage FROM selection_coverage WHERE selection = ? AND version = ?", [chosen["selection"], chosen["version"]]
+    ).fetchall():
+        if label in index_of:
+            coverage[index_of[label]] = value
+    return coverage
+
+
+def _final_tree_gain(con, chosen: dict, source: dict, tags: dict | None, tree) -> float:
+    """TAGS' exact tree-level gain sum_v beta_h(v) [phi(x_v + u_v) - phi(x_v)] of the sample against the
+    selection's final node coverage x, u = its path vector (its tags' leaves, quality-weighted, decayed upward)."""
+    config = json.loads(chosen["config"])
+    score = source["weight"] if source["weight"] is not None else chosen["score_fill"]
+    one = PoolArrays([source["sample_id"]], [(tags or {}).get("tags") or []], np.array([score], dtype=np.float64), np.zeros(1, np.int64))
+    problem = tags_problem(one, tree, config["gamma"], config["level_weights"])
+    x = _final_coverage(con, chosen, {str(v): v for v in range(tree.n_nodes)}, tree.n_nodes)
+    u = problem.paths.toarray()[0]
+    params = MigParams(phi_a=config["phi_a"], phi_b=config["phi_b"])
+    return float(np.sum(problem.node_weights * (phi(x + u, params) - phi(x, params))))
 
 
 def _final_gain(con, chosen: dict, source: dict, tags: dict | None) -> float:
@@ -134,10 +169,5 @@ def _final_gain(con, chosen: dict, source: dict, tags: dict | None) -> float:
     score = source["weight"] if source["weight"] is not None else chosen["score_fill"]
     X = sample_label_matrix([0, len(sample_columns)], sample_columns, [score], len(labels), params.norm)
     Y = propagate(X, propagation_matrix(W, params.prop_weight))
-    coverage = np.zeros(len(labels), dtype=np.float32)
-    for label, value in con.execute(
-        "SELECT label, coverage FROM selection_coverage WHERE selection = ? AND version = ?", [chosen["selection"], chosen["version"]]
-    ).fetchall():
-        if label in column:
-            coverage[column[label]] = value
+    coverage = _final_coverage(con, chosen, column, len(labels)).astype(np.float32)
     return float((Y.toarray()[0].astype(np.float64) * phi_prime(coverage, params).astype(np.float64)).sum())

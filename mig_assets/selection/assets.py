@@ -317,13 +317,14 @@ def materialize_selection(
             }
         )
         insert_table(con, "selection_members", members)
-        if graph is not None and outcome.coverage is not None:  # the final s, to explain why a sample was not picked
+        if outcome.coverage is not None and (graph is not None or tree is not None):
+            # the final s (MIG, by label) or x (TAGS, by tree node id), to explain why a sample was not picked
             covered = np.flatnonzero(outcome.coverage)
             coverage = pa.table(
                 {
                     "selection": [spec.name] * len(covered),
                     "version": pa.array([version] * len(covered), pa.int32()),
-                    "label": [graph.labels[j] for j in covered],
+                    "label": [graph.labels[j] for j in covered] if graph is not None else [str(v) for v in covered],
                     "coverage": pa.array(outcome.coverage[covered], pa.float64()),
                 }
             )
