@@ -23,7 +23,7 @@ alone gets wrong is handled on purpose:
 - an all-capitals acronym with a plural ``s`` loses the ``s`` (APIs -> api, GPUs -> gpu);
 - a head containing anything but letters (c#, c++, f#, .net, node.js, vue.js, web3, 3d) is kept;
 - words ending in ``-ics`` are kept (fields: statistics, graphics, analytics, robotics);
-- a tag with a preposition (``game of thrones``, ``ruby on rails``) is kept: its head is not its
+- a tag with a preposition or a conjunction (``game of thrones``, ``pros and cons``) is kept: its head is not its
   last word, and the words after the preposition are often a title or a name.
 """
 
@@ -52,7 +52,7 @@ GENERIC_TAGS = frozenset(
 )
 # Names a lemmatizer takes for plurals of dictionary words.
 PROPER_NOUNS = frozenset({"kubernetes", "windows", "pandas", "jenkins", "rails", "sims", "simpsons", "beatles", "avengers", "olympics"})
-PREPOSITIONS = frozenset({"of", "on", "in", "for", "with", "to", "from", "by", "at", "as", "vs", "versus", "and", "or"})
+PREPOSITIONS_AND_CONJUNCTIONS = frozenset({"of", "on", "in", "for", "with", "to", "from", "by", "at", "as", "vs", "versus", "and", "or"})
 # Phrases a model writes around or instead of tags (compared after normalization).
 BOILERPLATE = frozenset(
     {
@@ -114,7 +114,7 @@ def normalize_with_reason(tag: str) -> tuple[str | None, str | None]:
     words = text.split(" ")
     if _ACRONYM_PLURAL.match(cased.rsplit(" ", 1)[-1]):  # APIs, GPUs, NFTs: an acronym and a plural "s"
         words[-1] = words[-1][:-1]
-    elif not PREPOSITIONS.intersection(words[1:]):
+    elif not PREPOSITIONS_AND_CONJUNCTIONS.intersection(words[1:]):
         words[-1] = lemmatize_head(words[-1])
     canonical = " ".join(words)
     return (None, "generic") if text in GENERIC_TAGS or canonical in GENERIC_TAGS else (canonical, None)
