@@ -63,12 +63,12 @@ BOILERPLATE = frozenset(
     }
 )
 # scikit-learn's English stop words (the Glasgow list) less the content words it contains, which are real
-# one-word tags ("computer", "system", "fire") or parts of them ("well being").
+# one-word tags ("computer", "system", "fire") or parts of them ("well being"), plus a few discourse words.
 STOP_WORDS = ENGLISH_STOP_WORDS - {
     "computer", "system", "fire", "bill", "interest", "mill", "detail", "describe", "call", "amount", "part", "side",
     "top", "bottom", "front", "back", "name", "show", "find", "found", "move", "full", "fill", "thick", "thin",
     "hundred", "cry", "well", "being",
-}
+} | {"finally", "furthermore", "moreover", "like", "dear"}  # discourse words small models emit as tags
 MAX_TAG_CHARS = 64
 MAX_TAG_WORDS = 8  # spec §1.3 step 4: longer "tags" are sentences
 MIN_COPIED_WORDS = 5  # a tag of at least this many words found verbatim in the prompt was copied, not abstracted
@@ -77,7 +77,9 @@ _SPACES = re.compile(r"\s+")
 _LEADING = "\"'`,;:!?()[]{}<>*#~ "  # a leading "." is kept (.net)
 _TRAILING = "\"'`.,;:!?()[]{}<>*~ "  # a trailing "#" or "+" is kept (c#, c++)
 _NUMERIC = re.compile(r"^(?=.*\d)[\d\s.,:%+\-*/x=$€£]+$")
-_PLACEHOLDER = re.compile(r"^(list|item|tag|keyword|label|category|topic|skill|knowledge|example|concept)\s*\d+$")
+_PLACEHOLDER = re.compile(r"^(list|item|tag|keyword|label|category|topic|skill|knowledge|example|concept)s?\s*\d+$")
+_LEADING_ARTICLE = re.compile(r"^(the|an|a)\s+(?=[^\W\d_]{2})", re.IGNORECASE)  # not the "a" of "a b test"
+_WORD_PARTS = re.compile(r"[\s.]+")  # words, and the dotted parts of list.reverse.reverse
 _LETTERS = re.compile(r"^[a-z]+$")
 _ACRONYM_PLURAL = re.compile(r"^[A-Z]{2,}s$")
 _OOV_KEPT_ENDINGS = ("os", "ops", "ss", "us", "is")
@@ -96,8 +98,9 @@ def lemmatize_head(word: str) -> str:
 
 
 def clean_tag(tag: str, lower: bool = True) -> str:
-    """NFKC, lower case, separators as spaces, quotes and edge punctuation stripped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", tag)
+    """NFKC, lower case, a leading article dropped ("the cold war"; not before a one-letter word, nor in
+    "a/b test"), separators as spaces, quotes and edge punctuation stripped, whitespace collapsed."""
+    text = _LEADING_ARTICLE.sub("", unicodedata.normalize("NFKC", tag).lstrip(_LEADING))
     text = _SPACES.sub(" ", _SEPARATORS.sub(" ", text.lower() if lower else text))
     text = text.lstrip(_LEADING).rstrip(_TRAILING)
     return _SPACES.sub(" ", text).strip()
@@ -146,7 +149,7 @@ def junk_reason(canonical: str, prompt_text: str = "") -> str | None:
         return "numeric only"
     if all(word in STOP_WORDS for word in words):
         return "stop words only"
-    if _has_adjacent_repeat(words):
+    if _has_adjacent_repeat(_WORD_PARTS.split(canonical)):
         return "repeated words"
     if _PLACEHOLDER.match(canonical):
         return "numbered placeholder"
