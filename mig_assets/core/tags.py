@@ -128,11 +128,6 @@ def normalize_tag(tag: str) -> str | None:
     return normalize_with_reason(tag)[0]
 
 
-def normalize_tags(tags: list[str]) -> list[str]:
-    """Canonical tags of one sample, first occurrence order, duplicates removed."""
-    return list(dict.fromkeys(t for t in map(normalize_tag, tags) if t is not None))
-
-
 def _has_adjacent_repeat(words: list[str]) -> bool:
     """A word or a pair of words repeated back to back ("lighthouse lighthouse", "debt relief debt relief")."""
     return any(words[i] == words[i + 1] for i in range(len(words) - 1)) or any(
