@@ -12,7 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from mig_assets.core.tag_prompts import PROMPTS
-from mig_assets.core.tags import TAG_POLICIES
+from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION
 from mig_assets.pool.assets import raw_pool
 from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
 from tests.conftest import REAL_DATA, REPO_ROOT, materialize_shards
@@ -119,7 +119,7 @@ def test_changing_prompt_or_model_changes_the_code_version():
     assert FakeTagger(prompt_version="instag-v1").version() != base.version()
     assert FakeTagger(model="other-model").version() != base.version()
     assert FakeTagger(max_tokens=200).version() != base.version()
-    assert build_atomic_tags(base.version()).code_versions_by_key[dg.AssetKey("atomic_tags")] == f"tags-{base.version()}"
+    assert build_atomic_tags(base.version()).code_versions_by_key[dg.AssetKey("atomic_tags")] == f"tags-{base.version()}-rules{TAG_RULES_VERSION}"
     assert set(PROMPTS) == {"atomic-v1", "instag-v1"}
 
 

@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from lemminflect import getLemma
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+# Bump when a rule below changes what a surface form becomes: atomic_tags then shows stale, and its
+# re-run re-derives every sample's tags from the cached answers (no model call).
+TAG_RULES_VERSION = "2"
 TAG_POLICIES = {
     "as_written": "imported annotations: tags exactly as written (order and repeats kept); the valid-tag file alone decides membership",
     "normalized": "LLM tags: NFKC, lower case, separators, edge punctuation, lemmatized head word (lemminflect), generic tags dropped, junk filter",

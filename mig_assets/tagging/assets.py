@@ -13,7 +13,7 @@ from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
 from mig_assets.core.tagging import NOT_JUNK_REASONS, cached_tag_rows, imported_tag_rows, query_text, tag_samples
-from mig_assets.core.tags import TAG_POLICIES, canonical_for_policy, policy_of_backend
+from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION, canonical_for_policy, policy_of_backend
 from mig_assets.core.warehouse import replace_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
@@ -42,8 +42,9 @@ class TaggingConfig(dg.Config):
 
 
 def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
-    """``atomic_tags[shard]`` whose code version is the tagger's: changing the backend, model, prompt
-    or sampling re-tags (new cache key) and shows the tags stale in the UI.
+    """``atomic_tags[shard]`` whose code version is the tagger's and the tag rules': changing the backend,
+    model, prompt or sampling re-tags (new cache key), changing the rules re-derives the tags from the
+    cached answers; either shows the tags stale in the UI.
 
     A run may cover a range of shards (single-run backfills): the model then loads once for all of
     them. Each shard of the range gets a materialization carrying the run's combined metadata (a
@@ -56,7 +57,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         deps=[raw_pool],
         group_name="tagging",
         kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
-        code_version=f"tags-{tagger_version}",
+        code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
         description="Canonical knowledge/skill tags per kept sample of the shard, with parse status "
         "ok/repaired/failed (failed samples keep no tags and are excluded downstream).",
         check_specs=[
@@ -269,7 +270,7 @@ def _top_tags_md(counts: Counter) -> str:
     deps=[dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping())],
     group_name="tagging",
     kinds={"duckdb"},
-    code_version="1",
+    code_version="2",
     pool="duckdb",
     automation_condition=re_select,
     description="Every canonical tag with the number of kept samples carrying it (tags parsed ok or repaired), and the surface "
