@@ -386,9 +386,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     layout = WarehouseLayout(mig_home())
     if not layout.warehouse_dir.exists():
         raise FileNotFoundError(f"no warehouse at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
+    tree = None
+    if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():  # recomputes TAGS gains
+        from mig_assets.tree.assets import load_tree
+
+        tree, _ = load_tree(layout)
     instance = dagster_instance(layout)  # names the runs that changed an input since the version
     with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
-        answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: latest_materializations(instance, shard))
+        answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: latest_materializations(instance, shard), tree)
     print(json.dumps(answer, indent=2, default=str))
     return 0
 

@@ -8,9 +8,11 @@ import sys
 import time
 
 import dagster as dg
+import duckdb
 import pyarrow.parquet as pq
 
 from mig_assets.core.tag_prompts import PROMPTS
+from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION
 from mig_assets.pool.assets import raw_pool
 from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
 from tests.conftest import REAL_DATA, REPO_ROOT, materialize_shards
@@ -55,12 +57,69 @@ def test_failure_rate_check_blocks_downstream(layout, instance, resources):
     assert len(failed) == 3 and all(r["tags"] == [] for r in failed)  # recorded, never given default tags
 
 
+def smollm2_like_answer(i: int) -> str:
+    """Answers like SmolLM2-135M's on the demo (issue 13): junk mixed with a real tag or two."""
+    junk = [["the", "to"], ["lighthouse lighthouse"], ["debt relief debt relief debt relief debt"], ["json safe finally finally"], ["list1", "42"]]
+    return json.dumps({"tags": [*junk[i % len(junk)], "Customer Service", f"topic {chr(97 + i)} planning"]})
+
+
+def run_junk_shard(layout, instance, resources, name, answer, max_junk_share=0.3):
+    shard = ingest_lines(layout, instance, resources, name, [json.dumps({"prompt": f"question {i}"}) for i in range(10)])
+    tagger = FakeTagger(script_json=json.dumps({f"question {i}": [answer(i)] for i in range(10)}))
+    asset = build_atomic_tags(tagger.version())
+    return dg.materialize(
+        [asset, tag_vocabulary], partition_key=shard, instance=instance, raise_on_error=False,
+        resources={**resources, "tagger": tagger},
+        run_config={"ops": {"atomic_tags": {"config": {"max_junk_share": max_junk_share}}}},
+    ), shard
+
+
+def test_junk_tags_are_filtered_counted_and_block_a_broken_tagger(layout, instance, resources):
+    result, shard = run_junk_shard(layout, instance, resources, "junk.jsonl", smollm2_like_answer)
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "junk_tag_share"]
+    # 14 junk surface tags of 34 (0.41 > 0.3): the check blocks tag_vocabulary
+    assert not check.passed and (check.metadata["junk_tags"].value, check.metadata["surface_tags"].value) == (14, 34)
+    assert check.metadata["examples"].value["repeated words"][0] == "lighthouse lighthouse"
+    assert not result.success and result.asset_materializations_for_node("tag_vocabulary") == []
+    rows = pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist()
+    assert all(r["tag_policy"] == "normalized" and "customer service" in r["tags"] for r in rows)
+    assert {d["surface"] for r in rows for d in r["dropped_tags"]} == {
+        "the", "to", "lighthouse lighthouse", "debt relief debt relief debt relief debt", "json safe finally finally", "list1", "42",
+    }
+    assert sum(len(r["surface_tags"]) for r in rows) == sum(len(r["tags"]) + len(r["dropped_tags"]) for r in rows)  # nothing lost
+
+    # above the threshold the pipeline goes on, and tag_vocabulary shows the policy and the drops
+    result, _ = run_junk_shard(layout, instance, resources, "junk.jsonl", smollm2_like_answer, max_junk_share=0.5)
+    assert result.success
+    meta = result.asset_materializations_for_node("tag_vocabulary")[0].metadata
+    assert meta["tag_policy"].value["vllm"].startswith("normalized: ") and meta["surface_occurrences_dropped"].value == 14
+    assert "| repeated words | 6 |" in meta["dropped_by_reason"].value and "lighthouse" not in meta["top_tags"].value
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        vocabulary = {t for (t,) in con.execute("SELECT tag FROM tag_vocabulary").fetchall()}
+        forms = dict(con.execute("SELECT surface, dropped_reason FROM tag_surface_forms").fetchall())
+    assert "customer service" in vocabulary and not vocabulary & {"the", "to", "lighthouse lighthouse", "list1", "42"}
+    assert forms["lighthouse lighthouse"] == "repeated words" and forms["Customer Service"] is None
+
+
+def test_imported_tags_keep_the_reference_semantics(layout, instance, resources):
+    record = {"dialogs": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+              "annotation": {"instag": {"content": ["C#", "news", "information", "news"]}}}
+    shard = ingest_lines(layout, instance, resources, "mig.jsonl", [json.dumps(record)])
+    asset = build_atomic_tags("imported")
+    result = dg.materialize([asset, tag_vocabulary], partition_key=shard, instance=instance, resources=resources)
+    [row] = pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist()
+    assert row["tags"] == ["C#", "news", "information", "news"] and row["tag_policy"] == "as_written" and row["dropped_tags"] == []
+    meta = result.asset_materializations_for_node("tag_vocabulary")[0].metadata
+    assert meta["tag_policy"].value == {"imported": "as_written: " + TAG_POLICIES["as_written"]}
+    assert meta["surface_occurrences_dropped"].value == 0
+
+
 def test_changing_prompt_or_model_changes_the_code_version():
     base = FakeTagger()
     assert FakeTagger(prompt_version="instag-v1").version() != base.version()
     assert FakeTagger(model="other-model").version() != base.version()
     assert FakeTagger(max_tokens=200).version() != base.version()
-    assert build_atomic_tags(base.version()).code_versions_by_key[dg.AssetKey("atomic_tags")] == f"tags-{base.version()}"
+    assert build_atomic_tags(base.version()).code_versions_by_key[dg.AssetKey("atomic_tags")] == f"tags-{base.version()}-rules{TAG_RULES_VERSION}"
     assert set(PROMPTS) == {"atomic-v1", "instag-v1"}
 
 

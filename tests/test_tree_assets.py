@@ -4,6 +4,7 @@ import json
 
 import dagster as dg
 import duckdb
+import pytest
 import pyarrow as pa
 
 from mig_assets.core.warehouse import open_catalog, replace_table
@@ -76,6 +77,26 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     assert all(b <= a + 1e-9 for a, b in zip(gains, gains[1:]))  # submodular: gains never grow
     exported = [json.loads(line) for line in (layout.exports_dir / "tags_small" / "v0001" / "data.jsonl").read_text().splitlines()]
     assert len(exported) == 50
+    # explain recomputes a rejected sample's final tree-level gain: E(S + i) - E(S), against the last pick's
+    from mig_assets.core.explain import explain
+    from mig_assets.core.selection import tags_problem
+    from mig_assets.core.tags_select import objective
+    from mig_assets.selection.assets import load_pool
+    from mig_assets.tree.assets import load_tree
+
+    tree, _ = load_tree(layout)
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        pool, *_ = load_pool(con, shard_order=["p2k.jsonl"])
+        picked = {sid for (sid,) in con.execute("SELECT sample_id FROM selection_members WHERE selection = 'tags_small'").fetchall()}
+        problem = tags_problem(pool, tree)
+        rows = [i for i, sid in enumerate(pool.sample_ids) if sid in picked]
+        rejected = [i for i, sid in enumerate(pool.sample_ids) if sid not in picked and pool.tags[i]][:3]
+        for i in rejected:
+            fate = explain(con, pool.sample_ids[i], "tags_small", tree=tree)["selection"]
+            expected = objective(problem, rows + [i]) - objective(problem, rows)
+            assert fate["selected"] is False and fate["gain_at_end"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+            assert fate["gain_at_end"] <= fate["last_pick_gain"] + 1e-9 and "tree nodes" in fate["why_not"]
+        assert "no tree to recompute it" in explain(con, pool.sample_ids[rejected[0]], "tags_small")["selection"]["why_not"]
 
 
 def test_target_profile_and_aligned_selection_through_the_assets(layout, instance, resources):

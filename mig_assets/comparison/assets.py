@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from mig_assets.core.compare import guarantees, run_comparison
 from mig_assets.provenance import record_settings
-from mig_assets.core.compare import run_comparison
 from mig_assets.core.report import COMPARED_METRICS, comparison_plot, html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.tags_select import TagsParams
 from mig_assets.core.warehouse import has_relation, insert_table
@@ -56,7 +56,9 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
-        pool, score_origin, _, failed = load_pool(con, layout if layout.shard_files("sample_embeddings") else None)
+        pool, score_origin, _, failed = load_pool(
+            con, layout if layout.shard_files("sample_embeddings") else None, context.instance.get_dynamic_partitions(pool_shards.name)
+        )
         graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
@@ -92,19 +94,26 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     folder = layout.exports_dir / "comparison" / f"v{version:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     summary_md = markdown_table(table, COLUMNS)
+    claims = guarantees(table, config.mig_params())
+    claims_md = markdown_table(claims, ["method", "measure", "holds", "claim"])
     overlap_rows = [{"method": a, **{b: round(jaccard[a, b], 3) for b in methods}} for a in methods]
     document = {
         "version": version, "budget": config.budget().describe(), "pool": len(pool.sample_ids), "excluded_failed_tagging": failed,
         "score_origin": score_origin, "config": config.model_dump(), "run_id": context.run.run_id, "created_at": now.isoformat(),
         "methods": [{k: v for k, v in row.items()} for row in table],
+        "claims": claims,
     }
     (folder / "comparison.json").write_text(json.dumps(document, indent=1, sort_keys=True, default=float))
-    (folder / "comparison.md").write_text(summary_md + "\n\nOverlap (Jaccard):\n\n" + markdown_table(overlap_rows, ["method", *methods], 3) + "\n")
+    (folder / "comparison.md").write_text(
+        summary_md + "\n\nWhat each greedy guarantees:\n\n" + claims_md
+        + "\n\nOverlap (Jaccard):\n\n" + markdown_table(overlap_rows, ["method", *methods], 3) + "\n"
+    )
     for name, png in plots.items():
         (folder / f"{name}.png").write_bytes(png)
     (folder / "report.html").write_text(html_report(
         f"comparison v{version}", {k: document[k] for k in ("budget", "pool", "score_origin", "created_at")}, plots,
-        {"methods": [{c: row.get(c) for c in COLUMNS} for row in table], "overlap (Jaccard)": overlap_rows},
+        {"methods": [{c: row.get(c) for c in COLUMNS} for row in table], "what each greedy guarantees": claims,
+         "overlap (Jaccard)": overlap_rows},
     ))
     best_kl = min((r for r in table if r["kl_to_target"] is not None), key=lambda r: r["kl_to_target"], default=None)
     return dg.MaterializeResult(
@@ -114,6 +123,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
             "budget": config.budget().describe(),
             "pool_size": len(pool.sample_ids),
             "methods": dg.MetadataValue.md(summary_md),
+            "guarantees": dg.MetadataValue.md(claims_md),
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
             "closest_to_target": best_kl["method"] if best_kl else "no target profile",
             "report": dg.MetadataValue.path(str(folder / "report.html")),

@@ -4,9 +4,10 @@ and, for a selection version, from the inputs that version used (``core/lineage.
 From the selection back to the shard: source file and line, the raw input record, ingestion run,
 tags with tagger and parse status, quality weight and its origin, embedding model, then the
 selection version's rank, gain at pick time and contributing labels, or, for a sample that was not
-picked, its gain at the end of the selection against the last pick's. When the current upstream
-differs from what the version used, ``changed_since_version`` says what changed (before and after)
-and which run changed it.
+picked, its gain at the end of the selection against the last pick's (MIG: the gradient gain over
+the version's label graph; TAGS: the exact tree-level gain, given the knowledge tree). When the
+current upstream differs from what the version used, ``changed_since_version`` says what changed
+(before and after) and which run changed it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from mig_assets.core.lineage import (
     current_inputs, graph_path, input_changes, inputs_path, raw_sha256, read_facts, read_graph, read_inputs_row,
     upstream_changes,
 )
-from mig_assets.core.mig import MigParams, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.mig import MigParams, phi, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.selection import PoolArrays, tags_problem
 from mig_assets.core.warehouse import has_relation, warehouse_dir_of
 
 
@@ -55,14 +57,15 @@ def resolve_sample_id(con, prefix: str, inputs_file: Path | None = None) -> str:
 
 def explain(
     con, sample_id: str, selection: str | None = None, version: int | None = None,
-    current_runs: Callable[[str | None], dict] | None = None,
+    current_runs: Callable[[str | None], dict] | None = None, tree=None,
 ) -> dict:
     """The lineage of ``sample_id`` and its fate in ``selection`` (latest version by default).
 
     With the version's input snapshot, tags, weight, raw record and fate come from what the version
     used; ``current_runs(shard)`` ({asset: {run_id, data_version}} of the latest materializations
     of the shard's inputs; ``current_runs(None)``: of the global inputs) names the runs that changed
-    an input since."""
+    an input since. ``tree`` (the current ``KnowledgeTree``) lets a TAGS selection recompute a
+    rejected sample's gain."""
     if not has_relation(con, "selections") and (selection is not None or version is not None):
         raise ValueError("no selection has been made yet, so there is no --selection/--version to explain against")
     chosen = _chosen_version(con, selection, version) if has_relation(con, "selections") else None
@@ -87,7 +90,7 @@ def explain(
             "in_pool_then": inputs_file is None and (chosen is None or ingested_at is None or ingested_at <= chosen["created_at"]),
         }
     if chosen is not None:
-        answer["selection"] = _selection_fate(con, sample_id, chosen, inputs, warehouse_dir)
+        answer["selection"] = _selection_fate(con, sample_id, chosen, inputs, warehouse_dir, tree)
     return answer
 
 
@@ -179,7 +182,7 @@ def _chosen_version(con, selection: str | None, version: int | None) -> dict | N
     return chosen
 
 
-def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_dir: Path) -> dict:
+def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_dir: Path, tree=None) -> dict:
     """Rank, gain and labels of a member; for another sample, why not (recomputed from ``inputs``:
     the sample's tags, tag status and weight as the version used them)."""
     fate = {k: chosen[k] for k in ("selection", "version", "method", "budget", "n_selected", "n_pool", "run_id", "export_dir")}
@@ -197,9 +200,9 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_d
         fate["why_not"] = "the sample was ingested after this selection version was made"
     elif inputs["tag_status"] == "failed":
         fate["why_not"] = f"excluded: its tagging failed ({inputs['tag_reason']})"
-    elif chosen["method"] == "tags":
-        fate["why_not"] = "TAGS' greedy never ranked its tree-level information gain within the budget"
-    elif chosen["method"] != "mig":
+    elif chosen["method"] == "tags" and tree is None:
+        fate["why_not"] = "TAGS' greedy never ranked its tree-level information gain within the budget (no tree to recompute it)"
+    elif chosen["method"] not in ("mig", "tags"):
         fate["why_not"] = f"the {chosen['method']} sampler (seed {fate['config'].get('seed')}) did not draw it"
     else:
         last = con.execute(
@@ -207,12 +210,22 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_d
             [chosen["selection"], chosen["version"]],
         ).fetchall()
         weight = inputs["weight"] if inputs["weight"] is not None else chosen["score_fill"]
-        gain = final_gain(inputs["tags"], weight, *_version_graph(con, chosen, warehouse_dir), json.loads(chosen["config"]))
+        config = json.loads(chosen["config"])
+        mig = chosen["method"] == "mig"
+        if mig:
+            gain = final_gain(inputs["tags"], weight, *_version_graph(con, chosen, warehouse_dir), config)
+        else:
+            coverage = _stored_coverage(con, chosen, {str(v): v for v in range(tree.n_nodes)}, tree.n_nodes)
+            gain = final_tree_gain(inputs["tags"], weight, tree, coverage, config)
         fate["gain_at_end"] = gain
         fate["last_pick_gain"] = last[0][0] if last else None
+        covered = "the labels it carries were already covered" if mig else "the tree nodes its tags reach were already covered"
+        aligned = "" if mig or fate["config"].get("align", "none") == "none" else (
+            f" (tree-level information only; the last pick's gain also has the {fate['config']['align']} alignment term)"
+        )
         fate["why_not"] = (
             f"its gain once the selection was complete ({gain:.6g}) is below the last pick's gain "
-            f"({fate['last_pick_gain']:.6g}): the labels it carries were already covered"
+            f"({fate['last_pick_gain']:.6g}): {covered}{aligned}"
             if last else "the budget allowed no pick"
         )
     return fate
@@ -227,14 +240,28 @@ def _version_graph(con, chosen: dict, warehouse_dir: Path) -> tuple[list[str], s
     labels = [label for (label,) in con.execute("SELECT label FROM label_graph_labels ORDER BY label_id").fetchall()]
     src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
     W = sp.csr_array((np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))), shape=(len(labels), len(labels)))
-    column = {label: j for j, label in enumerate(labels)}
-    coverage = np.zeros(len(labels), dtype=np.float64)
+    return labels, W, _stored_coverage(con, chosen, {label: j for j, label in enumerate(labels)}, len(labels))
+
+
+def _stored_coverage(con, chosen: dict, index_of: dict[str, int], size: int) -> np.ndarray:
+    """A version's final coverage from selection_coverage: s over labels (MIG), x over tree node ids (TAGS)."""
+    coverage = np.zeros(size, dtype=np.float64)
     for label, value in con.execute(
         "SELECT label, coverage FROM selection_coverage WHERE selection = ? AND version = ?", [chosen["selection"], chosen["version"]]
     ).fetchall():
-        if label in column:
-            coverage[column[label]] = value
-    return labels, W, coverage
+        if label in index_of:
+            coverage[index_of[label]] = value
+    return coverage
+
+
+def final_tree_gain(tags: list[str], weight: float, tree, coverage: np.ndarray, config: dict) -> float:
+    """TAGS' exact tree-level gain sum_v beta_h(v) [phi(x_v + u_v) - phi(x_v)] of a sample against a
+    final node coverage x, u = its path vector (its tags' leaves, weighted, decayed upward)."""
+    one = PoolArrays(["sample"], [tags], np.array([weight], dtype=np.float64), np.zeros(1, np.int64))
+    problem = tags_problem(one, tree, config["gamma"], config["level_weights"])
+    u = problem.paths.toarray()[0]
+    params = MigParams(phi_a=config["phi_a"], phi_b=config["phi_b"])
+    return float(np.sum(problem.node_weights * (phi(coverage + u, params) - phi(coverage, params))))
 
 
 def final_gain(tags: list[str], weight: float, labels: list[str], W: sp.csr_array, coverage: np.ndarray, config: dict) -> float:

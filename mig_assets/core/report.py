@@ -179,17 +179,19 @@ def overlap_plot(methods: list[str], jaccard: dict[tuple[str, str], float]) -> b
     return _png(plt, fig)
 
 
-def markdown_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
-    """A markdown table of ``columns``; floats rounded, None shown as a dash."""
-    def cell(value):
-        if value is None:
-            return "–"
-        if isinstance(value, float):
-            return f"{value:.{digits}g}" if np.isfinite(value) else "nan"
-        return str(value)
+def format_figure(value, digits: int = 4) -> str:
+    """A table cell: floats to ``digits`` significant digits (what the measures can tell apart), None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if np.isfinite(value) else "nan"
+    return str(value)
 
+
+def markdown_table(rows: list[dict], columns: list[str], digits: int = 4) -> str:
+    """A markdown table of ``columns``; floats rounded (:func:`format_figure`), None shown as a dash."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(format_figure(row.get(c), digits) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -207,7 +209,7 @@ def html_report(title: str, summary: dict, plots: dict[str, bytes], tables: dict
         if not rows:
             return "<p><em>none</em></p>"
         head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_figure(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
         return f"<table><tr>{head}</tr>{body}</table>"
 
     parts = [

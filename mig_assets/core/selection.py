@@ -1,8 +1,8 @@
 """Run a selection method over the warehouse's pool arrays, with any budget kind.
 
 Plain module: the Dagster selection assets load the arrays, call :func:`run_selection` and persist.
-Pool rows are ordered by ``sample_id`` (content addressed), so ties and seeds do not depend on how
-the pool was sharded or in which order shards arrived.
+Pool rows come in input order (shards in registration order, then lines; see ``load_pool``), the
+MIG reference's order: every method breaks ties to the earlier row.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from mig_assets.core.tags import normalize_tags
+from mig_assets.core.tags import filter_llm_tags
 
 MAX_TAGS = 12
 
@@ -113,9 +113,9 @@ def parse_tag_output(text: str | None) -> ParsedTags:
     strings = [s for s in surface if isinstance(s, str)]
     if len(strings) != len(surface):
         repairs.append("non-string items dropped")
-    tags = normalize_tags(strings)[:MAX_TAGS]
+    tags = filter_llm_tags(strings, max_tags=MAX_TAGS).tags
     if not tags:
-        return ParsedTags("failed", [], strings, "no specific tag (empty or only generic tags)")
+        return ParsedTags("failed", [], strings, "no specific tag (empty, or only generic or junk tags)")
     return ParsedTags("repaired" if repairs else "ok", tags, strings, "; ".join(repairs))
 
 

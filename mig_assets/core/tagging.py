@@ -17,8 +17,8 @@ import pyarrow as pa
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import BatchFileCache
 from mig_assets.core.llm import LLMBackend, Sampling
-from mig_assets.core.tag_prompts import ParsedTags, TagPrompt, parse_tag_output
-from mig_assets.core.tags import normalize_tags
+from mig_assets.core.tag_prompts import MAX_TAGS, ParsedTags, TagPrompt, parse_tag_output
+from mig_assets.core.tags import FilteredTags, as_written_tags, filter_llm_tags
 
 TAG_ROW_SCHEMA = pa.schema(
     [
@@ -33,8 +33,12 @@ TAG_ROW_SCHEMA = pa.schema(
         ("prompt_version", pa.string()),
         ("truncated", pa.bool_()),
         ("attempts", pa.int32()),
+        ("tag_policy", pa.string()),  # as_written (imported annotations) or normalized (LLM tags), see core/tags.py
+        ("dropped_tags", pa.list_(pa.struct([("surface", pa.string()), ("reason", pa.string())]))),
     ]
 )
+# the junk filter's reasons that say a tag is bad, not merely one too many
+NOT_JUNK_REASONS = frozenset({f"over the cap of {MAX_TAGS} tags"})
 
 
 def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
@@ -45,7 +49,7 @@ def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
             {
                 "sample_id": sample_id,
                 "shard": shard,
-                "tags": normalize_tags(surface) if surface is not None else [],
+                "tags": as_written_tags(surface) if surface is not None else [],
                 "surface_tags": surface or [],
                 "status": "ok" if surface is not None else "no_annotation",
                 "reason": "" if surface is not None else "the record carries no annotation.instag.content",
@@ -54,6 +58,8 @@ def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
                 "prompt_version": "",
                 "truncated": False,
                 "attempts": 0,
+                "tag_policy": "as_written",
+                "dropped_tags": [],
             }
         )
     return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)
@@ -182,17 +188,31 @@ def _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts,
     return [rows[key] for key, _, _ in batch]
 
 
-def cached_tag_rows(results: dict[str, dict], sample_ids: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:
-    """The shard's atomic_tags table from tagging results, one row per sample in ``sample_ids`` order."""
+def llm_result_tags(result: dict, text: str) -> FilteredTags:
+    """A tagging result's tags under the ``normalized`` policy, re-derived from the model's surface tags
+    and the text it read: a change of normalization or junk filter applies to cached answers without
+    asking the model again. A failed result keeps no tags."""
+    if result["status"] == "failed":
+        return FilteredTags()
+    return filter_llm_tags(result["surface_tags"], text, MAX_TAGS)
+
+
+def cached_tag_rows(
+    results: dict[str, dict], sample_ids: list[str], texts: list[str], shard: str, backend: str, model: str, prompt_version: str
+) -> pa.Table:
+    """The shard's atomic_tags table from tagging results, one row per sample in ``sample_ids`` order
+    (``texts[i]``: what the tagger read for ``sample_ids[i]``)."""
     rows = []
-    for sample_id in sample_ids:
+    for sample_id, text in zip(sample_ids, texts, strict=True):
         result = results[sample_id]
+        filtered = llm_result_tags(result, text)
         rows.append(
             {
-                "sample_id": sample_id, "shard": shard, "tags": result["tags"] if result["status"] != "failed" else [],
+                "sample_id": sample_id, "shard": shard, "tags": filtered.tags,
                 "surface_tags": result["surface_tags"], "status": result["status"], "reason": result["reason"],
                 "backend": backend, "model": model, "prompt_version": prompt_version,
                 "truncated": result["truncated"], "attempts": result["attempts"],
+                "tag_policy": "normalized", "dropped_tags": filtered.dropped,
             }
         )
     return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)

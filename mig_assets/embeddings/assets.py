@@ -14,7 +14,6 @@ from mig_assets.provenance import record_settings
 from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
-from mig_assets.core.mig import embedding_lookup
 from mig_assets.core.mig_sample import load_label_embeddings
 from mig_assets.core.ray_pipeline import NoLocalModel
 from mig_assets.core.tagging import query_text
@@ -36,6 +35,15 @@ class TagEmbeddingConfig(dg.Config):
         default="",
         description="PREFIX.labels.json + PREFIX.emb.npy: precomputed label vectors to use instead of the model",
     )
+
+
+def precomputed_rows(names: list[str]) -> dict[str, int]:
+    """Row of each tag in a precomputed label file: its name as written (imported tags keep their
+    spelling), else the first row whose name normalizes to it (LLM tags are normalized)."""
+    row_of = {}
+    for row, name in enumerate(names):
+        row_of.setdefault(normalize_tag(name) or name, row)
+    return row_of | {name: row for row, name in reversed(list(enumerate(names)))}
 
 
 def tag_embeddings_path(warehouse_dir: Path) -> Path:
@@ -62,12 +70,11 @@ def tag_embeddings(
     without_vector: list[str] = []
     if config.label_embeddings_prefix:
         names, matrix = load_label_embeddings(config.label_embeddings_prefix)
-        canonical_names = [normalize_tag(n) or n for n in names]
-        known = set(canonical_names)
+        row_of = precomputed_rows(names)
         # tags the file has no vector for are left out here; label_graph fails if it needs one
-        without_vector = [t for t in tags if t not in known]
-        tags = [t for t in tags if t in known]
-        vectors = embedding_lookup(canonical_names, matrix)(tags)
+        without_vector = [t for t in tags if t not in row_of]
+        tags = [t for t in tags if t in row_of]
+        vectors = np.asarray(matrix[[row_of[t] for t in tags]], dtype=np.float32)
         model_id, newly_embedded, device = f"precomputed:{Path(config.label_embeddings_prefix).name}", 0, "none"
     else:
         model = embedder.get()

@@ -31,7 +31,7 @@ from mig_assets.core.selection import (
 )
 from mig_assets.core.specs import SelectionSpec, load_specs
 from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
-from mig_assets.core.tags import normalize_tag
+from mig_assets.core.tags import normalize_tag, policy_of_backend
 from mig_assets.core.warehouse import has_relation, insert_table, replace_table
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
@@ -47,6 +47,21 @@ CURVE_POINTS = 20
 class LabelGraphConfig(dg.Config):
     tau: float = Field(default=0.9, description="keep label pairs with cosine similarity >= tau (self loops always kept)")
     valid_tag_path: str = Field(default="", description="JSON list of allowed tags (e.g. InsTag's valid_tag_path.json); empty: all tags")
+
+
+def tag_policies(con) -> set[str]:
+    """The tag policies of the pool's tags (core/tags.py), from the backends that wrote atomic_tags."""
+    if not has_relation(con, "atomic_tags"):
+        return set()
+    return {policy_of_backend(backend) for (backend,) in con.execute("SELECT DISTINCT backend FROM atomic_tags").fetchall()}
+
+
+def valid_labels(valid_tags: frozenset[str], policies: set[str]) -> set[str]:
+    """Tags a valid-tag file admits: as written (the reference: the file alone decides, for imported
+    tags) and, when LLM tags are in the pool, the normalized forms of its entries too."""
+    if policies <= {"as_written"}:
+        return set(valid_tags)
+    return set(valid_tags) | {c for c in map(normalize_tag, valid_tags) if c is not None}
 
 
 @dg.asset(
@@ -67,9 +82,10 @@ def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, war
     model_id = table.column("model_id")[0].as_py() if table.num_rows else ""
     with warehouse.connect() as con:
         counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
+        policies = tag_policies(con)
     labels = sorted(counts)  # the reference's label universe: sorted tags that occur in the pool
     if config.valid_tag_path:
-        valid = {normalize_tag(t) or t for t in load_valid_tags(config.valid_tag_path)}
+        valid = valid_labels(load_valid_tags(config.valid_tag_path), policies)
         context.log.info(f"{sum(l in valid for l in labels):,} of {len(labels):,} tags are in {config.valid_tag_path}")
         labels = [label for label in labels if label in valid]
     missing = [label for label in labels if label not in row_of]
@@ -164,10 +180,12 @@ def config_class_for(spec: SelectionSpec) -> type[SelectionConfig]:
     return type(f"{spec.name.title().replace('_', '')}Config", (SelectionConfig,), {"__annotations__": annotations, **defaults})
 
 
-def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
-    """Kept samples (ordered by sample_id) with their tags and weights (and embeddings, given ``layout``);
-    samples whose tagging failed are left out. Returns the arrays, the origin of the weights, the
-    weight given to samples without one, and the number left out."""
+def load_pool(con, layout=None, shard_order: list[str] = ()) -> tuple[PoolArrays, str, float, int]:
+    """Kept samples in input order (shards in ``shard_order``, the partitions' registration order, then
+    any other shard by key; lines in file order) with their tags and weights (and embeddings, given
+    ``layout``); samples whose tagging failed are left out. Input order is the MIG reference's: its
+    greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
+    the weight given to samples without one, and the number left out."""
     tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_relation(con, "atomic_tags") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
     scored_sql = (
         f"LEFT JOIN ({SCORED_QUALITY_SQL}) q USING (sample_id)"
@@ -177,8 +195,8 @@ def load_pool(con, layout=None) -> tuple[PoolArrays, str, float, int]:
         f"""
         SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
         FROM samples s {tags_sql} {scored_sql}
-        ORDER BY s.sample_id
-        """
+        ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
+        """, {"shard_order": list(shard_order)},
     ).fetchall()
     failed = sum(1 for r in rows if r[4] == "failed")
     rows = [r for r in rows if r[4] != "failed"]
@@ -269,7 +287,9 @@ def materialize_selection(
     layout = warehouse.layout
     started = time.perf_counter()
     with warehouse.connect() as con:
-        pool, score_origin, score_fill, failed = load_pool(con, layout if spec.method in EMBEDDING_METHODS else None)
+        pool, score_origin, score_fill, failed = load_pool(
+            con, layout if spec.method in EMBEDDING_METHODS else None, context.instance.get_dynamic_partitions(pool_shards.name)
+        )
         graph = load_graph(con) if spec.method == "mig" else None
     tree, target = None, None
     if spec.method == "tags":
@@ -303,13 +323,14 @@ def materialize_selection(
         )
         part = f"{spec.name}-v{version:04d}"  # a retried version replaces its own rows
         insert_table(con, "selection_members", members, part=part)
-        if graph is not None and outcome.coverage is not None:  # the final s, to explain why a sample was not picked
+        if outcome.coverage is not None and (graph is not None or tree is not None):
+            # the final s (MIG, by label) or x (TAGS, by tree node id), to explain why a sample was not picked
             covered = np.flatnonzero(outcome.coverage)
             coverage = pa.table(
                 {
                     "selection": [spec.name] * len(covered),
                     "version": pa.array([version] * len(covered), pa.int32()),
-                    "label": [graph.labels[j] for j in covered],
+                    "label": [graph.labels[j] for j in covered] if graph is not None else [str(v) for v in covered],
                     "coverage": pa.array(outcome.coverage[covered], pa.float64()),
                 }
             )

@@ -13,14 +13,15 @@ from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_oth
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
-from mig_assets.core.tagging import cached_tag_rows, imported_tag_rows, query_text, tag_samples
-from mig_assets.core.tags import normalize_tag
+from mig_assets.core.tagging import NOT_JUNK_REASONS, cached_tag_rows, imported_tag_rows, query_text, tag_samples
+from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION, canonical_for_policy, policy_of_backend
 from mig_assets.core.warehouse import replace_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
 from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
+JUNK_EXAMPLES = 5
 TAGS_LINEAGE = dg.TableColumnLineage(
     deps_by_column={
         "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
@@ -34,11 +35,17 @@ TAGS_LINEAGE = dg.TableColumnLineage(
 
 class TaggingConfig(dg.Config):
     max_failure_rate: float = Field(default=0.02, description="the blocking check fails the shard above this share of failed samples")
+    max_junk_share: float = Field(
+        default=0.3,
+        description="the blocking check junk_tag_share fails the shard when more than this share of the LLM's surface tags is junk "
+        "(stop words, repeated words, numbers, placeholders, boilerplate, prompt copies, generic): a broken tagger stops the pipeline",
+    )
 
 
 def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
-    """``atomic_tags[shard]`` whose code version is the tagger's: changing the backend, model, prompt
-    or sampling re-tags (new cache key) and shows the tags stale in the UI.
+    """``atomic_tags[shard]`` whose code version is the tagger's and the tag rules': changing the backend,
+    model, prompt or sampling re-tags (new cache key), changing the rules re-derives the tags from the
+    cached answers; either shows the tags stale in the UI.
 
     A run may cover a range of shards (single-run backfills): the model then loads once for all of
     them. Each shard of the range gets a materialization carrying the run's combined metadata (a
@@ -51,14 +58,18 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         deps=[raw_pool],
         group_name="tagging",
         kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
-        code_version=f"tags-{tagger_version}",
+        code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
         description="Canonical knowledge/skill tags per kept sample of the shard, with parse status "
         "ok/repaired/failed (failed samples keep no tags and are excluded downstream).",
         check_specs=[
             dg.AssetCheckSpec(
                 "tagging_failure_rate", asset="atomic_tags", blocking=True,
                 description="share of samples whose tagging failed is at most max_failure_rate",
-            )
+            ),
+            dg.AssetCheckSpec(
+                "junk_tag_share", asset="atomic_tags", blocking=True,
+                description="share of the LLM's surface tags dropped as junk is at most max_junk_share (0 for imported tags)",
+            ),
         ],
         pool="gpu",
         backfill_policy=dg.BackfillPolicy.single_run(),
@@ -73,11 +84,12 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
         shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
         if len(shards) == 1:
-            [(metadata, failure_rate, failures)] = shards.values()
+            [(metadata, failure_rate, failures, junk)] = shards.values()
         else:  # a range run: one materialization per shard carries the run's combined figures
             metadata = _combined_metadata({shard: result[0] for shard, result in shards.items()})
             failure_rate = max(result[1] for result in shards.values())
             failures = [f for result in shards.values() for f in result[2]][:5]
+            junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
         return dg.MaterializeResult(
             metadata={**metadata, **cluster_extra},
             check_results=[
@@ -90,7 +102,18 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
                         "shards": len(shards),
                         "examples": dg.MetadataValue.json(failures),
                     },
-                )
+                ),
+                dg.AssetCheckResult(
+                    check_name="junk_tag_share",
+                    passed=junk["share"] <= config.max_junk_share,
+                    metadata={
+                        "junk_share": round(junk["share"], 4),
+                        "max_junk_share": config.max_junk_share,
+                        "junk_tags": junk["junk"],
+                        "surface_tags": junk["surface"],
+                        "examples": dg.MetadataValue.json(junk["examples"]),
+                    },
+                ),
             ],
         )
 
@@ -98,7 +121,8 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
 
 
 def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str, ray_figures=None):
-    """Tag one shard's kept samples; returns its metadata, failure rate and a few failure examples.
+    """Tag one shard's kept samples; returns its metadata, failure rate, a few failure examples and
+    its junk figures (:func:`junk_figures`).
 
     After a Ray run (``ray_figures``: the shard's share of it) every answer is in the cache: the
     shard is assembled by the same code, with a backend that refuses work, and the cluster's
@@ -122,7 +146,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
         else:
             stats, load_seconds = ray_figures.apply(stats), ray_figures.load_seconds
-        table = cached_tag_rows(results, ids, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
+        table = cached_tag_rows(results, ids, texts, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
         extra = {
             "newly_tagged": stats.tagged,
             "from_cache": stats.cached,
@@ -141,6 +165,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     per_sample = Counter(len(tags) for tags in table.column("tags").to_pylist())
     failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
     failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
+    junk = junk_figures(table)
     metadata = {
         "dagster/row_count": table.num_rows,
         "dagster/column_lineage": TAGS_LINEAGE,
@@ -148,10 +173,34 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
         "statuses": dg.MetadataValue.json(dict(statuses)),
         "tags_per_sample": dg.MetadataValue.json({str(k): v for k, v in sorted(per_sample.items())}),
         "top_tags": dg.MetadataValue.md(_top_tags_md(tag_counts)),
+        "tag_policy": f"{policy_of_backend(tagger.backend)}: {TAG_POLICIES[policy_of_backend(tagger.backend)]}",
+        "dropped_tags_by_reason": dg.MetadataValue.json(junk["by_reason"]),
         "path": dg.MetadataValue.path(str(path)),
         **extra,
     }
-    return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed]
+    return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed], junk
+
+
+def junk_figures(table: pa.Table) -> dict:
+    """Surface tags of non-failed rows, how many were dropped as junk (any reason but the tag cap), the
+    share, counts by reason and a few examples of each reason."""
+    by_reason: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    surface = 0
+    for status, tags, dropped in zip(*(table.column(c).to_pylist() for c in ("status", "surface_tags", "dropped_tags"))):
+        if status == "failed":
+            continue
+        surface += len(tags)
+        for item in dropped:
+            by_reason[item["reason"]] += 1
+            shown = examples.setdefault(item["reason"], [])
+            if len(shown) < JUNK_EXAMPLES and item["surface"] not in shown:
+                shown.append(item["surface"])
+    junk = sum(n for reason, n in by_reason.items() if reason not in NOT_JUNK_REASONS)
+    return {
+        "surface": surface, "junk": junk, "share": junk / surface if surface else 0.0,
+        "by_reason": dict(by_reason.most_common()), "examples": examples,
+    }
 
 
 def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
@@ -206,6 +255,15 @@ def _combined_metadata(per_shard: dict[str, dict]) -> dict:
     }
 
 
+def _columns(con, relation: str) -> set[str]:
+    return {row[0] for row in con.execute(f"DESCRIBE {relation}").fetchall()}
+
+
+def _dropped_md(by_reason: list[tuple]) -> str:
+    rows = ["| reason | occurrences | examples |", "|---|---|---|"] + [f"| {r} | {n} | {', '.join(map(repr, ex))} |" for r, n, ex in by_reason]
+    return "\n".join(rows) if by_reason else "_none dropped_"
+
+
 def _top_tags_md(counts: Counter) -> str:
     rows = ["| tag | samples |", "|---|---|"] + [f"| {tag} | {n} |" for tag, n in counts.most_common(TOP_TAGS)]
     return "\n".join(rows) if counts else "_no tags_"
@@ -215,7 +273,7 @@ def _top_tags_md(counts: Counter) -> str:
     deps=[dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping())],
     group_name="tagging",
     kinds={"duckdb"},
-    code_version="1",
+    code_version="2",
     pool="duckdb",
     automation_condition=re_select,
     description="Every canonical tag with the number of kept samples carrying it (tags parsed ok or repaired), and the surface "
@@ -234,19 +292,31 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
         ).to_arrow_table()
         replace_table(con, "tag_vocabulary", vocabulary)
         surface = con.execute(
-            "SELECT surface, count(*) FROM (SELECT unnest(surface_tags) AS surface FROM atomic_tags) GROUP BY surface ORDER BY surface"
+            "SELECT backend, surface, count(*) FROM (SELECT backend, unnest(surface_tags) AS surface FROM atomic_tags) "
+            "GROUP BY ALL ORDER BY backend, surface"
         ).fetchall()
+        dropped = dict(con.execute(
+            "SELECT backend || chr(0) || d.surface, any_value(d.reason ORDER BY d.reason) FROM "
+            "(SELECT backend, unnest(dropped_tags) AS d FROM atomic_tags) GROUP BY ALL"
+        ).fetchall()) if "dropped_tags" in _columns(con, "atomic_tags") else {}
+        policy = {backend: policy_of_backend(backend) for backend, _, _ in surface}
         forms = pa.table(
             {
-                "surface": [s for s, _ in surface],
-                "tag": pa.array([normalize_tag(s) for s, _ in surface], pa.string()),
-                "occurrences": pa.array([n for _, n in surface], pa.int64()),
+                "surface": [s for _, s, _ in surface],
+                "tag": pa.array([canonical_for_policy(s, policy[b]) for b, s, _ in surface], pa.string()),
+                "occurrences": pa.array([n for _, _, n in surface], pa.int64()),
+                "backend": [b for b, _, _ in surface],
+                "tag_policy": [policy[b] for b, _, _ in surface],
+                "dropped_reason": pa.array([dropped.get(f"{b}\0{s}") for b, s, _ in surface], pa.string()),
             }
         )
         replace_table(con, "tag_surface_forms", forms)
         n_tags, n_tagged = con.execute("SELECT count(*), coalesce(sum(n_samples), 0) FROM tag_vocabulary").fetchall()[0]
         top = con.execute("SELECT tag, n_samples FROM tag_vocabulary LIMIT ?", [TOP_TAGS]).fetchall()
-    dropped = sum(n for s, n in surface if normalize_tag(s) is None)
+        by_reason = con.execute(
+            "SELECT dropped_reason, sum(occurrences), list(surface ORDER BY occurrences DESC, surface)[1:5] FROM tag_surface_forms "
+            "WHERE dropped_reason IS NOT NULL GROUP BY ALL ORDER BY 2 DESC, 1"
+        ).fetchall()
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n_tags,
@@ -258,7 +328,9 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
             ),
             "tag_assignments": n_tagged,
             "surface_forms": len(surface),
-            "surface_occurrences_dropped_as_generic": dropped,
+            "tag_policy": dg.MetadataValue.json({b: f"{p}: {TAG_POLICIES[p]}" for b, p in sorted(policy.items())}),
+            "surface_occurrences_dropped": int(sum(n for _, n, _ in by_reason)),
+            "dropped_by_reason": dg.MetadataValue.md(_dropped_md(by_reason)),
             "top_tags": dg.MetadataValue.md(_top_tags_md(Counter(dict(top)))),
         }
     )

@@ -16,8 +16,8 @@ from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.report import markdown_image, target_plot
-from mig_assets.core.tagging import tag_samples
-from mig_assets.core.tags import normalize_tag
+from mig_assets.core.tagging import llm_result_tags, tag_samples
+from mig_assets.core.tags import as_written_tags
 from mig_assets.core.tags_select import leaf_entropy, target_distribution
 from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
 from mig_assets.core.tree import KnowledgeTree, build_tree
@@ -191,10 +191,10 @@ def target_profile(
                 max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size, max_attempts=tagger.max_attempts,
                 log=lambda message: context.log.info(f"target: {message}"),
             )
-            tags = [results[s.sample_id]["tags"] if results[s.sample_id]["status"] != "failed" else None for s in samples]
+            tags = [llm_result_tags(results[s.sample_id], s.text).tags if results[s.sample_id]["status"] != "failed" else None for s in samples]
             tag_source = f"{tagger.backend}:{tagger.model_id} ({tagger.prompt_version})"
         else:
-            tags = [[t for t in (normalize_tag(x) for x in s.imported_tags) if t] if s.imported_tags else None for s in samples]
+            tags = [as_written_tags(s.imported_tags) if s.imported_tags else None for s in samples]  # the pool's policy for imported tags
             tag_source = "imported annotations"
     if config.grounding == "tags" and not any(tags):
         raise ValueError(f"grounding='tags' but no target sample has tags (tag source: {tag_source})")

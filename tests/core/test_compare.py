@@ -11,6 +11,7 @@ import scipy.sparse as sp
 from mig_assets.core import tags_select
 from mig_assets.core.compare import (
     compare_selections,
+    guarantees,
     embedding_diversity,
     kl_to_target,
     label_coverage,
@@ -213,3 +214,20 @@ def test_mismatched_inputs_are_errors():
         overlap({"a": [1, 1]})
     with pytest.raises(ValueError, match="no columns"):
         label_coverage(np.zeros((3, 0)), [0])
+
+
+def test_guarantees_claim_the_greedy_bound_only_for_exact_gains():
+    rng = np.random.default_rng(3)
+    Y = sp.csr_array(rng.random((60, 12)) * (rng.random((60, 12)) < 0.3))
+    exact = MigParams(gain="exact")
+    orders = {"mig": select(Y, 5, exact).order, **{f"random{s}": np.random.default_rng(s).choice(60, 5, replace=False) for s in range(5)}}
+    table = compare_selections(orders, Y=Y, mig_params=exact)
+    [claim] = guarantees(table, exact)
+    best_other = max(r["mig_objective"] for r in table if r["method"] != "mig")
+    assert claim["holds"] is True and table[0]["mig_objective"] >= (1 - 1 / math.e) * best_other
+    [gradient] = guarantees(table, MigParams())
+    assert gradient["holds"] is None and "no bound on E(S) is claimed" in gradient["claim"]
+    # a figure below the bound is reported as not holding
+    broken = [{"method": "tags", "tags_objective": 0.5}, {"method": "random", "tags_objective": 1.0}]
+    [tags_claim] = guarantees(broken)
+    assert tags_claim["holds"] is False and tags_claim["rank"] == 2

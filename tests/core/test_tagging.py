@@ -24,8 +24,23 @@ def test_retries_fix_a_bad_first_answer_and_failures_keep_no_tags(tmp_path):
     assert stats.statuses == {"ok": 2, "failed": 1}
     retry_samplings = [s for _, s in backend.calls[1:]]
     assert all(s.temperature > 0 for s in retry_samplings) and len({s.seed for s in retry_samplings}) == 2
-    table = cached_tag_rows(results, ["a", "b"], "shard", "vllm", "fake-model", "atomic-v1")
+    table = cached_tag_rows(results, ["a", "b"], ["fixable", "hopeless"], "shard", "vllm", "fake-model", "atomic-v1")
     assert table.column("tags").to_pylist() == [["algebra"], []]
+
+
+def test_junk_tags_are_dropped_with_their_reason_and_the_raw_answer_kept(tmp_path):
+    text = "Tell me a story about a lighthouse keeper on a stormy night"
+    answer = '{"tags": ["the", "lighthouse lighthouse", "list1", "a lighthouse keeper on a stormy night", "Storytelling", "Lighthouses"]}'
+    (results, _), _ = run(tmp_path, [("a", text)], ScriptedBackend({text: [answer]}))
+    assert results["a"]["status"] == "ok"
+    row = cached_tag_rows(results, ["a"], [text], "shard", "vllm", "fake-model", "atomic-v1").to_pylist()[0]
+    assert row["tags"] == ["storytelling", "lighthouse"] and row["tag_policy"] == "normalized"
+    assert row["surface_tags"] == ["the", "lighthouse lighthouse", "list1", "a lighthouse keeper on a stormy night", "Storytelling", "Lighthouses"]
+    assert row["dropped_tags"] == [
+        {"surface": "the", "reason": "stop words only"}, {"surface": "lighthouse lighthouse", "reason": "repeated words"},
+        {"surface": "list1", "reason": "numbered placeholder"},
+        {"surface": "a lighthouse keeper on a stormy night", "reason": "copied from the prompt"},
+    ]
 
 
 def test_cache_is_reused_and_written_batch_by_batch(tmp_path):
