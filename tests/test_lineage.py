@@ -92,6 +92,12 @@ def cli_explain(layout, sample_id: str, version: int) -> dict:
     return json.loads(done.stdout)
 
 
+def tags_code_version(tagger_version: str) -> str:
+    """atomic_tags' code version for a tagger version, as the asset factory sets it."""
+    assets_def = build_atomic_tags(tagger_version)
+    return assets_def.code_versions_by_key[assets_def.key]
+
+
 def members(layout, version: int) -> list[str]:
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         return [sid for (sid,) in con.execute(
@@ -132,12 +138,14 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     assert (change["before"], change["after"]) == (v1_tags[top], v2_tags[top])
     assert change["tagger_before"] == "imported" and change["tagger_after"].startswith("vllm:fake-model")
     assert (change["run_at_version"], change["changed_by_run"]) == (first_tag_run, retag_run)
-    assert (change["code_version_before"], change["code_version_after"]) == ("tags-imported", f"tags-{FakeTagger(script_json=json.dumps(script)).version()}")
+    assert (change["code_version_before"], change["code_version_after"]) == (
+        tags_code_version("imported"), tags_code_version(FakeTagger(script_json=json.dumps(script)).version())
+    )
     assert old["selection"]["selected"] and old["selection"]["rank"] == 1
     assert old["current"]["tags"]["tags"] == v2_tags[top]
-    graph_change = old["changed_since_version"]["upstream"]["label_graph"]  # rebuilt at tau 0.8: config is not in the data version
+    graph_change = old["changed_since_version"]["upstream"]["label_graph"]  # rebuilt from the new tags, at tau 0.8
     assert graph_change["run_at_version"] == old["upstream_at_version"]["label_graph"]["run_id"] != graph_change["changed_by_run"]
-    assert graph_change["same_data_version"]
+    assert not graph_change["same_data_version"]  # its inputs' data versions moved with the re-tag
 
     new = cli_explain(layout, top, 2)
     assert new["tags"]["tags"] == v2_tags[top] and new["tags"]["tagger"].startswith("vllm:fake-model")
@@ -153,7 +161,7 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
 
     # the same fact in the next version's metadata and report page
     changed = v2_meta.metadata["inputs_changed_since_previous"].value
-    assert "tags" in changed and retag_run in changed and "vllm:fake-model" in changed and "| label_graph | materialized again" in changed
+    assert "tags" in changed and retag_run in changed and "vllm:fake-model" in changed and "| label_graph | data version " in changed
     report = (layout.exports_dir / "mig_selection" / "v0002" / "report.html").read_text()
     assert "inputs changed since version 1" in report and retag_run in report
 
@@ -189,7 +197,7 @@ def test_replaced_shard_file_explain_v1_still_shows_the_raw_record_it_used(layou
     old_file_sha = hashlib.sha256((layout.incoming_dir / SHARD).read_bytes()).hexdigest()
     facts = read_facts(inputs_path(layout.warehouse_dir, "mig_selection", 1))
     assert set(facts["shards"][SHARD]) == {"raw_pool", "atomic_tags", "quality_scores"} and facts["inputs"]["label_graph"]["data_version"]
-    assert facts["shards"][SHARD]["atomic_tags"]["code_version"] == "tags-imported" and facts["tag_embedding_model"] == "precomputed:p2k"
+    assert facts["shards"][SHARD]["atomic_tags"]["code_version"] == tags_code_version("imported") and facts["tag_embedding_model"] == "precomputed:p2k"
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         line_of = dict(con.execute("SELECT sample_id, line_no FROM samples").fetchall())
     # a new version of the file: the top sample's record gets a new id (same dialog, same sample_id),
