@@ -385,7 +385,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     layout = WarehouseLayout(mig_home())
     if not layout.warehouse_dir.exists():
-        raise FileNotFoundError(f"no warehouse at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
+        raise FileNotFoundError(f"no catalog at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
     tree = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():  # recomputes TAGS gains
         from mig_assets.tree.assets import load_tree
