@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from dagster._core.events import EngineEventData  # fault injection: a run record as Dagster writes it
 
 from tests.conftest import REPO_ROOT
@@ -83,6 +84,7 @@ def test_a_killed_ingest_does_not_block_the_next_one(tmp_path):
     assert statuses == ["FAILURE", "SUCCESS"]
 
 
+@pytest.mark.slow
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_ctrl_c(tmp_path):
     """A live run holding the pool slot (fault injection: a run record owned by a sleeping process)."""
     home = tmp_path / "home"

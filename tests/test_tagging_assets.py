@@ -9,6 +9,7 @@ import time
 
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
 
 from mig_assets.core.tag_prompts import PROMPTS
 from mig_assets.pool.assets import raw_pool
@@ -64,6 +65,7 @@ def test_changing_prompt_or_model_changes_the_code_version():
     assert set(PROMPTS) == {"atomic-v1", "instag-v1"}
 
 
+@pytest.mark.slow
 def test_killed_mid_shard_rerun_tags_only_the_rest_without_duplicates(layout, instance, resources):
     lines = [json.dumps({"prompt": f"explain topic number {i}"}) for i in range(12)]
     shard = ingest_lines(layout, instance, resources, "slow.jsonl", lines)
