@@ -171,6 +171,7 @@ def test_range_run_tags_every_shard_in_one_cluster_pass(ray_cluster, layout, ins
     assert on_ray["ray_batches"] == 2 and on_ray["ray_actors"] == 1 and on_ray["ray_actor_restarts"] == 0
 
 
+@pytest.mark.slow
 def test_sample_embeddings_on_ray_match_local(ray_cluster, layout, instance, resources):
     from mig_assets.embeddings.assets import sample_embeddings
 
