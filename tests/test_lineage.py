@@ -103,6 +103,7 @@ def current_tags(layout) -> dict[str, list[str]]:
     return {r["sample_id"]: r["tags"] for r in pq.read_table(layout.shard_file("atomic_tags", SHARD)).to_pylist()}
 
 
+@pytest.mark.slow
 def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, persistent, resources, pool):
     first_tag_run = persistent.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("atomic_tags"), asset_partitions=[SHARD]), limit=1
