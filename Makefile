@@ -34,7 +34,7 @@ demo: setup
 test: setup browser
 	$(PY) -m pytest
 
-# the developer loop: everything but the slow, real-LLM, Ray and browser tests (about N s here)
+# the developer loop: everything but the slow, real-LLM, Ray and browser tests (about 2 minutes here)
 FAST_MARKERS := not slow and not llm and not ray and not browser
 test-fast: setup
 	$(PY) -m pytest -m "$(FAST_MARKERS)"
