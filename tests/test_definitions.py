@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
-
-from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
