@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser demo test bench dev
+.PHONY: setup browser demo test test-fast bench dev
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ demo: setup
 
 test: setup browser
 	$(PY) -m pytest
+
+# the developer loop: everything but the slow, real-LLM, Ray and browser tests (about 2 minutes here)
+FAST_MARKERS := not slow and not llm and not ray and not browser
+test-fast: setup
+	$(PY) -m pytest -m "$(FAST_MARKERS)"
 
 bench: setup
 	$(PY) benchmarks/bench_ingest.py

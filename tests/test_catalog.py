@@ -12,6 +12,7 @@ import time
 
 import duckdb
 import pyarrow as pa
+import pytest
 
 from mig_assets.core.warehouse import WarehouseLayout
 from mig_assets.resources import Warehouse
@@ -115,6 +116,7 @@ def corrupt(path, how: str) -> None:
         path.unlink()
 
 
+@pytest.mark.slow
 def test_a_corrupt_or_missing_catalog_is_rebuilt_with_the_selection_history(p2k_pool, layout, instance, resources):  # noqa: F811
     run_mig(p2k_pool, instance, resources, selection_config={"budget_count": 40, "budget_fraction": None})
     run_mig(p2k_pool, instance, resources, selection_config={"budget_count": 55, "budget_fraction": None})

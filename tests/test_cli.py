@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import duckdb
+import pytest
 
 from tests.automation_probe import tag_files, ui_tick
 from tests.conftest import MIG_FIXTURES, REAL_DATA, REPO_ROOT
@@ -19,6 +20,7 @@ def run_cli(args, mig_home, timeout=900, **kwargs):
     )
 
 
+@pytest.mark.slow
 def test_ingest_prints_totals_and_is_idempotent(tmp_path):
     home = tmp_path / "home"
     files = [str(REAL_DATA / "xsample_example.jsonl"), str(REAL_DATA / "mt_bench_questions.jsonl")]
@@ -43,6 +45,8 @@ def test_ingest_reports_a_missing_file_clearly(tmp_path):
     assert done.returncode == 2 and "nope.jsonl: no such file" in done.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.llm
 def test_demo_ingests_tags_and_selects(tmp_path):
     home = tmp_path / "home"
     done = run_cli(["demo"], home)

@@ -17,6 +17,8 @@ from mig_assets.core.specs import SelectionSpec
 from mig_assets.demo_pool import write_demo_pool, write_demo_target
 from mig_assets.selection.assets import build_selection_asset
 
+pytestmark = pytest.mark.slow  # each test materializes the demo pool's upstream with the real embedding model (40-50 s)
+
 UPSTREAM = ("raw_pool", "atomic_tags", "sample_embeddings", "tag_vocabulary", "tag_embeddings", "label_graph", "knowledge_tree", "target_profile")
 TREE_CONFIG = {"knowledge_tree": {"config": {"branching": 3, "top_size": 3, "min_count": 1}}}
 

@@ -15,6 +15,7 @@ def embedder():
     return SentenceEmbedder(device="cpu")
 
 
+@pytest.mark.slow
 def test_real_model_embeds_offline_with_meaningful_similarities(embedder):
     vectors = embedder.encode(["python programming", "python coding", "french cuisine"])
     assert vectors.shape == (3, 384) and vectors.dtype == np.float32
@@ -53,6 +54,7 @@ def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instan
     assert meta[0]["device"].value == "cpu"
 
 
+@pytest.mark.slow
 def test_sample_embeddings_per_shard_with_the_real_model(layout, instance, resources):
     import shutil
 

@@ -11,6 +11,7 @@ import shutil
 
 import dagster as dg
 import duckdb
+import pytest
 
 from mig_assets.core.explain import explain
 from mig_assets.definitions import defs
@@ -29,6 +30,7 @@ def requested(result) -> dict[str, int]:
     return {key: n for key, n in counts.items() if n}
 
 
+@pytest.mark.slow
 def test_pool_growth_tags_only_the_new_shard_and_reselects_once(layout, instance, resources):
     assets = list(defs.assets)
     shard_assets = [a for a in assets if a.partitions_def is not None]

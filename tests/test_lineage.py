@@ -109,6 +109,7 @@ def current_tags(layout) -> dict[str, list[str]]:
     return {r["sample_id"]: r["tags"] for r in pq.read_table(layout.shard_file("atomic_tags", SHARD)).to_pylist()}
 
 
+@pytest.mark.slow
 def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, persistent, resources, pool):
     first_tag_run = persistent.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("atomic_tags"), asset_partitions=[SHARD]), limit=1
@@ -166,6 +167,7 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     assert "inputs changed since version 1" in report and retag_run in report
 
 
+@pytest.mark.slow
 def test_rescore_explain_v1_shows_v1_weight_and_the_change(layout, persistent, resources, pool):
     select(persistent, resources)
     top = members(layout, 1)[0]
@@ -191,6 +193,7 @@ def test_rescore_explain_v1_shows_v1_weight_and_the_change(layout, persistent, r
     assert v3_meta.metadata["inputs_changed_since_previous"].value == "no input of v2's members changed"
 
 
+@pytest.mark.slow
 def test_replaced_shard_file_explain_v1_still_shows_the_raw_record_it_used(layout, persistent, resources, pool):
     select(persistent, resources)
     top, gone = members(layout, 1)[:2]

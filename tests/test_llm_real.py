@@ -35,6 +35,8 @@ def real_prompts(n: int) -> list[str]:
     return [json.loads(line)["prompt"] for line in lines[:n]]
 
 
+@pytest.mark.slow
+@pytest.mark.llm
 def test_vllm_engine_tags_real_samples_through_the_asset(layout, instance, resources, smollm_dir):
     path = layout.incoming_dir / "real.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": p}) for p in real_prompts(11) + [INJECTION]) + "\n")
@@ -86,6 +88,8 @@ def openai_server(smollm_dir, tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.llm
 def test_openai_backend_against_a_real_local_server(openai_server, smollm_dir, layout, instance, resources):
     backend = OpenAIBackend(base_url=openai_server, model=smollm_dir, concurrency=4, timeout_s=120)
     prompt = PROMPTS["atomic-v1"]
@@ -110,6 +114,8 @@ def test_openai_backend_gives_up_cleanly_on_a_dead_server():
     assert backend.complete([[{"role": "user", "content": "hi"}]], {"type": "object"}, Sampling()) == [None]
 
 
+@pytest.mark.slow
+@pytest.mark.llm
 def test_tree_refinement_by_the_served_model(openai_server, smollm_dir, tmp_path):
     """The knowledge tree refined by a real model through the same OpenAI-compatible server: the
     model names the clusters and re-parents children within their shortlists; a cached rebuild

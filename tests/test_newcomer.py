@@ -86,6 +86,7 @@ def stale_partitions(home, asset: str) -> set[str]:
     return set(json.loads(done.stdout.splitlines()[-1]))
 
 
+@pytest.mark.slow
 def test_init_ingest_run_then_the_ui_keeps_the_tags_and_a_tagger_change_waits_for_a_launched_run(tmp_path, tag_server):
     home = tmp_path / "home"
     cli(home, "init")
@@ -147,6 +148,7 @@ def test_run_without_anything_ingested_says_what_to_do(tmp_path):
     assert done.returncode == 2 and "nothing ingested" in done.stderr and "mig-assets ingest" in done.stderr
 
 
+@pytest.mark.slow
 def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show_in_the_instance(tmp_path):
     """A user with their own files and no variable: init, ingest, run."""
     home = tmp_path / "home"

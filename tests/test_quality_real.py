@@ -15,6 +15,8 @@ from mig_assets.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
 from tests.conftest import REAL_DATA, materialize_shards
 
+pytestmark = [pytest.mark.slow, pytest.mark.llm]  # the real SmolLM2 engine, started once for the module
+
 N_SAMPLES = 8
 _ENGINE: dict = {}
 

@@ -20,6 +20,8 @@ from tests.fakes import FakeTagger
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.ray  # every test runs on a local Ray cluster
+
 # a local cluster the size of this machine; actors of 0.5 CPU leave room for the read tasks
 CLUSTER = {"num_cpus": 2, "object_store_memory": 256 * 1024 * 1024, "include_dashboard": False}
 
@@ -169,6 +171,7 @@ def test_range_run_tags_every_shard_in_one_cluster_pass(ray_cluster, layout, ins
     assert on_ray["ray_batches"] == 2 and on_ray["ray_actors"] == 1 and on_ray["ray_actor_restarts"] == 0
 
 
+@pytest.mark.slow
 def test_sample_embeddings_on_ray_match_local(ray_cluster, layout, instance, resources):
     from mig_assets.embeddings.assets import sample_embeddings
 
@@ -197,6 +200,8 @@ def test_sample_embeddings_on_ray_match_local(ray_cluster, layout, instance, res
 
 
 
+@pytest.mark.slow
+@pytest.mark.llm
 def test_real_vllm_engine_on_ray_matches_local(ray_cluster, layout, instance, resources):
     """SmolLM2-135M on vLLM's CPU engine inside one Ray actor: the same rows as in the step.
 

@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from dagster._core.events import EngineEventData  # fault injection: a run record as Dagster writes it
 
 from tests.conftest import REPO_ROOT
@@ -62,6 +63,7 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_a_killed_ingest_does_not_block_the_next_one(tmp_path):
     """kill -9 mid-ingest left the `duckdb` pool slot taken for good: the re-run never returned."""
     home = tmp_path / "home"
@@ -83,6 +85,7 @@ def test_a_killed_ingest_does_not_block_the_next_one(tmp_path):
     assert statuses == ["FAILURE", "SUCCESS"]
 
 
+@pytest.mark.slow
 def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_ctrl_c(tmp_path):
     """A live run holding the pool slot (fault injection: a run record owned by a sleeping process)."""
     home = tmp_path / "home"
@@ -154,6 +157,7 @@ def test_a_symlink_loop_and_a_dot_name_do_not_stop_ingestion(tmp_path):
         assert instance.get_dynamic_partitions("pool_shards") == ["ok.jsonl"]  # no phantom partition
 
 
+@pytest.mark.slow
 def test_damaged_containers_keep_every_readable_record_and_exit_2(tmp_path):
     home, src = tmp_path / "home", tmp_path / "src"
     src.mkdir()

@@ -50,6 +50,7 @@ def selected_original_ids(layout, export_dir) -> list[str]:
     return [original[json.loads(line)["sample_id"]] for line in lines]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["default", "tau_0.8"])
 def test_dagster_pipeline_reproduces_the_reference_selection(case, p2k_pool, layout, instance, resources):
     expected = json.loads((MIG_FIXTURES / "expected.json").read_text())[case]
@@ -63,6 +64,7 @@ def test_dagster_pipeline_reproduces_the_reference_selection(case, p2k_pool, lay
     assert graph["labels"].value == len(json.loads((MIG_FIXTURES / "p2k.labels.json").read_text()))
 
 
+@pytest.mark.slow
 def test_selection_is_persisted_exported_and_deterministic(p2k_pool, layout, instance, resources):
     config = {"budget_count": 50, "budget_fraction": None}
     first = run_mig(p2k_pool, instance, resources, selection_config=config)
@@ -97,6 +99,7 @@ def test_selection_is_persisted_exported_and_deterministic(p2k_pool, layout, ins
     assert 0 < metadata["label_coverage"].value <= 1 and "| selected |" in metadata["score_distribution"].value
 
 
+@pytest.mark.slow
 def test_token_budget_keeps_the_longest_fitting_greedy_prefix(p2k_pool, layout, instance, resources):
     result = run_mig(p2k_pool, instance, resources, selection_config={"budget_tokens": 5000, "budget_fraction": None})
     metadata = result.asset_materializations_for_node("mig_selection")[0].metadata
@@ -114,6 +117,7 @@ def test_token_budget_keeps_the_longest_fitting_greedy_prefix(p2k_pool, layout, 
     assert count.success
 
 
+@pytest.mark.slow
 def test_label_missing_an_embedding_fails_with_its_name(p2k_pool, instance, resources, tmp_path):
     labels = json.loads((MIG_FIXTURES / "p2k.labels.json").read_text())
     vectors = np.load(MIG_FIXTURES / "p2k.emb.npy")
@@ -185,6 +189,7 @@ def test_unknown_spec_parameter_is_refused():
         config_class_for(SelectionSpec("a", params={"temperature": 1.0}))
 
 
+@pytest.mark.slow
 def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, layout, instance, resources):
     from mig_assets.core.explain import explain
 
@@ -214,6 +219,7 @@ def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, lay
         assert "below the last pick's gain" in fate["why_not"]
 
 
+@pytest.mark.slow
 def test_reselection_after_the_pool_grows_reports_its_diff_and_a_report(p2k_pool, layout, instance, resources):
     config = {"budget_count": 60, "budget_fraction": None}
     run_mig(p2k_pool, instance, resources, selection_config=config)

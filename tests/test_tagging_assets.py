@@ -10,6 +10,7 @@ import time
 import dagster as dg
 import duckdb
 import pyarrow.parquet as pq
+import pytest
 
 from mig_assets.core.tag_prompts import PROMPTS
 from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION
@@ -123,6 +124,7 @@ def test_changing_prompt_or_model_changes_the_code_version():
     assert set(PROMPTS) == {"atomic-v1", "instag-v1"}
 
 
+@pytest.mark.slow
 def test_killed_mid_shard_rerun_tags_only_the_rest_without_duplicates(layout, instance, resources):
     lines = [json.dumps({"prompt": f"explain topic number {i}"}) for i in range(12)]
     shard = ingest_lines(layout, instance, resources, "slow.jsonl", lines)

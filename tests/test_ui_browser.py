@@ -15,6 +15,8 @@ import requests
 
 from tests.conftest import free_port, REPO_ROOT
 
+pytestmark = [pytest.mark.slow, pytest.mark.browser]  # the real `dagster dev` and Chromium
+
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 LOCATION = {"repositoryLocationName": "mig_assets", "repositoryName": "__repository__"}
 ADD_PARTITION = """
