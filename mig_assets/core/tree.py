@@ -13,9 +13,9 @@ top_size); finally a virtual root. A node's centroid is the normalised mean of t
 embeddings of all tags below it. Optionally, an LLM-backed :class:`TreeRefiner` refines each level
 (summarise, deduplicate, reassign among a shortlist, rename), as the paper does with Qwen3-30B.
 
-Everything is deterministic for the same inputs, ``seed`` and BLAS thread count: the K-Means is
-scikit-learn's (seeded, on at most two OpenMP threads, see :func:`kmeans`), clusters are ordered by
-their first member, and ties go to the lowest index.
+Everything is deterministic for the same inputs and ``seed``: the K-Means is scikit-learn's (seeded,
+with fixed thread limits, see :func:`kmeans`), clusters are ordered by their first member, and ties
+go to the lowest index.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ _ASSIGN_BLOCK_ELEMENTS = 1 << 23  # similarities computed per block (32 MiB of f
 _DESCRIPTION_TERMS = 5  # child names listed in a default description
 _SEED_DIMENSIONS = 64  # k-means++ seeding runs on a random projection to this many dimensions
 _KMEANS_THREADS = 2  # OpenMP threads of scikit-learn's K-Means: at most 2 keeps it exact (see kmeans)
+_THREADED_KMEANS_SIZE = 10_000_000  # n·k from which a second thread pays for its synchronisation
 
 
 def _first_few(items: Sequence) -> str:
@@ -318,8 +319,7 @@ class _SubsampledKMeansPlusPlus:
     Above 64 dimensions the seeding runs on a seeded Gaussian random projection to 64 dimensions, which
     preserves distances well enough for seeding and makes it 6× cheaper at 384 dimensions; Lloyd's
     iterations use the full vectors. KMeans passes the points centred on their mean (distances are
-    unchanged). BLAS runs single-threaded here: the seeding is k small products in a row, where thread
-    hand-offs cost more than they save.
+    unchanged).
     """
 
     def __init__(self, init_size: int | None):
@@ -334,8 +334,7 @@ class _SubsampledKMeansPlusPlus:
             projection = random_state.standard_normal((dimensions, _SEED_DIMENSIONS)).astype(points.dtype)
             candidates = candidates @ projection
         # in float64: for float32 rows scikit-learn computes each distance block in a float64 copy, 2× slower
-        with threadpool_limits(limits=1, user_api="blas"):
-            _, seeds = kmeans_plusplus(candidates.astype(np.float64), k, random_state=random_state)
+        _, seeds = kmeans_plusplus(candidates.astype(np.float64), k, random_state=random_state)
         return points[sample[seeds]]
 
 
@@ -356,11 +355,13 @@ def kmeans(
     n_init: restarts, keeping the lowest inertia; "auto" = min(10, max(1, 3·10⁷ // (n·k))), i.e. 10 on
         small problems, where one unlucky seeding splits a tight cluster, and 1 at scale (50,000 tags
         into 5,000 leaves).
-    max_iter, tol: each run stops after ``max_iter`` iterations or when the centres move by at most
-        ``tol`` (scikit-learn's rule: squared shift ≤ tol × the mean per-feature variance of the points).
+    max_iter, tol: each run stops after ``max_iter`` iterations, when no label changes, or when the
+        total squared centre shift Σ‖Δc‖² is at most ``tol`` × the mean per-feature variance of the
+        points (scikit-learn's rule).
     Empty clusters are re-seeded with far points (scikit-learn's rule). Clusters are numbered by their
     first member and clusters that stay empty (fewer distinct points than k) are dropped, so labels
-    are 0 .. k'−1 with k' ≤ k. Deterministic for the same inputs, seed and BLAS thread count.
+    are 0 .. k'−1 with k' ≤ k. Deterministic for the same inputs and seed, whatever the machine's thread
+    settings: BLAS runs on one thread and scikit-learn's OpenMP loops on at most two (see below).
     """
     n = len(points)
     k = max(1, min(int(k), n))
@@ -371,8 +372,12 @@ def kmeans(
     model = KMeans(n_clusters=k, init=_SubsampledKMeansPlusPlus(init_size), n_init=max(1, int(n_init)),
                    max_iter=max(1, max_iter), tol=tol, random_state=seed, algorithm="lloyd")
     # scikit-learn adds each thread's partial centre sums under a lock, in the order the threads finish:
-    # with two threads that is one commutative addition, exact; with more, the rounding could vary
-    with threadpool_limits(limits=_KMEANS_THREADS, user_api="openmp"), warnings.catch_warnings():
+    # with two threads that is one commutative addition, exact; with more, the rounding could vary.
+    # Small problems run on one thread: there, waiting for the other thread costs more than it saves.
+    # BLAS single-threaded: the seeding is k small products in a row, where thread hand-offs cost more
+    # than they save (and scikit-learn's Lloyd iterations run BLAS single-threaded anyway).
+    threads = {"openmp": _KMEANS_THREADS if n * k >= _THREADED_KMEANS_SIZE else 1, "blas": 1}
+    with threadpool_limits(limits=threads), warnings.catch_warnings():
         # fewer distinct points than k: the surplus clusters are dropped below
         warnings.simplefilter("ignore", ConvergenceWarning)
         labels = model.fit(np.ascontiguousarray(points)).labels_
