@@ -29,9 +29,13 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
+
+# part of a tree's version: another K-Means (or scikit-learn release) may cluster the same inputs otherwise
+CLUSTERING_METHOD = f"scikit-learn {sklearn.__version__} KMeans (lloyd), k-means++ on a seeded subsample"
 
 _NAMED_IN_ERRORS = 5
 _ASSIGN_BLOCK_ELEMENTS = 1 << 23  # similarities computed per block (32 MiB of float32)
@@ -360,8 +364,9 @@ def kmeans(
         points (scikit-learn's rule).
     Empty clusters are re-seeded with far points (scikit-learn's rule). Clusters are numbered by their
     first member and clusters that stay empty (fewer distinct points than k) are dropped, so labels
-    are 0 .. k'−1 with k' ≤ k. Deterministic for the same inputs and seed, whatever the machine's thread
-    settings: BLAS runs on one thread and scikit-learn's OpenMP loops on at most two (see below).
+    are 0 .. k'−1 with k' ≤ k. Deterministic for the same inputs and seed whatever the thread settings,
+    on any machine with two cores or more: BLAS runs on one thread and scikit-learn's OpenMP loops on at
+    most two (see below).
     """
     n = len(points)
     k = max(1, min(int(k), n))
