@@ -34,6 +34,24 @@ def test_tree_from_real_embeddings_groups_synonyms(layout, instance, resources):
     assert len(set(leaf.values())) >= 4 and all(names)
 
 
+def test_tree_version_names_the_clustering_method(layout, instance, resources, monkeypatch):
+    """The same tags, vectors and config clustered by another K-Means get another tree version, so that a
+    target profile built on the old tree is refused rather than read against new leaves."""
+    tags = [t for pair in SYNONYMS for t in pair] + OTHERS
+    with open_catalog(layout) as con:
+        replace_table(con, "tag_vocabulary", pa.table({"tag": tags, "n_samples": [5] * len(tags)}))
+    config = {"ops": {"knowledge_tree": {"config": {"branching": 2, "top_size": 3}}}}
+    dg.materialize([tag_embeddings], instance=instance, resources=resources)
+
+    def tree_version() -> str:
+        result = dg.materialize([knowledge_tree], instance=instance, resources=resources, run_config=config)
+        return result.asset_materializations_for_node("knowledge_tree")[0].metadata["tree_version"].value
+
+    before = tree_version()
+    monkeypatch.setattr("mig_assets.tree.assets.CLUSTERING_METHOD", "another K-Means")
+    assert tree_version() != before
+
+
 def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, resources):
     import json
     import shutil

@@ -13,15 +13,15 @@ top_size); finally a virtual root. A node's centroid is the normalised mean of t
 embeddings of all tags below it. Optionally, an LLM-backed :class:`TreeRefiner` refines each level
 (summarise, deduplicate, reassign among a shortlist, rename), as the paper does with Qwen3-30B.
 
-Everything is deterministic for the same inputs, ``seed`` and BLAS thread count: the K-Means here
-is plain numpy (no sklearn), clusters are ordered by their first member, and ties go to the lowest
-index.
+Everything is deterministic for the same inputs and ``seed``: the K-Means is scikit-learn's (seeded,
+with fixed thread limits, see :func:`kmeans`), clusters are ordered by their first member, and ties
+go to the lowest index.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +29,20 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
+import sklearn
+from sklearn.cluster import KMeans, kmeans_plusplus
+from sklearn.exceptions import ConvergenceWarning
+from threadpoolctl import threadpool_limits
+
+# part of a tree's version: another K-Means (or scikit-learn release) may cluster the same inputs otherwise
+CLUSTERING_METHOD = f"scikit-learn {sklearn.__version__} KMeans (lloyd), k-means++ on a seeded subsample"
 
 _NAMED_IN_ERRORS = 5
 _ASSIGN_BLOCK_ELEMENTS = 1 << 23  # similarities computed per block (32 MiB of float32)
 _DESCRIPTION_TERMS = 5  # child names listed in a default description
 _SEED_DIMENSIONS = 64  # k-means++ seeding runs on a random projection to this many dimensions
+_KMEANS_THREADS = 2  # OpenMP threads of scikit-learn's K-Means: at most 2 keeps it exact (see kmeans)
+_THREADED_KMEANS_SIZE = 10_000_000  # n·k from which a second thread pays for its synchronisation
 
 
 def _first_few(items: Sequence) -> str:
@@ -289,74 +298,48 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-def _nearest(points: np.ndarray, centres: np.ndarray, *, cosine: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the centre with the largest x·c − ½‖c‖² (the nearest in Euclidean distance), or with the
-    largest x·c when ``cosine``, ties to the lowest, and that score; computed in row blocks."""
-    half_norms = np.zeros(len(centres), dtype=points.dtype) if cosine else 0.5 * np.einsum("ij,ij->i", centres, centres)
+def _nearest_by_cosine(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the centre with the largest x·c (ties to the lowest) and that cosine; computed in row blocks."""
     labels = np.empty(len(points), dtype=np.int64)
     scores = np.empty(len(points), dtype=points.dtype)
     block = max(1, _ASSIGN_BLOCK_ELEMENTS // max(len(centres), 1))
     for start in range(0, len(points), block):
         similarity = points[start : start + block] @ centres.T
-        similarity -= half_norms
         labels[start : start + block] = similarity.argmax(axis=1)
         scores[start : start + block] = similarity[np.arange(len(similarity)), labels[start : start + block]]
     return labels, scores
-
-
-def _kmeans_plus_plus(points: np.ndarray, k: int, rng: np.random.Generator, trials: int | None = None) -> np.ndarray:
-    """Row indices of k seeds by greedy k-means++ (rows are unit vectors): each seed is the best, by the
-    resulting potential Σ min-distance², of ``trials`` candidates drawn by D² sampling (default
-    2 + ln k, as scikit-learn). Above 64 dimensions the seeding runs on a seeded Gaussian random
-    projection to 64 dimensions (renormalised), which preserves distances well enough for seeding
-    and makes it 6× cheaper at 384 dimensions; Lloyd's iterations use the full vectors."""
-    n, dimensions = points.shape
-    if dimensions > _SEED_DIMENSIONS:
-        projection = rng.standard_normal((dimensions, _SEED_DIMENSIONS)).astype(np.float32)
-        points = _normalise(points @ projection)
-    points = np.ascontiguousarray(points, dtype=np.float32)
-    with _single_threaded_blas():  # k small products in a row: thread hand-offs cost more than they save
-        return _greedy_seeds(points, k, rng, trials or 2 + int(math.log(k)))
-
-
-def _greedy_seeds(points: np.ndarray, k: int, rng: np.random.Generator, trials: int) -> np.ndarray:
-    n = len(points)
-    seeds = np.empty(k, dtype=np.int64)
-    seeds[0] = rng.integers(n)
-    distance = np.maximum(2.0 - 2.0 * (points @ points[seeds[0]]), 0.0).astype(np.float32)
-    for j in range(1, k):
-        cumulative = np.cumsum(distance, dtype=np.float64)
-        if cumulative[-1] <= 0:  # fewer distinct points than k: the remaining seeds repeat a point
-            seeds[j:] = seeds[0]
-            break
-        candidates = np.minimum(np.searchsorted(cumulative, rng.random(trials) * cumulative[-1], side="right"), n - 1)
-        to_candidates = points[candidates] @ points.T  # (trials, n) cosines → squared distances, in place
-        to_candidates *= -2.0
-        to_candidates += 2.0
-        np.maximum(to_candidates, 0.0, out=to_candidates)
-        np.minimum(to_candidates, distance, out=to_candidates)
-        best = int(np.argmin(to_candidates.sum(axis=1, dtype=np.float64)))
-        seeds[j] = candidates[best]
-        distance = to_candidates[best].copy()
-    return seeds
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """Limit BLAS to one thread where threadpoolctl (a scikit-learn dependency) is installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - only slower
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 def _cluster_sums(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     one_hot = sp.csr_array((np.ones(len(labels), dtype=points.dtype), (labels, np.arange(len(labels)))),
                            shape=(k, len(labels)))
     return np.asarray(one_hot @ points)
+
+
+class _SubsampledKMeansPlusPlus:
+    """scikit-learn's greedy k-means++ (``kmeans_plusplus``) on a seeded subsample of ``init_size`` rows, an
+    ``init`` callable for :class:`~sklearn.cluster.KMeans`.
+
+    Above 64 dimensions the seeding runs on a seeded Gaussian random projection to 64 dimensions, which
+    preserves distances well enough for seeding and makes it 6× cheaper at 384 dimensions; Lloyd's
+    iterations use the full vectors. KMeans passes the points centred on their mean (distances are
+    unchanged).
+    """
+
+    def __init__(self, init_size: int | None):
+        self.init_size = init_size
+
+    def __call__(self, points: np.ndarray, k: int, random_state: np.random.RandomState) -> np.ndarray:
+        n, dimensions = points.shape
+        size = min(n, self.init_size or max(3 * k, 10_000))
+        sample = np.sort(random_state.choice(n, size=size, replace=False)) if size < n else np.arange(n)
+        candidates = points[sample]
+        if dimensions > _SEED_DIMENSIONS:
+            projection = random_state.standard_normal((dimensions, _SEED_DIMENSIONS)).astype(points.dtype)
+            candidates = candidates @ projection
+        # in float64: for float32 rows scikit-learn computes each distance block in a float64 copy, 2× slower
+        _, seeds = kmeans_plusplus(candidates.astype(np.float64), k, random_state=random_state)
+        return points[sample[seeds]]
 
 
 def kmeans(
@@ -369,16 +352,21 @@ def kmeans(
     init_size: int | None = None,
     n_init: int | str = "auto",
 ) -> np.ndarray:
-    """Labels (n,) of Lloyd's K-Means on unit-vector rows, seeded by greedy k-means++ on a seeded subsample.
+    """Labels (n,) of scikit-learn's Lloyd K-Means (min Σ‖x − c‖²) on unit-vector rows, seeded by greedy
+    k-means++ on a seeded subsample.
 
     init_size: rows the seeding samples from (default min(n, max(3k, 10,000))).
-    n_init: restarts, keeping the lowest inertia (ties to the first); "auto" = min(10, max(1,
-        3·10⁷ // (n·k))), i.e. 10 on small problems, where one unlucky seeding splits a tight
-        cluster, and 1 at scale (50,000 tags into 5,000 leaves).
-    Each run stops after ``max_iter`` assignments or when at most ``tol``·n points change cluster.
-    Empty clusters are re-seeded with the points farthest from their centres. Clusters are
-    numbered by their first member and clusters that stay empty are dropped, so labels are
-    0 .. k'−1 with k' ≤ k.
+    n_init: restarts, keeping the lowest inertia; "auto" = min(10, max(1, 3·10⁷ // (n·k))), i.e. 10 on
+        small problems, where one unlucky seeding splits a tight cluster, and 1 at scale (50,000 tags
+        into 5,000 leaves).
+    max_iter, tol: each run stops after ``max_iter`` iterations, when no label changes, or when the
+        total squared centre shift Σ‖Δc‖² is at most ``tol`` × the mean per-feature variance of the
+        points (scikit-learn's rule).
+    Empty clusters are re-seeded with far points (scikit-learn's rule). Clusters are numbered by their
+    first member and clusters that stay empty (fewer distinct points than k) are dropped, so labels
+    are 0 .. k'−1 with k' ≤ k. Deterministic for the same inputs and seed whatever the thread settings,
+    on any machine with two cores or more: BLAS runs on one thread and scikit-learn's OpenMP loops on at
+    most two (see below).
     """
     n = len(points)
     k = max(1, min(int(k), n))
@@ -386,36 +374,19 @@ def kmeans(
         return np.zeros(n, dtype=np.int64)
     if n_init == "auto":
         n_init = min(10, max(1, 30_000_000 // (n * k)))
-    rng = np.random.default_rng(seed)
-    best_labels, best_inertia = None, np.inf
-    for _ in range(max(1, int(n_init))):
-        labels, inertia = _lloyd(points, k, rng, max_iter, tol, init_size)
-        if inertia < best_inertia:
-            best_labels, best_inertia = labels, inertia
-    return _canonical_labels(best_labels)
-
-
-def _lloyd(points, k, rng, max_iter, tol, init_size) -> tuple[np.ndarray, float]:
-    n = len(points)
-    size = min(n, init_size or max(3 * k, 10_000))
-    sample = np.sort(rng.choice(n, size=size, replace=False)) if size < n else np.arange(n)
-    centres = points[sample[_kmeans_plus_plus(points[sample], k, rng)]].copy()
-    labels = np.full(n, -1, dtype=np.int64)
-    for _ in range(max(1, max_iter)):
-        new_labels, scores = _nearest(points, centres)
-        changed = np.count_nonzero(new_labels != labels)
-        labels = new_labels
-        if changed <= tol * n:
-            break  # labels are the nearest centres' (after max_iter: the last centres but one's)
-        sizes = np.bincount(labels, minlength=k)
-        centres = _cluster_sums(points, labels, k) / np.maximum(sizes, 1)[:, None].astype(points.dtype)
-        empty = np.flatnonzero(sizes == 0)
-        if len(empty):
-            # squared distance to the own centre: ‖x‖² − 2(x·c − ½‖c‖²), with ‖x‖ = 1
-            far = np.argsort(-(1.0 - 2.0 * scores.astype(np.float64)), kind="stable")[: len(empty)]
-            centres[empty[: len(far)]] = points[far]
-    # inertia Σ‖x − c‖² of the labels against the centres they were assigned to
-    return labels, float(np.sum(1.0 - 2.0 * scores.astype(np.float64)))
+    model = KMeans(n_clusters=k, init=_SubsampledKMeansPlusPlus(init_size), n_init=max(1, int(n_init)),
+                   max_iter=max(1, max_iter), tol=tol, random_state=seed, algorithm="lloyd")
+    # scikit-learn adds each thread's partial centre sums under a lock, in the order the threads finish:
+    # with two threads that is one commutative addition, exact; with more, the rounding could vary.
+    # Small problems run on one thread: there, waiting for the other thread costs more than it saves.
+    # BLAS single-threaded: the seeding is k small products in a row, where thread hand-offs cost more
+    # than they save (and scikit-learn's Lloyd iterations run BLAS single-threaded anyway).
+    threads = {"openmp": _KMEANS_THREADS if n * k >= _THREADED_KMEANS_SIZE else 1, "blas": 1}
+    with threadpool_limits(limits=threads), warnings.catch_warnings():
+        # fewer distinct points than k: the surplus clusters are dropped below
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        labels = model.fit(np.ascontiguousarray(points)).labels_
+    return _canonical_labels(labels.astype(np.int64))
 
 
 def _canonical_labels(labels: np.ndarray) -> np.ndarray:
@@ -646,7 +617,7 @@ def build_tree(
     rare = np.flatnonzero(~core)
     if len(rare):
         core_centroids = _normalise(_cluster_sums(vectors[core_rows], leaves.parent_of_children, len(leaves.names)))
-        tag2leaf[rare] = _nearest(vectors[rare], core_centroids, cosine=True)[0]
+        tag2leaf[rare] = _nearest_by_cosine(vectors[rare], core_centroids)[0]
     n_leaves = len(leaves.names)
     leaves.parent_of_children = tag2leaf
     leaves.sums = _cluster_sums(vectors, tag2leaf, n_leaves)
@@ -746,7 +717,7 @@ def ground_tags(
             if len(bad):
                 offending = _first_few([names[i] for i in bad])
                 raise ValueError(f"embeddings of unseen tags must be finite and non-zero; offending {offending}")
-            nearest, cosine = _nearest(vectors[unseen], leaf_centroids, cosine=True)
+            nearest, cosine = _nearest_by_cosine(vectors[unseen], leaf_centroids)
             cosine = cosine.astype(np.float64)
             similarities[unseen] = cosine
             leaf_ids[unseen] = np.where(cosine >= threshold, nearest, -1)

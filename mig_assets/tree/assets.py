@@ -20,7 +20,7 @@ from mig_assets.core.tagging import llm_result_tags, tag_samples
 from mig_assets.core.tags import as_written_tags
 from mig_assets.core.tags_select import leaf_entropy, target_distribution
 from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
-from mig_assets.core.tree import KnowledgeTree, build_tree
+from mig_assets.core.tree import CLUSTERING_METHOD, KnowledgeTree, build_tree
 from mig_assets.core.tree_refine import LLMTreeRefiner
 from mig_assets.core.warehouse import drop_table, replace_table
 from mig_assets.core.embedding import EmbeddingCache
@@ -48,7 +48,7 @@ class KnowledgeTreeConfig(dg.Config):
     deps=[tag_embeddings],
     group_name="tree",
     kinds={"duckdb", "parquet"},
-    code_version="1",
+    code_version="2",  # 2: scikit-learn's K-Means
     pool="duckdb",
     automation_condition=re_select,
     description="TAGS knowledge tree: bottom-up K-Means over tag embeddings, leaves = first-level concepts, every "
@@ -80,7 +80,7 @@ def knowledge_tree(
     model_id = table.column("model_id")[0].as_py()
     refined_by = f"{tagger.model_id} ({tagger.version()})" if refiner else ""
     version = hashlib.sha256(
-        json.dumps([model_id, tags, config.model_dump(), refined_by], sort_keys=True).encode() + np.ascontiguousarray(vectors).tobytes()
+        json.dumps([model_id, tags, config.model_dump(), refined_by, CLUSTERING_METHOD], sort_keys=True).encode() + np.ascontiguousarray(vectors).tobytes()
     ).hexdigest()[:16]
     write_parquet_atomic(pa.table({"node_id": tree.node_ids, "centroid": vectors_to_arrow(tree.centroids)}), folder / "centroids.parquet")
     (folder / "tree.json").write_text(json.dumps(tree.to_dict() | {"version": version, "embedding_model": model_id, "refined_by": refined_by}, sort_keys=True))

@@ -176,6 +176,21 @@ def test_kmeans_is_deterministic_and_numbers_clusters_by_first_member():
     assert kmeans(np.repeat(points[:3], 10, axis=0), 8).max() + 1 <= 3
 
 
+def test_kmeans_recovers_planted_clusters_through_the_projected_subsampled_seeding():
+    """384-d rows (seeding on a 64-d projection) and init_size < n (seeding on a subsample): 12 tight,
+    well-separated clusters come back exactly, the same labels on every call."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(12, 384))
+    planted = rng.integers(12, size=3_000)
+    points = (centres[planted] + 0.05 * rng.normal(size=(3_000, 384))).astype(np.float32)
+    points /= np.linalg.norm(points, axis=1, keepdims=True)
+    labels = kmeans(points, 12, seed=1, init_size=600, n_init=3)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, kmeans(points, 12, seed=1, init_size=600, n_init=3))
+    # one cluster per planted centre: the two partitions match up to the numbering
+    assert len(set(zip(planted.tolist(), labels.tolist()))) == 12 == labels.max() + 1
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # semantics on a hand-made tag set with the fake embedder
 
