@@ -6,8 +6,7 @@ from typing import Iterator
 import dagster as dg
 
 from mig_assets.core.warehouse import WarehouseLayout, open_catalog, publish_catalog
-
-DEFAULT_MIG_HOME = "mig_home"
+from mig_assets.settings import DEFAULT_MIG_HOME
 
 
 class Warehouse(dg.ConfigurableResource):
