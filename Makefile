@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: setup browser demo test test-fast bench dev
+.PHONY: setup browser lint demo test test-fast bench dev
 
 setup: $(VENV)/.installed
 
@@ -31,12 +31,15 @@ browser:
 demo: setup
 	$(VENV)/bin/mig-assets demo
 
-test: setup browser
+test: setup browser lint
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check mig_assets tests benchmarks
 
 # the developer loop: everything but the slow, real-LLM, Ray and browser tests (about 2 minutes here)
 FAST_MARKERS := not slow and not llm and not ray and not browser
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest -m "$(FAST_MARKERS)"
 
 bench: setup

@@ -31,7 +31,13 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mig_assets.core.lineage import INPUTS_SCHEMA, read_inputs_row, version_inputs, write_graph, write_inputs  # noqa: E402
+from mig_assets.core.lineage import (  # noqa: E402
+    INPUTS_SCHEMA,
+    read_inputs_row,
+    version_inputs,
+    write_graph,
+    write_inputs,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mig_reference"
 

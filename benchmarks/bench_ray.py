@@ -88,7 +88,10 @@ def make_shards(layout, name: str, prompts: list[str], shards: int) -> list[str]
 
 def run_stage(stage: str, home: str, keys: list[str], execution, tagger=None) -> dict:
     import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     from mig_assets.embeddings.assets import sample_embeddings
     from mig_assets.resources import Embedder, Warehouse

@@ -25,7 +25,12 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_mig import SIZES, ensure_pool  # noqa: E402
 from benchmarks.mig_synthetic import SyntheticPool, synthetic_paths  # noqa: E402
-from mig_assets.core.mig import MigParams, build_problem, embedding_lookup, select  # noqa: E402
+from mig_assets.core.mig import (  # noqa: E402
+    MigParams,
+    build_problem,
+    embedding_lookup,
+    select,
+)
 from mig_assets.core.mig_pool import load_valid_tags, read_pool  # noqa: E402
 from mig_assets.core.mig_sample import load_label_embeddings  # noqa: E402
 

@@ -33,7 +33,13 @@ def main() -> None:
         "MIG_TARGET_PATH": str(REAL / "mt_bench_questions.jsonl"), "MIG_TARGET_FILTER": "category=coding,math",
     })
     sys.path.insert(0, str(REPO))
-    from mig_assets.cli import dagster_instance, ingest_files, materialize_all, main as cli_main, stdout_to_stderr
+    from mig_assets.cli import (
+        dagster_instance,
+        ingest_files,
+        materialize_all,
+        stdout_to_stderr,
+    )
+    from mig_assets.cli import main as cli_main
     from mig_assets.core.warehouse import WarehouseLayout
 
     layout = WarehouseLayout(home).ensure()

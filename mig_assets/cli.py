@@ -19,8 +19,22 @@ from pathlib import Path
 
 from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest import file_sha256
-from mig_assets.core.warehouse import ShardPathError, WarehouseLayout, open_catalog, publish_catalog
-from mig_assets.settings import DEFAULT_MIG_HOME, SETTINGS_FILE, SettingsError, load_settings, mig_home, render_settings_file, unknown_variables, write_settings_file
+from mig_assets.core.warehouse import (
+    ShardPathError,
+    WarehouseLayout,
+    open_catalog,
+    publish_catalog,
+)
+from mig_assets.settings import (
+    DEFAULT_MIG_HOME,
+    SETTINGS_FILE,
+    SettingsError,
+    load_settings,
+    mig_home,
+    render_settings_file,
+    unknown_variables,
+    write_settings_file,
+)
 
 TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
 # runs launched from the CLI log at INFO (our progress lines), not Dagster's DEBUG event stream
@@ -240,7 +254,12 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
     each model loads once), then the global chain and every selection (``reselect_job``)."""
     import time
 
-    from mig_assets.definitions import atomic_tags, defs, quality_scores, sample_embeddings
+    from mig_assets.definitions import (
+        atomic_tags,
+        defs,
+        quality_scores,
+        sample_embeddings,
+    )
     from mig_assets.partitions import pool_shards
 
     ordered = list(instance.get_dynamic_partitions(pool_shards.name))

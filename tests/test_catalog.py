@@ -18,7 +18,10 @@ from mig_assets.core.warehouse import WarehouseLayout
 from mig_assets.resources import Warehouse
 from tests.conftest import REAL_DATA
 from tests.test_cli import run_cli
-from tests.test_selection_assets import p2k_pool, run_mig  # noqa: F401  (p2k_pool is a fixture)
+from tests.test_selection_assets import (  # noqa: F401  (p2k_pool is a fixture)
+    p2k_pool,
+    run_mig,
+)
 from tests.test_sensor import settled, tick
 
 HISTORY_TABLES = {

@@ -240,7 +240,13 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
     """The snapshot's own rules on hand-made rows: rank order, the weight the selection used and its
     origin (scored, imported, median fill), left-out samples, raw records of members only, and the
     change report (a median fill is not a score, so staying unscored is no change)."""
-    from mig_assets.core.lineage import INPUTS_SCHEMA, input_changes, read_inputs_row, version_inputs, write_inputs
+    from mig_assets.core.lineage import (
+        INPUTS_SCHEMA,
+        input_changes,
+        read_inputs_row,
+        version_inputs,
+        write_inputs,
+    )
 
     def row(sid, **values):
         base = {name: None for name in INPUTS_SCHEMA.names} | {"sample_id": sid, "shard": "a.jsonl", "tags": ["x"], "tag_status": "ok",

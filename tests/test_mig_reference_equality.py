@@ -9,7 +9,12 @@ argmax does on its file.
 
 import pytest
 
-from benchmarks.mig_assets_vs_reference import asset_order, first_difference, reference_order, split_into_shards
+from benchmarks.mig_assets_vs_reference import (
+    asset_order,
+    first_difference,
+    reference_order,
+    split_into_shards,
+)
 from benchmarks.mig_synthetic import generate
 from tests.conftest import MIG_FIXTURES
 

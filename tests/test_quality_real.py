@@ -10,7 +10,14 @@ import pytest
 
 from mig_assets.core.llm import VllmBackend
 from mig_assets.core.models import SMOLLM2, resolve_llm
-from mig_assets.core.quality import PROMPTS, DigitTokenError, QualityCache, digit_token_ids, expected_score, score_samples
+from mig_assets.core.quality import (
+    PROMPTS,
+    DigitTokenError,
+    QualityCache,
+    digit_token_ids,
+    expected_score,
+    score_samples,
+)
 from mig_assets.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
 from tests.conftest import REAL_DATA, materialize_shards

@@ -149,7 +149,10 @@ def test_killed_actor_is_retried_without_loss_or_duplication(ray_cluster, layout
 def test_range_run_tags_every_shard_in_one_cluster_pass(ray_cluster, layout, instance, resources):
     """A run over two shards: one pipeline (the actors load once), texts shared by the shards done
     once, each shard's tags and counts as in a local range run."""
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
 
     first = ingest(layout, instance, resources, "a.jsonl", [{"prompt": f"question {i}"} for i in range(10)])
     second = ingest(layout, instance, resources, "b.jsonl", [{"prompt": f"question {i}", "response": "x"} for i in range(5, 15)])

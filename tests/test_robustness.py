@@ -18,7 +18,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from dagster._core.events import EngineEventData  # fault injection: a run record as Dagster writes it
+from dagster._core.events import (
+    EngineEventData,  # fault injection: a run record as Dagster writes it
+)
 
 from tests.conftest import REPO_ROOT
 

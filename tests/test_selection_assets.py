@@ -135,8 +135,8 @@ def test_label_missing_an_embedding_fails_with_its_name(p2k_pool, instance, reso
 
 
 def test_random_spec_is_seeded_and_needs_no_graph(layout, instance, resources):
-    from mig_assets.pool.assets import raw_pool
     from mig_assets.definitions import atomic_tags
+    from mig_assets.pool.assets import raw_pool
 
     shutil.copyfile(MIG_FIXTURES / "pdup.jsonl", layout.incoming_dir / "pdup.jsonl")
     instance.add_dynamic_partitions("pool_shards", ["pdup.jsonl"])

@@ -104,7 +104,9 @@ def test_a_tick_frees_the_pool_slot_of_a_run_whose_process_died(layout, tmp_path
     """Under `dagster dev`, a killed run's slot kept every requested ingestion QUEUED."""
     import subprocess
 
-    from dagster._core.events import EngineEventData  # fault injection: a run record as Dagster writes it
+    from dagster._core.events import (
+        EngineEventData,  # fault injection: a run record as Dagster writes it
+    )
 
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from mig_assets.settings import SETTINGS_FILE, SettingsError, load_settings, render_settings_file, write_settings_file
+from mig_assets.settings import (
+    SETTINGS_FILE,
+    SettingsError,
+    load_settings,
+    render_settings_file,
+    write_settings_file,
+)
 from tests.conftest import REPO_ROOT
 
 

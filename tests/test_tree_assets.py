@@ -4,8 +4,8 @@ import json
 
 import dagster as dg
 import duckdb
-import pytest
 import pyarrow as pa
+import pytest
 
 from mig_assets.core.warehouse import open_catalog, replace_table
 from mig_assets.embeddings.assets import tag_embeddings

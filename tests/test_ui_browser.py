@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import free_port, REPO_ROOT
+from tests.conftest import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]  # the real `dagster dev` and Chromium
 

@@ -4,19 +4,31 @@ import datetime as dt
 import json
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
 from mig_assets.core.compare import guarantees, run_comparison
-from mig_assets.provenance import record_settings
-from mig_assets.core.report import COMPARED_METRICS, comparison_plot, html_report, markdown_image, markdown_table, overlap_plot
+from mig_assets.core.report import (
+    COMPARED_METRICS,
+    comparison_plot,
+    html_report,
+    markdown_image,
+    markdown_table,
+    overlap_plot,
+)
 from mig_assets.core.tags_select import TagsParams
 from mig_assets.core.warehouse import has_relation, insert_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Warehouse
-from mig_assets.selection.assets import SelectionConfig, label_graph, load_graph, load_pool, load_target
+from mig_assets.selection.assets import (
+    SelectionConfig,
+    label_graph,
+    load_graph,
+    load_pool,
+    load_target,
+)
 from mig_assets.tree.assets import load_tree
 
 COLUMNS = ["method", "size", *COMPARED_METRICS, "seconds"]

@@ -16,39 +16,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mig_assets.core.mig import _budget, _first_few
+from mig_assets.core.validation import check_budget, check_embeddings, check_scores
 
 _DEITA_BLOCK = 1024  # candidates compared with the accepted set in one matrix product
 
 
-def _check_scores(scores, n_samples: int | None = None) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be a 1-D array (one per sample), got shape {scores.shape}")
-    if n_samples is not None and len(scores) != n_samples:
-        raise ValueError(f"expected {n_samples} scores (one per embedding row), got {len(scores)}")
-    bad = np.flatnonzero(~np.isfinite(scores))
-    if len(bad):
-        raise ValueError(
-            f"scores must be finite; {len(bad)} are not, at sample indices {_first_few(bad.tolist())} "
-            f"(values {_first_few(scores[bad].tolist())})"
-        )
-    return scores
 
 
-def _check_embeddings(embeddings) -> np.ndarray:
-    embeddings = np.asarray(embeddings)
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D (samples × dimensions) array, got shape {embeddings.shape}")
-    if embeddings.dtype.kind not in "biuf":
-        raise ValueError(f"embeddings must be numeric, got dtype {embeddings.dtype}")
-    bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
-    if len(bad):
-        raise ValueError(f"embeddings must be finite; offending rows {_first_few(bad.tolist())}")
-    return embeddings
-
-
-def _unit_rows(embeddings: np.ndarray, dtype=np.float32) -> np.ndarray:
+def unit_rows(embeddings: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Rows divided by their L2 norm, in ``dtype``; zero rows stay zero (cosine 0 with every row)."""
     vectors = np.asarray(embeddings, dtype=dtype)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -65,8 +40,8 @@ def top_quality(scores, k: int) -> np.ndarray:
 
     ``scores`` (N,) must be finite (any sign). k ≥ N returns every row; k = 0 an empty array.
     """
-    scores = _check_scores(scores)
-    k = _budget(len(scores), k)
+    scores = check_scores(scores)
+    k = check_budget(len(scores), k)
     return _by_score(scores)[:k]
 
 
@@ -83,12 +58,12 @@ def deita_filter(scores, embeddings, k: int, threshold: float = 0.9) -> np.ndarr
 
     threshold: cosine similarity in [−1, 1] above which a row counts as a near-duplicate (Deita: 0.9).
     """
-    embeddings = _check_embeddings(embeddings)
-    scores = _check_scores(scores, len(embeddings))
+    embeddings = check_embeddings(embeddings)
+    scores = check_scores(scores, len(embeddings))
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
-    k = _budget(len(scores), k)
-    unit = _unit_rows(embeddings)
+    k = check_budget(len(scores), k)
+    unit = unit_rows(embeddings)
     limit = np.float32(threshold)
     candidates = _by_score(scores)
     accepted_vectors = np.empty((k, unit.shape[1]), dtype=np.float32)
@@ -138,7 +113,7 @@ def instag_sampling(tags: Sequence[Sequence[str]], k: int) -> np.ndarray:
     result is shorter than k when fewer than k rows have tags.
     """
     sets = _tag_sets(tags)
-    k = _budget(len(sets), k)
+    k = check_budget(len(sets), k)
     remaining = [row for row in sorted(range(len(sets)), key=lambda row: -len(sets[row])) if sets[row]]
     unpicked_count = Counter(tag for row in remaining for tag in sets[row])  # tag -> unpicked rows with it
     picked: list[int] = []
@@ -174,9 +149,9 @@ def k_center_greedy(embeddings, k: int, seed: int = 0) -> np.ndarray:
     over unchosen rows (ties to the lowest row). A running min-distance vector makes it O(N·k·d) time,
     O(N·d) memory. k ≥ N returns every row; k = 0 an empty array.
     """
-    embeddings = _check_embeddings(embeddings)
-    k = _budget(len(embeddings), k)
-    unit = _unit_rows(embeddings)
+    embeddings = check_embeddings(embeddings)
+    k = check_budget(len(embeddings), k)
+    unit = unit_rows(embeddings)
     order = np.empty(k, dtype=np.int64)
     if k == 0:
         return order

@@ -13,9 +13,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from mig_assets.core import tags_select
-from mig_assets.core.baselines import _check_embeddings, _check_scores, _unit_rows
-from mig_assets.core.mig import MigParams, _first_few, _propagated_matrix, phi
+from mig_assets.core.baselines import unit_rows
+from mig_assets.core.mig import MigParams, phi, propagated_matrix
 from mig_assets.core.tags_select import TagsParams, TagsProblem
+from mig_assets.core.validation import check_embeddings, check_scores, first_few
 
 
 def _check_rows(rows, n_samples: int | None) -> np.ndarray:
@@ -29,10 +30,10 @@ def _check_rows(rows, n_samples: int | None) -> np.ndarray:
     outside = rows[(rows < 0) | (rows >= n_samples)] if n_samples is not None else rows[rows < 0]
     if len(outside):
         bound = "N" if n_samples is None else n_samples
-        raise ValueError(f"rows must lie in [0, {bound}); got {_first_few(outside.tolist())}")
+        raise ValueError(f"rows must lie in [0, {bound}); got {first_few(outside.tolist())}")
     values, counts = np.unique(rows, return_counts=True)
     if (counts > 1).any():
-        raise ValueError(f"rows must be distinct; repeated {_first_few(values[counts > 1].tolist())}")
+        raise ValueError(f"rows must be distinct; repeated {first_few(values[counts > 1].tolist())}")
     return rows
 
 
@@ -42,7 +43,7 @@ def mig_objective(Y, rows, params: MigParams = MigParams()) -> float:
     As in :func:`mig.select`'s ``objective``, uncovered labels count φ(0); s is summed in float64 from
     Y's float32 values, so it matches the greedy's last ``objective`` to float32 rounding.
     """
-    Y = _propagated_matrix(Y)
+    Y = propagated_matrix(Y)
     rows = _check_rows(rows, Y.shape[0])
     coverage = np.asarray(Y[rows].astype(np.float64).sum(axis=0)).ravel()
     return float(phi(coverage, params).sum())
@@ -81,7 +82,7 @@ def leaf_coverage(leaf_matrix, rows) -> float:
 
 def mean_quality(scores, rows) -> float:
     """Mean score of the selected rows; NaN for an empty selection."""
-    scores = _check_scores(scores)
+    scores = check_scores(scores)
     rows = _check_rows(rows, len(scores))
     return float(scores[rows].mean()) if len(rows) else float("nan")
 
@@ -93,12 +94,12 @@ def embedding_diversity(embeddings, rows) -> float:
     Σ_{i≠j} cos = ‖Σ_i u_i‖² − Σ_i ‖u_i‖², computed in float64. A zero row has cosine 0 with every row
     (distance 1). NaN when fewer than two rows are selected.
     """
-    embeddings = _check_embeddings(embeddings)
+    embeddings = check_embeddings(embeddings)
     rows = _check_rows(rows, len(embeddings))
     m = len(rows)
     if m < 2:
         return float("nan")
-    unit = _unit_rows(embeddings[rows], np.float64)
+    unit = unit_rows(embeddings[rows], np.float64)
     total = unit.sum(axis=0)
     off_diagonal = float(total @ total) - float(np.einsum("ij,ij->", unit, unit))
     return 1.0 - off_diagonal / (m * (m - 1))
@@ -183,7 +184,14 @@ def run_comparison(
     Returns the table (with each method's selection seconds) and the orders."""
     import time
 
-    from mig_assets.core.selection import BASELINES, EMBEDDING_METHODS, label_matrix_rows, mig_matrix, run_selection, tags_problem
+    from mig_assets.core.selection import (
+        BASELINES,
+        EMBEDDING_METHODS,
+        label_matrix_rows,
+        mig_matrix,
+        run_selection,
+        tags_problem,
+    )
 
     runs: dict[str, tuple[str, dict]] = {}
     if graph is not None:

@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mig_assets.core.io import write_parquet_atomic
 

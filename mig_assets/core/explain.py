@@ -20,10 +20,24 @@ import numpy as np
 import scipy.sparse as sp
 
 from mig_assets.core.lineage import (
-    current_inputs, graph_path, input_changes, inputs_path, raw_sha256, read_facts, read_graph, read_inputs_row,
+    current_inputs,
+    graph_path,
+    input_changes,
+    inputs_path,
+    raw_sha256,
+    read_facts,
+    read_graph,
+    read_inputs_row,
     upstream_changes,
 )
-from mig_assets.core.mig import MigParams, phi, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.mig import (
+    MigParams,
+    phi,
+    phi_prime,
+    propagate,
+    propagation_matrix,
+    sample_label_matrix,
+)
 from mig_assets.core.selection import PoolArrays, tags_problem
 from mig_assets.core.warehouse import has_relation, warehouse_dir_of
 

@@ -22,7 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mig_assets.core.io import remove_stale_staging, write_parquet_atomic
-from mig_assets.core.readers import DEFAULT_MAX_RECORD_BYTES, RawRecord, ReadStats, read_records
+from mig_assets.core.readers import (
+    DEFAULT_MAX_RECORD_BYTES,
+    RawRecord,
+    ReadStats,
+    read_records,
+)
 from mig_assets.core.records import RecordError, canonicalize
 from mig_assets.core.warehouse import WarehouseLayout
 

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from mig_assets.core.records import CHARS_PER_TOKEN
 from mig_assets.core.models import DEFAULT_MODEL_CACHE, resolve_llm
+from mig_assets.core.records import CHARS_PER_TOKEN
 
 
 @dataclass
@@ -43,14 +43,6 @@ class LLMBackend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class LogprobBackend(LLMBackend, Protocol):
-    def tokenize(self, text: str) -> list[int] | None: ...
-
-    def first_token_logprobs(
-        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
-    ) -> list[dict[str, float] | None]: ...
 
 
 def truncate_by_chars(text: str, max_tokens: int) -> tuple[str, bool, int]:
@@ -87,9 +79,8 @@ class VllmBackend:
         if self._llm is None:
             started = time.perf_counter()
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.cpu_kv_cache_gib))
-            from vllm import LLM
-
             import torch
+            from vllm import LLM
 
             on_gpu = torch.cuda.is_available()
             self._llm = LLM(

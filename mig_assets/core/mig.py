@@ -21,18 +21,19 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-_NAMED_IN_ERRORS = 5  # offending items listed in an error message
+from mig_assets.core.validation import (
+    check_budget,
+    check_pool_size,
+    check_scores,
+    first_few,
+)
+
 _GRAPH_BLOCK_ELEMENTS = 1 << 24  # similarity entries computed per block (64 MiB of float32)
 _FRONTIER_SIZE = 4096  # rows whose gains lazy greedy keeps at hand; a refill costs O(N)
 _FRONTIER_SAMPLE = 1 << 16  # keys sampled to choose which rows a refill takes
 _SCIPY_GATHER_ROWS = 64  # above this many rows, scipy's row indexing gathers them faster
 _ONE_SEGMENT = np.zeros(1, dtype=np.intp)  # reduceat offsets for a single row
 
-
-def _first_few(items: Sequence) -> str:
-    shown = ", ".join(repr(item) for item in items[:_NAMED_IN_ERRORS])
-    more = f" and {len(items) - _NAMED_IN_ERRORS} more" if len(items) > _NAMED_IN_ERRORS else ""
-    return f"[{shown}]{more}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _float_array(x) -> np.ndarray:
     return x if x.dtype.kind == "f" else x.astype(np.float64)
 
 
-def _phi_function(params: MigParams, dtype) -> Callable[[np.ndarray], np.ndarray]:
+def phi_function(params: MigParams, dtype) -> Callable[[np.ndarray], np.ndarray]:
     c = np.dtype(dtype).type
     if params.phi == "pow":
         a, b = c(params.phi_a), c(params.phi_b)
@@ -106,7 +107,7 @@ def _phi_prime_function(params: MigParams, dtype) -> Callable[[np.ndarray], np.n
 def phi(x, params: MigParams = MigParams()) -> np.ndarray:
     """Information function, elementwise in x's float dtype: (x + a)^b ("pow") or 1 − exp(−αx) ("exp")."""
     x = _float_array(x)
-    return _phi_function(params, x.dtype)(x)
+    return phi_function(params, x.dtype)(x)
 
 
 def phi_prime(x, params: MigParams = MigParams()) -> np.ndarray:
@@ -127,7 +128,7 @@ def build_label_graph(embeddings, tau: float = 0.9) -> sp.csr_array:
         raise ValueError(f"embeddings must be a 2-D (labels × dimensions) array, got shape {vectors.shape}")
     unusable = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | ~vectors.any(axis=1))
     if len(unusable):
-        raise ValueError(f"embedding rows must be finite and non-zero; offending rows {_first_few(unusable.tolist())}")
+        raise ValueError(f"embedding rows must be finite and non-zero; offending rows {first_few(unusable.tolist())}")
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     threshold = np.float32(tau)  # the reference compares float32 similarities with tau cast to float32
     n_labels = len(vectors)
@@ -164,21 +165,9 @@ def propagation_matrix(W, prop_weight: float = 1.0) -> sp.csr_array:
     np.add.at(column_sums, graph.col, weights)  # in row order, as the reference's column sum
     empty = np.flatnonzero(column_sums <= 0)
     if len(empty):
-        raise ValueError(f"labels {_first_few(empty.tolist())} have no positive weight in W (a self-loop is needed)")
+        raise ValueError(f"labels {first_few(empty.tolist())} have no positive weight in W (a self-loop is needed)")
     return sp.csr_array((weights / column_sums[graph.col], (graph.row, graph.col)), shape=graph.shape)
 
-
-def _check_scores(scores, n_samples: int) -> np.ndarray:
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape != (n_samples,):
-        raise ValueError(f"expected {n_samples} scores, got an array of shape {scores.shape}")
-    bad = np.flatnonzero(~(np.isfinite(scores) & (scores >= 0)))
-    if len(bad):
-        raise ValueError(
-            f"scores must be finite and >= 0; {len(bad)} are not, at sample indices {_first_few(bad.tolist())} "
-            f"(values {_first_few(scores[bad].tolist())})"
-        )
-    return scores
 
 
 def sample_label_matrix(label_indptr, label_indices, scores, n_labels: int, norm: bool = False) -> sp.csr_array:
@@ -196,7 +185,7 @@ def sample_label_matrix(label_indptr, label_indices, scores, n_labels: int, norm
     if len(indices) and not 0 <= indices.min() <= indices.max() < n_labels:
         raise ValueError(f"label indices must lie in [0, {n_labels})")
     n_samples = len(indptr) - 1
-    scores = _check_scores(scores, n_samples)
+    scores = check_scores(scores, n_samples, non_negative=True)
     counts = np.diff(indptr)
     values = np.divide(scores, counts, out=np.zeros_like(scores), where=counts > 0) if norm else scores
     rows = np.repeat(np.arange(n_samples), counts)
@@ -224,10 +213,6 @@ class MigProblem:
     propagated: sp.csr_array  # Y = X P
 
 
-def _require_samples(n_samples: int) -> None:
-    if n_samples == 0:
-        raise ValueError("empty pool: there are no samples to select from")
-
 
 def build_problem(
     label_indptr,
@@ -243,7 +228,7 @@ def build_problem(
     ``sorted(set(...))``); ``embed_labels(universe)`` must return one embedding row per label, in order.
     """
     n_samples = len(label_indptr) - 1
-    _require_samples(n_samples)
+    check_pool_size(n_samples)
     ids = np.asarray(label_ids, dtype=np.int64)
     if len(ids) and not 0 <= ids.min() <= ids.max() < len(vocabulary):
         raise ValueError(f"label ids must lie in [0, {len(vocabulary)})")
@@ -279,7 +264,7 @@ def embedding_lookup(label_names: Sequence[str], label_embeddings) -> Callable[[
     def embed(labels: list[str]) -> np.ndarray:
         missing = [label for label in labels if label not in row_of]
         if missing:
-            raise ValueError(f"{len(missing)} label(s) have no embedding: {_first_few(missing)}")
+            raise ValueError(f"{len(missing)} label(s) have no embedding: {first_few(missing)}")
         return np.asarray(label_embeddings[[row_of[label] for label in labels]], dtype=np.float32)
 
     return embed
@@ -456,7 +441,7 @@ class _LazyFrontier:
         self.limit = limit
 
 
-def _propagated_matrix(Y) -> sp.csr_array:
+def propagated_matrix(Y) -> sp.csr_array:
     Y = sp.csr_array(Y, dtype=np.float32)
     if not Y.has_canonical_format:
         Y = Y.copy()
@@ -465,12 +450,6 @@ def _propagated_matrix(Y) -> sp.csr_array:
         raise ValueError("Y must be finite and non-negative (gains must not grow as s grows)")
     return Y
 
-
-def _budget(n_samples: int, k: int) -> int:
-    _require_samples(n_samples)
-    if k < 0:
-        raise ValueError(f"the budget k must be >= 0, got {k}")
-    return min(int(k), n_samples)
 
 
 def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3) -> MigSelection:
@@ -482,9 +461,9 @@ def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3)
     is returned, in greedy order (the reference crashes there); k = 0 gives an empty selection.
     Rows without labels have gain 0 and remain candidates. Y is used as float32.
     """
-    Y = _propagated_matrix(Y)
+    Y = propagated_matrix(Y)
     n_samples, n_labels = Y.shape
-    k = _budget(n_samples, k)
+    k = check_budget(n_samples, k)
     model = _GAIN_MODELS[params.gain](n_labels, params)
     frontier = _LazyFrontier(
         _gains(Y, model), lambda rows: _gains(Y, model, rows), lambda row: _row_gain(Y, model, row), _FRONTIER_SIZE
@@ -546,9 +525,9 @@ def select_dense(Y, k: int, params: MigParams = MigParams(), *, gain_dtype=np.fl
     gains as the reference does, with a float32 GEMV; float64 has :func:`select`'s precision (only
     the summation order differs). Needs N×L memory. Returns the picked row indices, in order.
     """
-    dense = _propagated_matrix(Y).toarray().astype(gain_dtype, copy=False)
+    dense = propagated_matrix(Y).toarray().astype(gain_dtype, copy=False)
     n_samples, n_labels = dense.shape
-    k = _budget(n_samples, k)
+    k = check_budget(n_samples, k)
     coverage = np.zeros(n_labels, dtype=np.float32 if params.gain == "gradient" else np.float64)
     remaining = np.ones(n_samples, dtype=bool)
     order = np.empty(k, dtype=np.int64)
@@ -571,7 +550,7 @@ def random_select(n_samples: int, k: int, seed: int = 42) -> np.ndarray:
     The reference requires k < N; with k ≥ N every index is returned, in the order of
     ``random.Random(seed).sample(range(N), N)``.
     """
-    k = _budget(n_samples, k)
+    k = check_budget(n_samples, k)
     return np.array(random.Random(seed).sample(range(n_samples), k), dtype=np.int64)
 
 

@@ -11,7 +11,13 @@ from typing import Literal
 
 import numpy as np
 
-from mig_assets.core.mig import MigParams, build_problem, embedding_lookup, random_select, select
+from mig_assets.core.mig import (
+    MigParams,
+    build_problem,
+    embedding_lookup,
+    random_select,
+    select,
+)
 from mig_assets.core.mig_pool import load_valid_tags, read_pool, write_selected
 
 

@@ -37,7 +37,13 @@ import pyarrow.parquet as pq
 from mig_assets.core.embedding import EmbeddingCache, text_hash, vectors_to_arrow
 from mig_assets.core.llm import LLMBackend, Sampling
 from mig_assets.core.tag_prompts import TagPrompt
-from mig_assets.core.tagging import CACHE_SCHEMA, TagCache, TaggingStats, _tag_batch, query_text
+from mig_assets.core.tagging import (
+    CACHE_SCHEMA,
+    TagCache,
+    TaggingStats,
+    query_text,
+    tag_batch,
+)
 
 PART_PREFIX = "batch-ray-"
 RUNS_FOLDER = "_ray_runs"  # per-pipeline markers (actor starts, batch attempts), removed after the run
@@ -238,7 +244,7 @@ class _CacheActor:
 
 class TagActor(_CacheActor):
     """Holds one LLM backend (the vLLM engine is created once, here) and tags batches with the
-    local code (``_tag_batch``: truncation, structured output, retries of failed answers)."""
+    local code (``tag_batch``: truncation, structured output, retries of failed answers)."""
 
     def __init__(self, cache_uri, run_uri, backend_factory: Callable[[], LLMBackend], prompt: TagPrompt,
                  sampling: Sampling, max_input_tokens: int, max_attempts: int, retry_temperature: float):
@@ -254,7 +260,7 @@ class TagActor(_CacheActor):
     def process(self, batch):
         stats = TaggingStats()
         work = list(zip(batch.column("text_hash").to_pylist(), batch.column("sample_id").to_pylist(), batch.column("text").to_pylist()))
-        rows = _tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts,
+        rows = tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts,
                           self.retry_temperature, stats)
         figures = {"truncated": stats.truncated, "input_tokens": stats.input_tokens, "generate_seconds": stats.generate_seconds}
         return pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), figures
@@ -489,7 +495,7 @@ def tag_shards_on_ray(
     retry_temperature: float = 0.7,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict[str, ShardFigures], ClusterStats]:
-    """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``_tag_batch``)."""
+    """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``tag_batch``)."""
     actor_kwargs = {
         "backend_factory": backend_factory, "prompt": prompt, "sampling": sampling, "max_input_tokens": max_input_tokens,
         "max_attempts": max_attempts, "retry_temperature": retry_temperature,

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import orjson
 
-CANONICAL_ROLES = ("system", "user", "assistant", "tool")
 ROLE_ALIASES = {
     "system": "system",
     "user": "user",

@@ -14,7 +14,14 @@ import scipy.sparse as sp
 
 from mig_assets.core import baselines
 from mig_assets.core.budget import picks_for_tokens, resolve_count, token_prefix
-from mig_assets.core.mig import MigParams, propagate, propagation_matrix, random_select, sample_label_matrix, select
+from mig_assets.core.mig import (
+    MigParams,
+    propagate,
+    propagation_matrix,
+    random_select,
+    sample_label_matrix,
+    select,
+)
 
 
 @dataclass
@@ -189,7 +196,8 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
 def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
     ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
-    from mig_assets.core.tags_select import TagsParams, select as tags_select
+    from mig_assets.core.tags_select import TagsParams
+    from mig_assets.core.tags_select import select as tags_select
 
     params = params or TagsParams(align="none")
     if params.align != "none" and target is None:

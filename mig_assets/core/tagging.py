@@ -17,7 +17,12 @@ import pyarrow as pa
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import BatchFileCache
 from mig_assets.core.llm import LLMBackend, Sampling
-from mig_assets.core.tag_prompts import MAX_TAGS, ParsedTags, TagPrompt, parse_tag_output
+from mig_assets.core.tag_prompts import (
+    MAX_TAGS,
+    ParsedTags,
+    TagPrompt,
+    parse_tag_output,
+)
 from mig_assets.core.tags import FilteredTags, as_written_tags, filter_llm_tags
 
 TAG_ROW_SCHEMA = pa.schema(
@@ -144,7 +149,7 @@ def tag_samples(
     todo = [(h, *texts[h]) for h in dict.fromkeys(hash_of.values()) if h not in by_text]
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        rows = _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
+        rows = tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
         cache.append(rows)
         by_text.update((row["text_hash"], row) for row in rows)
         stats.tagged += len(rows)
@@ -157,7 +162,7 @@ def tag_samples(
     return results, stats
 
 
-def _tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
+def tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
     """Tag one batch of (text_hash, sample_id, text); returns cache rows in batch order."""
     rows = {}
     conversations = {}

@@ -48,7 +48,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
-from mig_assets.core.mig import MigParams, _first_few, _phi_function, phi
+from mig_assets.core.mig import MigParams, phi, phi_function
+from mig_assets.core.validation import check_budget, first_few
 
 _FRONTIER_SIZE = 4096  # rows per group whose stale scores the lazy greedy keeps at hand
 _FRONTIER_SAMPLE = 1 << 16  # values sampled to choose the frontier limit at a refill
@@ -71,7 +72,7 @@ def rank_normalize(scores) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(scores))
     if len(bad):
-        raise ValueError(f"scores must be finite; offending indices {_first_few(bad.tolist())}")
+        raise ValueError(f"scores must be finite; offending indices {first_few(bad.tolist())}")
     n = len(scores)
     order = np.argsort(scores, kind="stable")
     ordered = scores[order]
@@ -91,7 +92,7 @@ def check_quality(quality, n_samples: int) -> np.ndarray:
     if len(bad):
         raise ValueError(
             f"quality must be finite and >= 0; {len(bad)} values are not, at sample indices "
-            f"{_first_few(bad.tolist())} (values {_first_few(quality[bad].tolist())})"
+            f"{first_few(bad.tolist())} (values {first_few(quality[bad].tolist())})"
         )
     return quality
 
@@ -424,7 +425,7 @@ class _Terms:
 
     def __init__(self, state: _State, node_weights, leaf_weights_, params: MigParams, eps: float):
         self.state, self.params, self.eps = state, params, eps
-        self.phi = _phi_function(params, np.float64)  # mig.py's φ, built once
+        self.phi = phi_function(params, np.float64)  # mig.py's φ, built once
         self.node_weights = None if node_weights is None else np.asarray(node_weights, dtype=np.float64)
         self.leaf_weights = None if leaf_weights_ is None else np.asarray(leaf_weights_, dtype=np.float64)
         self.split = 0 if self.node_weights is None else len(self.node_weights)
@@ -679,13 +680,6 @@ class TagsSelection:
 # selection
 
 
-def _budget(n_samples: int, k: int) -> int:
-    if n_samples == 0:
-        raise ValueError("empty pool: there are no samples to select from")
-    if k < 0:
-        raise ValueError(f"the budget k must be >= 0, got {k}")
-    return min(int(k), n_samples)
-
 
 def _row_mass(A: sp.csr_array) -> np.ndarray:
     mass = np.zeros(A.shape[0])
@@ -706,7 +700,7 @@ class _Run:
             raise ValueError("paths and leaves must have the same rows")
         self.N, self.V = self.U.shape
         self.L = self.A.shape[1]
-        self.k = _budget(self.N, k)
+        self.k = check_budget(self.N, k)
         self.params = params
         self.phi = params.phi_params
         self.w = np.asarray(problem.node_weights, dtype=np.float64)

@@ -34,21 +34,17 @@ from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from mig_assets.core.validation import first_few
+
 # part of a tree's version: another K-Means (or scikit-learn release) may cluster the same inputs otherwise
 CLUSTERING_METHOD = f"scikit-learn {sklearn.__version__} KMeans (lloyd), k-means++ on a seeded subsample"
 
-_NAMED_IN_ERRORS = 5
 _ASSIGN_BLOCK_ELEMENTS = 1 << 23  # similarities computed per block (32 MiB of float32)
 _DESCRIPTION_TERMS = 5  # child names listed in a default description
 _SEED_DIMENSIONS = 64  # k-means++ seeding runs on a random projection to this many dimensions
 _KMEANS_THREADS = 2  # OpenMP threads of scikit-learn's K-Means: at most 2 keeps it exact (see kmeans)
 _THREADED_KMEANS_SIZE = 10_000_000  # n·k from which a second thread pays for its synchronisation
 
-
-def _first_few(items: Sequence) -> str:
-    shown = ", ".join(repr(item) for item in list(items)[:_NAMED_IN_ERRORS])
-    more = f" and {len(items) - _NAMED_IN_ERRORS} more" if len(items) > _NAMED_IN_ERRORS else ""
-    return f"[{shown}]{more}"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -425,20 +421,20 @@ def _check_inputs(tag_names, embeddings, counts) -> tuple[list[str], np.ndarray,
         raise ValueError("cannot build a tree from zero tags")
     duplicates = sorted(name for name, n in Counter(names).items() if n > 1)
     if duplicates:
-        raise ValueError(f"tag names must be unique (canonical tags); repeated: {_first_few(duplicates)}")
+        raise ValueError(f"tag names must be unique (canonical tags); repeated: {first_few(duplicates)}")
     vectors = np.asarray(embeddings, dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != len(names):
         raise ValueError(f"embeddings must have shape ({len(names)}, D), got {vectors.shape}")
     unusable = np.flatnonzero(~np.isfinite(vectors).all(axis=1) | ~vectors.any(axis=1))
     if len(unusable):
-        raise ValueError(f"embedding rows must be finite and non-zero; offending rows {_first_few(unusable.tolist())}")
+        raise ValueError(f"embedding rows must be finite and non-zero; offending rows {first_few(unusable.tolist())}")
     if counts is not None:
         counts = np.asarray(counts, dtype=np.float64)
         if counts.shape != (len(names),):
             raise ValueError(f"expected {len(names)} counts, got shape {counts.shape}")
         bad = np.flatnonzero(~(np.isfinite(counts) & (counts >= 0)))
         if len(bad):
-            raise ValueError(f"counts must be finite and >= 0; offending tags {_first_few([names[i] for i in bad])}")
+            raise ValueError(f"counts must be finite and >= 0; offending tags {first_few([names[i] for i in bad])}")
     return names, _normalise(vectors), counts
 
 
@@ -519,7 +515,7 @@ def _refine_level(
         raise ValueError(f"refiner.reassign returned {len(choice)} parents for {len(names)} children")
     outside = [j for j, (c, allowed) in enumerate(zip(choice, candidates)) if c not in allowed]
     if outside:
-        raise ValueError(f"refiner.reassign chose parents outside the shortlist for children {_first_few(outside)}")
+        raise ValueError(f"refiner.reassign chose parents outside the shortlist for children {first_few(outside)}")
     labels = np.array(choice, dtype=np.int64)
 
     kept = _canonical_labels(labels)  # drops parents left empty, renumbers by first child
@@ -701,7 +697,7 @@ def ground_tags(
         if not known.all():
             unknown = [names[i] for i in np.flatnonzero(~known)]
             raise ValueError(
-                f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {_first_few(unknown)}"
+                f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {first_few(unknown)}"
             )
     else:
         vectors = np.asarray(new_embeddings, dtype=np.float32)
@@ -715,7 +711,7 @@ def ground_tags(
         if len(unseen):
             bad = unseen[~np.isfinite(vectors[unseen]).all(axis=1) | ~vectors[unseen].any(axis=1)]
             if len(bad):
-                offending = _first_few([names[i] for i in bad])
+                offending = first_few([names[i] for i in bad])
                 raise ValueError(f"embeddings of unseen tags must be finite and non-zero; offending {offending}")
             nearest, cosine = _nearest_by_cosine(vectors[unseen], leaf_centroids)
             cosine = cosine.astype(np.float64)

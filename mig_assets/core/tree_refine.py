@@ -56,8 +56,10 @@ class PromptCache:
                 self.answers[entry["key"]] = entry["answer"]
 
     @staticmethod
-    def key(model_id: str, messages: list[dict], schema: dict) -> str:
-        return hashlib.sha256(json.dumps([model_id, messages, schema], sort_keys=True).encode()).hexdigest()
+    def key(model_id: str, messages: list[dict], schema: dict, sampling: Sampling) -> str:
+        """What an answer depends on: the model, the prompt (its version and text), the schema and the sampling."""
+        parts = [REFINE_PROMPT_VERSION, model_id, messages, schema, sampling.key()]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
     def add(self, entries: dict[str, str]) -> None:
         self.answers.update(entries)
@@ -79,7 +81,7 @@ class LLMTreeRefiner:
         self._central = CentralRefiner()
 
     def _ask(self, conversations: list[list[dict]], schema: dict) -> list[dict | None]:
-        keys = [PromptCache.key(self.backend.model_id, c, schema) for c in conversations]
+        keys = [PromptCache.key(self.backend.model_id, c, schema, self.sampling) for c in conversations]
         todo = {k: c for k, c in zip(keys, conversations) if k not in self.cache.answers}
         if todo:
             answers = self.backend.complete(list(todo.values()), schema, self.sampling)

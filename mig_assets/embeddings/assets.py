@@ -10,9 +10,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.provenance import record_settings
-from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
-from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, text_hash, vectors_to_arrow
+from mig_assets.automation import (
+    on_new_shard,
+    re_select,
+    refuse_to_replace_other_configuration,
+)
+from mig_assets.core.embedding import (
+    DEFAULT_EMBEDDING_MODEL,
+    EmbeddingCache,
+    text_hash,
+    vectors_to_arrow,
+)
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.mig_sample import load_label_embeddings
 from mig_assets.core.ray_pipeline import NoLocalModel
@@ -20,6 +28,7 @@ from mig_assets.core.tagging import query_text
 from mig_assets.core.tags import normalize_tag
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.settings import current_settings
 from mig_assets.tagging.assets import kept_text_hashes, tag_vocabulary

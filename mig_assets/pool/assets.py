@@ -6,12 +6,12 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.provenance import record_settings
 from mig_assets.core.ingest import SAMPLE_SCHEMA, ShardStats, ingest_shard
 from mig_assets.core.readers import DEFAULT_MAX_RECORD_BYTES
 from mig_assets.core.records import FORMATS
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.checks import RAW_POOL_CHECK_SPECS, raw_pool_check_results
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Warehouse
 
 INGEST_CODE_VERSION = "1"

@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.provenance import record_settings
 from mig_assets.automation import on_new_shard, refuse_to_replace_other_configuration
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
@@ -25,6 +24,7 @@ from mig_assets.core.quality import (
 )
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Scorer, Warehouse
 
 CHECK_NAME = "quality_scores_not_degenerate"

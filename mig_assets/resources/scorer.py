@@ -15,7 +15,12 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mig_assets.core.llm import Sampling
-from mig_assets.core.quality import DEFAULT_PROMPTS, PROMPTS, ScorePrompt, digit_token_ids
+from mig_assets.core.quality import (
+    DEFAULT_PROMPTS,
+    PROMPTS,
+    ScorePrompt,
+    digit_token_ids,
+)
 from mig_assets.resources.llm import LLMResource
 
 SCORER_BACKENDS = ("imported", "logprob", "judge")

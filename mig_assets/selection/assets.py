@@ -2,8 +2,8 @@
 
 import datetime as dt
 import json
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -13,29 +13,57 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import Field
 
-from mig_assets.provenance import record_settings, settings_record
 from mig_assets.automation import re_select
 from mig_assets.core.embedding import arrow_to_vectors
 from mig_assets.core.export import write_export
 from mig_assets.core.lineage import (
-    SCORED_QUALITY_SQL, SHARD_INPUT_ASSETS, changes_summary, current_inputs, graph_path, inputs_path, member_changes, read_facts,
-    upstream_changes, version_inputs, write_graph, write_inputs,
-)
-from mig_assets.core.report import (
-    curve_plot, distribution_plot, html_report, kl_plot, level_coverage_plot, markdown_image, markdown_table, score_plot,
+    SCORED_QUALITY_SQL,
+    SHARD_INPUT_ASSETS,
+    changes_summary,
+    current_inputs,
+    graph_path,
+    inputs_path,
+    member_changes,
+    read_facts,
+    upstream_changes,
+    version_inputs,
+    write_graph,
+    write_inputs,
 )
 from mig_assets.core.mig import MigParams, build_label_graph
 from mig_assets.core.mig_pool import load_valid_tags
+from mig_assets.core.report import (
+    curve_plot,
+    distribution_plot,
+    html_report,
+    kl_plot,
+    level_coverage_plot,
+    markdown_image,
+    markdown_table,
+    score_plot,
+)
 from mig_assets.core.selection import (
-    EMBEDDING_METHODS, Budget, LabelGraph, PoolArrays, SelectionOutcome, quality_scores, run_selection,
+    EMBEDDING_METHODS,
+    Budget,
+    LabelGraph,
+    PoolArrays,
+    SelectionOutcome,
+    quality_scores,
+    run_selection,
 )
 from mig_assets.core.specs import SelectionSpec, load_specs
-from mig_assets.core.tags_select import TagsParams, coverage_by_level, kl_divergence, leaf_entropy
 from mig_assets.core.tags import normalize_tag, policy_of_backend
+from mig_assets.core.tags_select import (
+    TagsParams,
+    coverage_by_level,
+    kl_divergence,
+    leaf_entropy,
+)
 from mig_assets.core.warehouse import has_relation, insert_table, replace_table
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
+from mig_assets.provenance import record_settings, settings_record
 from mig_assets.resources import Warehouse
 from mig_assets.settings import current_settings
 from mig_assets.tree.assets import load_tree

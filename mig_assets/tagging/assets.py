@@ -8,16 +8,31 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.provenance import record_settings
-from mig_assets.automation import on_new_shard, re_select, refuse_to_replace_other_configuration
+from mig_assets.automation import (
+    on_new_shard,
+    re_select,
+    refuse_to_replace_other_configuration,
+)
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.ray_pipeline import NoLocalModel
-from mig_assets.core.tagging import NOT_JUNK_REASONS, cached_tag_rows, imported_tag_rows, query_text, tag_samples
-from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION, canonical_for_policy, policy_of_backend
+from mig_assets.core.tagging import (
+    NOT_JUNK_REASONS,
+    cached_tag_rows,
+    imported_tag_rows,
+    query_text,
+    tag_samples,
+)
+from mig_assets.core.tags import (
+    TAG_POLICIES,
+    TAG_RULES_VERSION,
+    canonical_for_policy,
+    policy_of_backend,
+)
 from mig_assets.core.warehouse import replace_table
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15

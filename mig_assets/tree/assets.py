@@ -11,20 +11,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.provenance import record_settings
 from mig_assets.automation import re_select
-from mig_assets.core.embedding import arrow_to_vectors, vectors_to_arrow
+from mig_assets.core.embedding import EmbeddingCache, arrow_to_vectors, vectors_to_arrow
 from mig_assets.core.io import write_parquet_atomic
 from mig_assets.core.report import markdown_image, target_plot
 from mig_assets.core.tagging import llm_result_tags, tag_samples
 from mig_assets.core.tags import as_written_tags
 from mig_assets.core.tags_select import leaf_entropy, target_distribution
-from mig_assets.core.target import DEFAULT_TAG_THRESHOLD, DEFAULT_TEXT_THRESHOLD, ground_target, read_target
+from mig_assets.core.target import (
+    DEFAULT_TAG_THRESHOLD,
+    DEFAULT_TEXT_THRESHOLD,
+    ground_target,
+    read_target,
+)
 from mig_assets.core.tree import CLUSTERING_METHOD, KnowledgeTree, build_tree
 from mig_assets.core.tree_refine import LLMTreeRefiner
 from mig_assets.core.warehouse import drop_table, replace_table
-from mig_assets.core.embedding import EmbeddingCache
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
+from mig_assets.provenance import record_settings
 from mig_assets.resources import Embedder, Tagger, Warehouse
 from mig_assets.settings import current_settings
 

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from mig_assets.core import baselines
-from mig_assets.core.baselines import deita_filter, instag_sampling, k_center_greedy, top_quality
+from mig_assets.core.baselines import (
+    deita_filter,
+    instag_sampling,
+    k_center_greedy,
+    top_quality,
+)
 
 
 def clustered(seed: int, n: int = 80, dim: int = 6, n_centers: int = 5, noise: float = 0.35) -> np.ndarray:
@@ -17,7 +22,7 @@ def clustered(seed: int, n: int = 80, dim: int = 6, n_centers: int = 5, noise: f
 
 
 def cosine(embeddings) -> np.ndarray:
-    unit = baselines._unit_rows(np.asarray(embeddings), np.float64)
+    unit = baselines.unit_rows(np.asarray(embeddings), np.float64)
     return unit @ unit.T
 
 
@@ -66,7 +71,7 @@ def test_deita_filter_keeps_similarity_equal_to_threshold():
 
 def deita_reference(scores, embeddings, k, threshold):
     """Deita's loop, one candidate at a time against every accepted row (float64 similarities)."""
-    unit = baselines._unit_rows(np.asarray(embeddings), np.float64)
+    unit = baselines.unit_rows(np.asarray(embeddings), np.float64)
     kept = []
     for row in np.argsort(-np.asarray(scores), kind="stable").tolist():
         if len(kept) == k:

@@ -11,8 +11,8 @@ import scipy.sparse as sp
 from mig_assets.core import tags_select
 from mig_assets.core.compare import (
     compare_selections,
-    guarantees,
     embedding_diversity,
+    guarantees,
     kl_to_target,
     label_coverage,
     leaf_coverage,

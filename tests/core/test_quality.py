@@ -2,7 +2,6 @@
 cache (resume after a crash), failures that never become a default, degenerate detection, the
 judge parser, and the OpenAI backend's log-probability requests against a stub server."""
 
-import json
 import math
 
 import pyarrow.parquet as pq

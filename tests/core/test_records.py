@@ -2,7 +2,13 @@
 
 import pytest
 
-from mig_assets.core.records import RecordError, canonicalize, deita_score, detect_format, sample_id
+from mig_assets.core.records import (
+    RecordError,
+    canonicalize,
+    deita_score,
+    detect_format,
+    sample_id,
+)
 
 
 @pytest.mark.parametrize(

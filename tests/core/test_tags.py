@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from mig_assets.core.tags import as_written_tags, canonical_for_policy, filter_llm_tags, normalize_tag, policy_of_backend
+from mig_assets.core.tags import (
+    as_written_tags,
+    canonical_for_policy,
+    filter_llm_tags,
+    normalize_tag,
+    policy_of_backend,
+)
 from tests.conftest import MIG_FIXTURES
 
 TABLE = Path(__file__).resolve().parents[1] / "data" / "tag_normalization.tsv"

@@ -11,7 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mig_assets.core.tags_select import TagsParams, ancestor_weights, build_problem, select
+from mig_assets.core.tags_select import (
+    TagsParams,
+    ancestor_weights,
+    build_problem,
+    select,
+)
 from mig_assets.core.tree import (
     CentralRefiner,
     Concept,
