@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import BatchFileCache
-from mig_assets.core.llm import Sampling
+from mig_assets.core.llm import Sampling, complete_with_retries
 from mig_assets.core.tag_prompts import load_answer_json
 
 DIGITS = ("1", "2", "3", "4", "5", "6")
@@ -474,22 +474,16 @@ def _judge_batch(batch, units, backend, prompt, max_query_tokens, max_response_t
         response, cut_response = _cut(backend, response, max_response_tokens, stats)
         conversations[key] = prompt.judge_messages(query, response)
         rows[key] = {"unit_hash": key, "kind": "judge", "sample_id": sample_id, "truncated": cut_query or cut_response, "digit_mass": None}
-    pending = list(batch)
-    for attempt in range(1, max_attempts + 1):
-        attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)
-        answers = backend.complete([conversations[key] for key in pending], prompt.schema, attempt_sampling)
-        still_failing = []
-        for key, answer in zip(pending, answers):
-            parsed = parse_judge_output(answer) if answer is not None else JudgeAnswer("failed", reason=BACKEND_ERROR)
-            rows[key] |= {
-                "complexity": parsed.complexity, "quality": parsed.quality, "status": parsed.status,
-                "reason": parsed.reason, "attempts": attempt, "raw_output": answer,
-            }
-            if parsed.status == "failed":
-                still_failing.append(key)
-        pending = still_failing
-        if not pending:
-            break
+    answers = complete_with_retries(
+        backend, conversations, prompt.schema, sampling,
+        lambda answer: parse_judge_output(answer) if answer is not None else JudgeAnswer("failed", reason=BACKEND_ERROR),
+        max_attempts=max_attempts, retry_temperature=retry_temperature,
+    )
+    for key, (parsed, answer, attempts) in answers.items():
+        rows[key] |= {
+            "complexity": parsed.complexity, "quality": parsed.quality, "status": parsed.status,
+            "reason": parsed.reason, "attempts": attempts, "raw_output": answer,
+        }
     return [rows[key] for key in batch]
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from mig_assets.core.embedding import text_hash
 from mig_assets.core.io import BatchFileCache
-from mig_assets.core.llm import LLMBackend, Sampling
+from mig_assets.core.llm import LLMBackend, Sampling, complete_with_retries
 from mig_assets.core.tag_prompts import (
     MAX_TAGS,
     ParsedTags,
@@ -172,24 +172,18 @@ def tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, 
         stats.input_tokens += n_tokens
         conversations[key] = prompt.messages(cut)
         rows[key] = {"text_hash": key, "sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
-    pending = list(conversations)
-    for attempt in range(1, max_attempts + 1):
-        attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)
-        clock = time.perf_counter()
-        answers = backend.complete([conversations[i] for i in pending], prompt.schema, attempt_sampling)
-        stats.generate_seconds += time.perf_counter() - clock
-        still_failing = []
-        for key, answer in zip(pending, answers):
-            parsed = parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error")
-            rows[key] |= {
-                "tags": parsed.tags, "surface_tags": parsed.surface_tags, "status": parsed.status,
-                "reason": parsed.reason, "attempts": attempt, "raw_output": answer,
-            }
-            if parsed.status == "failed":
-                still_failing.append(key)
-        pending = still_failing
-        if not pending:
-            break
+    clock = time.perf_counter()
+    answers = complete_with_retries(
+        backend, conversations, prompt.schema, sampling,
+        lambda answer: parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error"),
+        max_attempts=max_attempts, retry_temperature=retry_temperature,
+    )
+    stats.generate_seconds += time.perf_counter() - clock
+    for key, (parsed, answer, attempts) in answers.items():
+        rows[key] |= {
+            "tags": parsed.tags, "surface_tags": parsed.surface_tags, "status": parsed.status,
+            "reason": parsed.reason, "attempts": attempts, "raw_output": answer,
+        }
     return [rows[key] for key, _, _ in batch]
 
 
