@@ -11,6 +11,7 @@ leaves them alone, and re-making them is a launched run (``tag_job``, a backfill
 
 import dagster as dg
 
+from mig_assets.provenance import code_version_of, latest_materialization
 from mig_assets.settings import current_settings
 
 RESELECT_CRON = current_settings().reselect_cron
@@ -44,12 +45,8 @@ def refuse_to_replace_other_configuration(context: dg.AssetExecutionContext) -> 
     key = context.asset_key
     current = context.assets_def.code_versions_by_key.get(key)
     for partition in context.partition_keys:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
-        ).records
-        if not records:
-            continue
-        made_by = records[0].asset_materialization.tags.get("dagster/code_version")
+        record = latest_materialization(context.instance, key, partition)
+        made_by = code_version_of(record) if record is not None else None
         if made_by and made_by != current:
             raise dg.Failure(
                 description=(

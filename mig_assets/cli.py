@@ -220,17 +220,17 @@ def shards_needing(instance, assets_def, shards: list[str], retag: bool) -> tupl
     configuration made them (re-made only with ``retag``)."""
     import dagster as dg
 
+    from mig_assets.provenance import code_version_of, latest_materialization
+
     key = assets_def.key
     current = assets_def.code_versions_by_key.get(key)
     needed, other = [], []
     for shard in shards:
-        [made] = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[shard]), limit=1).records or [None]
-        [ingested] = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_pool"), asset_partitions=[shard]), limit=1
-        ).records or [None]
+        made = latest_materialization(instance, key, shard)
+        ingested = latest_materialization(instance, dg.AssetKey("raw_pool"), shard)
         if ingested is None:
             continue
-        if made is not None and made.asset_materialization.tags.get("dagster/code_version") != current:
+        if made is not None and code_version_of(made) != current:
             (needed if retag else other).append(shard)
         elif made is None or made.storage_id < ingested.storage_id:
             needed.append(shard)

@@ -1,4 +1,5 @@
-"""What made the data: every materialization carries the project settings in effect.
+"""What made the data: every materialization carries the project settings in effect, and the
+latest materialization of an asset (partition) says which run and code version made it.
 
 The record is the effective settings of this process (file, environment overrides, defaults; API
 keys only by the name of their variable) and their fingerprint, so an auditor can tell from any
@@ -19,3 +20,15 @@ def record_settings(context: dg.AssetExecutionContext) -> None:
     """Add the settings to the materialization(s) of this step (every partition of a range)."""
     record = settings_record()
     context.add_asset_metadata({"settings": dg.MetadataValue.json(record), "settings_fingerprint": record["fingerprint"]})
+
+
+def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None = None):
+    """The latest materialization record of ``asset_key`` (of its ``partition``, when given), or None."""
+    records_filter = dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition] if partition is not None else None)
+    records = instance.fetch_materializations(records_filter, limit=1).records
+    return records[0] if records else None
+
+
+def code_version_of(record) -> str | None:
+    """The code version a materialization record was made with."""
+    return record.asset_materialization.tags.get("dagster/code_version")

@@ -74,12 +74,11 @@ def stale_partitions(home, asset: str) -> set[str]:
     materialization's code version is not the definitions' one), seen from a fresh process."""
     code = (
         "import json, dagster as dg; from mig_assets.definitions import defs;"
+        "from mig_assets.provenance import code_version_of, latest_materialization;"
         f"key = dg.AssetKey('{asset}'); current = defs.resolve_assets_def(key).code_versions_by_key[key];"
-        "instance = dg.DagsterInstance.get(); stale = [];"
-        "[stale.append(p) for p in instance.get_dynamic_partitions('pool_shards') for r in "
-        "instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[p]), limit=1).records "
-        "if r.asset_materialization.tags.get('dagster/code_version') != current];"
-        "print(json.dumps(stale))"
+        "instance = dg.DagsterInstance.get();"
+        "records = {p: latest_materialization(instance, key, p) for p in instance.get_dynamic_partitions('pool_shards')};"
+        "print(json.dumps([p for p, r in records.items() if r is not None and code_version_of(r) != current]))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

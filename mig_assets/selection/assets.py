@@ -63,7 +63,7 @@ from mig_assets.core.warehouse import has_relation, insert_table, replace_table
 from mig_assets.embeddings.assets import tag_embeddings, tag_embeddings_path
 from mig_assets.partitions import pool_shards
 from mig_assets.pool.assets import raw_pool
-from mig_assets.provenance import record_settings, settings_record
+from mig_assets.provenance import code_version_of, latest_materialization, record_settings, settings_record
 from mig_assets.resources import Warehouse
 from mig_assets.settings import current_settings
 from mig_assets.tree.assets import load_tree
@@ -525,11 +525,12 @@ def latest_materializations(instance: dg.DagsterInstance, shard: str | None = No
     global input)."""
     found = {}
     for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
-        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[shard] if shard is not None else None)
-        records = instance.fetch_materializations(records_filter, limit=1).records
-        if records:
-            tags = records[0].asset_materialization.tags
-            found[asset] = {"run_id": records[0].run_id, "data_version": tags.get("dagster/data_version"), "code_version": tags.get("dagster/code_version")}
+        record = latest_materialization(instance, dg.AssetKey(asset), shard)
+        if record is not None:
+            found[asset] = {
+                "run_id": record.run_id, "data_version": record.asset_materialization.tags.get("dagster/data_version"),
+                "code_version": code_version_of(record),
+            }
     return found
 
 
