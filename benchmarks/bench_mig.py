@@ -61,8 +61,17 @@ SIZES = {
 def ensure_pool(name: str, size: Size, seed: int) -> Path:
     directory = CACHE / f"{name}-seed{seed}"
     if not synthetic_paths(directory).pool.exists():
-        command = [sys.executable, str(REPO / "benchmarks" / "mig_synthetic.py"), str(directory),
-                   "--records", str(size.records), "--labels", str(size.labels), "--seed", str(seed)]
+        command = [
+            sys.executable,
+            str(REPO / "benchmarks" / "mig_synthetic.py"),
+            str(directory),
+            "--records",
+            str(size.records),
+            "--labels",
+            str(size.labels),
+            "--seed",
+            str(seed),
+        ]
         if VOCABULARY.exists():
             command += ["--vocabulary", str(VOCABULARY)]
         started = time.perf_counter()
@@ -88,8 +97,7 @@ def compare_with_dense(directory: Path, picks: int, params: MigParams) -> None:
     dense = select_dense(Y, picks, params, gain_dtype=np.float32)
     dense_s = time.perf_counter() - started
     agree = int(np.argmax(lazy != dense)) if (lazy != dense).any() else len(lazy)
-    print(f"\ndense greedy (reference loop, float32 GEMV): {dense_s:.2f} s; lazy select: {lazy_s:.3f} s; "
-          f"ratio {dense_s / lazy_s:.0f}x")
+    print(f"\ndense greedy (reference loop, float32 GEMV): {dense_s:.2f} s; lazy select: {lazy_s:.3f} s; ratio {dense_s / lazy_s:.0f}x")
     print(f"orders agree: {agree == len(lazy)} (identical prefix: {agree} of {len(lazy)} picks)")
 
 
@@ -103,8 +111,14 @@ def main() -> None:
     paths = synthetic_paths(directory)
     params = MigParams()
 
-    stats = run_sample(paths.pool, directory / "selected.jsonl", size.picks, valid_tag_path=paths.valid_tags,
-                       label_embeddings_prefix=paths.label_embeddings_prefix, params=params)
+    stats = run_sample(
+        paths.pool,
+        directory / "selected.jsonl",
+        size.picks,
+        valid_tag_path=paths.valid_tags,
+        label_embeddings_prefix=paths.label_embeddings_prefix,
+        params=params,
+    )
     peak = peak_rss_mib()
     print(f"\n{args.size}: {size.records:,} records × {size.labels:,} labels, {size.picks:,} picks")
     for phase, seconds in stats["timings_s"].items():

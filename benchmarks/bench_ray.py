@@ -196,8 +196,10 @@ def main() -> None:
             print(f"{stage}: Ray overhead {extra:+.1f} s over local ({extra / modes['local']['rows']:+.4f} s/row at this size)")
     if args.json:
         plain = [
-            {**{k: v for k, v in r.items() if k not in ("logs", "metadata")},
-             "metadata": {k: v for k, v in r["metadata"].items() if not k.startswith("dagster/")}}
+            {
+                **{k: v for k, v in r.items() if k not in ("logs", "metadata")},
+                "metadata": {k: v for k, v in r["metadata"].items() if not k.startswith("dagster/")},
+            }
             for r in results
         ]
         Path(args.json).write_text(json.dumps(plain, default=str, indent=1))

@@ -37,7 +37,9 @@ def bare_chat(model_dir: str, prompts: list[str], prompt, sampling) -> dict:
     backend = VllmBackend(model=model_dir)
     engine = backend.engine()
     params = SamplingParams(
-        temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=sampling.seed,
+        temperature=sampling.temperature,
+        max_tokens=sampling.max_tokens,
+        seed=sampling.seed,
         structured_outputs=StructuredOutputsParams(json=prompt.schema),
     )
     started = time.perf_counter()
@@ -66,7 +68,9 @@ def asset_run(model: str, prompts: list[str]) -> dict:
             instance.add_dynamic_partitions("pool_shards", ["bench.jsonl"])
             started = time.perf_counter()
             result = dg.materialize(
-                [build_atomic_tags(tagger.version())], partition_key="bench.jsonl", instance=instance,
+                [build_atomic_tags(tagger.version())],
+                partition_key="bench.jsonl",
+                instance=instance,
                 resources={"warehouse": Warehouse(mig_home=home), "tagger": tagger, "execution": Execution()},
             )
             seconds = time.perf_counter() - started
@@ -90,13 +94,17 @@ def main() -> None:
     asset = asset_run(args.model, prompts)
     asset_work = asset["seconds"] - asset["engine_load_seconds"]
     print(f"model {args.model}, {len(prompts)} real prompts, prompt {tagger.prompt_version}, max_tokens {tagger.max_tokens}")
-    print(f"bare llm.chat : {bare['seconds']:7.2f} s  {len(prompts) / bare['seconds']:6.2f} samples/s  (engine load {bare['engine_load_seconds']:.1f} s, excluded)")
+    print(
+        f"bare llm.chat : {bare['seconds']:7.2f} s  {len(prompts) / bare['seconds']:6.2f} samples/s  (engine load {bare['engine_load_seconds']:.1f} s, excluded)"
+    )
     print(
         f"atomic_tags   : {asset_work:7.2f} s  {len(prompts) / asset_work:6.2f} samples/s  (engine load {asset['engine_load_seconds']:.1f} s excluded; "
         f"generation {asset['generate_seconds']:.2f} s incl. retries; statuses {asset['statuses']})"
     )
-    print(f"asset overhead over bare llm.chat: {100 * (asset_work / bare['seconds'] - 1):+.1f}% "
-          f"(generation alone {100 * (asset['generate_seconds'] / bare['seconds'] - 1):+.1f}%)")
+    print(
+        f"asset overhead over bare llm.chat: {100 * (asset_work / bare['seconds'] - 1):+.1f}% "
+        f"(generation alone {100 * (asset['generate_seconds'] / bare['seconds'] - 1):+.1f}%)"
+    )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

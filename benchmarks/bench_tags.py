@@ -66,8 +66,12 @@ SIZES = {"small": Size(50_000, 1_000, 2_000, 5_000), "full": Size(1_000_000, 10_
 TAGS_PER_LEAF = 5
 UNASSIGNED = 0.03
 TARGET_SAMPLES = 2_000
-MODES = {"none": ("unaligned", TagsParams(align="none")), "penalty": ("aligned penalty", TagsParams(align="penalty")),
-         "hard": ("aligned hard", TagsParams(align="hard")), "quota": ("aligned quota", TagsParams(align="quota"))}
+MODES = {
+    "none": ("unaligned", TagsParams(align="none")),
+    "penalty": ("aligned penalty", TagsParams(align="penalty")),
+    "hard": ("aligned hard", TagsParams(align="hard")),
+    "quota": ("aligned quota", TagsParams(align="quota")),
+}
 
 
 def peak_rss_mib() -> float:
@@ -117,8 +121,7 @@ def generate(path: Path, size: Size, seed: int) -> None:
     target_popularity = np.where(in_focus, popularity, 0.0)
     target_popularity /= target_popularity.sum()
     target_tags = rng.choice(n_tags, size=TARGET_SAMPLES * 4, p=target_popularity)
-    np.savez(path, parents=parents, levels=levels, tag_leaf=tag_leaf, per_sample=per_sample, tags=tags,
-             scores=scores, target_tags=target_tags)
+    np.savez(path, parents=parents, levels=levels, tag_leaf=tag_leaf, per_sample=per_sample, tags=tags, scores=scores, target_tags=target_tags)
 
 
 def load(size_name: str, seed: int) -> dict:
@@ -126,8 +129,9 @@ def load(size_name: str, seed: int) -> dict:
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.bench_tags import *; "
-                f"generate(Path({str(path)!r}), SIZES[{size_name!r}], {seed})")
+        code = (
+            f"import sys; sys.path.insert(0, {str(REPO)!r}); from benchmarks.bench_tags import *; generate(Path({str(path)!r}), SIZES[{size_name!r}], {seed})"
+        )
         subprocess.run([sys.executable, "-c", code], check=True)
         print(f"generated {path.name} in {time.perf_counter() - started:.1f} s")
     with np.load(path) as data:
@@ -162,8 +166,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=SIZES, default="small")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--modes", default="none,penalty",
-                        help="comma-separated selection modes to time: none, penalty, hard, quota")
+    parser.add_argument("--modes", default="none,penalty", help="comma-separated selection modes to time: none, penalty, hard, quota")
     parser.add_argument("--skip-tree", action="store_true")
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
@@ -182,22 +185,24 @@ def main() -> None:
     A = timer("grounding (tags -> leaves -> A)", ground)
     quality = rank_normalize(data["scores"])
     problem = timer("path matrix U = diag(q) A Omega", build_problem, A, quality, data["parents"], data["levels"])
-    target_counts = np.bincount(data["tag_leaf"][data["target_tags"]][data["tag_leaf"][data["target_tags"]] >= 0],
-                                minlength=n_leaves)
+    target_counts = np.bincount(data["tag_leaf"][data["target_tags"]][data["tag_leaf"][data["target_tags"]] >= 0], minlength=n_leaves)
     target = target_distribution(target_counts, alpha=0.5)
-    selections = {mode: timer(f"select {MODES[mode][0]} ({size.picks:,} picks)", select, problem, size.picks,
-                              MODES[mode][1], target) for mode in modes}
+    selections = {mode: timer(f"select {MODES[mode][0]} ({size.picks:,} picks)", select, problem, size.picks, MODES[mode][1], target) for mode in modes}
 
-    print(f"\n{args.size}: {problem.n_samples:,} samples, {problem.n_nodes:,} nodes ({n_leaves:,} leaves, "
-          f"depth {int(data['levels'].max())} with the root), nnz(A) {A.nnz:,}, nnz(U) {problem.paths.nnz:,}, "
-          f"{size.picks:,} picks")
+    print(
+        f"\n{args.size}: {problem.n_samples:,} samples, {problem.n_nodes:,} nodes ({n_leaves:,} leaves, "
+        f"depth {int(data['levels'].max())} with the root), nnz(A) {A.nnz:,}, nnz(U) {problem.paths.nnz:,}, "
+        f"{size.picks:,} picks"
+    )
     timer.report()
     for mode, selection in selections.items():
         coverage = coverage_by_level(selection.coverage, problem.levels)
-        print(f"  {mode:<9} E(S) {selection.objective[-1]:12.1f}  KL(t||p_S) {selection.kl[-1]:.3f}  "
-              f"leaf entropy {leaf_entropy(selection.leaf_mass):.2f}  leaf coverage {coverage[1]:.2f}  "
-              f"evaluations/pick {(selection.gain_evaluations - problem.n_samples) / size.picks:.1f}  "
-              f"{ {k: v for k, v in selection.info.items() if np.isscalar(v)} }")
+        print(
+            f"  {mode:<9} E(S) {selection.objective[-1]:12.1f}  KL(t||p_S) {selection.kl[-1]:.3f}  "
+            f"leaf entropy {leaf_entropy(selection.leaf_mass):.2f}  leaf coverage {coverage[1]:.2f}  "
+            f"evaluations/pick {(selection.gain_evaluations - problem.n_samples) / size.picks:.1f}  "
+            f"{ {k: v for k, v in selection.info.items() if np.isscalar(v)} }"
+        )
 
     if not args.skip_baselines:
         print("\nbaselines (same process)")
@@ -208,16 +213,20 @@ def main() -> None:
         started = time.perf_counter()
         dense_order = select_dense(small, 100, TagsParams(align="penalty"), target)
         dense_s = time.perf_counter() - started
-        print(f"  dense greedy, 20,000 samples x 100 picks (penalty): {dense_s:.2f} s; lazy: {lazy_s:.3f} s; "
-              f"ratio {dense_s / lazy_s:.0f}x; identical order: {bool((lazy_order == dense_order).all())}")
+        print(
+            f"  dense greedy, 20,000 samples x 100 picks (penalty): {dense_s:.2f} s; lazy: {lazy_s:.3f} s; "
+            f"ratio {dense_s / lazy_s:.0f}x; identical order: {bool((lazy_order == dense_order).all())}"
+        )
         started = time.perf_counter()
         mig_selection = mig.select(problem.paths, size.picks, mig.MigParams(gain="exact"))
         mig_s = time.perf_counter() - started
         if "none" in selections:
             unaligned_s = next(s for name, s, *_ in timer.phases if name.startswith("select unaligned"))
-            print(f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s; TAGS unaligned {unaligned_s:.2f} s; "
-                  f"ratio TAGS/MIG {unaligned_s / mig_s:.2f}; same picks in the first 1,000: "
-                  f"{bool((mig_selection.order[:1000] == selections['none'].order[:1000]).all())}")
+            print(
+                f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s; TAGS unaligned {unaligned_s:.2f} s; "
+                f"ratio TAGS/MIG {unaligned_s / mig_s:.2f}; same picks in the first 1,000: "
+                f"{bool((mig_selection.order[:1000] == selections['none'].order[:1000]).all())}"
+            )
         else:
             print(f"  MIG lazy select (exact gain) on the same U: {mig_s:.2f} s")
         print(f"  peak RSS so far {peak_rss_mib():,.0f} MiB")
@@ -231,8 +240,10 @@ def main() -> None:
             tree = build_tree(names, embeddings, tag_counts, seed=args.seed)
             seconds = time.perf_counter() - started
             per_level = np.bincount(tree.levels)[1:].tolist()
-            print(f"\ntree build, {size.tree_tags:,} tags x 384 dims ({label}): {seconds:.1f} s; nodes per level "
-                  f"{per_level}; peak RSS so far {peak_rss_mib():,.0f} MiB")
+            print(
+                f"\ntree build, {size.tree_tags:,} tags x 384 dims ({label}): {seconds:.1f} s; nodes per level "
+                f"{per_level}; peak RSS so far {peak_rss_mib():,.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def reference_order(paths: SyntheticPool, picks: int) -> list[str]:
 
 
 def first_difference(actual: list[str], expected: list[str]) -> str:
-    """"identical", or the first pick (1-based) where the two orders differ."""
+    """ "identical", or the first pick (1-based) where the two orders differ."""
     for pick, (a, e) in enumerate(zip(actual, expected), start=1):
         if a != e:
             return f"first differing pick: {pick} (assets {a}, reference {e})"
@@ -79,18 +79,22 @@ def asset_order(duckdb_path: Path, instance, resources: dict, paths: SyntheticPo
     per_shard = [a for a in assets if a.key.to_user_string() in SHARD_ASSETS]
     for shard in shards:
         assert dg.materialize(assets, selection=per_shard, partition_key=shard, instance=instance, resources=resources).success
-    run_config = {"ops": {
-        "tag_embeddings": {"config": {"label_embeddings_prefix": str(paths.label_embeddings_prefix)}},
-        "label_graph": {"config": {"tau": 0.9, "valid_tag_path": str(paths.valid_tags)}},
-        "mig_selection": {"config": {"budget_count": picks, "budget_fraction": None}},
-    }}
+    run_config = {
+        "ops": {
+            "tag_embeddings": {"config": {"label_embeddings_prefix": str(paths.label_embeddings_prefix)}},
+            "label_graph": {"config": {"tau": 0.9, "valid_tag_path": str(paths.valid_tags)}},
+            "mig_selection": {"config": {"budget_count": picks, "budget_fraction": None}},
+        }
+    }
     chosen = [a for a in assets if a.key.to_user_string() in GLOBAL_ASSETS]
     assert dg.materialize(assets, selection=chosen, instance=instance, resources=resources, run_config=run_config).success
     with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        return [i for (i,) in con.execute(
-            "SELECT s.original_id FROM selection_members m JOIN samples s USING (sample_id) "
-            "WHERE m.selection = 'mig_selection' ORDER BY m.rank"
-        ).fetchall()]
+        return [
+            i
+            for (i,) in con.execute(
+                "SELECT s.original_id FROM selection_members m JOIN samples s USING (sample_id) WHERE m.selection = 'mig_selection' ORDER BY m.rank"
+            ).fetchall()
+        ]
 
 
 def main() -> None:
@@ -112,8 +116,13 @@ def main() -> None:
     reference_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as home, dg.DagsterInstance.ephemeral() as instance:
         layout = WarehouseLayout(Path(home)).ensure()
-        resources = {"warehouse": Warehouse(mig_home=home), "embedder": Embedder(device="cpu"), "tagger": Tagger(),
-                     "execution": Execution(), "scorer": Scorer()}
+        resources = {
+            "warehouse": Warehouse(mig_home=home),
+            "embedder": Embedder(device="cpu"),
+            "tagger": Tagger(),
+            "execution": Execution(),
+            "scorer": Scorer(),
+        }
         shards = split_into_shards(paths.pool, layout.incoming_dir, args.shards)
         started = time.perf_counter()
         actual = asset_order(layout.duckdb_path, instance, resources, paths, shards, size.picks)

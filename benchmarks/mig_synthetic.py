@@ -67,9 +67,7 @@ def _json_numbers(values: list[float]) -> str:
     return ", ".join(map(repr, values))
 
 
-def generate(
-    directory: str | Path, n_records: int, n_labels: int, seed: int = 0, vocabulary: Path | None = None
-) -> SyntheticPool:
+def generate(directory: str | Path, n_records: int, n_labels: int, seed: int = 0, vocabulary: Path | None = None) -> SyntheticPool:
     """Write a synthetic pool and its label embeddings into ``directory``; same arguments, same bytes."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

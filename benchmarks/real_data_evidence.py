@@ -28,10 +28,15 @@ def main() -> None:
     args = parser.parse_args()
     home = args.home.resolve()
     # read when the definitions load: they decide the tagger's and scorer's code versions
-    os.environ.update({
-        "MIG_HOME": str(home), "MIG_TAGGER_BACKEND": "vllm", "MIG_SCORER_BACKEND": args.scorer,
-        "MIG_TARGET_PATH": str(REAL / "mt_bench_questions.jsonl"), "MIG_TARGET_FILTER": "category=coding,math",
-    })
+    os.environ.update(
+        {
+            "MIG_HOME": str(home),
+            "MIG_TAGGER_BACKEND": "vllm",
+            "MIG_SCORER_BACKEND": args.scorer,
+            "MIG_TARGET_PATH": str(REAL / "mt_bench_questions.jsonl"),
+            "MIG_TARGET_FILTER": "category=coding,math",
+        }
+    )
     sys.path.insert(0, str(REPO))
     from mig_assets.cli import (
         dagster_instance,

@@ -130,12 +130,18 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_
     for done, key in enumerate(unique, start=1):
         wait_for_pool(instance, raw_pool.op.pool, report=say)
         result = job.execute_in_process(
-            partition_key=key, instance=instance, run_config=(run_config or {}) | CLI_LOGGING, tags={"mig/launched_by": "cli"},
+            partition_key=key,
+            instance=instance,
+            run_config=(run_config or {}) | CLI_LOGGING,
+            tags={"mig/launched_by": "cli"},
         )
         metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
         shard = {
-            "shard": key, **{name: metadata[name].value for name in TOTALS}, "run_id": result.run_id,
-            "source_file": metadata["source_file"].value, "container_errors": metadata["container_errors"].value,
+            "shard": key,
+            **{name: metadata[name].value for name in TOTALS},
+            "run_id": result.run_id,
+            "source_file": metadata["source_file"].value,
+            "container_errors": metadata["container_errors"].value,
         }
         totals["shards"].append(shard)
         for name in TOTALS:
@@ -278,7 +284,9 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
             started = time.perf_counter()
             say(f"{name}: shards {first} .. {last} (tag_job) ...")
             job.execute_in_process(
-                instance=instance, run_config=CLI_LOGGING, asset_selection=[asset_key],
+                instance=instance,
+                run_config=CLI_LOGGING,
+                asset_selection=[asset_key],
                 tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
             )
             say(f"{name}: done in {time.perf_counter() - started:.1f}s")
@@ -287,14 +295,14 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
     started = time.perf_counter()
     say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
     result = defs.resolve_job_def("reselect_job").execute_in_process(
-        instance=instance, run_config=CLI_LOGGING, tags={"mig/launched_by": "cli"}, raise_on_error=False,
+        instance=instance,
+        run_config=CLI_LOGGING,
+        tags={"mig/launched_by": "cli"},
+        raise_on_error=False,
     )
     say(f"re-selected in {time.perf_counter() - started:.1f}s (run {result.run_id})")
     nodes = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
-    summary = {
-        node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS}
-        for node in nodes
-    }
+    summary = {node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS} for node in nodes}
     failures = {e.step_key: root_cause(e.event_specific_data.error) for e in result.all_events if e.is_step_failure}
     for step, reason in failures.items():
         say(f"{step}: FAILED: {reason}")
@@ -304,8 +312,15 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
 
 
 SUMMARY_KEYS = (
-    "dagster/row_count", "labels", "edges", "version", "objective", "label_coverage", "leaves_covered",
-    "kl_target_selection", "export_dir",
+    "dagster/row_count",
+    "labels",
+    "edges",
+    "version",
+    "objective",
+    "label_coverage",
+    "leaves_covered",
+    "kl_target_selection",
+    "export_dir",
 )
 
 
@@ -382,17 +397,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from mig_assets.core.mig_sample import run_sample
 
     params = MigParams(
-        tau=args.sim_threshold, prop_weight=args.prop_weight, norm=args.norm, phi=args.phi_type,
-        phi_a=args.phi_a, phi_b=args.phi_b, phi_alpha=args.phi_alpha, gain=args.gain,
+        tau=args.sim_threshold,
+        prop_weight=args.prop_weight,
+        norm=args.norm,
+        phi=args.phi_type,
+        phi_a=args.phi_a,
+        phi_b=args.phi_b,
+        phi_alpha=args.phi_alpha,
+        gain=args.gain,
     )
     embed = None
     if args.sampler_type == "mig" and not args.label_embeddings:
         embed = SentenceEmbedder(args.embedding_model or DEFAULT_EMBEDDING_MODEL).encode
     out = args.out or args.pool.with_name(f"{args.pool.stem}-sampled-{args.num}.jsonl")
     stats = run_sample(
-        args.pool, out, args.num, valid_tag_path=args.valid_tag_path or None,
-        label_embeddings_prefix=args.label_embeddings, embed_labels=embed,
-        sampler_type=args.sampler_type, params=params, batch_size=args.batch_size,
+        args.pool,
+        out,
+        args.num,
+        valid_tag_path=args.valid_tag_path or None,
+        label_embeddings_prefix=args.label_embeddings,
+        embed_labels=embed,
+        sampler_type=args.sampler_type,
+        params=params,
+        batch_size=args.batch_size,
     )
     print(json.dumps({"out": str(out), **stats}, indent=2), file=sys.stderr)
     return 0
@@ -450,7 +477,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with output_to_log(layout) as say:
         say("selection_comparison (compare_job) ...")
         result = defs.resolve_job_def("compare_job").execute_in_process(
-            instance=instance, run_config=run_config, tags={"mig/launched_by": "cli"},
+            instance=instance,
+            run_config=run_config,
+            tags={"mig/launched_by": "cli"},
         )
     metadata = result.asset_materializations_for_node("selection_comparison")[0].metadata
     print(metadata["methods"].value)
@@ -503,7 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="write the demo pool, ingest it and run everything (records --tagger in mig.yaml)")
     demo.add_argument(
-        "--tagger", choices=["vllm", "imported"], default="vllm",
+        "--tagger",
+        choices=["vllm", "imported"],
+        default="vllm",
         help="vllm: SmolLM2-135M on vLLM (CPU here, ~3 min); imported: the annotations in the pool (seconds)",
     )
     demo.set_defaults(func=cmd_demo)

@@ -32,17 +32,23 @@ quality_scores = build_quality_scores(resources["scorer"].version())
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 # GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
 tag_job = dg.define_asset_job(
-    "tag_job", selection=[atomic_tags, sample_embeddings, quality_scores], executor_def=dg.in_process_executor,
+    "tag_job",
+    selection=[atomic_tags, sample_embeddings, quality_scores],
+    executor_def=dg.in_process_executor,
     description="Tag, embed and score shards; launch over many partitions to load each model once.",
 )
 global_assets = [tag_vocabulary, tag_embeddings, label_graph, knowledge_tree, target_profile, *selection_assets]
 reselect_job = dg.define_asset_job(
-    "reselect_job", selection=global_assets, executor_def=dg.in_process_executor,
+    "reselect_job",
+    selection=global_assets,
+    executor_def=dg.in_process_executor,
     description="Rebuild the vocabulary, embeddings and graph from the cached per-shard results and re-run every selection.",
 )
 
 compare_job = dg.define_asset_job(
-    "compare_job", selection=[selection_comparison], executor_def=dg.in_process_executor,
+    "compare_job",
+    selection=[selection_comparison],
+    executor_def=dg.in_process_executor,
     description="Every selection method at one budget (default 10%), measured side by side.",
 )
 

@@ -78,7 +78,14 @@ SKILLS: dict[str, tuple[list[str], list[str], str]] = {
     ),
 }
 FILLERS = {
-    "python": ["reverses a linked list", "parses a CSV file", "counts word frequencies", "merges two sorted lists", "validates an email address", "flattens a nested list"],
+    "python": [
+        "reverses a linked list",
+        "parses a CSV file",
+        "counts word frequencies",
+        "merges two sorted lists",
+        "validates an email address",
+        "flattens a nested list",
+    ],
     "sql": ["finds the top 5 customers by revenue", "counts orders per month", "joins users with their last login", "deletes duplicate rows"],
     "algebra": ["3x + 7 = 22", "2(x - 4) = 10", "x^2 - 9 = 0", "5x - 3 = 2x + 9"],
     "geometry": ["a circle of radius 4", "a right triangle with legs 3 and 4", "a regular hexagon of side 2", "an isosceles trapezoid"],
@@ -169,8 +176,7 @@ def _write_alpaca(path: Path, samples: list[dict]) -> Path:
 
 def _write_openai(path: Path, samples: list[dict]) -> Path:
     rows = [
-        {"messages": [{"role": "user", "content": s["instruction"]}, {"role": "assistant", "content": s["response"]}], "source": s["skill"]}
-        for s in samples
+        {"messages": [{"role": "user", "content": s["instruction"]}, {"role": "assistant", "content": s["response"]}], "source": s["skill"]} for s in samples
     ]
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path

@@ -73,10 +73,15 @@ def slot_holders(instance: DagsterInstance, pools: list[str] | None = None) -> l
         run_ids = [slot.run_id for slot in info.claimed_slots] + [step.run_id for step in info.pending_steps]
         for run_id in dict.fromkeys(run_ids):
             record = instance.get_run_record_by_id(run_id)
-            holders.append(SlotHolder(
-                run_id=run_id, pool=name, run=record.dagster_run if record else None,
-                pid=run_owner_pid(instance, run_id) if record else None, started_at=record.start_time if record else None,
-            ))
+            holders.append(
+                SlotHolder(
+                    run_id=run_id,
+                    pool=name,
+                    run=record.dagster_run if record else None,
+                    pid=run_owner_pid(instance, run_id) if record else None,
+                    started_at=record.start_time if record else None,
+                )
+            )
     return holders
 
 
@@ -124,8 +129,7 @@ def wait_for_pool(
         if last_report is None or time.time() - last_report >= report_every_seconds:
             owners = _slot_owners(info)
             holders = ", ".join(
-                f"run {h.run_id} ({h.status}, pid {h.pid}, since {_utc(h.started_at)})"
-                for h in slot_holders(instance, [pool]) if h.run_id in owners
+                f"run {h.run_id} ({h.status}, pid {h.pid}, since {_utc(h.started_at)})" for h in slot_holders(instance, [pool]) if h.run_id in owners
             )
             report(f"waiting since {_utc(since)} for a slot of the `{pool}` pool (limit {info.limit}), held by {holders}; Ctrl-C stops")
             last_report = time.time()
@@ -134,9 +138,7 @@ def wait_for_pool(
 
 def _slot_owners(info) -> set[str]:
     """Runs that hold a slot of the pool: claimed, or assigned to one of their pending steps."""
-    return {slot.run_id for slot in info.claimed_slots} | {
-        step.run_id for step in info.pending_steps if step.assigned_timestamp is not None
-    }
+    return {slot.run_id for slot in info.claimed_slots} | {step.run_id for step in info.pending_steps if step.assigned_timestamp is not None}
 
 
 def _utc(timestamp: float | None) -> str:

@@ -90,7 +90,10 @@ def _resource_sections() -> dict[str, type]:
 
 
 PLAIN_SECTIONS: dict[str, type[_Section]] = {
-    "target": TargetSettings, "selections": SelectionsSettings, "automation": AutomationSettings, "models": ModelSettings,
+    "target": TargetSettings,
+    "selections": SelectionsSettings,
+    "automation": AutomationSettings,
+    "models": ModelSettings,
 }
 SECTION_HELP = {
     "tagger": "atomic_tags: backend imported | vllm | openai; changing it re-versions the tags (see README)",
@@ -201,8 +204,12 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from mig_assets.resources.tagger import BACKENDS
 
     return {
-        "tagger.backend": BACKENDS, "tagger.prompt_version": tuple(PROMPTS), "scorer.backend": SCORER_BACKENDS,
-        "scorer.engine": ENGINES, "execution.mode": MODES, "embedder.device": ("auto", "cpu", "cuda", "mps"),
+        "tagger.backend": BACKENDS,
+        "tagger.prompt_version": tuple(PROMPTS),
+        "scorer.backend": SCORER_BACKENDS,
+        "scorer.engine": ENGINES,
+        "execution.mode": MODES,
+        "embedder.device": ("auto", "cpu", "cuda", "mps"),
     }
 
 

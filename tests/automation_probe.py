@@ -49,7 +49,11 @@ def main(home: str, cursor_file: str) -> dict:
     automated = []
     for partition, keys in sorted(by_partition.items(), key=lambda item: str(item[0])):
         outcome = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, partition_key=partition, asset_selection=keys, tags={AUTOMATION_RUN_TAG: "true"}, raise_on_error=False,
+            instance=instance,
+            partition_key=partition,
+            asset_selection=keys,
+            tags={AUTOMATION_RUN_TAG: "true"},
+            raise_on_error=False,
         )
         failure = next((e.event_specific_data.error.message for e in outcome.all_events if e.is_step_failure), "")
         automated.append({"assets": sorted(k.to_user_string() for k in keys), "shard": partition, "success": outcome.success, "failure": failure})
@@ -67,7 +71,11 @@ def ui_tick(home, cursor_file):
     """One sensor tick and one automation evaluation, as `dagster dev` would run them, in a fresh process."""
     done = subprocess.run(
         [sys.executable, "-m", "tests.automation_probe", str(home), str(cursor_file)],
-        cwd=Path(__file__).resolve().parents[1], env=clean_env(home), capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        env=clean_env(home),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.splitlines()[-1])

@@ -31,8 +31,11 @@ def instance():
 @pytest.fixture
 def resources(layout) -> dict:
     return {
-        "warehouse": Warehouse(mig_home=str(layout.home)), "embedder": Embedder(device="cpu"), "tagger": Tagger(),
-        "execution": Execution(), "scorer": Scorer(),
+        "warehouse": Warehouse(mig_home=str(layout.home)),
+        "embedder": Embedder(device="cpu"),
+        "tagger": Tagger(),
+        "execution": Execution(),
+        "scorer": Scorer(),
     }
 
 

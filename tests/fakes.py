@@ -81,9 +81,7 @@ class FakeTagger(Tagger):
 
     def backend_factory(self, **overrides):
         if self.kill_query:
-            return functools.partial(
-                KillOnceBackend, json.loads(self.script_json), self.delay_s, kill_query=self.kill_query, marker=self.kill_marker
-            )
+            return functools.partial(KillOnceBackend, json.loads(self.script_json), self.delay_s, kill_query=self.kill_query, marker=self.kill_marker)
         return functools.partial(ScriptedBackend, json.loads(self.script_json), delay_s=self.delay_s)
 
 
@@ -98,7 +96,9 @@ def tag_shard_slowly(mig_home: str, shard: str, delay_s: float, batch_size: int)
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("pool_shards", [shard])
         dg.materialize(
-            [build_atomic_tags(tagger.version())], partition_key=shard, instance=instance,
+            [build_atomic_tags(tagger.version())],
+            partition_key=shard,
+            instance=instance,
             resources={"warehouse": Warehouse(mig_home=mig_home), "tagger": tagger, "execution": Execution()},
         )
 

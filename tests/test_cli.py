@@ -15,9 +15,7 @@ from tests.conftest import MIG_FIXTURES, REAL_DATA, REPO_ROOT
 def run_cli(args, mig_home, timeout=900, **kwargs):
     env = {**os.environ, "MIG_HOME": str(mig_home)}
     env.pop("DAGSTER_HOME", None)
-    return subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs
-    )
+    return subprocess.run([sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.mark.slow
@@ -65,7 +63,7 @@ def test_demo_ingests_tags_and_selects(tmp_path):
         backends = con.execute("SELECT backend, count(*) FROM atomic_tags GROUP BY ALL").fetchall()
         failed = con.execute("SELECT count(*) FROM atomic_tags WHERE status = 'failed'").fetchone()[0]
     assert [b for b, _ in backends] == ["vllm"] and failed <= 0.05 * sum(n for _, n in backends)
-    assert "backend: \"vllm\"" in (home / "mig.yaml").read_text()  # recorded where the UI reads it
+    assert 'backend: "vllm"' in (home / "mig.yaml").read_text()  # recorded where the UI reads it
 
     # `make dev` afterwards, with no variable set: nothing is re-ingested or re-tagged
     tags_before = tag_files(home)
@@ -87,11 +85,33 @@ def test_sample_is_a_drop_in_for_the_reference_cli(tmp_path):
     case = json.loads((MIG_FIXTURES / "expected.json").read_text())["norm"]
     out = tmp_path / "selected.jsonl"
     args = [
-        "sample", str(MIG_FIXTURES / case["pool"]), "--out", str(out), "-n", str(case["n"]),
-        "--valid-tag-path", str(MIG_FIXTURES / "valid_tags.json"), "--label-graph-type", "sim",
-        "--label-embeddings", str(MIG_FIXTURES / "p2k"), "--sim-threshold", str(case["tau"]),
-        "--prop-weight", str(case["prop_weight"]), "--norm", "--phi-type", "pow", "--phi-a", str(case["phi_a"]),
-        "--phi-b", str(case["phi_b"]), "--batch-size", "32768", "--sampler-type", "mig",
+        "sample",
+        str(MIG_FIXTURES / case["pool"]),
+        "--out",
+        str(out),
+        "-n",
+        str(case["n"]),
+        "--valid-tag-path",
+        str(MIG_FIXTURES / "valid_tags.json"),
+        "--label-graph-type",
+        "sim",
+        "--label-embeddings",
+        str(MIG_FIXTURES / "p2k"),
+        "--sim-threshold",
+        str(case["tau"]),
+        "--prop-weight",
+        str(case["prop_weight"]),
+        "--norm",
+        "--phi-type",
+        "pow",
+        "--phi-a",
+        str(case["phi_a"]),
+        "--phi-b",
+        str(case["phi_b"]),
+        "--batch-size",
+        "32768",
+        "--sampler-type",
+        "mig",
     ]
     done = run_cli(args, tmp_path / "home")
     assert done.returncode == 0, done.stderr
@@ -109,8 +129,7 @@ def test_sample_reports_labels_without_embeddings(tmp_path):
 
     np.save(tmp_path / "tiny.emb.npy", np.ones((1, 4), dtype=np.float32))
     done = run_cli(
-        ["sample", str(MIG_FIXTURES / "p2k.jsonl"), "--out", str(tmp_path / "o.jsonl"), "-n", "5",
-         "--label-embeddings", str(tmp_path / "tiny")],
+        ["sample", str(MIG_FIXTURES / "p2k.jsonl"), "--out", str(tmp_path / "o.jsonl"), "-n", "5", "--label-embeddings", str(tmp_path / "tiny")],
         tmp_path / "home",
     )
     assert done.returncode == 2 and "have no embedding" in done.stderr

@@ -35,8 +35,7 @@ def demo_pool(layout, instance, resources):
     assets = [a for a in defs.assets if a.key.to_user_string() in UPSTREAM]
     for key in keys:
         dg.materialize(assets, selection=[a for a in assets if a.partitions_def], partition_key=key, instance=instance, resources=resources)
-    dg.materialize(assets, selection=[a for a in assets if not a.partitions_def], instance=instance, resources=resources,
-                   run_config={"ops": TREE_CONFIG})
+    dg.materialize(assets, selection=[a for a in assets if not a.partitions_def], instance=instance, resources=resources, run_config={"ops": TREE_CONFIG})
     return assets
 
 
@@ -47,8 +46,10 @@ def test_each_baseline_is_a_selection_asset_with_exports_and_audit(layout, insta
     result = dg.materialize(demo_pool + selections, selection=selections, instance=instance, resources=resources)
     assert result.success
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        members = {name: [r[0] for r in con.execute(
-            "SELECT sample_id FROM selection_members WHERE selection = ? ORDER BY rank", [name]).fetchall()] for name in [s.name for s in specs]}
+        members = {
+            name: [r[0] for r in con.execute("SELECT sample_id FROM selection_members WHERE selection = ? ORDER BY rank", [name]).fetchall()]
+            for name in [s.name for s in specs]
+        }
         quality = dict(con.execute("SELECT sample_id, imported_quality FROM samples").fetchall())
     vectors = pa.concat_tables(pq.read_table(f) for f in layout.shard_files("sample_embeddings"))
     embedding = dict(zip(vectors.column("sample_id").to_pylist(), arrow_to_vectors(vectors.column("embedding"))))
@@ -69,8 +70,7 @@ def test_each_baseline_is_a_selection_asset_with_exports_and_audit(layout, insta
 
 def test_comparison_measures_every_method_and_its_claims_hold(layout, instance, resources, demo_pool):
     config = {"ops": {"selection_comparison": {"config": {"budget_fraction": None, "budget_count": 20}}}}
-    result = dg.materialize(demo_pool + [selection_comparison], selection=[selection_comparison], instance=instance,
-                            resources=resources, run_config=config)
+    result = dg.materialize(demo_pool + [selection_comparison], selection=[selection_comparison], instance=instance, resources=resources, run_config=config)
     meta = result.asset_materializations_for_node("selection_comparison")[0].metadata
     folder = layout.exports_dir / "comparison" / "v0001"
     document = json.loads((folder / "comparison.json").read_text())

@@ -29,7 +29,11 @@ def test_dagster_cli_validates_the_project_in_seconds(tmp_path):
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "dagster", "definitions", "validate"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert "Validation successful" in done.stdout + done.stderr
@@ -40,8 +44,12 @@ def test_dg_cli_checks_and_lists_the_project(tmp_path):
     """`dg check defs` and `dg list defs` (dagster-dg-cli, `[tool.dg]` in pyproject.toml) load the same Definitions."""
     dg_cli = Path(sys.executable).with_name("dg")
     # dg's console script does not put the working directory on sys.path: import this checkout
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MIG_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "MIG_HOME": str(tmp_path / "home"),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
 
     checked = subprocess.run([dg_cli, "check", "defs"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -52,9 +60,17 @@ def test_dg_cli_checks_and_lists_the_project(tmp_path):
     assert listed.returncode == 0, listed.stderr
     listed_assets = {asset["asset_key"] for asset in json.loads(listed.stdout)["assets"]}
     expected = subprocess.run(
-        [sys.executable, "-c", "import json; from mig_assets.definitions import defs; "
-         "print(json.dumps([k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]))"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            "import json; from mig_assets.definitions import defs; "
+            "print(json.dumps([k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()]))",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert expected.returncode == 0, expected.stderr
     assert listed_assets == set(json.loads(expected.stdout))
@@ -63,9 +79,7 @@ def test_dg_cli_checks_and_lists_the_project(tmp_path):
 
 def test_no_model_library_is_imported_when_loading_definitions():
     code = (
-        "import sys, mig_assets.definitions; "
-        "heavy = [m for m in ('torch', 'vllm', 'sentence_transformers', 'transformers') if m in sys.modules]; "
-        "print(heavy)"
+        "import sys, mig_assets.definitions; heavy = [m for m in ('torch', 'vllm', 'sentence_transformers', 'transformers') if m in sys.modules]; print(heavy)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr

@@ -20,8 +20,17 @@ from mig_assets.pool.sensors import incoming_shards_sensor
 from tests.conftest import MIG_FIXTURES
 
 WATCHED = [
-    "atomic_tags", "sample_embeddings", "quality_scores", "tag_vocabulary", "tag_embeddings", "label_graph", "knowledge_tree", "target_profile",
-    "mig_selection", "tags_aligned_5pct", "random_5pct",
+    "atomic_tags",
+    "sample_embeddings",
+    "quality_scores",
+    "tag_vocabulary",
+    "tag_embeddings",
+    "label_graph",
+    "knowledge_tree",
+    "target_profile",
+    "mig_selection",
+    "tags_aligned_5pct",
+    "random_5pct",
 ]
 
 
@@ -85,7 +94,8 @@ def test_pool_growth_tags_only_the_new_shard_and_reselects_once(layout, instance
     assert requested(again) == {}
 
     partitions_tagged = [
-        e.partition for e in instance.fetch_materializations(dg.AssetKey("atomic_tags"), limit=100).records
+        e.partition
+        for e in instance.fetch_materializations(dg.AssetKey("atomic_tags"), limit=100).records
         for e in [e.event_log_entry.dagster_event.event_specific_data.materialization]
     ]
     assert sorted(partitions_tagged) == ["fresh.jsonl", "p2k.jsonl"]  # the old shard was not re-tagged

@@ -76,7 +76,11 @@ def select(instance, resources, tau: float = 0.9, nodes=("tag_vocabulary", "tag_
     run_config = {"ops": {name: config for name, config in ops.items() if name in nodes}}
     assets = list(defs.assets)
     result = dg.materialize(
-        assets, selection=[a for a in assets if a.key.to_user_string() in nodes], instance=instance, resources=resources, run_config=run_config,
+        assets,
+        selection=[a for a in assets if a.key.to_user_string() in nodes],
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
     )
     assert result.success
     return result.asset_materializations_for_node("mig_selection")[0]
@@ -86,7 +90,11 @@ def cli_explain(layout, sample_id: str, version: int) -> dict:
     env = {**os.environ, "MIG_HOME": str(layout.home), "DAGSTER_HOME": str(layout.home / "dagster")}
     done = subprocess.run(
         [sys.executable, "-m", "mig_assets.cli", "explain", sample_id[:16], "--selection", "mig_selection", "--version", str(version)],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -100,9 +108,12 @@ def tags_code_version(tagger_version: str) -> str:
 
 def members(layout, version: int) -> list[str]:
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        return [sid for (sid,) in con.execute(
-            "SELECT sample_id FROM selection_members WHERE selection = 'mig_selection' AND version = ? ORDER BY rank", [version]
-        ).fetchall()]
+        return [
+            sid
+            for (sid,) in con.execute(
+                "SELECT sample_id FROM selection_members WHERE selection = 'mig_selection' AND version = ? ORDER BY rank", [version]
+            ).fetchall()
+        ]
 
 
 def current_tags(layout) -> dict[str, list[str]]:
@@ -111,16 +122,15 @@ def current_tags(layout) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, persistent, resources, pool):
-    first_tag_run = persistent.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("atomic_tags"), asset_partitions=[SHARD]), limit=1
-    ).records[0].run_id
+    first_tag_run = (
+        persistent.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("atomic_tags"), asset_partitions=[SHARD]), limit=1).records[0].run_id
+    )
     select(persistent, resources)
     top = members(layout, 1)[0]
     v1_tags = current_tags(layout)
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:  # a sample v1 did not pick, explained before the re-tag
         rejected = con.execute(
-            "SELECT sample_id FROM atomic_tags WHERE len(tags) > 1 AND sample_id NOT IN (SELECT sample_id FROM selection_members) "
-            "ORDER BY sample_id LIMIT 1"
+            "SELECT sample_id FROM atomic_tags WHERE len(tags) > 1 AND sample_id NOT IN (SELECT sample_id FROM selection_members) ORDER BY sample_id LIMIT 1"
         ).fetchall()[0][0]
         rejected_before = explain(con, rejected, "mig_selection", 1)["selection"]
 
@@ -140,7 +150,8 @@ def test_retag_explain_v1_shows_v1_tags_and_the_change_v2_the_new_tags(layout, p
     assert change["tagger_before"] == "imported" and change["tagger_after"].startswith("vllm:fake-model")
     assert (change["run_at_version"], change["changed_by_run"]) == (first_tag_run, retag_run)
     assert (change["code_version_before"], change["code_version_after"]) == (
-        tags_code_version("imported"), tags_code_version(FakeTagger(script_json=json.dumps(script)).version())
+        tags_code_version("imported"),
+        tags_code_version(FakeTagger(script_json=json.dumps(script)).version()),
     )
     assert old["selection"]["selected"] and old["selection"]["rank"] == 1
     assert old["current"]["tags"]["tags"] == v2_tags[top]
@@ -249,16 +260,25 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
     )
 
     def row(sid, **values):
-        base = {name: None for name in INPUTS_SCHEMA.names} | {"sample_id": sid, "shard": "a.jsonl", "tags": ["x"], "tag_status": "ok",
-                                                               "tagger": "imported", "raw": f"{{\"id\": \"{sid}\"}}"}
+        base = {name: None for name in INPUTS_SCHEMA.names} | {
+            "sample_id": sid,
+            "shard": "a.jsonl",
+            "tags": ["x"],
+            "tag_status": "ok",
+            "tagger": "imported",
+            "raw": f'{{"id": "{sid}"}}',
+        }
         return base | values
 
-    current = pa.Table.from_pylist([
-        row("s1", weight=3.0, weight_origin="quality_scores (logprob:m deita-v1)", scorer="logprob:m deita-v1"),
-        row("s2", weight=2.0, weight_origin="imported Deita annotation"),
-        row("s3"),  # no score: gets the median
-        row("s4", tag_status="failed", tag_reason="backend error", tags=[], weight=5.0, weight_origin="imported Deita annotation"),
-    ], schema=INPUTS_SCHEMA)
+    current = pa.Table.from_pylist(
+        [
+            row("s1", weight=3.0, weight_origin="quality_scores (logprob:m deita-v1)", scorer="logprob:m deita-v1"),
+            row("s2", weight=2.0, weight_origin="imported Deita annotation"),
+            row("s3"),  # no score: gets the median
+            row("s4", tag_status="failed", tag_reason="backend error", tags=[], weight=5.0, weight_origin="imported Deita annotation"),
+        ],
+        schema=INPUTS_SCHEMA,
+    )
     snapshot = version_inputs(current, ["s1", "s2", "s3"], np.array([3.0, 2.0, 2.5]), 2.5, ["s2", "s1"])
     rows = snapshot.to_pylist()
     assert [r["sample_id"] for r in rows] == ["s2", "s1", "s3", "s4"] and [r["rank"] for r in rows] == [1, 2, None, None]

@@ -43,7 +43,9 @@ def test_vllm_engine_tags_real_samples_through_the_asset(layout, instance, resou
     materialize_shards(instance, resources, layout, [path])
     tagger = Tagger(backend="vllm", model=SMOLLM2)
     result = dg.materialize(
-        [build_atomic_tags(tagger.version())], partition_key="real.jsonl", instance=instance,
+        [build_atomic_tags(tagger.version())],
+        partition_key="real.jsonl",
+        instance=instance,
         resources={**resources, "tagger": tagger},
     )
     metadata = result.asset_materializations_for_node("atomic_tags")[0].metadata
@@ -61,8 +63,20 @@ def openai_server(smollm_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm_dir,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", "2048",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        smollm_dir,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
     ]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}
     with open(log, "w") as handle:
@@ -102,7 +116,9 @@ def test_openai_backend_against_a_real_local_server(openai_server, smollm_dir, l
     materialize_shards(instance, resources, layout, [path])
     tagger = Tagger(backend="openai", base_url=openai_server, model=smollm_dir)
     result = dg.materialize(
-        [build_atomic_tags(tagger.version())], partition_key="served.jsonl", instance=instance,
+        [build_atomic_tags(tagger.version())],
+        partition_key="served.jsonl",
+        instance=instance,
         resources={**resources, "tagger": tagger},
     )
     statuses = result.asset_materializations_for_node("atomic_tags")[0].metadata["statuses"].value
@@ -124,8 +140,20 @@ def test_tree_refinement_by_the_served_model(openai_server, smollm_dir, tmp_path
     from mig_assets.core.tree import build_tree
     from mig_assets.core.tree_refine import LLMTreeRefiner
 
-    tags = ["python programming", "python coding", "sql query", "database design", "bread baking", "cake recipe",
-            "french cuisine", "roman history", "world war history", "linear algebra", "matrix multiplication", "calculus"]
+    tags = [
+        "python programming",
+        "python coding",
+        "sql query",
+        "database design",
+        "bread baking",
+        "cake recipe",
+        "french cuisine",
+        "roman history",
+        "world war history",
+        "linear algebra",
+        "matrix multiplication",
+        "calculus",
+    ]
     vectors = SentenceEmbedder(device="cpu").encode(tags)
     backend = OpenAIBackend(base_url=openai_server, model=smollm_dir, concurrency=4, timeout_s=120)
     cache = tmp_path / "refine.jsonl"

@@ -40,9 +40,7 @@ def tag_server():
 
 
 def cli(home, *args):
-    done = subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600
-    )
+    done = subprocess.run([sys.executable, "-m", "mig_assets.cli", *args], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -89,10 +87,16 @@ def stale_partitions(home, asset: str) -> set[str]:
 def test_init_ingest_run_then_the_ui_keeps_the_tags_and_a_tagger_change_waits_for_a_launched_run(tmp_path, tag_server):
     home = tmp_path / "home"
     cli(home, "init")
-    write_settings_file(home, {
-        "tagger.backend": "openai", "tagger.base_url": tag_server, "tagger.model": "fake-served-model",
-        "target.path": str(REAL_DATA / "mt_bench_questions.jsonl"), "target.filter": "category=coding,math",
-    })
+    write_settings_file(
+        home,
+        {
+            "tagger.backend": "openai",
+            "tagger.base_url": tag_server,
+            "tagger.model": "fake-served-model",
+            "target.path": str(REAL_DATA / "mt_bench_questions.jsonl"),
+            "target.filter": "category=coding,math",
+        },
+    )
     files = write_demo_pool(tmp_path / "my_files")
     cli(home, "ingest", *map(str, files))
     done = cli(home, "run")
@@ -141,9 +145,7 @@ def test_init_ingest_run_then_the_ui_keeps_the_tags_and_a_tagger_change_waits_fo
 
 def test_run_without_anything_ingested_says_what_to_do(tmp_path):
     home = tmp_path / "home"
-    done = subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", "run"], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, "-m", "mig_assets.cli", "run"], cwd=REPO_ROOT, env=clean_env(home), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "nothing ingested" in done.stderr and "mig-assets ingest" in done.stderr
 
 

@@ -50,9 +50,7 @@ def test_every_real_file_ingests_in_its_native_format(layout, instance, resource
         total_kept += meta["rows_kept"]
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*), count(DISTINCT sample_id) FROM samples").fetchone() == (total_kept, total_kept)
-        mt = con.execute(
-            "SELECT messages FROM samples WHERE source_file = 'incoming/mt_bench_questions.jsonl' AND original_id = '81'"
-        ).fetchone()[0]
+        mt = con.execute("SELECT messages FROM samples WHERE source_file = 'incoming/mt_bench_questions.jsonl' AND original_id = '81'").fetchone()[0]
         assert [m["role"] for m in mt] == ["user", "user"]
 
 
@@ -61,9 +59,7 @@ def test_materialization_metadata_schema_and_data_version(layout, instance, reso
     shutil.copyfile(REAL_DATA / "mt_bench_questions.jsonl", path)
     first = materialize_shards(instance, resources, layout, [path])["mt.jsonl"]["result"]
     second = materialize_shards(instance, resources, layout, [path])["mt.jsonl"]["result"]
-    versions = [
-        r.asset_materializations_for_node("raw_pool")[0].tags["dagster/data_version"] for r in (first, second)
-    ]
+    versions = [r.asset_materializations_for_node("raw_pool")[0].tags["dagster/data_version"] for r in (first, second)]
     assert versions[0] == versions[1]  # same bytes, same code: same data version
     path.write_text(path.read_text().splitlines()[0] + "\n")
     third = materialize_shards(instance, resources, layout, [path])["mt.jsonl"]["result"]

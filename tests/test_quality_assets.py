@@ -136,14 +136,19 @@ def test_failure_rate_fails_the_check_and_failures_keep_no_score(layout, instanc
     assert not result.success and result.asset_materializations_for_node("uses_scores") == []
     metadata = result.asset_materializations_for_node("quality_scores")[0].metadata
     assert metadata["failure_reasons"].value == {
-        "turn 1 quality: backend error": 2, "turn 1 quality: no digit 1..6 among the first position's log-probabilities": 1,
+        "turn 1 quality: backend error": 2,
+        "turn 1 quality: no digit 1..6 among the first position's log-probabilities": 1,
     }
     rows = pq.read_table(layout.shard_file("quality_scores", shard)).to_pylist()
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 3 and all(r["score"] is None and r["reason"] for r in failed)  # never a default
     # a looser threshold lets the same scores through
     relaxed = materialize(
-        [build_quality_scores(scorer.version())], shard, instance, resources, scorer,
+        [build_quality_scores(scorer.version())],
+        shard,
+        instance,
+        resources,
+        scorer,
         run_config={"ops": {"quality_scores": {"config": {"max_failure_rate": 0.5}}}},
     )
     assert check_of(relaxed).passed
@@ -153,7 +158,9 @@ def test_range_run_scores_every_shard_once(layout, instance, resources):
     shards = [ingest(layout, instance, resources, f"part{i}.jsonl", alpaca_lines(6)[3 * i : 3 * i + 3]) for i in range(2)]
     scorer = FakeScorer()
     result = dg.materialize(
-        [build_quality_scores(scorer.version())], instance=instance, resources={**resources, "scorer": scorer},
+        [build_quality_scores(scorer.version())],
+        instance=instance,
+        resources={**resources, "scorer": scorer},
         tags={"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[1]},
     )
     assert result.success and check_of(result).passed
@@ -167,11 +174,16 @@ def test_scorer_from_settings_overrides(tmp_path):
 
     assert build_resources(load_settings(tmp_path, environ={}))["scorer"].backend == "imported"
     environ = {
-        "MIG_SCORER_BACKEND": "logprob", "MIG_SCORER_ENGINE": "openai", "MIG_SCORER_BASE_URL": "http://127.0.0.1:8000/v1",
+        "MIG_SCORER_BACKEND": "logprob",
+        "MIG_SCORER_ENGINE": "openai",
+        "MIG_SCORER_BASE_URL": "http://127.0.0.1:8000/v1",
         "MIG_SCORER_PROMPT": "deita-chat-v1",
     }
     scorer = build_resources(load_settings(tmp_path, environ=environ))["scorer"]
     assert (scorer.backend, scorer.engine, scorer.base_url, scorer.prompt.version) == (
-        "logprob", "openai", "http://127.0.0.1:8000/v1", "deita-chat-v1",
+        "logprob",
+        "openai",
+        "http://127.0.0.1:8000/v1",
+        "deita-chat-v1",
     )
     assert scorer.version() != FakeScorer().version()

@@ -90,7 +90,9 @@ def test_logprob_scorer_through_the_asset(engine, layout, instance, resources):
     materialize_shards(instance, resources, layout, [path])
     scorer = SharedEngineScorer(backend="logprob", model=SMOLLM2)
     result = dg.materialize(
-        [build_quality_scores(scorer.version())], partition_key="alpaca.jsonl", instance=instance,
+        [build_quality_scores(scorer.version())],
+        partition_key="alpaca.jsonl",
+        instance=instance,
         resources={**resources, "scorer": scorer},
     )
     [check] = result.get_asset_check_evaluations()

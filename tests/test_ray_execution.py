@@ -35,7 +35,10 @@ def ingest(layout, instance, resources, name: str, records: list[dict]) -> str:
 
 def tag(instance, resources, shard, tagger, execution):
     result = dg.materialize(
-        [build_atomic_tags(tagger.version())], partition_key=shard, instance=instance, raise_on_error=False,
+        [build_atomic_tags(tagger.version())],
+        partition_key=shard,
+        instance=instance,
+        raise_on_error=False,
         resources={**resources, "tagger": tagger, "execution": execution},
     )  # a failed sample may fail the blocking check: the tags are written either way
     return {k: v.value for k, v in result.asset_materializations_for_node("atomic_tags")[0].metadata.items()}
@@ -160,7 +163,9 @@ def test_range_run_tags_every_shard_in_one_cluster_pass(ray_cluster, layout, ins
 
     def run(execution):
         result = dg.materialize(
-            [build_atomic_tags(tagger.version())], instance=instance, resources={**resources, "tagger": tagger, "execution": execution},
+            [build_atomic_tags(tagger.version())],
+            instance=instance,
+            resources={**resources, "tagger": tagger, "execution": execution},
             tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: second},
         )
         meta = {k: v.value for k, v in result.asset_materializations_for_node("atomic_tags")[0].metadata.items()}
@@ -200,7 +205,6 @@ def test_sample_embeddings_on_ray_match_local(ray_cluster, layout, instance, res
     assert on_ray["ray_batches"] == 1 and on_ray["ray_actors"] == 1
     hashes = cached_hashes(layout, "embedding_cache")
     assert len(hashes) == len(set(hashes)) == 80
-
 
 
 @pytest.mark.slow

@@ -35,15 +35,23 @@ def cli_env(home) -> dict:
 
 def run_cli(args, home, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "mig_assets.cli", *map(str, args)], cwd=REPO_ROOT, env=cli_env(home),
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "mig_assets.cli", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=cli_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def start_cli(args, home, stderr=subprocess.PIPE):
     return subprocess.Popen(
-        [sys.executable, "-m", "mig_assets.cli", *map(str, args)], cwd=REPO_ROOT, env=cli_env(home),
-        stdout=subprocess.PIPE, stderr=stderr, text=True,
+        [sys.executable, "-m", "mig_assets.cli", *map(str, args)],
+        cwd=REPO_ROOT,
+        env=cli_env(home),
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
     )
 
 
@@ -97,7 +105,9 @@ def test_a_waiting_ingest_says_what_it_waits_for_and_stops_on_ctrl_c(tmp_path):
         with persistent_instance(home) as instance:
             run = instance.add_run(dg.DagsterRun(job_name="holder", status=dg.DagsterRunStatus.STARTED))
             instance.report_engine_event(
-                "Executing steps in process", dagster_run=run, engine_event_data=EngineEventData.in_process(holder.pid),
+                "Executing steps in process",
+                dagster_run=run,
+                engine_event_data=EngineEventData.in_process(holder.pid),
             )  # what Dagster's in-process executor records
             assert instance.event_log_storage.claim_concurrency_slot("duckdb", run.run_id, "raw_pool").is_claimed
         waiting = start_cli(["ingest", write_jsonl(tmp_path / "b.jsonl", GOOD[5:10])], home)
@@ -130,7 +140,7 @@ def test_names_that_sanitize_alike_keep_both_files(tmp_path):
     home, src = tmp_path / "home", tmp_path / "src"
     src.mkdir()
     names = ["my_file.jsonl", "my file.jsonl", "über.jsonl", "öber.jsonl"]
-    files = [write_jsonl(src / name, GOOD[i * 2:i * 2 + 2]) for i, name in enumerate(names)]
+    files = [write_jsonl(src / name, GOOD[i * 2 : i * 2 + 2]) for i, name in enumerate(names)]
     done = run_cli(["ingest", *files], home)
     assert done.returncode == 0, done.stderr
     totals = json.loads(done.stdout)
@@ -172,11 +182,9 @@ def test_damaged_containers_keep_every_readable_record_and_exit_2(tmp_path):
     parquet = bytearray(whole.read_bytes())
     (src / "truncated.parquet").write_bytes(parquet[: len(parquet) // 2])
     page = pq.ParquetFile(whole).metadata.row_group(2).column(0).data_page_offset
-    parquet[page + 20:page + 120] = bytes(100)  # zero part of row group 2's first page
+    parquet[page + 20 : page + 120] = bytes(100)  # zero part of row group 2's first page
     (src / "corrupt_page.parquet").write_bytes(parquet)
-    (src / "surrogate.json").write_text(
-        "[" + json.dumps(GOOD[0]) + ',\n{"instruction": "\\udc00", "output": "x"},\n' + json.dumps(GOOD[1]) + "]"
-    )
+    (src / "surrogate.json").write_text("[" + json.dumps(GOOD[0]) + ',\n{"instruction": "\\udc00", "output": "x"},\n' + json.dumps(GOOD[1]) + "]")
     (src / "ok.jsonl").write_text(json.dumps({"instruction": "an unrelated question", "output": "yes"}) + "\n")
     done = run_cli(["ingest", *sorted(src.iterdir())], home)
     assert done.returncode == 2 and "Traceback" not in done.stderr

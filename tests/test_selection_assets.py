@@ -237,9 +237,7 @@ def test_reselection_after_the_pool_grows_reports_its_diff_and_a_report(p2k_pool
     metadata = result.asset_materializations_for_node("mig_selection")[0].metadata
     assert metadata["version"].value == 2 and metadata["added"].value == metadata["removed"].value > 0
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        diff = con.execute(
-            "SELECT d.change, d.reason, s.shard FROM selection_diffs d JOIN samples s USING (sample_id) WHERE d.version = 2"
-        ).fetchall()
+        diff = con.execute("SELECT d.change, d.reason, s.shard FROM selection_diffs d JOIN samples s USING (sample_id) WHERE d.version = 2").fetchall()
     added = [(reason, shard) for change, reason, shard in diff if change == "added"]
     removed = [reason for change, reason, _ in diff if change == "removed"]
     assert any(shard == "grown.jsonl" for _, shard in added)

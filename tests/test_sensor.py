@@ -20,9 +20,7 @@ def settled(path):
 
 
 def tick(instance, layout, cursor=None):
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"warehouse": Warehouse(mig_home=str(layout.home))}
-    ) as context:
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"warehouse": Warehouse(mig_home=str(layout.home))}) as context:
         result = incoming_shards_sensor(context)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions("pool_shards", list(request.partition_keys))
@@ -113,9 +111,7 @@ def test_a_tick_frees_the_pool_slot_of_a_run_whose_process_died(layout, tmp_path
     (tmp_path / "dagster").mkdir()
     with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:  # SQLite storage: pools are enforced
         run = instance.add_run(dg.DagsterRun(job_name="ingest_job", status=dg.DagsterRunStatus.STARTED))
-        instance.report_engine_event(
-            "Executing steps in process", dagster_run=run, engine_event_data=EngineEventData.in_process(dead.pid)
-        )
+        instance.report_engine_event("Executing steps in process", dagster_run=run, engine_event_data=EngineEventData.in_process(dead.pid))
         instance.event_log_storage.set_concurrency_slots("duckdb", 1)
         assert instance.event_log_storage.claim_concurrency_slot("duckdb", run.run_id, "raw_pool").is_claimed
         tick(instance, layout)

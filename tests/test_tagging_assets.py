@@ -46,7 +46,10 @@ def test_failure_rate_check_blocks_downstream(layout, instance, resources):
     tagger = FakeTagger(script_json=json.dumps({f"question {i}": ["not json"] for i in range(3)}))
     asset = build_atomic_tags(tagger.version())
     result = dg.materialize(
-        [asset, tag_vocabulary], partition_key=shard, instance=instance, raise_on_error=False,
+        [asset, tag_vocabulary],
+        partition_key=shard,
+        instance=instance,
+        raise_on_error=False,
         resources={**resources, "tagger": tagger},
     )
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "tagging_failure_rate"]
@@ -68,7 +71,10 @@ def run_junk_shard(layout, instance, resources, name, answer, max_junk_share=0.3
     tagger = FakeTagger(script_json=json.dumps({f"question {i}": [answer(i)] for i in range(10)}))
     asset = build_atomic_tags(tagger.version())
     return dg.materialize(
-        [asset, tag_vocabulary], partition_key=shard, instance=instance, raise_on_error=False,
+        [asset, tag_vocabulary],
+        partition_key=shard,
+        instance=instance,
+        raise_on_error=False,
         resources={**resources, "tagger": tagger},
         run_config={"ops": {"atomic_tags": {"config": {"max_junk_share": max_junk_share}}}},
     ), shard
@@ -84,7 +90,13 @@ def test_junk_tags_are_filtered_counted_and_block_a_broken_tagger(layout, instan
     rows = pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist()
     assert all(r["tag_policy"] == "normalized" and "customer service" in r["tags"] for r in rows)
     assert {d["surface"] for r in rows for d in r["dropped_tags"]} == {
-        "the", "to", "lighthouse lighthouse", "debt relief debt relief debt relief debt", "json safe finally finally", "list1", "42",
+        "the",
+        "to",
+        "lighthouse lighthouse",
+        "debt relief debt relief debt relief debt",
+        "json safe finally finally",
+        "list1",
+        "42",
     }
     assert sum(len(r["surface_tags"]) for r in rows) == sum(len(r["tags"]) + len(r["dropped_tags"]) for r in rows)  # nothing lost
 
@@ -102,8 +114,10 @@ def test_junk_tags_are_filtered_counted_and_block_a_broken_tagger(layout, instan
 
 
 def test_imported_tags_keep_the_reference_semantics(layout, instance, resources):
-    record = {"dialogs": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-              "annotation": {"instag": {"content": ["C#", "news", "information", "news"]}}}
+    record = {
+        "dialogs": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "annotation": {"instag": {"content": ["C#", "news", "information", "news"]}},
+    }
     shard = ingest_lines(layout, instance, resources, "mig.jsonl", [json.dumps(record)])
     asset = build_atomic_tags("imported")
     result = dg.materialize([asset, tag_vocabulary], partition_key=shard, instance=instance, resources=resources)

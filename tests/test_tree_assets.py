@@ -70,8 +70,11 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     dg.materialize(assets, selection=[a for a in assets if a.partitions_def], partition_key="p2k.jsonl", instance=instance, resources=resources)
     run_config = {"ops": {"tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}}}}
     result = dg.materialize(
-        assets + selections, selection=[a for a in assets if not a.partitions_def] + selections,
-        instance=instance, resources=resources, run_config=run_config,
+        assets + selections,
+        selection=[a for a in assets if not a.partitions_def] + selections,
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
     )
     meta = result.asset_materializations_for_node("tags_small")[0].metadata
     assert meta["dagster/row_count"].value == 50 and "data:image/png" in meta["plots"].value
@@ -85,11 +88,13 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     coverage = meta["coverage_by_level"].value
     assert "1" in coverage and 0 < coverage["1"] <= 1
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        leaves_reached = dict(con.execute(
-            """SELECT m.selection, count(DISTINCT t.leaf) FROM selection_members m
+        leaves_reached = dict(
+            con.execute(
+                """SELECT m.selection, count(DISTINCT t.leaf) FROM selection_members m
                JOIN atomic_tags a USING (sample_id), unnest(a.tags) AS u(tag) JOIN tree_tags t ON t.tag = u.tag
                GROUP BY m.selection"""
-        ).fetchall())
+            ).fetchall()
+        )
         gains = [g for (g,) in con.execute("SELECT gain FROM selection_members WHERE selection = 'tags_small' ORDER BY rank").fetchall()]
     assert leaves_reached["tags_small"] > leaves_reached["random_small"]
     assert all(b <= a + 1e-9 for a, b in zip(gains, gains[1:]))  # submodular: gains never grow
@@ -142,8 +147,11 @@ def test_target_profile_and_aligned_selection_through_the_assets(layout, instanc
     selections = [build_selection_asset(spec) for spec in specs]
     tree_config = {"ops": {"knowledge_tree": {"config": {"branching": 3, "top_size": 3, "min_count": 1}}}}
     result = dg.materialize(
-        assets + selections, selection=[a for a in assets if not a.partitions_def] + selections,
-        instance=instance, resources=resources, run_config=tree_config,
+        assets + selections,
+        selection=[a for a in assets if not a.partitions_def] + selections,
+        instance=instance,
+        resources=resources,
+        run_config=tree_config,
     )
     profile = result.asset_materializations_for_node("target_profile")[0].metadata
     assert profile["dagster/row_count"].value == 24 and profile["samples_grounded"].value == {"tags": 24}

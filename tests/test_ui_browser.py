@@ -40,7 +40,11 @@ def dagster_dev(tmp_path_factory):
     log = open(home / "dagster_dev.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -74,8 +78,9 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 def run_and_wait(client, job: str, tags: dict | None = None, timeout_s: int = 600) -> None:
     from dagster import DagsterRunStatus
 
-    run_id = client.submit_job_execution(job, repository_location_name=LOCATION["repositoryLocationName"],
-                                         repository_name=LOCATION["repositoryName"], run_config={}, tags=tags or {})
+    run_id = client.submit_job_execution(
+        job, repository_location_name=LOCATION["repositoryLocationName"], repository_name=LOCATION["repositoryName"], run_config={}, tags=tags or {}
+    )
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         status = client.get_run_status(run_id)
@@ -121,9 +126,19 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1800,3000",
-                 f"--user-data-dir={mig_home / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1800,3000",
+        f"--user-data-dir={mig_home / 'chrome-profile'}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -136,8 +151,10 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
             def rendered(d):  # every node of the group, each with its latest materialization loaded
                 text = d.find_element(By.TAG_NAME, "body").text
                 return (
-                    all(name in text for name in names) and "Loading..." not in text
-                    and text.count("Materialized") >= len(names) - partitioned and text.count("100% filled") >= partitioned
+                    all(name in text for name in names)
+                    and "Loading..." not in text
+                    and text.count("Materialized") >= len(names) - partitioned
+                    and text.count("100% filled") >= partitioned
                 )
 
             try:

@@ -53,7 +53,9 @@ class ComparisonConfig(SelectionConfig):
         dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("sample_embeddings", partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(label_graph), dg.AssetDep("knowledge_tree"), dg.AssetDep("target_profile"),
+        dg.AssetDep(label_graph),
+        dg.AssetDep("knowledge_tree"),
+        dg.AssetDep("target_profile"),
     ],
     group_name="selection",
     kinds={"duckdb"},
@@ -80,9 +82,18 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     tags_params = config.tags_params()
     aligned = TagsParams(**{**vars(tags_params), "align": "penalty" if config.align == "none" else config.align})
     table, orders = run_comparison(
-        pool, config.budget(), graph=graph, tree=tree, target=target, mig_params=config.mig_params(),
-        tags_params=TagsParams(**{**vars(tags_params), "align": "none"}), aligned_params=aligned, gamma=config.gamma,
-        level_weights=config.level_weights, seed=config.seed, diversity_threshold=config.diversity_threshold,
+        pool,
+        config.budget(),
+        graph=graph,
+        tree=tree,
+        target=target,
+        mig_params=config.mig_params(),
+        tags_params=TagsParams(**{**vars(tags_params), "align": "none"}),
+        aligned_params=aligned,
+        gamma=config.gamma,
+        level_weights=config.level_weights,
+        seed=config.seed,
+        diversity_threshold=config.diversity_threshold,
     )
     for row in table:
         context.log.info(f"{row['method']}: {row['size']:,} samples in {row['seconds']:.2f}s")
@@ -93,15 +104,26 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     with warehouse.connect() as con:
         con.execute(COMPARISON_TABLES)
         version = con.execute("SELECT coalesce(max(version), 0) + 1 FROM comparisons").fetchall()[0][0]
-        rows = [{"version": version, **{c: row.get(c) for c in COLUMNS}, "budget": config.budget().describe(),
-                 "n_pool": len(pool.sample_ids), "run_id": context.run.run_id, "created_at": now} for row in table]
+        rows = [
+            {
+                "version": version,
+                **{c: row.get(c) for c in COLUMNS},
+                "budget": config.budget().describe(),
+                "n_pool": len(pool.sample_ids),
+                "run_id": context.run.run_id,
+                "created_at": now,
+            }
+            for row in table
+        ]
         insert_table(con, "comparisons", pa.Table.from_pylist(rows), part=f"v{version:04d}")  # columns in the table's order
-        members = pa.table({
-            "version": pa.array([version] * sum(len(o) for o in orders.values()), pa.int32()),
-            "method": [m for m, o in orders.items() for _ in o],
-            "rank": pa.array([r for o in orders.values() for r in range(1, len(o) + 1)], pa.int32()),
-            "sample_id": [pool.sample_ids[i] for o in orders.values() for i in o],
-        })
+        members = pa.table(
+            {
+                "version": pa.array([version] * sum(len(o) for o in orders.values()), pa.int32()),
+                "method": [m for m, o in orders.items() for _ in o],
+                "rank": pa.array([r for o in orders.values() for r in range(1, len(o) + 1)], pa.int32()),
+                "sample_id": [pool.sample_ids[i] for o in orders.values() for i in o],
+            }
+        )
         insert_table(con, "comparison_members", members, part=f"v{version:04d}")
     folder = layout.exports_dir / "comparison" / f"v{version:04d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,23 +132,36 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     claims_md = markdown_table(claims, ["method", "measure", "holds", "claim"])
     overlap_rows = [{"method": a, **{b: round(jaccard[a, b], 3) for b in methods}} for a in methods]
     document = {
-        "version": version, "budget": config.budget().describe(), "pool": len(pool.sample_ids), "excluded_failed_tagging": failed,
-        "score_origin": score_origin, "config": config.model_dump(), "run_id": context.run.run_id, "created_at": now.isoformat(),
+        "version": version,
+        "budget": config.budget().describe(),
+        "pool": len(pool.sample_ids),
+        "excluded_failed_tagging": failed,
+        "score_origin": score_origin,
+        "config": config.model_dump(),
+        "run_id": context.run.run_id,
+        "created_at": now.isoformat(),
         "methods": [{k: v for k, v in row.items()} for row in table],
         "claims": claims,
     }
     (folder / "comparison.json").write_text(json.dumps(document, indent=1, sort_keys=True, default=float))
     (folder / "comparison.md").write_text(
-        summary_md + "\n\nWhat each greedy guarantees:\n\n" + claims_md
-        + "\n\nOverlap (Jaccard):\n\n" + markdown_table(overlap_rows, ["method", *methods], 3) + "\n"
+        summary_md
+        + "\n\nWhat each greedy guarantees:\n\n"
+        + claims_md
+        + "\n\nOverlap (Jaccard):\n\n"
+        + markdown_table(overlap_rows, ["method", *methods], 3)
+        + "\n"
     )
     for name, png in plots.items():
         (folder / f"{name}.png").write_bytes(png)
-    (folder / "report.html").write_text(html_report(
-        f"comparison v{version}", {k: document[k] for k in ("budget", "pool", "score_origin", "created_at")}, plots,
-        {"methods": [{c: row.get(c) for c in COLUMNS} for row in table], "what each greedy guarantees": claims,
-         "overlap (Jaccard)": overlap_rows},
-    ))
+    (folder / "report.html").write_text(
+        html_report(
+            f"comparison v{version}",
+            {k: document[k] for k in ("budget", "pool", "score_origin", "created_at")},
+            plots,
+            {"methods": [{c: row.get(c) for c in COLUMNS} for row in table], "what each greedy guarantees": claims, "overlap (Jaccard)": overlap_rows},
+        )
+    )
     best_kl = min((r for r in table if r["kl_to_target"] is not None), key=lambda r: r["kl_to_target"], default=None)
     return dg.MaterializeResult(
         metadata={

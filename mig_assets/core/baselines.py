@@ -21,8 +21,6 @@ from mig_assets.core.validation import check_budget, check_embeddings, check_sco
 _DEITA_BLOCK = 1024  # candidates compared with the accepted set in one matrix product
 
 
-
-
 def unit_rows(embeddings: np.ndarray, dtype=np.float32) -> np.ndarray:
     """Rows divided by their L2 norm, in ``dtype``; zero rows stay zero (cosine 0 with every row)."""
     vectors = np.asarray(embeddings, dtype=dtype)

@@ -137,9 +137,17 @@ def overlap(orders: Mapping[str, np.ndarray]) -> dict[tuple[str, str], float]:
 
 
 def compare_selections(
-    orders: Mapping[str, np.ndarray], *, Y=None, mig_params: MigParams | None = None,
-    tags_problem: TagsProblem | None = None, tags_params: TagsParams | None = None, leaf_matrix=None,
-    target=None, scores=None, embeddings=None, label_matrix=None,
+    orders: Mapping[str, np.ndarray],
+    *,
+    Y=None,
+    mig_params: MigParams | None = None,
+    tags_problem: TagsProblem | None = None,
+    tags_params: TagsParams | None = None,
+    leaf_matrix=None,
+    target=None,
+    scores=None,
+    embeddings=None,
+    label_matrix=None,
 ) -> list[dict]:
     """One row per method (in ``orders``' order) with every metric its inputs allow, None where one is absent.
 
@@ -156,26 +164,37 @@ def compare_selections(
     jaccard = overlap(orders)
     table = []
     for method, rows in orders.items():
-        table.append({
-            "method": method,
-            "size": len(rows),
-            "mig_objective": None if Y is None else mig_objective(Y, rows, mig_params),
-            "tags_objective": None if tags_problem is None else tags_objective(tags_problem, rows, tags_params),
-            "label_coverage": None if label_matrix is None else label_coverage(label_matrix, rows),
-            "leaf_coverage": None if leaf_matrix is None else leaf_coverage(leaf_matrix, rows),
-            "kl_to_target": None if leaf_matrix is None or target is None
-            else kl_to_target(leaf_matrix, rows, target, tags_params.eps),
-            "mean_quality": None if scores is None else mean_quality(scores, rows),
-            "embedding_diversity": None if embeddings is None else embedding_diversity(embeddings, rows),
-            "jaccard": {other: jaccard[method, other] for other in orders if other != method},
-        })
+        table.append(
+            {
+                "method": method,
+                "size": len(rows),
+                "mig_objective": None if Y is None else mig_objective(Y, rows, mig_params),
+                "tags_objective": None if tags_problem is None else tags_objective(tags_problem, rows, tags_params),
+                "label_coverage": None if label_matrix is None else label_coverage(label_matrix, rows),
+                "leaf_coverage": None if leaf_matrix is None else leaf_coverage(leaf_matrix, rows),
+                "kl_to_target": None if leaf_matrix is None or target is None else kl_to_target(leaf_matrix, rows, target, tags_params.eps),
+                "mean_quality": None if scores is None else mean_quality(scores, rows),
+                "embedding_diversity": None if embeddings is None else embedding_diversity(embeddings, rows),
+                "jaccard": {other: jaccard[method, other] for other in orders if other != method},
+            }
+        )
     return table
 
 
 def run_comparison(
-    pool, budget, *, graph=None, tree=None, target=None, mig_params: MigParams = MigParams(),
-    tags_params: TagsParams = TagsParams(align="none"), aligned_params: TagsParams = TagsParams(align="penalty"),
-    gamma: float = 0.5, level_weights: str = "uniform", seed: int = 42, diversity_threshold: float = 0.9,
+    pool,
+    budget,
+    *,
+    graph=None,
+    tree=None,
+    target=None,
+    mig_params: MigParams = MigParams(),
+    tags_params: TagsParams = TagsParams(align="none"),
+    aligned_params: TagsParams = TagsParams(align="penalty"),
+    gamma: float = 0.5,
+    level_weights: str = "uniform",
+    seed: int = 42,
+    diversity_threshold: float = 0.9,
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every method the inputs allow, at one ``budget`` on ``pool`` (a :class:`selection.PoolArrays`), measured
     by :func:`compare_selections`: mig (needs ``graph``), tags (needs ``tree``), tags_aligned (also
@@ -207,8 +226,14 @@ def run_comparison(
     for name, (method, extra) in runs.items():
         started = time.perf_counter()
         outcome = run_selection(
-            method, pool, budget, seed=seed, gamma=gamma, level_weights=level_weights,
-            diversity_threshold=diversity_threshold, **extra,
+            method,
+            pool,
+            budget,
+            seed=seed,
+            gamma=gamma,
+            level_weights=level_weights,
+            diversity_threshold=diversity_threshold,
+            **extra,
         )
         orders[name], seconds[name] = outcome.order, time.perf_counter() - started
     Y = label_matrix = problem = None
@@ -219,8 +244,15 @@ def run_comparison(
     if tree is not None:
         problem = tags_problem(pool, tree, gamma, level_weights)
     table = compare_selections(
-        orders, Y=Y, mig_params=mig_params, tags_problem=problem, tags_params=tags_params, target=target,
-        scores=pool.scores, embeddings=pool.embeddings, label_matrix=label_matrix,
+        orders,
+        Y=Y,
+        mig_params=mig_params,
+        tags_problem=problem,
+        tags_params=tags_params,
+        target=target,
+        scores=pool.scores,
+        embeddings=pool.embeddings,
+        label_matrix=label_matrix,
     )
     for row in table:
         row["seconds"] = round(seconds[row["method"]], 4)  # timer noise below 0.1 ms

@@ -77,9 +77,7 @@ class SentenceEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self._load().encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-        )
+        vectors = self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
 
 
@@ -122,9 +120,7 @@ class EmbeddingCache:
         table = ds.dataset(files).to_table(filter=pc.field("text_hash").isin(hashes))
         return dict(zip(table.column("text_hash").to_pylist(), arrow_to_vectors(table.column("embedding"))))
 
-    def lookup(
-        self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], batch_size: int = 4096
-    ) -> tuple[np.ndarray, int]:
+    def lookup(self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], batch_size: int = 4096) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (row i <-> texts[i]) and the number of texts newly embedded."""
         hashes = [text_hash(t) for t in texts]
         cached = self.read(list(dict.fromkeys(hashes)))

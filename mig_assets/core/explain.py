@@ -70,8 +70,12 @@ def resolve_sample_id(con, prefix: str, inputs_file: Path | None = None) -> str:
 
 
 def explain(
-    con, sample_id: str, selection: str | None = None, version: int | None = None,
-    current_runs: Callable[[str | None], dict] | None = None, tree=None,
+    con,
+    sample_id: str,
+    selection: str | None = None,
+    version: int | None = None,
+    current_runs: Callable[[str | None], dict] | None = None,
+    tree=None,
 ) -> dict:
     """The lineage of ``sample_id`` and its fate in ``selection`` (latest version by default).
 
@@ -97,7 +101,9 @@ def explain(
         tags = answer["tags"] or {}
         scored = answer["quality"].get("quality_scores")
         inputs = {
-            "tags": tags.get("tags") or [], "tag_status": tags.get("status"), "tag_reason": tags.get("reason"),
+            "tags": tags.get("tags") or [],
+            "tag_status": tags.get("status"),
+            "tag_reason": tags.get("reason"),
             # what the selections weigh it by: the scored quality first, then the imported one
             "weight": scored["score"] if scored and scored["status"] == "ok" else answer["quality"]["imported_deita_score"],
             # no snapshot (a version made before snapshots): judge by the ingestion time
@@ -120,9 +126,7 @@ def _current_lineage(con, sample_id: str) -> tuple[dict | None, object]:
     )
     if source is None:
         return None, None
-    copies = con.execute(
-        "SELECT shard || ':' || line_no FROM duplicates WHERE sample_id = ? ORDER BY shard, line_no", [sample_id]
-    ).fetchall()
+    copies = con.execute("SELECT shard || ':' || line_no FROM duplicates WHERE sample_id = ? ORDER BY shard, line_no", [sample_id]).fetchall()
     answer: dict = {
         "sample_id": sample_id,
         "source": {k: source[k] for k in ("shard", "source_file", "line_no", "source_format", "original_id", "source", "ingest_run_id", "file_sha256")},
@@ -133,12 +137,19 @@ def _current_lineage(con, sample_id: str) -> tuple[dict | None, object]:
     }
     if has_relation(con, "quality_scores"):
         answer["quality"]["quality_scores"] = _one(
-            con, "SELECT score, status, reason, backend, model, prompt_version FROM quality_scores WHERE sample_id = ? ORDER BY status = 'ok' DESC LIMIT 1",
+            con,
+            "SELECT score, status, reason, backend, model, prompt_version FROM quality_scores WHERE sample_id = ? ORDER BY status = 'ok' DESC LIMIT 1",
             [sample_id],
         )
-    answer["tags"] = _one(
-        con, "SELECT tags, surface_tags, status, reason, backend, model, prompt_version, truncated, attempts FROM atomic_tags WHERE sample_id = ?", [sample_id]
-    ) if has_relation(con, "atomic_tags") else None
+    answer["tags"] = (
+        _one(
+            con,
+            "SELECT tags, surface_tags, status, reason, backend, model, prompt_version, truncated, attempts FROM atomic_tags WHERE sample_id = ?",
+            [sample_id],
+        )
+        if has_relation(con, "atomic_tags")
+        else None
+    )
     if has_relation(con, "sample_embeddings"):
         embedding = _one(con, "SELECT model_id FROM sample_embeddings WHERE sample_id = ?", [sample_id])
         answer["embedding_model"] = embedding["model_id"] if embedding else None
@@ -160,13 +171,13 @@ def _answer_from_version_inputs(con, used: dict, inputs_file: Path, current: dic
         "changed_since_version": changes | ({"upstream": upstream} if upstream else {}),
         "current": current,
     }
-    inputs = {"tags": used["tags"] or [], "tag_status": used["tag_status"], "tag_reason": used["tag_reason"],
-              "weight": used["weight"], "in_pool_then": True}
+    inputs = {"tags": used["tags"] or [], "tag_status": used["tag_status"], "tag_reason": used["tag_reason"], "weight": used["weight"], "in_pool_then": True}
     return answer, inputs
 
 
 def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
     """The sample's inputs as the selection version saw them (its snapshot row)."""
+
     def run(asset, key="run_id"):
         return (runs_then.get(asset) or {}).get(key)
 
@@ -175,10 +186,21 @@ def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
         "inputs_of_version": str(inputs_file),
         "source": {k: used[k] for k in ("shard", "source_file", "line_no", "source_format", "original_id", "file_sha256", "ingest_run_id")},
         "raw_record": {"text": used["raw"], "sha256": raw_sha256(used["raw"])} if used["raw"] is not None else None,
-        "tags": {"tags": used["tags"], "status": used["tag_status"], "reason": used["tag_reason"], "tagger": used["tagger"],
-                 "tagger_version": run("atomic_tags", "code_version"), "run_id": run("atomic_tags")},
-        "quality": {"weight": used["weight"], "origin": used["weight_origin"], "scorer": used["scorer"],
-                    "scorer_version": run("quality_scores", "code_version"), "run_id": run("quality_scores")},
+        "tags": {
+            "tags": used["tags"],
+            "status": used["tag_status"],
+            "reason": used["tag_reason"],
+            "tagger": used["tagger"],
+            "tagger_version": run("atomic_tags", "code_version"),
+            "run_id": run("atomic_tags"),
+        },
+        "quality": {
+            "weight": used["weight"],
+            "origin": used["weight_origin"],
+            "scorer": used["scorer"],
+            "scorer_version": run("quality_scores", "code_version"),
+            "run_id": run("quality_scores"),
+        },
         "embedding_model": used["embedding_model"],
     }
 
@@ -191,8 +213,9 @@ def _chosen_version(con, selection: str | None, version: int | None) -> dict | N
     if chosen is None and (selection is not None or version is not None):
         known = con.execute("SELECT selection, max(version) FROM selections GROUP BY selection ORDER BY selection").fetchall()
         asked = " ".join(part for part in (f"selection {selection!r}" if selection else "", f"version {version}" if version is not None else "") if part)
-        raise ValueError(f"no {asked} in the catalog; known selections (latest version): "
-                         + (", ".join(f"{name} (v{latest})" for name, latest in known) or "none"))
+        raise ValueError(
+            f"no {asked} in the catalog; known selections (latest version): " + (", ".join(f"{name} (v{latest})" for name, latest in known) or "none")
+        )
     return chosen
 
 
@@ -204,7 +227,8 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_d
     fate["created_at"] = str(chosen["created_at"])
     fate["score_origin"] = chosen["score_origin"]
     member = _one(
-        con, "SELECT rank, gain, objective, top_labels FROM selection_members WHERE selection = ? AND version = ? AND sample_id = ?",
+        con,
+        "SELECT rank, gain, objective, top_labels FROM selection_members WHERE selection = ? AND version = ? AND sample_id = ?",
         [chosen["selection"], chosen["version"], sample_id],
     )
     if member is not None:
@@ -234,13 +258,15 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_d
         fate["gain_at_end"] = gain
         fate["last_pick_gain"] = last[0][0] if last else None
         covered = "the labels it carries were already covered" if mig else "the tree nodes its tags reach were already covered"
-        aligned = "" if mig or fate["config"].get("align", "none") == "none" else (
-            f" (tree-level information only; the last pick's gain also has the {fate['config']['align']} alignment term)"
+        aligned = (
+            ""
+            if mig or fate["config"].get("align", "none") == "none"
+            else (f" (tree-level information only; the last pick's gain also has the {fate['config']['align']} alignment term)")
         )
         fate["why_not"] = (
-            f"its gain once the selection was complete ({gain:.6g}) is below the last pick's gain "
-            f"({fate['last_pick_gain']:.6g}): {covered}{aligned}"
-            if last else "the budget allowed no pick"
+            f"its gain once the selection was complete ({gain:.6g}) is below the last pick's gain ({fate['last_pick_gain']:.6g}): {covered}{aligned}"
+            if last
+            else "the budget allowed no pick"
         )
     return fate
 
@@ -253,7 +279,9 @@ def _version_graph(con, chosen: dict, warehouse_dir: Path) -> tuple[list[str], s
         return read_graph(snapshot)
     labels = [label for (label,) in con.execute("SELECT label FROM label_graph_labels ORDER BY label_id").fetchall()]
     src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
-    W = sp.csr_array((np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))), shape=(len(labels), len(labels)))
+    W = sp.csr_array(
+        (np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))), shape=(len(labels), len(labels))
+    )
     return labels, W, _stored_coverage(con, chosen, {label: j for j, label in enumerate(labels)}, len(labels))
 
 
@@ -281,8 +309,13 @@ def final_tree_gain(tags: list[str], weight: float, tree, coverage: np.ndarray, 
 def final_gain(tags: list[str], weight: float, labels: list[str], W: sp.csr_array, coverage: np.ndarray, config: dict) -> float:
     """Gradient gain Y_i . phi'(s) of a sample (``tags``, ``weight``) against a final coverage s."""
     params = MigParams(
-        prop_weight=config["prop_weight"], norm=config["norm"], phi=config["phi"], phi_a=config["phi_a"],
-        phi_b=config["phi_b"], phi_alpha=config["phi_alpha"], gain="gradient",
+        prop_weight=config["prop_weight"],
+        norm=config["norm"],
+        phi=config["phi"],
+        phi_a=config["phi_a"],
+        phi_b=config["phi_b"],
+        phi_alpha=config["phi_alpha"],
+        gain="gradient",
     )
     column = {label: j for j, label in enumerate(labels)}
     sample_columns = [column[t] for t in tags if t in column]

@@ -39,9 +39,7 @@ def llama_factory_entry(dataset_name: str) -> dict:
     }
 
 
-def write_export(
-    folder: Path, rows: list[dict], manifest: dict, dataset_name: str, extra_files: dict[str, bytes] | None = None
-) -> dict[str, str]:
+def write_export(folder: Path, rows: list[dict], manifest: dict, dataset_name: str, extra_files: dict[str, bytes] | None = None) -> dict[str, str]:
     """Write ``rows`` ({rank, sample_id, messages}) in rank order into ``folder`` (replaced atomically),
     plus ``extra_files`` (report, plots) by name."""
     folder = Path(folder)

@@ -57,9 +57,7 @@ INPUTS_SCHEMA = pa.schema(
         ("raw", pa.string()),  # members only
     ]
 )
-GRAPH_SCHEMA = pa.schema(
-    [("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))]
-)
+GRAPH_SCHEMA = pa.schema([("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
 IMPORTED_ORIGIN = "imported Deita annotation"
 # the scored quality of a sample and who scored it (also what the selections weigh by)
 SCORED_QUALITY_SQL = (
@@ -85,14 +83,23 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] 
     """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
     :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
     (null: neither); the raw record for ``raw_for`` only."""
-    tags = "atomic_tags" if has_relation(con, "atomic_tags") else (
-        "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status, NULL::VARCHAR AS reason, "
-        "NULL::VARCHAR AS backend, NULL::VARCHAR AS model, NULL::VARCHAR AS prompt_version)"
+    tags = (
+        "atomic_tags"
+        if has_relation(con, "atomic_tags")
+        else (
+            "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status, NULL::VARCHAR AS reason, "
+            "NULL::VARCHAR AS backend, NULL::VARCHAR AS model, NULL::VARCHAR AS prompt_version)"
+        )
     )
-    scored = f"({SCORED_QUALITY_SQL})" if has_relation(con, "quality_scores") else "(SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer)"
+    scored = (
+        f"({SCORED_QUALITY_SQL})"
+        if has_relation(con, "quality_scores")
+        else "(SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer)"
+    )
     embedded = (
         "(SELECT sample_id, any_value(model_id) AS model_id FROM sample_embeddings GROUP BY sample_id)"
-        if has_relation(con, "sample_embeddings") else "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_id)"
+        if has_relation(con, "sample_embeddings")
+        else "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_id)"
     )
     where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
     table = con.sql(
@@ -123,7 +130,8 @@ def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, 
     weight = pc.if_else(pc.is_valid(in_pool), used, current.column("weight"))
     origin = pc.if_else(
         pc.and_(pc.is_valid(in_pool), pc.is_null(current.column("weight_origin"))),
-        f"no score: the pool median {fill:.6g}", current.column("weight_origin"),
+        f"no score: the pool median {fill:.6g}",
+        current.column("weight_origin"),
     )
     rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
     member = pc.is_valid(rank)
@@ -194,19 +202,28 @@ def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, r
     changes = {}
     if (then["tags"], then["tag_status"], then["tagger"]) != (now["tags"], now["tag_status"], now["tagger"]):
         changes["tags"] = {
-            "before": then["tags"], "after": now["tags"], "tagger_before": then["tagger"], "tagger_after": now["tagger"],
-            "status_before": then["tag_status"], "status_after": now["tag_status"],
+            "before": then["tags"],
+            "after": now["tags"],
+            "tagger_before": then["tagger"],
+            "tagger_after": now["tagger"],
+            "status_before": then["tag_status"],
+            "status_after": now["tag_status"],
         }
     if _score(then) != _score(now):
         changes["quality"] = {
-            "score_before": _score(then)[0], "score_after": _score(now)[0],
-            "scorer_before": _score(then)[1], "scorer_after": _score(now)[1],
+            "score_before": _score(then)[0],
+            "score_after": _score(now)[0],
+            "scorer_before": _score(then)[1],
+            "scorer_after": _score(now)[1],
         }
     if then["raw"] is not None and now["raw"] is not None and then["raw"] != now["raw"]:
         changes["raw_record"] = {
-            "sha256_before": raw_sha256(then["raw"]), "sha256_after": raw_sha256(now["raw"]),
-            "file_sha256_before": then["file_sha256"], "file_sha256_after": now["file_sha256"],
-            "line_before": then["line_no"], "line_after": now["line_no"],
+            "sha256_before": raw_sha256(then["raw"]),
+            "sha256_after": raw_sha256(now["raw"]),
+            "file_sha256_before": then["file_sha256"],
+            "file_sha256_after": now["file_sha256"],
+            "line_before": then["line_no"],
+            "line_after": now["line_no"],
         }
     if then["embedding_model"] != now["embedding_model"]:
         changes["embedding_model"] = {"before": then["embedding_model"], "after": now["embedding_model"]}
@@ -241,12 +258,15 @@ def upstream_changes(previous_facts: dict, current_facts: dict) -> dict:
     tau), so only the version's own snapshot can say whether the content moved."""
     then, now = previous_facts["inputs"], current_facts["inputs"]
     return {
-        asset: {"data_version_before": then[asset]["data_version"], "data_version_after": now[asset]["data_version"],
-                "same_data_version": then[asset]["data_version"] == now[asset]["data_version"],
-                "run_at_version": then[asset]["run_id"], "changed_by_run": now[asset]["run_id"]}
+        asset: {
+            "data_version_before": then[asset]["data_version"],
+            "data_version_after": now[asset]["data_version"],
+            "same_data_version": then[asset]["data_version"] == now[asset]["data_version"],
+            "run_at_version": then[asset]["run_id"],
+            "changed_by_run": now[asset]["run_id"],
+        }
         for asset in sorted(set(then) & set(now))
-        if asset not in SHARD_INPUT_ASSETS
-        and (then[asset]["run_id"], then[asset]["data_version"]) != (now[asset]["run_id"], now[asset]["data_version"])
+        if asset not in SHARD_INPUT_ASSETS and (then[asset]["run_id"], then[asset]["data_version"]) != (now[asset]["run_id"], now[asset]["data_version"])
     }
 
 
@@ -276,8 +296,13 @@ def changes_summary(changes: list[dict], previous_version: int, upstream: dict |
         for (field, what, run), n in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
     ]
     return rows + [
-        {"input": asset, "change": "materialized again, same data version" if c["same_data_version"]
-         else f"data version {(c['data_version_before'] or '')[:12]} -> {(c['data_version_after'] or '')[:12]}",
-         "changed by run": c["changed_by_run"], members: "all"}
+        {
+            "input": asset,
+            "change": "materialized again, same data version"
+            if c["same_data_version"]
+            else f"data version {(c['data_version_before'] or '')[:12]} -> {(c['data_version_after'] or '')[:12]}",
+            "changed by run": c["changed_by_run"],
+            members: "all",
+        }
         for asset, c in (upstream or {}).items()
     ]

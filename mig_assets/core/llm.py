@@ -46,8 +46,14 @@ class LLMBackend(Protocol):
 
 
 def complete_with_retries(
-    backend: LLMBackend, conversations: dict[str, list[dict]], schema: dict, sampling: Sampling, parse: Callable,
-    *, max_attempts: int, retry_temperature: float,
+    backend: LLMBackend,
+    conversations: dict[str, list[dict]],
+    schema: dict,
+    sampling: Sampling,
+    parse: Callable,
+    *,
+    max_attempts: int,
+    retry_temperature: float,
 ) -> dict[str, tuple[object, str | None, int]]:
     """Ask ``backend`` for every conversation and ask again for those whose answer ``parse`` marks
     ``failed`` (``parse(None)`` is a backend error), at ``retry_temperature`` with a per-attempt seed,
@@ -132,9 +138,7 @@ class VllmBackend:
     def tokenize(self, text: str) -> list[int]:
         return list(self.engine().get_tokenizer().encode(text, add_special_tokens=False))
 
-    def first_token_logprobs(
-        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
-    ) -> list[dict[str, float] | None]:
+    def first_token_logprobs(self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20) -> list[dict[str, float] | None]:
         """One greedy token per prompt; the label tokens' log-probabilities at that position.
 
         Where this vLLM has ``logprob_token_ids`` (0.32+), exactly the label ids are returned, as
@@ -165,10 +169,7 @@ class VllmBackend:
                 if not first:
                     continue
                 position = first[0] or {}
-                results[i] = {
-                    label_of[token_id]: float(getattr(value, "logprob", value))
-                    for token_id, value in position.items() if token_id in label_of
-                }
+                results[i] = {label_of[token_id]: float(getattr(value, "logprob", value)) for token_id, value in position.items() if token_id in label_of}
         return results
 
     def truncate(self, text: str, max_tokens: int) -> tuple[str, bool, int]:
@@ -262,7 +263,8 @@ class OpenAIBackend:
         root = root[: -len("/v1")] if root.endswith("/v1") else root
         try:
             response = requests.post(
-                root + "/tokenize", json={"model": self.model, "prompt": text, "add_special_tokens": False},
+                root + "/tokenize",
+                json={"model": self.model, "prompt": text, "add_special_tokens": False},
                 timeout=self.timeout_s,
             )
         except requests.RequestException:
@@ -272,9 +274,7 @@ class OpenAIBackend:
         tokens = response.json().get("tokens")
         return list(tokens) if isinstance(tokens, list) else None
 
-    def first_token_logprobs(
-        self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20
-    ) -> list[dict[str, float] | None]:
+    def first_token_logprobs(self, prompts: list[list[dict] | str], labels: dict[str, int], top_k: int = 20) -> list[dict[str, float] | None]:
         """``max_tokens`` 1 with the first position's ``top_k`` log-probabilities (20 is the OpenAI
         maximum): chat conversations through ``/chat/completions``, plain strings through
         ``/completions``. Servers return token strings, so labels are matched by their exact text."""
@@ -333,14 +333,23 @@ def build_backend(
     """The backend for ``engine`` ("vllm": the offline engine; "openai": a server at ``base_url``)."""
     if engine == "vllm":
         return VllmBackend(
-            model=resolve_llm(model, model_cache), max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching, model_id=model_id,
+            model=resolve_llm(model, model_cache),
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            model_id=model_id,
         )
     if engine == "openai":
         if not base_url:
             raise ValueError("the openai backend needs base_url (e.g. http://127.0.0.1:8000/v1)")
         return OpenAIBackend(
-            base_url=base_url, model=model, api_key_env=api_key_env, concurrency=concurrency,
-            timeout_s=timeout_s, max_retries=max_retries, model_id=model_id,
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            model_id=model_id,
         )
     raise ValueError(f"unknown LLM engine {engine!r}; expected vllm or openai")

@@ -35,7 +35,6 @@ _SCIPY_GATHER_ROWS = 64  # above this many rows, scipy's row indexing gathers th
 _ONE_SEGMENT = np.zeros(1, dtype=np.intp)  # reduceat offsets for a single row
 
 
-
 @dataclass(frozen=True)
 class MigParams:
     """Hyperparameters of MIG; the defaults are the reference CLI's.
@@ -60,17 +59,13 @@ class MigParams:
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise ValueError(
-                f"tau must lie in [0, 1], got {self.tau}: with tau > 1 no label keeps its self-loop, "
-                "P has empty columns and the reference computes NaN gains"
+                f"tau must lie in [0, 1], got {self.tau}: with tau > 1 no label keeps its self-loop, P has empty columns and the reference computes NaN gains"
             )
         if not (np.isfinite(self.prop_weight) and self.prop_weight >= 0):
             raise ValueError(f"prop_weight must be finite and >= 0, got {self.prop_weight}")
         if self.phi == "pow":
             if not (self.phi_a > 0 and 0 < self.phi_b <= 1):
-                raise ValueError(
-                    f"pow phi needs phi_a > 0 and 0 < phi_b <= 1 (concave, finite slope at 0), "
-                    f"got phi_a={self.phi_a}, phi_b={self.phi_b}"
-                )
+                raise ValueError(f"pow phi needs phi_a > 0 and 0 < phi_b <= 1 (concave, finite slope at 0), got phi_a={self.phi_a}, phi_b={self.phi_b}")
         elif self.phi == "exp":
             if not self.phi_alpha > 0:
                 raise ValueError(f"exp phi needs phi_alpha > 0, got {self.phi_alpha}")
@@ -144,9 +139,7 @@ def build_label_graph(embeddings, tau: float = 0.9) -> sp.csr_array:
         weights.append(similarity[block_rows, block_cols])
     if not rows:
         return sp.csr_array((n_labels, n_labels), dtype=np.float32)
-    return sp.csr_array(
-        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n_labels, n_labels)
-    )
+    return sp.csr_array((np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(n_labels, n_labels))
 
 
 def propagation_matrix(W, prop_weight: float = 1.0) -> sp.csr_array:
@@ -167,7 +160,6 @@ def propagation_matrix(W, prop_weight: float = 1.0) -> sp.csr_array:
     if len(empty):
         raise ValueError(f"labels {first_few(empty.tolist())} have no positive weight in W (a self-loop is needed)")
     return sp.csr_array((weights / column_sums[graph.col], (graph.row, graph.col)), shape=graph.shape)
-
 
 
 def sample_label_matrix(label_indptr, label_indices, scores, n_labels: int, norm: bool = False) -> sp.csr_array:
@@ -211,7 +203,6 @@ class MigProblem:
     propagation: sp.csr_array  # P
     samples: sp.csr_array  # X
     propagated: sp.csr_array  # Y = X P
-
 
 
 def build_problem(
@@ -451,7 +442,6 @@ def propagated_matrix(Y) -> sp.csr_array:
     return Y
 
 
-
 def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3) -> MigSelection:
     """Greedy MIG selection of k rows of Y: the reference's picks, by lazy greedy.
 
@@ -465,9 +455,7 @@ def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3)
     n_samples, n_labels = Y.shape
     k = check_budget(n_samples, k)
     model = _GAIN_MODELS[params.gain](n_labels, params)
-    frontier = _LazyFrontier(
-        _gains(Y, model), lambda rows: _gains(Y, model, rows), lambda row: _row_gain(Y, model, row), _FRONTIER_SIZE
-    )
+    frontier = _LazyFrontier(_gains(Y, model), lambda rows: _gains(Y, model, rows), lambda row: _row_gain(Y, model, row), _FRONTIER_SIZE)
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float64)
     for pick in range(k):
@@ -479,9 +467,7 @@ def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3)
     return MigSelection(order, gains, objective, model.coverage.copy(), top_labels, frontier.evaluations)
 
 
-def _replay(
-    Y: sp.csr_array, order: np.ndarray, model: _GradientGain | _ExactGain, n_top_labels: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _replay(Y: sp.csr_array, order: np.ndarray, model: _GradientGain | _ExactGain, n_top_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """E(S) after each pick, and each pick's top contributing labels, recomputed after the greedy loop.
 
     Per label, a running sum in pick order and in the coverage dtype reproduces s exactly as the
@@ -570,7 +556,5 @@ def mig_from_labels(
     vocabulary: dict[str, int] = {}
     label_ids = [vocabulary.setdefault(label, len(vocabulary)) for labels in label_lists for label in labels]
     label_indptr = np.concatenate([[0], np.cumsum([len(labels) for labels in label_lists], dtype=np.int64)])
-    problem = build_problem(
-        label_indptr, label_ids, list(vocabulary), scores, embedding_lookup(label_names, label_embeddings), params
-    )
+    problem = build_problem(label_indptr, label_ids, list(vocabulary), scores, embedding_lookup(label_names, label_embeddings), params)
     return select(problem.propagated, k, params), problem.labels

@@ -146,9 +146,7 @@ def read_pool(path: str | os.PathLike, valid_tags: Collection[str] | None = None
                 raw_tags += content
                 kept_lines.append(number)
         except _UnparseableLine as error:
-            raise ValueError(
-                f"{path}:{number + 1}: not valid JSON ({error}); the reference loader fails on this line too"
-            ) from None
+            raise ValueError(f"{path}:{number + 1}: not valid JSON ({error}); the reference loader fails on this line too") from None
         except (AttributeError, KeyError, IndexError, TypeError, ArithmeticError) as error:
             raise ValueError(f"{path}:{number}: unreadable record ({type(error).__name__}: {error})") from None
         tag_codes.append(coder.encode(raw_tags))

@@ -89,10 +89,7 @@ class ScorePrompt:
 
 # Deita's templates, verbatim (hkust-nlp/deita, scorer code): its scorers were trained on exactly
 # these strings, whitespace included.
-DEITA_COMPLEXITY = (
-    "You are a helpful assistant. Please identify the complexity score of the following user query. \n"
-    "##Query: {instruction}  \n##Complexity: "
-)
+DEITA_COMPLEXITY = "You are a helpful assistant. Please identify the complexity score of the following user query. \n##Query: {instruction}  \n##Complexity: "
 DEITA_QUALITY = (
     "You are a helpful assistant. Please identify the quality score of the Response corresponding to the "
     "Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
@@ -110,9 +107,7 @@ PROMPTS = {
     "deita-v1": ScorePrompt(version="deita-v1", kind="logprob", complexity=DEITA_COMPLEXITY, quality=DEITA_QUALITY),
     # the same templates as a user message, for instruct models without a trained scorer head.
     # Measured on SmolLM2-135M-Instruct: ~1% of the first-token mass on the digits, against 20-60% raw.
-    "deita-chat-v1": ScorePrompt(
-        version="deita-chat-v1", kind="logprob", complexity=DEITA_COMPLEXITY, quality=DEITA_QUALITY, chat=True
-    ),
+    "deita-chat-v1": ScorePrompt(version="deita-chat-v1", kind="logprob", complexity=DEITA_COMPLEXITY, quality=DEITA_QUALITY, chat=True),
     "judge-v1": ScorePrompt(
         version="judge-v1",
         kind="judge",
@@ -288,11 +283,19 @@ def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
         complexity, quality = _deita_lists(raw)
         rows.append(
             {
-                "sample_id": sample_id, "shard": shard, "score": score, "complexity": complexity, "quality": quality,
+                "sample_id": sample_id,
+                "shard": shard,
+                "score": score,
+                "complexity": complexity,
+                "quality": quality,
                 "n_turns": len(quality) if quality else None,
                 "status": "ok" if score is not None else "no_annotation",
                 "reason": "" if score is not None else "the record carries no annotation.deita",
-                "backend": "imported", "model": "", "prompt_version": "", "digit_mass": None, "truncated": False,
+                "backend": "imported",
+                "model": "",
+                "prompt_version": "",
+                "digit_mass": None,
+                "truncated": False,
             }
         )
     return pa.Table.from_pylist(rows, schema=QUALITY_ROW_SCHEMA)
@@ -475,22 +478,38 @@ def _judge_batch(batch, units, backend, prompt, max_query_tokens, max_response_t
         conversations[key] = prompt.judge_messages(query, response)
         rows[key] = {"unit_hash": key, "kind": "judge", "sample_id": sample_id, "truncated": cut_query or cut_response, "digit_mass": None}
     answers = complete_with_retries(
-        backend, conversations, prompt.schema, sampling,
+        backend,
+        conversations,
+        prompt.schema,
+        sampling,
         lambda answer: parse_judge_output(answer) if answer is not None else JudgeAnswer("failed", reason=BACKEND_ERROR),
-        max_attempts=max_attempts, retry_temperature=retry_temperature,
+        max_attempts=max_attempts,
+        retry_temperature=retry_temperature,
     )
     for key, (parsed, answer, attempts) in answers.items():
         rows[key] |= {
-            "complexity": parsed.complexity, "quality": parsed.quality, "status": parsed.status,
-            "reason": parsed.reason, "attempts": attempts, "raw_output": answer,
+            "complexity": parsed.complexity,
+            "quality": parsed.quality,
+            "status": parsed.status,
+            "reason": parsed.reason,
+            "attempts": attempts,
+            "raw_output": answer,
         }
     return [rows[key] for key in batch]
 
 
 def _sample_result(turns: list[tuple[str, ...]], done: dict[str, dict]) -> dict:
     if not turns:
-        return {"score": None, "complexity": None, "quality": None, "n_turns": 0, "status": "no_response",
-                "reason": "no assistant turn to judge", "digit_mass": None, "truncated": False}
+        return {
+            "score": None,
+            "complexity": None,
+            "quality": None,
+            "n_turns": 0,
+            "status": "no_response",
+            "reason": "no assistant turn to judge",
+            "digit_mass": None,
+            "truncated": False,
+        }
     complexity, quality, masses, truncated = [], [], [], False
     for t, keys in enumerate(turns):
         rows = [done[key] for key in keys]
@@ -498,16 +517,30 @@ def _sample_result(turns: list[tuple[str, ...]], done: dict[str, dict]) -> dict:
         failed = [row for row in rows if row["status"] == "failed"]
         if failed:
             where = f"turn {t + 1} {failed[0]['kind']}: " if len(turns) > 1 or failed[0]["kind"] != "judge" else ""
-            return {"score": None, "complexity": None, "quality": None, "n_turns": len(turns), "status": "failed",
-                    "reason": where + failed[0]["reason"], "digit_mass": None, "truncated": truncated}
+            return {
+                "score": None,
+                "complexity": None,
+                "quality": None,
+                "n_turns": len(turns),
+                "status": "failed",
+                "reason": where + failed[0]["reason"],
+                "digit_mass": None,
+                "truncated": truncated,
+            }
         by_kind = {row["kind"]: row for row in rows}
         judge = by_kind.get("judge")
         complexity.append((judge or by_kind["complexity"])["complexity"])
         quality.append((judge or by_kind["quality"])["quality"])
         masses += [row["digit_mass"] for row in rows if row["digit_mass"] is not None]
     return {
-        "score": sample_score(complexity, quality), "complexity": complexity, "quality": quality, "n_turns": len(turns),
-        "status": "ok", "reason": "", "digit_mass": min(masses) if masses else None, "truncated": truncated,
+        "score": sample_score(complexity, quality),
+        "complexity": complexity,
+        "quality": quality,
+        "n_turns": len(turns),
+        "status": "ok",
+        "reason": "",
+        "digit_mass": min(masses) if masses else None,
+        "truncated": truncated,
     }
 
 
@@ -541,6 +574,8 @@ def histogram_markdown(scores: list[float]) -> str:
     ordered = sorted(scores)
     median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
     lines.append("")
-    lines.append(f"min {ordered[0]:.3g}, median {median:.3g}, mean {sum(ordered) / len(ordered):.3g}, max {ordered[-1]:.3g}, "
-                 f"{len(set(ordered))} distinct values over {len(ordered)} samples")
+    lines.append(
+        f"min {ordered[0]:.3g}, median {median:.3g}, mean {sum(ordered) / len(ordered):.3g}, max {ordered[-1]:.3g}, "
+        f"{len(set(ordered))} distinct values over {len(ordered)} samples"
+    )
     return "\n".join(lines)

@@ -234,8 +234,13 @@ class _CacheActor:
         return pa.Table.from_pylist(
             [
                 {
-                    "batch": key, "actor": self.actor, "rows": batch.num_rows, "skipped": skipped, "seconds": seconds,
-                    "load_seconds": self.load_seconds, **figures,
+                    "batch": key,
+                    "actor": self.actor,
+                    "rows": batch.num_rows,
+                    "skipped": skipped,
+                    "seconds": seconds,
+                    "load_seconds": self.load_seconds,
+                    **figures,
                 }
             ],
             schema=BATCH_STATS_SCHEMA,
@@ -246,8 +251,17 @@ class TagActor(_CacheActor):
     """Holds one LLM backend (the vLLM engine is created once, here) and tags batches with the
     local code (``tag_batch``: truncation, structured output, retries of failed answers)."""
 
-    def __init__(self, cache_uri, run_uri, backend_factory: Callable[[], LLMBackend], prompt: TagPrompt,
-                 sampling: Sampling, max_input_tokens: int, max_attempts: int, retry_temperature: float):
+    def __init__(
+        self,
+        cache_uri,
+        run_uri,
+        backend_factory: Callable[[], LLMBackend],
+        prompt: TagPrompt,
+        sampling: Sampling,
+        max_input_tokens: int,
+        max_attempts: int,
+        retry_temperature: float,
+    ):
         self.backend_factory, self.prompt, self.sampling = backend_factory, prompt, sampling
         self.max_input_tokens, self.max_attempts, self.retry_temperature = max_input_tokens, max_attempts, retry_temperature
         super().__init__(cache_uri, run_uri)
@@ -260,8 +274,7 @@ class TagActor(_CacheActor):
     def process(self, batch):
         stats = TaggingStats()
         work = list(zip(batch.column("text_hash").to_pylist(), batch.column("sample_id").to_pylist(), batch.column("text").to_pylist()))
-        rows = tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts,
-                          self.retry_temperature, stats)
+        rows = tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts, self.retry_temperature, stats)
         figures = {"truncated": stats.truncated, "input_tokens": stats.input_tokens, "generate_seconds": stats.generate_seconds}
         return pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), figures
 
@@ -323,8 +336,14 @@ class ClusterStats:
 
 
 def run_pipeline(
-    shard_uris: list[str], planned: set[str], include_response: bool, actor_cls: type, actor_kwargs: dict,
-    cache_uri: str, settings: RaySettings, log: Callable[[str], None],
+    shard_uris: list[str],
+    planned: set[str],
+    include_response: bool,
+    actor_cls: type,
+    actor_kwargs: dict,
+    cache_uri: str,
+    settings: RaySettings,
+    log: Callable[[str], None],
 ) -> ClusterStats:
     """Read the shards' Parquet on the cluster, keep the ``planned`` sample ids and run them through
     a pool of ``actor_cls``; returns the cluster figures once every batch is written."""
@@ -350,15 +369,23 @@ def run_pipeline(
             ray.data.read_parquet(shard_paths, filesystem=filesystem, partitioning=None, num_cpus=settings.read_cpus)
             .select_columns(["sample_id", "messages"])
             .map_batches(
-                select_planned, fn_kwargs={"planned": planned, "include_response": include_response},
-                batch_format="pyarrow", batch_size=None, num_cpus=settings.read_cpus,
+                select_planned,
+                fn_kwargs={"planned": planned, "include_response": include_response},
+                batch_format="pyarrow",
+                batch_size=None,
+                num_cpus=settings.read_cpus,
             )
             # one block a batch: a shard of one row group spreads over the whole actor pool
             .repartition(target_num_rows_per_block=settings.batch_size)
             .map_batches(
-                actor_cls, fn_constructor_kwargs={**actor_kwargs, "cache_uri": cache_uri, "run_uri": run_uri},
-                batch_size=settings.batch_size, batch_format="pyarrow", compute=ActorPoolStrategy(size=settings.num_actors),
-                num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor or None, **remote_args,
+                actor_cls,
+                fn_constructor_kwargs={**actor_kwargs, "cache_uri": cache_uri, "run_uri": run_uri},
+                batch_size=settings.batch_size,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(size=settings.num_actors),
+                num_cpus=settings.cpus_per_actor,
+                num_gpus=settings.gpus_per_actor or None,
+                **remote_args,
             )
         )
         done = 0
@@ -459,8 +486,14 @@ def fill_cache_on_ray(
     for file in files:
         storage.put(file)
     cluster = run_pipeline(
-        [join_uri(storage.root, file) for file in files], set(first.values()), include_response, actor_cls, actor_kwargs,
-        join_uri(storage.root, folder), settings, log,
+        [join_uri(storage.root, file) for file in files],
+        set(first.values()),
+        include_response,
+        actor_cls,
+        actor_kwargs,
+        join_uri(storage.root, folder),
+        settings,
+        log,
     )
     storage.fetch_parts(folder)
     rows = known(list(first))
@@ -497,12 +530,14 @@ def tag_shards_on_ray(
 ) -> tuple[dict[str, ShardFigures], ClusterStats]:
     """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``tag_batch``)."""
     actor_kwargs = {
-        "backend_factory": backend_factory, "prompt": prompt, "sampling": sampling, "max_input_tokens": max_input_tokens,
-        "max_attempts": max_attempts, "retry_temperature": retry_temperature,
+        "backend_factory": backend_factory,
+        "prompt": prompt,
+        "sampling": sampling,
+        "max_input_tokens": max_input_tokens,
+        "max_attempts": max_attempts,
+        "retry_temperature": retry_temperature,
     }
-    return fill_cache_on_ray(
-        shards, cache.folder, cache.lookup, TagActor, actor_kwargs, include_response=include_response, settings=settings, log=log
-    )
+    return fill_cache_on_ray(shards, cache.folder, cache.lookup, TagActor, actor_kwargs, include_response=include_response, settings=settings, log=log)
 
 
 def embed_shards_on_ray(
@@ -517,9 +552,7 @@ def embed_shards_on_ray(
 ) -> tuple[dict[str, ShardFigures], ClusterStats]:
     """Fill the embedding cache for ``shards`` on the cluster (sentence-transformers actors)."""
     actor_kwargs = {"model": model, "device": device, "encode_batch_size": encode_batch_size}
-    return fill_cache_on_ray(
-        shards, cache.folder, cache.read, EmbedActor, actor_kwargs, include_response=False, settings=settings, log=log
-    )
+    return fill_cache_on_ray(shards, cache.folder, cache.read, EmbedActor, actor_kwargs, include_response=False, settings=settings, log=log)
 
 
 class NoLocalModel:

@@ -55,9 +55,7 @@ def is_supported(path: Path) -> bool:
     return any(name.endswith(suffix) for suffix in SUPPORTED_SUFFIXES)
 
 
-def read_records(
-    path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-) -> Iterator[RawRecord]:
+def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
     """Yield every record of ``path`` in order, parse errors included."""
     name = path.name.lower()
     if name.endswith(".parquet"):
@@ -108,7 +106,7 @@ class _GzipStream(io.RawIOBase):
         n = min(len(buffer), len(self._pending) - self._offset)
         if n == 0 and self._error is not None:
             raise self._error
-        buffer[:n] = self._pending[self._offset:self._offset + n]
+        buffer[:n] = self._pending[self._offset : self._offset + n]
         self._offset += n
         return n
 
@@ -183,7 +181,8 @@ def _oversized_line(head: bytes, line_no: int, offset: int, size: int, max_recor
         line_no,
         preview.decode("utf-8", errors="backslashreplace"),
         error=RecordError(
-            too_big.field, f"{too_big.reason}; its first {len(preview):,} bytes are kept here, all of it is in the file from byte {offset:,}",
+            too_big.field,
+            f"{too_big.reason}; its first {len(preview):,} bytes are kept here, all of it is in the file from byte {offset:,}",
         ),
     )
 
@@ -216,7 +215,7 @@ def _parse_line(line: bytes, line_no: int, max_record_bytes: int) -> RawRecord:
         return RawRecord(
             line_no,
             line.decode("utf-8", errors="backslashreplace"),
-            error=RecordError("(line)", f"invalid UTF-8 at byte {exc.start}: {line[exc.start:exc.start + 4]!r}"),
+            error=RecordError("(line)", f"invalid UTF-8 at byte {exc.start}: {line[exc.start : exc.start + 4]!r}"),
             raw_bytes=line,
         )
     too_big = _size_error(len(line), max_record_bytes)

@@ -111,8 +111,7 @@ def detect_format(record: dict) -> str:
     keys = ", ".join(sorted(map(str, record))[:12]) or "(none)"
     raise RecordError(
         "(record)",
-        "unrecognized format: expected one of the fields dialogs, conversations, messages, "
-        f"instruction, turns, prompt, question; fields present: {keys}",
+        f"unrecognized format: expected one of the fields dialogs, conversations, messages, instruction, turns, prompt, question; fields present: {keys}",
     )
 
 

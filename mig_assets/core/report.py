@@ -130,7 +130,13 @@ def target_plot(share: np.ndarray, names: list[str], top: int = 20) -> bytes:
 
 
 COMPARED_METRICS = (
-    "mig_objective", "tags_objective", "label_coverage", "leaf_coverage", "mean_quality", "embedding_diversity", "kl_to_target",
+    "mig_objective",
+    "tags_objective",
+    "label_coverage",
+    "leaf_coverage",
+    "mean_quality",
+    "embedding_diversity",
+    "kl_to_target",
 )
 
 
@@ -205,6 +211,7 @@ def markdown_image(png: bytes, alt: str) -> str:
 
 def html_report(title: str, summary: dict, plots: dict[str, bytes], tables: dict[str, list[dict]]) -> str:
     """One self-contained HTML page: a summary table, the plots inline, then named tables."""
+
     def table(rows: list[dict]) -> str:
         if not rows:
             return "<p><em>none</em></p>"

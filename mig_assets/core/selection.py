@@ -65,9 +65,7 @@ class SelectionOutcome:
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
 
 
-def quality_scores(
-    imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()
-) -> tuple[np.ndarray, str, float]:
+def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
     """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
     score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
     weights, a description of their origin and the weight given to samples without a score."""
@@ -100,9 +98,19 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
 
 
 def run_selection(
-    method: str, pool: PoolArrays, budget: Budget, *, graph: LabelGraph | None = None,
-    params: MigParams = MigParams(), seed: int = 42, tree=None, tags_params=None, gamma: float = 0.5,
-    level_weights: str = "uniform", target: np.ndarray | None = None, diversity_threshold: float = 0.9,
+    method: str,
+    pool: PoolArrays,
+    budget: Budget,
+    *,
+    graph: LabelGraph | None = None,
+    params: MigParams = MigParams(),
+    seed: int = 42,
+    tree=None,
+    tags_params=None,
+    gamma: float = 0.5,
+    level_weights: str = "uniform",
+    target: np.ndarray | None = None,
+    diversity_threshold: float = 0.9,
 ) -> SelectionOutcome:
     """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
     (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
@@ -175,9 +183,7 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) 
     Y = mig_matrix(pool, graph, params)
     result = select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
-    return SelectionOutcome(
-        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y
-    )
+    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
 
 
 def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
@@ -206,7 +212,15 @@ def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: s
     result = tags_select(problem, k, params, target)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(
-        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, kl=result.kl,
-        leaf_mass=result.leaf_mass, pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
-        sample_matrix=problem.paths, leaf_matrix=problem.leaves,
+        result.order,
+        result.gains,
+        result.objective,
+        top,
+        result.coverage,
+        result.gain_evaluations,
+        kl=result.kl,
+        leaf_mass=result.leaf_mass,
+        pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
+        sample_matrix=problem.paths,
+        leaf_matrix=problem.leaves,
     )

@@ -61,9 +61,7 @@ def parse_specs(document: dict, source: str = "<specs>") -> list[SelectionSpec]:
         params = entry.get("params", {}) or {}
         if not isinstance(params, dict):
             raise ValueError(f"{where}.params: expected a mapping")
-        specs.append(
-            SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", "")))
-        )
+        specs.append(SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", ""))))
     return specs
 
 

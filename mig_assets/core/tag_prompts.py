@@ -44,7 +44,7 @@ PROMPTS = {
         system="",
         instruction=(
             "Identify the knowledge concepts and skills needed to answer the user query below, as short "
-            "lowercase tags. Respond in the JSON format {{\"tags\": [str]}}.\nQuery: {query}"
+            'lowercase tags. Respond in the JSON format {{"tags": [str]}}.\nQuery: {query}'
         ),
         schema={
             "type": "object",

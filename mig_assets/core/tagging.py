@@ -174,15 +174,23 @@ def tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, 
         rows[key] = {"text_hash": key, "sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
     clock = time.perf_counter()
     answers = complete_with_retries(
-        backend, conversations, prompt.schema, sampling,
+        backend,
+        conversations,
+        prompt.schema,
+        sampling,
         lambda answer: parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error"),
-        max_attempts=max_attempts, retry_temperature=retry_temperature,
+        max_attempts=max_attempts,
+        retry_temperature=retry_temperature,
     )
     stats.generate_seconds += time.perf_counter() - clock
     for key, (parsed, answer, attempts) in answers.items():
         rows[key] |= {
-            "tags": parsed.tags, "surface_tags": parsed.surface_tags, "status": parsed.status,
-            "reason": parsed.reason, "attempts": attempts, "raw_output": answer,
+            "tags": parsed.tags,
+            "surface_tags": parsed.surface_tags,
+            "status": parsed.status,
+            "reason": parsed.reason,
+            "attempts": attempts,
+            "raw_output": answer,
         }
     return [rows[key] for key, _, _ in batch]
 
@@ -196,9 +204,7 @@ def llm_result_tags(result: dict, text: str) -> FilteredTags:
     return filter_llm_tags(result["surface_tags"], text, MAX_TAGS)
 
 
-def cached_tag_rows(
-    results: dict[str, dict], sample_ids: list[str], texts: list[str], shard: str, backend: str, model: str, prompt_version: str
-) -> pa.Table:
+def cached_tag_rows(results: dict[str, dict], sample_ids: list[str], texts: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:
     """The shard's atomic_tags table from tagging results, one row per sample in ``sample_ids`` order
     (``texts[i]``: what the tagger read for ``sample_ids[i]``)."""
     rows = []
@@ -207,11 +213,19 @@ def cached_tag_rows(
         filtered = llm_result_tags(result, text)
         rows.append(
             {
-                "sample_id": sample_id, "shard": shard, "tags": filtered.tags,
-                "surface_tags": result["surface_tags"], "status": result["status"], "reason": result["reason"],
-                "backend": backend, "model": model, "prompt_version": prompt_version,
-                "truncated": result["truncated"], "attempts": result["attempts"],
-                "tag_policy": "normalized", "dropped_tags": filtered.dropped,
+                "sample_id": sample_id,
+                "shard": shard,
+                "tags": filtered.tags,
+                "surface_tags": result["surface_tags"],
+                "status": result["status"],
+                "reason": result["reason"],
+                "backend": backend,
+                "model": model,
+                "prompt_version": prompt_version,
+                "truncated": result["truncated"],
+                "attempts": result["attempts"],
+                "tag_policy": "normalized",
+                "dropped_tags": filtered.dropped,
             }
         )
     return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)

@@ -47,10 +47,30 @@ TAG_POLICIES = {
 # Tags that say nothing about the knowledge or skill a sample needs (InsTag's and TAGS' advice); LLM tags only.
 GENERIC_TAGS = frozenset(
     {
-        "question answering", "question", "answer", "helpfulness", "instruction following",
-        "instruction", "general", "general knowledge", "user", "assistant", "task", "request",
-        "information", "query", "response", "conversation", "chat", "text", "other", "none", "misc",
-        "user intention", "user request", "user query",
+        "question answering",
+        "question",
+        "answer",
+        "helpfulness",
+        "instruction following",
+        "instruction",
+        "general",
+        "general knowledge",
+        "user",
+        "assistant",
+        "task",
+        "request",
+        "information",
+        "query",
+        "response",
+        "conversation",
+        "chat",
+        "text",
+        "other",
+        "none",
+        "misc",
+        "user intention",
+        "user request",
+        "user query",
     }
 )
 # Names a lemmatizer takes for plurals of dictionary words.
@@ -59,18 +79,79 @@ PREPOSITIONS_AND_CONJUNCTIONS = frozenset({"of", "on", "in", "for", "with", "to"
 # Phrases a model writes around or instead of tags (compared after normalization).
 BOILERPLATE = frozenset(
     {
-        "tag", "tags", "atomic tag", "keyword", "keywords", "label", "labels", "json", "list", "output", "example",
-        "here are the tag", "here is the tag", "the tag", "tag list", "sure", "okay", "ok", "n a", "na", "null",
-        "as an ai", "as an ai language model", "i'm sorry", "i am sorry", "i cannot", "i can't", "sorry", "yes", "no",
-        "unknown", "string", "specific tag", "knowledge tag", "skill tag", "your tag", "tag1", "...", "etc",
+        "tag",
+        "tags",
+        "atomic tag",
+        "keyword",
+        "keywords",
+        "label",
+        "labels",
+        "json",
+        "list",
+        "output",
+        "example",
+        "here are the tag",
+        "here is the tag",
+        "the tag",
+        "tag list",
+        "sure",
+        "okay",
+        "ok",
+        "n a",
+        "na",
+        "null",
+        "as an ai",
+        "as an ai language model",
+        "i'm sorry",
+        "i am sorry",
+        "i cannot",
+        "i can't",
+        "sorry",
+        "yes",
+        "no",
+        "unknown",
+        "string",
+        "specific tag",
+        "knowledge tag",
+        "skill tag",
+        "your tag",
+        "tag1",
+        "...",
+        "etc",
     }
 )
 # scikit-learn's English stop words (the Glasgow list) less the content words it contains, which are real
 # one-word tags ("computer", "system", "fire") or parts of them ("well being"), plus a few discourse words.
 STOP_WORDS = ENGLISH_STOP_WORDS - {
-    "computer", "system", "fire", "bill", "interest", "mill", "detail", "describe", "call", "amount", "part", "side",
-    "top", "bottom", "front", "back", "name", "show", "find", "found", "move", "full", "fill", "thick", "thin",
-    "hundred", "cry", "well", "being",
+    "computer",
+    "system",
+    "fire",
+    "bill",
+    "interest",
+    "mill",
+    "detail",
+    "describe",
+    "call",
+    "amount",
+    "part",
+    "side",
+    "top",
+    "bottom",
+    "front",
+    "back",
+    "name",
+    "show",
+    "find",
+    "found",
+    "move",
+    "full",
+    "fill",
+    "thick",
+    "thin",
+    "hundred",
+    "cry",
+    "well",
+    "being",
 } | {"finally", "furthermore", "moreover", "like", "dear"}  # discourse words small models emit as tags
 MAX_TAG_CHARS = 64
 MAX_TAG_WORDS = 8  # spec §1.3 step 4: longer "tags" are sentences
@@ -133,9 +214,7 @@ def normalize_tag(tag: str) -> str | None:
 
 def _has_adjacent_repeat(words: list[str]) -> bool:
     """A word or a pair of words repeated back to back ("lighthouse lighthouse", "debt relief debt relief")."""
-    return any(words[i] == words[i + 1] for i in range(len(words) - 1)) or any(
-        words[i : i + 2] == words[i + 2 : i + 4] for i in range(len(words) - 3)
-    )
+    return any(words[i] == words[i + 1] for i in range(len(words) - 1)) or any(words[i : i + 2] == words[i + 2 : i + 4] for i in range(len(words) - 3))
 
 
 def junk_reason(canonical: str, prompt_text: str = "") -> str | None:

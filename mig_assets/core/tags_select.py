@@ -97,8 +97,7 @@ def check_quality(quality, n_samples: int) -> np.ndarray:
     return quality
 
 
-def leaf_weights(leaf_indptr, leaf_ids, n_leaves: int, *, normalize: bool = True,
-                 count_unassigned: bool = False) -> sp.csr_array:
+def leaf_weights(leaf_indptr, leaf_ids, n_leaves: int, *, normalize: bool = True, count_unassigned: bool = False) -> sp.csr_array:
     """Leaf-weight matrix A (N×L float64) from each sample's grounded tags (spec §1.6).
 
     Sample i's tags' leaves are ``leaf_ids[leaf_indptr[i]:leaf_indptr[i+1]]``, −1 for unassigned
@@ -218,8 +217,9 @@ def _canonical(matrix, n_cols: int | None = None, name: str = "matrix") -> sp.cs
     return matrix
 
 
-def build_problem(leaf_matrix, quality, parents, levels, *, gamma: float = 0.5,
-                  beta: str | Mapping[int, float] | np.ndarray = "uniform", include_root: bool = False) -> TagsProblem:
+def build_problem(
+    leaf_matrix, quality, parents, levels, *, gamma: float = 0.5, beta: str | Mapping[int, float] | np.ndarray = "uniform", include_root: bool = False
+) -> TagsProblem:
     """U = diag(q)·A·Ω (see :func:`ancestor_weights`), with the leaf weights A and the level weights β.
 
     ``parents``/``levels`` describe the tree (``KnowledgeTree.parents``/``.levels``): leaves are
@@ -379,8 +379,7 @@ def _row_sums(matrix: sp.csr_array, terms: _Terms, rows: np.ndarray | None = Non
     """
     rows = np.arange(matrix.shape[0]) if rows is None else rows
     if len(rows) > _BLOCK_ROWS:  # in blocks, to bound the temporaries
-        return np.concatenate([_row_sums(matrix, terms, rows[start : start + _BLOCK_ROWS])
-                               for start in range(0, len(rows), _BLOCK_ROWS)])
+        return np.concatenate([_row_sums(matrix, terms, rows[start : start + _BLOCK_ROWS]) for start in range(0, len(rows), _BLOCK_ROWS)])
     if len(rows) and rows[-1] - rows[0] == len(rows) - 1 and (np.diff(rows) == 1).all():
         # a block of consecutive rows: its entries are one slice
         first, last = matrix.indptr[rows[0]], matrix.indptr[rows[-1] + 1]
@@ -680,7 +679,6 @@ class TagsSelection:
 # selection
 
 
-
 def _row_mass(A: sp.csr_array) -> np.ndarray:
     mass = np.zeros(A.shape[0])
     counts = np.diff(A.indptr)
@@ -753,8 +751,7 @@ class _Run:
         self.state.M += self.mass[row]
 
 
-def select(problem: TagsProblem, k: int, params: TagsParams = TagsParams(), target=None, *,
-           n_top_nodes: int = 3) -> TagsSelection:
+def select(problem: TagsProblem, k: int, params: TagsParams = TagsParams(), target=None, *, n_top_nodes: int = 3) -> TagsSelection:
     """Greedy TAGS selection of k samples by lazy greedy; the modes are described in the module notes.
 
     Each pick takes the candidate of largest score, ties to the lowest row. Without ``target`` (or
@@ -850,8 +847,7 @@ def _identical_rows(matrix: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray,
     against the first row of their hash; a row that differs (a collision) gets a class of its own."""
     rows = np.asarray(rows, dtype=np.int64)
     columns, values, offsets, counts = _entries(matrix, rows)
-    _, first, classes = np.unique(_row_digest(columns, values, offsets, counts), return_index=True,
-                                  return_inverse=True)  # first: the lowest row of each hash
+    _, first, classes = np.unique(_row_digest(columns, values, offsets, counts), return_index=True, return_inverse=True)  # first: the lowest row of each hash
     classes = classes.ravel()
     lead = first[classes]
     same = counts == counts[lead]
@@ -1006,8 +1002,7 @@ class _SortedRows:
             self.block_max[blocks] = self.value.reshape(-1, self.block)[blocks].max(axis=1)
 
 
-def _merge_sorted(a: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge_sorted(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two (rows, keys, values) lists sorted by key (descending) merged into one, stably (a first)."""
     at = np.searchsorted(-a[1], -b[1], side="right")
     return tuple(np.insert(x, at, y) for x, y in zip(a, b))
@@ -1066,8 +1061,7 @@ class _PullOrderedGain:
         self.recent_key = np.concatenate([self.recent_key, self.pulls.bound(rows)])
         self.recent_h = np.concatenate([self.recent_h, self.gains.h[rows]])
 
-    def best(self, pick: int, shift: float, room: float, floor: float = -np.inf,
-             give_up: int | None = None) -> tuple[float, int]:
+    def best(self, pick: int, shift: float, room: float, floor: float = -np.inf, give_up: int | None = None) -> tuple[float, int]:
         """(gain, row) of the best feasible row at this pick with gain ≥ ``floor``, or (−inf, −1);
         raises :class:`_GaveUp` once more than ``give_up`` rows were refreshed without a feasible one."""
         if len(self.recent) > _RECENT_MAX:
@@ -1245,9 +1239,19 @@ def _select_quota(run: _Run, order, scores, info) -> int:
 def _finish(run: _Run, order, scores, evaluations, info, n_top_nodes) -> TagsSelection:
     gains, objective_, top_nodes = _replay_nodes(run, order, n_top_nodes)
     kl = _replay_kl(run, order) if run.target is not None else None
-    return TagsSelection(order=order, scores=scores, gains=gains, objective=objective_, kl=kl, top_nodes=top_nodes,
-                         coverage=run.state.x.copy(), leaf_mass=run.state.m.copy(), align=run.align,
-                         gain_evaluations=int(evaluations), info=info)
+    return TagsSelection(
+        order=order,
+        scores=scores,
+        gains=gains,
+        objective=objective_,
+        kl=kl,
+        top_nodes=top_nodes,
+        coverage=run.state.x.copy(),
+        leaf_mass=run.state.m.copy(),
+        align=run.align,
+        gain_evaluations=int(evaluations),
+        info=info,
+    )
 
 
 def _running_before(indices: np.ndarray, values: np.ndarray, n_columns: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,7 +46,6 @@ _KMEANS_THREADS = 2  # OpenMP threads of scikit-learn's K-Means: at most 2 keeps
 _THREADED_KMEANS_SIZE = 10_000_000  # n·k from which a second thread pays for its synchronisation
 
 
-
 # ---------------------------------------------------------------------------------------------------------------------
 # refinement hooks
 
@@ -93,9 +92,7 @@ class TreeRefiner(Protocol):
         the most similar others by embedding cosine). Anything outside the shortlist is refused."""
         ...
 
-    def rename(
-        self, level: int, parents: Sequence[tuple[str, str]], children: Sequence[Sequence[Concept]]
-    ) -> list[tuple[str, str]]:
+    def rename(self, level: int, parents: Sequence[tuple[str, str]], children: Sequence[Sequence[Concept]]) -> list[tuple[str, str]]:
         """Final ``(name, description)`` of each parent given its final children."""
         ...
 
@@ -228,9 +225,16 @@ class KnowledgeTree:
             if parent >= 0:
                 children[parent].append(node)
         nodes = [
-            {"id": v, "name": self.names[v], "description": self.descriptions[v], "level": int(self.levels[v]),
-             "parent": int(self.parents[v]), "children": children[v], "size": int(self.sizes[v]),
-             "count": float(self.counts[v])}
+            {
+                "id": v,
+                "name": self.names[v],
+                "description": self.descriptions[v],
+                "level": int(self.levels[v]),
+                "parent": int(self.parents[v]),
+                "children": children[v],
+                "size": int(self.sizes[v]),
+                "count": float(self.counts[v]),
+            }
             for v in range(self.n_nodes)
         ]
         return {"nodes": nodes, "tag2leaf": dict(zip(self.tag_names, self.tag2leaf.tolist()))}
@@ -261,8 +265,13 @@ def validate_tree(tree: KnowledgeTree) -> None:
     V = tree.n_nodes
     if V < 2:
         raise ValueError("a tree has at least one leaf and a root")
-    for name, array in (("levels", tree.levels), ("parents", tree.parents), ("sizes", tree.sizes),
-                        ("counts", tree.counts), ("descriptions", tree.descriptions)):
+    for name, array in (
+        ("levels", tree.levels),
+        ("parents", tree.parents),
+        ("sizes", tree.sizes),
+        ("counts", tree.counts),
+        ("descriptions", tree.descriptions),
+    ):
         if len(array) != V:
             raise ValueError(f"{name} has {len(array)} entries for {V} nodes")
     if len(tree.centroids) != V:
@@ -307,8 +316,7 @@ def _nearest_by_cosine(points: np.ndarray, centres: np.ndarray) -> tuple[np.ndar
 
 
 def _cluster_sums(points: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    one_hot = sp.csr_array((np.ones(len(labels), dtype=points.dtype), (labels, np.arange(len(labels)))),
-                           shape=(k, len(labels)))
+    one_hot = sp.csr_array((np.ones(len(labels), dtype=points.dtype), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
     return np.asarray(one_hot @ points)
 
 
@@ -370,8 +378,15 @@ def kmeans(
         return np.zeros(n, dtype=np.int64)
     if n_init == "auto":
         n_init = min(10, max(1, 30_000_000 // (n * k)))
-    model = KMeans(n_clusters=k, init=_SubsampledKMeansPlusPlus(init_size), n_init=max(1, int(n_init)),
-                   max_iter=max(1, max_iter), tol=tol, random_state=seed, algorithm="lloyd")
+    model = KMeans(
+        n_clusters=k,
+        init=_SubsampledKMeansPlusPlus(init_size),
+        n_init=max(1, int(n_init)),
+        max_iter=max(1, max_iter),
+        tol=tol,
+        random_state=seed,
+        algorithm="lloyd",
+    )
     # scikit-learn adds each thread's partial centre sums under a lock, in the order the threads finish:
     # with two threads that is one commutative addition, exact; with more, the rounding could vary.
     # Small problems run on one thread: there, waiting for the other thread costs more than it saves.
@@ -525,8 +540,7 @@ def _refine_level(
     labels = kept
     centroids = _normalise(_cluster_sums(vectors, labels, len(parents)))
     centrality = _centrality(vectors, labels, centroids)
-    final_children = [_concepts(names, descriptions, counts, centrality, rows)
-                      for rows in _members(labels, len(parents))]
+    final_children = [_concepts(names, descriptions, counts, centrality, rows) for rows in _members(labels, len(parents))]
     return labels, _check_pairs(refiner.rename(level, parents, final_children), len(parents), "rename")
 
 
@@ -606,8 +620,17 @@ def build_tree(
     k1 = math.ceil(len(core_rows) / leaf_branching)
     core_labels = kmeans(vectors[core_rows], k1, seed=seed, max_iter=max_iter, tol=tol)
     core_names = [names[r] for r in core_rows]
-    leaves = _make_level(vectors[core_rows], core_names, [""] * len(core_rows), occurrences[core_rows],
-                         np.ones(len(core_rows), dtype=np.int64), core_labels, 1, refine, shortlist)
+    leaves = _make_level(
+        vectors[core_rows],
+        core_names,
+        [""] * len(core_rows),
+        occurrences[core_rows],
+        np.ones(len(core_rows), dtype=np.int64),
+        core_labels,
+        1,
+        refine,
+        shortlist,
+    )
     tag2leaf = np.empty(T, dtype=np.int64)
     tag2leaf[core_rows] = leaves.parent_of_children
     rare = np.flatnonzero(~core)
@@ -631,8 +654,7 @@ def build_tree(
         k = max(math.ceil(n / branching), int(top_size))
         centroids = below.centroids
         labels = kmeans(centroids, k, seed=seed + len(levels), max_iter=max_iter, tol=tol)
-        parent = _make_level(centroids, below.names, below.descriptions, below.counts, below.sizes, labels,
-                             len(levels) + 1, refine, shortlist)
+        parent = _make_level(centroids, below.names, below.descriptions, below.counts, below.sizes, labels, len(levels) + 1, refine, shortlist)
         parent.sums = _cluster_sums(below.sums, parent.parent_of_children, len(parent.names))
         levels.append(parent)
     return _assemble(levels, names, tag2leaf)
@@ -642,16 +664,16 @@ def _assemble(levels: list[_Level], tag_names: list[str], tag2leaf: np.ndarray) 
     offsets = np.cumsum([0] + [len(level.names) for level in levels])
     root = int(offsets[-1])
     top = levels[-1]
-    parents = [level_above.parent_of_children + offsets[depth + 1]
-               for depth, level_above in enumerate(levels[1:])]
+    parents = [level_above.parent_of_children + offsets[depth + 1] for depth, level_above in enumerate(levels[1:])]
     parents.append(np.full(len(top.names), root, dtype=np.int64))
     root_sum = top.sums.sum(axis=0, keepdims=True)
     root_name = "root"
     tree = KnowledgeTree(
         names=[name for level in levels for name in level.names] + [root_name],
         descriptions=[d for level in levels for d in level.descriptions] + ["virtual root"],
-        levels=np.concatenate([np.full(len(level.names), depth + 1, dtype=np.int64)
-                               for depth, level in enumerate(levels)] + [[len(levels) + 1]]).astype(np.int64),
+        levels=np.concatenate([np.full(len(level.names), depth + 1, dtype=np.int64) for depth, level in enumerate(levels)] + [[len(levels) + 1]]).astype(
+            np.int64
+        ),
         parents=np.concatenate(parents + [[-1]]).astype(np.int64),
         sizes=np.concatenate([level.sizes for level in levels] + [[len(tag_names)]]).astype(np.int64),
         counts=np.concatenate([level.counts for level in levels] + [[top.counts.sum()]]).astype(np.float64),
@@ -680,9 +702,7 @@ class Grounding(NamedTuple):
     counts: dict[str, int]
 
 
-def ground_tags(
-    tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=None, threshold: float = 0.65
-) -> Grounding:
+def ground_tags(tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=None, threshold: float = 0.65) -> Grounding:
     """Leaf of each tag (spec §1.6): known tags via tag2leaf; unseen tags to the leaf whose centroid has the
     largest cosine with their embedding (ties to the lowest leaf) if it is ≥ ``threshold``, else −1.
 
@@ -696,15 +716,11 @@ def ground_tags(
     if new_embeddings is None:
         if not known.all():
             unknown = [names[i] for i in np.flatnonzero(~known)]
-            raise ValueError(
-                f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {first_few(unknown)}"
-            )
+            raise ValueError(f"{len(unknown)} tag(s) are not in the tree and no embeddings were given: {first_few(unknown)}")
     else:
         vectors = np.asarray(new_embeddings, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(names) or vectors.shape[1] != tree.centroids.shape[1]:
-            raise ValueError(
-                f"new_embeddings must have shape ({len(names)}, {tree.centroids.shape[1]}), got {vectors.shape}"
-            )
+            raise ValueError(f"new_embeddings must have shape ({len(names)}, {tree.centroids.shape[1]}), got {vectors.shape}")
         vectors = _normalise(vectors)
         leaf_centroids = tree.centroids[: tree.n_leaves]
         unseen = np.flatnonzero(~known)
@@ -719,8 +735,6 @@ def ground_tags(
             leaf_ids[unseen] = np.where(cosine >= threshold, nearest, -1)
         known_rows = np.flatnonzero(known)
         finite = np.isfinite(vectors[known_rows]).all(axis=1)
-        similarities[known_rows[finite]] = np.einsum(
-            "ij,ij->i", vectors[known_rows[finite]], leaf_centroids[leaf_ids[known_rows[finite]]])
-    counts = {"known": int(known.sum()), "nearest": int(((leaf_ids >= 0) & ~known).sum()),
-              "unassigned": int((leaf_ids < 0).sum())}
+        similarities[known_rows[finite]] = np.einsum("ij,ij->i", vectors[known_rows[finite]], leaf_centroids[leaf_ids[known_rows[finite]]])
+    counts = {"known": int(known.sum()), "nearest": int(((leaf_ids >= 0) & ~known).sum()), "unassigned": int((leaf_ids < 0).sum())}
     return Grounding(leaf_ids, similarities, counts)

@@ -100,9 +100,12 @@ class LLMTreeRefiner:
         conversations = [
             [
                 {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"These {kind} belong together: {_children_text(children)}.\n"
-                 "Name the broader concept that covers all of them (2 to 5 lower-case words) and describe it in one sentence. "
-                 'Answer as {"name": ..., "description": ...}.'},
+                {
+                    "role": "user",
+                    "content": f"These {kind} belong together: {_children_text(children)}.\n"
+                    "Name the broader concept that covers all of them (2 to 5 lower-case words) and describe it in one sentence. "
+                    'Answer as {"name": ..., "description": ...}.',
+                },
             ]
             for children in clusters
         ]
@@ -129,18 +132,26 @@ class LLMTreeRefiner:
         conversations, schemas = [], []
         for child, shortlist in zip(children, candidates):
             options = "\n".join(f"{i + 1}. {parents[p][0]}: {parents[p][1]}" for i, p in enumerate(shortlist))
-            conversations.append([
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"Which parent concept fits '{child.name}' best?\n{options}\n"
-                 'Answer as {"choice": N} with N the number of the option.'},
-            ])
+            conversations.append(
+                [
+                    {"role": "system", "content": SYSTEM},
+                    {
+                        "role": "user",
+                        "content": f"Which parent concept fits '{child.name}' best?\n{options}\nAnswer as {{\"choice\": N}} with N the number of the option.",
+                    },
+                ]
+            )
             schemas.append(len(shortlist))
         choices = [int(shortlist[0]) for shortlist in candidates]
         # one batch per shortlist length: the enum of allowed answers is part of the schema
         for size in sorted(set(schemas)):
             rows = [i for i, n in enumerate(schemas) if n == size]
-            schema = {"type": "object", "properties": {"choice": {"type": "integer", "enum": list(range(1, size + 1))}},
-                      "required": ["choice"], "additionalProperties": False}
+            schema = {
+                "type": "object",
+                "properties": {"choice": {"type": "integer", "enum": list(range(1, size + 1))}},
+                "required": ["choice"],
+                "additionalProperties": False,
+            }
             for i, answer in zip(rows, self._ask([conversations[i] for i in rows], schema)):
                 choice = answer.get("choice") if isinstance(answer, dict) else None
                 if isinstance(choice, int) and 1 <= choice <= size:

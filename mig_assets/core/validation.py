@@ -42,10 +42,7 @@ def check_scores(scores, n_samples: int | None = None, *, non_negative: bool = F
     bad = np.flatnonzero(~valid)
     if len(bad):
         rule = "finite and >= 0" if non_negative else "finite"
-        raise ValueError(
-            f"scores must be {rule}; {len(bad)} are not, at sample indices {first_few(bad.tolist())} "
-            f"(values {first_few(scores[bad].tolist())})"
-        )
+        raise ValueError(f"scores must be {rule}; {len(bad)} are not, at sample indices {first_few(bad.tolist())} (values {first_few(scores[bad].tolist())})")
     return scores
 
 

@@ -46,8 +46,12 @@ TABLES_DIR = "tables"
 TABLES_DIR_VARIABLE = "mig_tables_dir"
 CATALOG_INFO = "catalog_views"  # in mig.duckdb: the view definitions it was built with
 VIEW_SOURCES = {
-    "raw_pool_rows": "raw_pool", "quarantine": "quarantine", "shards": "shard_stats", "atomic_tags": "atomic_tags",
-    "sample_embeddings": "sample_embeddings", "quality_scores": "quality_scores",
+    "raw_pool_rows": "raw_pool",
+    "quarantine": "quarantine",
+    "shards": "shard_stats",
+    "atomic_tags": "atomic_tags",
+    "sample_embeddings": "sample_embeddings",
+    "quality_scores": "quality_scores",
 }
 
 
@@ -208,10 +212,12 @@ def shard_key_of(relative_path: str) -> str:
 
 def has_relation(con, name: str) -> bool:
     """Whether the catalog has a table or a view called ``name``."""
-    return bool(con.execute(
-        "SELECT count(*) FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()) "
-        "WHERE name = ?", [name],
-    ).fetchall()[0][0])
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM (SELECT table_name AS name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()) WHERE name = ?",
+            [name],
+        ).fetchall()[0][0]
+    )
 
 
 def open_catalog(layout: WarehouseLayout):
@@ -266,9 +272,11 @@ def insert_table(con, name: str, table, part: str | None = None) -> Path:
         target = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {name})").fetchall()
         if len(target) != table.num_columns:
             raise ValueError(f"{name} has {len(target)} columns, the rows to insert have {table.num_columns}: {table.column_names}")
-        select = "SELECT " + ", ".join(
-            f'CAST("{source}" AS {column_type}) AS "{column}"' for source, (column, column_type) in zip(table.column_names, target)
-        ) + " FROM {source}"
+        select = (
+            "SELECT "
+            + ", ".join(f'CAST("{source}" AS {column_type}) AS "{column}"' for source, (column, column_type) in zip(table.column_names, target))
+            + " FROM {source}"
+        )
     path = _write_rows(con, select, table, folder / f"part-{part or f'{time.time_ns()}-{os.getpid()}'}.parquet")
     _expose(con, name, folder)
     return path

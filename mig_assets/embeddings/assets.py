@@ -68,9 +68,7 @@ def tag_embeddings_path(warehouse_dir: Path) -> Path:
     automation_condition=re_select,
     description="A unit-norm vector per canonical tag (sentence-transformers, or precomputed), cached by tag text and model.",
 )
-def tag_embeddings(
-    context: dg.AssetExecutionContext, config: TagEmbeddingConfig, warehouse: Warehouse, embedder: Embedder
-) -> dg.MaterializeResult:
+def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig, warehouse: Warehouse, embedder: Embedder) -> dg.MaterializeResult:
     record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
@@ -128,12 +126,9 @@ def tag_embeddings(
     pool="gpu",
     backfill_policy=dg.BackfillPolicy.single_run(),
     automation_condition=on_new_shard,
-    description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; "
-    "feeds baselines, grounding and diagnostics.",
+    description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; feeds baselines, grounding and diagnostics.",
 )
-def sample_embeddings(
-    context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution
-) -> dg.MaterializeResult:
+def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution) -> dg.MaterializeResult:
     record_settings(context)
     refuse_to_replace_other_configuration(context)
     layout = warehouse.layout
@@ -155,9 +150,7 @@ def sample_embeddings(
         if len(texts) == 0:
             vectors = np.zeros((0, model.dimension), dtype=np.float32)
         dimension = int(vectors.shape[1])
-        out = pa.table(
-            {"sample_id": kept.column("sample_id"), "model_id": [model.model_id] * len(texts), "embedding": vectors_to_arrow(vectors)}
-        )
+        out = pa.table({"sample_id": kept.column("sample_id"), "model_id": [model.model_id] * len(texts), "embedding": vectors_to_arrow(vectors)})
         write_parquet_atomic(out, layout.shard_file("sample_embeddings", shard))
         seconds = time.perf_counter() - started + (figures[shard].seconds if shard in figures else 0.0)
         context.log.info(f"{shard}: {len(texts):,} samples, {new:,} newly embedded in {seconds:.1f}s on {model.device}")
@@ -193,9 +186,13 @@ def _embed_on_ray(context, layout, embedder: Embedder, execution: Execution, cac
     cluster_name = execution.connect(context.log.info)
     context.log.info(f"embedding {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
     figures, cluster = embed_shards_on_ray(
-        kept_text_hashes(layout, context.partition_keys), cache, model=embedder.model,
-        device="auto" if execution.gpus_per_actor else "cpu", encode_batch_size=embedder.batch_size,
-        settings=execution.settings(layout), log=context.log.info,
+        kept_text_hashes(layout, context.partition_keys),
+        cache,
+        model=embedder.model,
+        device="auto" if execution.gpus_per_actor else "cpu",
+        encode_batch_size=embedder.batch_size,
+        settings=execution.settings(layout),
+        log=context.log.info,
     )
     device = "cuda" if execution.gpus_per_actor else "cpu"
     return figures, {"device": device, **execution.cluster_metadata(cluster, cluster_name)}

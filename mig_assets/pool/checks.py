@@ -27,15 +27,12 @@ RAW_POOL_CHECK_SPECS = [
 ]
 
 
-def raw_pool_check_results(
-    con, layout: WarehouseLayout, stats: ShardStats, max_quarantine_rate: float
-) -> list[dg.AssetCheckResult]:
+def raw_pool_check_results(con, layout: WarehouseLayout, stats: ShardStats, max_quarantine_rate: float) -> list[dg.AssetCheckResult]:
     samples_rows = pq.ParquetFile(layout.shard_file("raw_pool", stats.shard)).metadata.num_rows
     quarantine_rows = pq.ParquetFile(layout.shard_file("quarantine", stats.shard)).metadata.num_rows
     accounted = samples_rows + quarantine_rows == stats.rows_read
     kept_twice = con.execute(
-        "SELECT count(*) FROM (SELECT sample_id FROM raw_pool_rows WHERE duplicate_of IS NULL "
-        "GROUP BY sample_id HAVING count(*) > 1)"
+        "SELECT count(*) FROM (SELECT sample_id FROM raw_pool_rows WHERE duplicate_of IS NULL GROUP BY sample_id HAVING count(*) > 1)"
     ).fetchall()[0][0]
     rate = stats.rows_quarantined / stats.rows_read if stats.rows_read else 0.0
     return [

@@ -65,7 +65,9 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
         metadata={"dagster/column_schema": QUALITY_COLUMNS},
         check_specs=[
             dg.AssetCheckSpec(
-                CHECK_NAME, asset="quality_scores", blocking=True,
+                CHECK_NAME,
+                asset="quality_scores",
+                blocking=True,
                 description="scores are not all equal and the share of failed samples is at most max_failure_rate",
             )
         ],
@@ -127,15 +129,21 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
         cache = QualityCache(layout.warehouse_dir / "quality_cache", scorer.model_id, prompt, scorer.settings_key())
         labels = scorer.labels() if scorer.backend == "logprob" else None
         results, stats = score_samples(
-            list(zip(ids, kept.column("messages").to_pylist())), scorer.llm(), prompt, cache, labels=labels,
-            max_query_tokens=scorer.max_query_tokens, max_response_tokens=scorer.max_response_tokens,
-            batch_size=scorer.batch_size, sampling=scorer.sampling, max_attempts=scorer.max_attempts, top_k=scorer.top_k,
+            list(zip(ids, kept.column("messages").to_pylist())),
+            scorer.llm(),
+            prompt,
+            cache,
+            labels=labels,
+            max_query_tokens=scorer.max_query_tokens,
+            max_response_tokens=scorer.max_response_tokens,
+            batch_size=scorer.batch_size,
+            sampling=scorer.sampling,
+            max_attempts=scorer.max_attempts,
+            top_k=scorer.top_k,
             log=lambda message: context.log.info(f"{shard}: {message}"),
         )
         table = quality_rows(results, ids, shard, scorer.backend, scorer.model_id, prompt.version)
-        origin = (
-            f"{scorer.backend} on {scorer.engine}: {scorer.model_id}, prompt {prompt.version} ({prompt.fingerprint})"
-        )
+        origin = f"{scorer.backend} on {scorer.engine}: {scorer.model_id}, prompt {prompt.version} ({prompt.fingerprint})"
         masses = [m for m in table.column("digit_mass").to_pylist() if m is not None]
         extra = {
             "model": scorer.model_id,

@@ -68,8 +68,12 @@ class Execution(dg.ConfigurableResource):
     def settings(self, layout: WarehouseLayout) -> RaySettings:
         return RaySettings(
             storage=Storage(local_root=str(layout.warehouse_dir.resolve()), uri=self.storage),
-            num_actors=self.num_actors, cpus_per_actor=self.cpus_per_actor, gpus_per_actor=self.gpus_per_actor_share,
-            batch_size=self.batch_size, max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
+            num_actors=self.num_actors,
+            cpus_per_actor=self.cpus_per_actor,
+            gpus_per_actor=self.gpus_per_actor_share,
+            batch_size=self.batch_size,
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_task_retries,
             omp_threads_per_actor=self.omp_threads_per_actor,
         )
 
@@ -97,7 +101,9 @@ class Execution(dg.ConfigurableResource):
             (log or print)("using the Ray session this process already holds")
         else:
             resource = _ray_resource_class()(
-                address=self.address, ray_init_options=self._init_options(), env_vars=self._worker_env(),
+                address=self.address,
+                ray_init_options=self._init_options(),
+                env_vars=self._worker_env(),
                 data_execution_options={"verbose_progress": False, "use_polars": False},
             )
             stack = contextlib.ExitStack()
@@ -120,7 +126,10 @@ class Execution(dg.ConfigurableResource):
         per_actor = figures.pop("ray_rows_per_second_per_actor")
         connect_seconds, self._connect_seconds = self._connect_seconds, 0.0  # counted once, on the first shard
         return {
-            "execution": "ray", "ray_cluster": cluster_name, "ray_connect_seconds": round(connect_seconds, 3), **figures,
+            "execution": "ray",
+            "ray_cluster": cluster_name,
+            "ray_connect_seconds": round(connect_seconds, 3),
+            **figures,
             "ray_rows_per_second_per_actor": dg.MetadataValue.json(per_actor),
         }
 

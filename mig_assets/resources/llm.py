@@ -36,10 +36,18 @@ class LLMResource(dg.ConfigurableResource):
         """The run's backend on ``engine``, built on the first call."""
         if self._backend is None:
             self._backend = build_backend(
-                engine, self.model, model_id=self.model_id, max_model_len=self.max_model_len,
-                tensor_parallel_size=self.tensor_parallel_size, gpu_memory_utilization=self.gpu_memory_utilization,
-                enable_prefix_caching=self.enable_prefix_caching, base_url=self.base_url, api_key_env=self.api_key_env,
-                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries,
+                engine,
+                self.model,
+                model_id=self.model_id,
+                max_model_len=self.max_model_len,
+                tensor_parallel_size=self.tensor_parallel_size,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                enable_prefix_caching=self.enable_prefix_caching,
+                base_url=self.base_url,
+                api_key_env=self.api_key_env,
+                concurrency=self.concurrency,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
                 model_cache=self.model_cache,
             )
         return self._backend

@@ -68,18 +68,27 @@ class Tagger(LLMResource):
         actors sharing a GPU; ``tensor_parallel_size`` overrides the configured one when set."""
         if self.backend == "vllm":
             return functools.partial(
-                build_vllm_backend, model=self.model, max_model_len=self.max_model_len,
+                build_vllm_backend,
+                model=self.model,
+                max_model_len=self.max_model_len,
                 tensor_parallel_size=tensor_parallel_size or self.tensor_parallel_size,
                 gpu_memory_utilization=self.gpu_memory_utilization * gpu_share,
-                enable_prefix_caching=self.enable_prefix_caching, model_id=self.model_id, model_cache=self.model_cache,
+                enable_prefix_caching=self.enable_prefix_caching,
+                model_id=self.model_id,
+                model_cache=self.model_cache,
             )
         if self.backend == "openai":
             return functools.partial(
-                OpenAIBackend, base_url=self.base_url, model=self.model, api_key_env=self.api_key_env,
-                concurrency=self.concurrency, timeout_s=self.timeout_s, max_retries=self.max_retries, model_id=self.model_id,
+                OpenAIBackend,
+                base_url=self.base_url,
+                model=self.model,
+                api_key_env=self.api_key_env,
+                concurrency=self.concurrency,
+                timeout_s=self.timeout_s,
+                max_retries=self.max_retries,
+                model_id=self.model_id,
             )
         raise ValueError(f"the {self.backend!r} backend has no model to run on a cluster")
-
 
 
 def build_vllm_backend(model: str, model_cache: str, **settings) -> VllmBackend:

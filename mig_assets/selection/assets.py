@@ -187,14 +187,25 @@ class SelectionConfig(dg.Config):
 
     def mig_params(self) -> MigParams:
         return MigParams(
-            prop_weight=self.prop_weight, norm=self.norm, phi=self.phi, phi_a=self.phi_a, phi_b=self.phi_b,
-            phi_alpha=self.phi_alpha, gain=self.gain,
+            prop_weight=self.prop_weight,
+            norm=self.norm,
+            phi=self.phi,
+            phi_a=self.phi_a,
+            phi_b=self.phi_b,
+            phi_alpha=self.phi_alpha,
+            gain=self.gain,
         )
 
     def tags_params(self) -> TagsParams:
         return TagsParams(
-            phi_a=self.phi_a, phi_b=self.phi_b, align=self.align, lam=self.lam, eps=self.eps, kl_cap=self.kl_cap,
-            kl_cap_start=self.kl_cap_start, kl_cap_decay=self.kl_cap_decay,
+            phi_a=self.phi_a,
+            phi_b=self.phi_b,
+            align=self.align,
+            lam=self.lam,
+            eps=self.eps,
+            kl_cap=self.kl_cap,
+            kl_cap_start=self.kl_cap_start,
+            kl_cap_decay=self.kl_cap_decay,
         )
 
 
@@ -214,17 +225,23 @@ def load_pool(con, layout=None, shard_order: list[str] = ()) -> tuple[PoolArrays
     ``layout``); samples whose tagging failed are left out. Input order is the MIG reference's: its
     greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
     the weight given to samples without one, and the number left out."""
-    tags_sql = "LEFT JOIN atomic_tags t USING (sample_id)" if has_relation(con, "atomic_tags") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    tags_sql = (
+        "LEFT JOIN atomic_tags t USING (sample_id)"
+        if has_relation(con, "atomic_tags")
+        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    )
     scored_sql = (
         f"LEFT JOIN ({SCORED_QUALITY_SQL}) q USING (sample_id)"
-        if has_relation(con, "quality_scores") else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
+        if has_relation(con, "quality_scores")
+        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
     )
     rows = con.execute(
         f"""
         SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
         FROM samples s {tags_sql} {scored_sql}
         ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
-        """, {"shard_order": list(shard_order)},
+        """,
+        {"shard_order": list(shard_order)},
     ).fetchall()
     failed = sum(1 for r in rows if r[4] == "failed")
     rows = [r for r in rows if r[4] != "failed"]
@@ -309,9 +326,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     return selection_asset
 
 
-def materialize_selection(
-    context: dg.AssetExecutionContext, spec: SelectionSpec, config: SelectionConfig, warehouse: Warehouse
-) -> dg.MaterializeResult:
+def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec, config: SelectionConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     layout = warehouse.layout
     started = time.perf_counter()
     with warehouse.connect() as con:
@@ -327,8 +342,17 @@ def materialize_selection(
     loaded = time.perf_counter()
     params = config.mig_params()
     outcome = run_selection(
-        spec.method, pool, config.budget(), graph=graph, params=params, seed=config.seed, tree=tree,
-        tags_params=config.tags_params(), gamma=config.gamma, level_weights=config.level_weights, target=target,
+        spec.method,
+        pool,
+        config.budget(),
+        graph=graph,
+        params=params,
+        seed=config.seed,
+        tree=tree,
+        tags_params=config.tags_params(),
+        gamma=config.gamma,
+        level_weights=config.level_weights,
+        target=target,
         diversity_threshold=config.diversity_threshold,
     )
     selected = time.perf_counter()
@@ -365,7 +389,8 @@ def materialize_selection(
             insert_table(con, "selection_coverage", coverage, part=part)
         messages = con.execute(
             "SELECT m.rank, s.sample_id, s.messages FROM selection_members m JOIN samples s USING (sample_id) "
-            "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank", [spec.name, version],
+            "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank",
+            [spec.name, version],
         ).fetchall()
         diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
         if diff:
@@ -375,14 +400,26 @@ def materialize_selection(
         plots = _plots(spec, pool, outcome, tree, target)
         report = _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed)
         files = write_export(
-            export_dir, [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages], manifest, spec.name,
+            export_dir,
+            [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages],
+            manifest,
+            spec.name,
             extra_files={"report.html": report.encode(), **{f"{name}.png": png for name, png in plots.items()}},
         )
         row = [  # the columns of table selections, in order; written last: it commits the version
-            spec.name, version, spec.method, config.budget().describe(), len(ids), len(pool.sample_ids),
-            json.dumps(config.model_dump(), sort_keys=True), score_origin, score_fill,
+            spec.name,
+            version,
+            spec.method,
+            config.budget().describe(),
+            len(ids),
+            len(pool.sample_ids),
+            json.dumps(config.model_dump(), sort_keys=True),
+            score_origin,
+            score_fill,
             float(outcome.objective[-1]) if len(ids) and spec.method in ("mig", "tags") else None,
-            str(export_dir), context.run.run_id, dt.datetime.now(dt.timezone.utc),
+            str(export_dir),
+            context.run.run_id,
+            dt.datetime.now(dt.timezone.utc),
         ]
         insert_table(con, "selections", pa.table({f"c{i}": [value] for i, value in enumerate(row)}), part=part)
     context.log.info(
@@ -413,13 +450,14 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
     if not previous:
         return []
     since = previous[0][0]
-    before = [sid for (sid,) in con.execute(
-        "SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [name, version - 1]
-    ).fetchall()]
+    before = [
+        sid
+        for (sid,) in con.execute("SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [name, version - 1]).fetchall()
+    ]
     new_shards = {shard for (shard,) in con.execute("SELECT shard FROM shards WHERE ingested_at > ?", [since]).fetchall()}
-    shard_of = dict(con.execute(
-        "SELECT sample_id, shard FROM samples WHERE sample_id IN (SELECT unnest($ids))", {"ids": sorted(set(ids) ^ set(before))}
-    ).fetchall())
+    shard_of = dict(
+        con.execute("SELECT sample_id, shard FROM samples WHERE sample_id IN (SELECT unnest($ids))", {"ids": sorted(set(ids) ^ set(before))}).fetchall()
+    )
     rank_of = {sid: rank for rank, sid in enumerate(ids, start=1)}
     in_pool = set(pool.sample_ids)
     last_gain = float(outcome.gains[-1]) if len(outcome.gains) else float("nan")
@@ -440,7 +478,8 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
         if sid in rank_of:
             continue
         reason = (
-            "no longer in the pool (its shard changed or its tagging failed)" if sid not in in_pool
+            "no longer in the pool (its shard changed or its tagging failed)"
+            if sid not in in_pool
             else f"displaced: its gain fell below the last pick's ({last_gain:.4g}) as new samples covered its labels"
         )
         rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
@@ -475,9 +514,7 @@ def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome, tre
         plots["curves"] = curve_plot(outcome.objective, outcome.gains)
     if tree is not None:
         pool_coverage = np.asarray(outcome.sample_matrix.sum(axis=0)).ravel()
-        plots["tree_coverage"] = level_coverage_plot(
-            coverage_by_level(outcome.coverage, tree.levels), coverage_by_level(pool_coverage, tree.levels)
-        )
+        plots["tree_coverage"] = level_coverage_plot(coverage_by_level(outcome.coverage, tree.levels), coverage_by_level(pool_coverage, tree.levels))
         if target is not None and outcome.kl is not None and len(outcome.order):
             plots["kl_vs_target"] = kl_plot(outcome.kl, target, outcome.leaf_mass, outcome.pool_leaf_mass, tree.names)
     return plots
@@ -486,9 +523,7 @@ def _plots(spec: SelectionSpec, pool: PoolArrays, outcome: SelectionOutcome, tre
 def _tree_metadata(outcome: SelectionOutcome, tree, target, config: SelectionConfig) -> dict:
     """Coverage per tree level, leaf entropy and, with a target profile, KL(target || selection) and of the pool."""
     metadata = {
-        "coverage_by_level": dg.MetadataValue.json(
-            {str(level): round(share, 4) for level, share in coverage_by_level(outcome.coverage, tree.levels).items()}
-        ),
+        "coverage_by_level": dg.MetadataValue.json({str(level): round(share, 4) for level, share in coverage_by_level(outcome.coverage, tree.levels).items()}),
         "leaves_covered": int((outcome.leaf_mass > 0).sum()),
         "leaf_entropy": round(leaf_entropy(outcome.leaf_mass), 4),
         "tree_nodes": tree.n_nodes,
@@ -528,7 +563,8 @@ def latest_materializations(instance: dg.DagsterInstance, shard: str | None = No
         record = latest_materialization(instance, dg.AssetKey(asset), shard)
         if record is not None:
             found[asset] = {
-                "run_id": record.run_id, "data_version": record.asset_materialization.tags.get("dagster/data_version"),
+                "run_id": record.run_id,
+                "data_version": record.asset_materialization.tags.get("dagster/data_version"),
                 "code_version": code_version_of(record),
             }
     return found
@@ -544,10 +580,15 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
     current = current_inputs(con, raw_for=sorted(set(ids) | set(previous_members)))
     shards = sorted(set(current.column("shard").to_pylist()))
     facts = {
-        "selection": spec.name, "version": version, "method": spec.method, "run_id": context.run.run_id, "inputs": upstream,
+        "selection": spec.name,
+        "version": version,
+        "method": spec.method,
+        "run_id": context.run.run_id,
+        "inputs": upstream,
         "shards": {shard: latest_materializations(context.instance, shard) for shard in shards},
         "tag_embedding_model": con.execute("SELECT any_value(model_id) FROM label_graph_info").fetchall()[0][0]
-        if has_relation(con, "label_graph_info") else None,
+        if has_relation(con, "label_graph_info")
+        else None,
     }
     snapshot = version_inputs(current, pool.sample_ids, pool.scores, score_fill, ids)
     write_inputs(inputs_path(warehouse_dir, spec.name, version), snapshot, facts)
@@ -562,9 +603,14 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
 def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed) -> str:
     selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     summary = {
-        "selection": spec.name, "version": version, "method": spec.method, "budget": spec.budget,
-        "pool size": len(pool.sample_ids), "selected": len(outcome.order),
-        "selected tokens (est.)": int(pool.tokens[outcome.order].sum()), "quality weights": score_origin,
+        "selection": spec.name,
+        "version": version,
+        "method": spec.method,
+        "budget": spec.budget,
+        "pool size": len(pool.sample_ids),
+        "selected": len(outcome.order),
+        "selected tokens (est.)": int(pool.tokens[outcome.order].sum()),
+        "quality weights": score_origin,
     }
     if outcome.kl is not None and len(outcome.kl):
         summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
@@ -593,8 +639,12 @@ def _manifest(context, spec, config, version, pool, outcome, score_origin, faile
         "run_id": context.run.run_id,
         "inputs": upstream,
         "pool_shards": sorted(instance.get_dynamic_partitions(pool_shards.name)),
-        "counts": {"pool": len(pool.sample_ids), "selected": len(outcome.order), "excluded_failed_tagging": failed,
-                   "selected_tokens_est": int(pool.tokens[outcome.order].sum())},
+        "counts": {
+            "pool": len(pool.sample_ids),
+            "selected": len(outcome.order),
+            "excluded_failed_tagging": failed,
+            "selected_tokens_est": int(pool.tokens[outcome.order].sum()),
+        },
         "score_origin": score_origin,
         "settings": settings_record(),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),

@@ -78,11 +78,15 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         "ok/repaired/failed (failed samples keep no tags and are excluded downstream).",
         check_specs=[
             dg.AssetCheckSpec(
-                "tagging_failure_rate", asset="atomic_tags", blocking=True,
+                "tagging_failure_rate",
+                asset="atomic_tags",
+                blocking=True,
                 description="share of samples whose tagging failed is at most max_failure_rate",
             ),
             dg.AssetCheckSpec(
-                "junk_tag_share", asset="atomic_tags", blocking=True,
+                "junk_tag_share",
+                asset="atomic_tags",
+                blocking=True,
                 description="share of the LLM's surface tags dropped as junk is at most max_junk_share (0 for imported tags)",
             ),
         ],
@@ -90,9 +94,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         backfill_policy=dg.BackfillPolicy.single_run(),
         automation_condition=on_new_shard,
     )
-    def atomic_tags(
-        context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution
-    ):
+    def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution):
         record_settings(context)
         refuse_to_replace_other_configuration(context)
         on_ray = execution.on_ray and tagger.backend != "imported"
@@ -153,9 +155,15 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
         cache = tagger.tag_cache(layout.warehouse_dir)
         results, stats = tag_samples(
-            list(zip(ids, texts)), tagger.llm() if ray_figures is None else NoLocalModel(), tagger.prompt, cache,
-            sampling=tagger.sampling, max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size,
-            max_attempts=tagger.max_attempts, log=lambda message: context.log.info(f"{shard}: {message}"),
+            list(zip(ids, texts)),
+            tagger.llm() if ray_figures is None else NoLocalModel(),
+            tagger.prompt,
+            cache,
+            sampling=tagger.sampling,
+            max_input_tokens=tagger.max_input_tokens,
+            batch_size=tagger.batch_size,
+            max_attempts=tagger.max_attempts,
+            log=lambda message: context.log.info(f"{shard}: {message}"),
         )
         if ray_figures is None:
             load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
@@ -213,8 +221,11 @@ def junk_figures(table: pa.Table) -> dict:
                 shown.append(item["surface"])
     junk = sum(n for reason, n in by_reason.items() if reason not in NOT_JUNK_REASONS)
     return {
-        "surface": surface, "junk": junk, "share": junk / surface if surface else 0.0,
-        "by_reason": dict(by_reason.most_common()), "examples": examples,
+        "surface": surface,
+        "junk": junk,
+        "share": junk / surface if surface else 0.0,
+        "by_reason": dict(by_reason.most_common()),
+        "examples": examples,
     }
 
 
@@ -231,10 +242,16 @@ def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger:
         gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
     )
     figures, cluster = tag_shards_on_ray(
-        kept_text_hashes(layout, context.partition_keys, tagger.include_response), factory, tagger.prompt,
+        kept_text_hashes(layout, context.partition_keys, tagger.include_response),
+        factory,
+        tagger.prompt,
         tagger.tag_cache(layout.warehouse_dir),
-        include_response=tagger.include_response, settings=execution.settings(layout), sampling=tagger.sampling,
-        max_input_tokens=tagger.max_input_tokens, max_attempts=tagger.max_attempts, log=context.log.info,
+        include_response=tagger.include_response,
+        settings=execution.settings(layout),
+        sampling=tagger.sampling,
+        max_input_tokens=tagger.max_input_tokens,
+        max_attempts=tagger.max_attempts,
+        log=context.log.info,
     )
     return figures, execution.cluster_metadata(cluster, cluster_name)
 
@@ -264,9 +281,14 @@ def _combined_metadata(per_shard: dict[str, dict]) -> dict:
         "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
         "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
         # model time adds up over the shards; the engine loads once per run (each shard reports that load)
-        **({"generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
-            "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values())}
-           if any("generate_seconds" in m for m in per_shard.values()) else {}),
+        **(
+            {
+                "generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
+                "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values()),
+            }
+            if any("generate_seconds" in m for m in per_shard.values())
+            else {}
+        ),
     }
 
 
@@ -307,13 +329,18 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
         ).to_arrow_table()
         replace_table(con, "tag_vocabulary", vocabulary)
         surface = con.execute(
-            "SELECT backend, surface, count(*) FROM (SELECT backend, unnest(surface_tags) AS surface FROM atomic_tags) "
-            "GROUP BY ALL ORDER BY backend, surface"
+            "SELECT backend, surface, count(*) FROM (SELECT backend, unnest(surface_tags) AS surface FROM atomic_tags) GROUP BY ALL ORDER BY backend, surface"
         ).fetchall()
-        dropped = dict(con.execute(
-            "SELECT backend || chr(0) || d.surface, any_value(d.reason ORDER BY d.reason) FROM "
-            "(SELECT backend, unnest(dropped_tags) AS d FROM atomic_tags) GROUP BY ALL"
-        ).fetchall()) if "dropped_tags" in _columns(con, "atomic_tags") else {}
+        dropped = (
+            dict(
+                con.execute(
+                    "SELECT backend || chr(0) || d.surface, any_value(d.reason ORDER BY d.reason) FROM "
+                    "(SELECT backend, unnest(dropped_tags) AS d FROM atomic_tags) GROUP BY ALL"
+                ).fetchall()
+            )
+            if "dropped_tags" in _columns(con, "atomic_tags")
+            else {}
+        )
         policy = {backend: policy_of_backend(backend) for backend, _, _ in surface}
         forms = pa.table(
             {

@@ -58,9 +58,7 @@ class KnowledgeTreeConfig(dg.Config):
     description="TAGS knowledge tree: bottom-up K-Means over tag embeddings, leaves = first-level concepts, every "
     "canonical tag mapped to a leaf, parents named from their most central children (tables tree_nodes, tree_tags).",
 )
-def knowledge_tree(
-    context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse, tagger: Tagger
-) -> dg.MaterializeResult:
+def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse, tagger: Tagger) -> dg.MaterializeResult:
     record_settings(context)
     layout = warehouse.layout
     table = pq.read_table(tag_embeddings_path(layout.warehouse_dir))
@@ -77,9 +75,16 @@ def knowledge_tree(
             raise ValueError("refine=True asks the tagger's LLM; the tagger backend is 'imported' (set MIG_TAGGER_BACKEND=vllm or openai)")
         refiner = LLMTreeRefiner(tagger.llm(), cache_path=folder / "refine_cache" / f"{tagger.model_id}.jsonl")
     tree = build_tree(
-        tags, vectors, np.array([counts.get(t, 1) for t in tags], dtype=np.float64), branching=config.branching,
-        top_size=config.top_size, leaf_branching=config.leaf_branching, min_count=config.min_count, seed=config.seed,
-        refine=refiner, shortlist=config.shortlist,
+        tags,
+        vectors,
+        np.array([counts.get(t, 1) for t in tags], dtype=np.float64),
+        branching=config.branching,
+        top_size=config.top_size,
+        leaf_branching=config.leaf_branching,
+        min_count=config.min_count,
+        seed=config.seed,
+        refine=refiner,
+        shortlist=config.shortlist,
     )
     model_id = table.column("model_id")[0].as_py()
     refined_by = f"{tagger.model_id} ({tagger.version()})" if refiner else ""
@@ -94,16 +99,19 @@ def knowledge_tree(
     per_level = {int(level): int(n) for level, n in zip(*np.unique(tree.levels, return_counts=True))}
     top = [v for v in range(tree.n_nodes) if tree.parents[v] == tree.root]
     top.sort(key=lambda v: -tree.counts[v])
-    top_md = "\n".join(["| top-level node | tags | samples |", "|---|---|---|"] + [
-        f"| {tree.names[v]} | {int(tree.sizes[v])} | {tree.counts[v]:.0f} |" for v in top[:TOP_NODES_SHOWN]
-    ])
+    top_md = "\n".join(
+        ["| top-level node | tags | samples |", "|---|---|---|"]
+        + [f"| {tree.names[v]} | {int(tree.sizes[v])} | {tree.counts[v]:.0f} |" for v in top[:TOP_NODES_SHOWN]]
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": tree.n_nodes,
-            "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
-                "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="tag")],
-                "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="embedding")],
-            }),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="tag")],
+                    "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_embeddings"), column_name="embedding")],
+                }
+            ),
             "leaves": tree.n_leaves,
             "depth": tree.depth,
             "nodes_per_level": dg.MetadataValue.json(per_level),
@@ -191,8 +199,14 @@ def target_profile(
         if tagger.backend != "imported":
             cache = tagger.tag_cache(layout.warehouse_dir)
             results, stats = tag_samples(
-                [(s.sample_id, s.text) for s in samples], tagger.llm(), tagger.prompt, cache, sampling=tagger.sampling,
-                max_input_tokens=tagger.max_input_tokens, batch_size=tagger.batch_size, max_attempts=tagger.max_attempts,
+                [(s.sample_id, s.text) for s in samples],
+                tagger.llm(),
+                tagger.prompt,
+                cache,
+                sampling=tagger.sampling,
+                max_input_tokens=tagger.max_input_tokens,
+                batch_size=tagger.batch_size,
+                max_attempts=tagger.max_attempts,
                 log=lambda message: context.log.info(f"target: {message}"),
             )
             tags = [llm_result_tags(results[s.sample_id], s.text).tags if results[s.sample_id]["status"] != "failed" else None for s in samples]
@@ -217,42 +231,65 @@ def target_profile(
     # texts for the samples none of whose tags reach a leaf (or all of them, grounding by text)
     text_vectors = embed([s.text for s in samples]) if same_model and config.grounding != "tags" else None
     grounding = ground_target(
-        tree, tags, embed_tags=embed if same_model else None, text_vectors=text_vectors,
-        tag_threshold=config.tag_threshold, text_threshold=config.text_threshold,
+        tree,
+        tags,
+        embed_tags=embed if same_model else None,
+        text_vectors=text_vectors,
+        tag_threshold=config.tag_threshold,
+        text_threshold=config.text_threshold,
     )
     share = target_distribution(grounding.leaf_counts, config.alpha)
     leaves = np.arange(tree.n_leaves)
-    profile = pa.table({
-        "leaf_id": pa.array(leaves, pa.int64()), "leaf": [tree.names[v] for v in leaves],
-        "count": pa.array(grounding.leaf_counts, pa.float64()), "share": pa.array(share, pa.float64()),
-    })
-    target_samples = pa.table({
-        "sample_id": [s.sample_id for s in samples], "source_file": [s.source_file for s in samples],
-        "line_no": pa.array([s.line_no for s in samples], pa.int64()), "text": [s.text for s in samples],
-        "tags": pa.array([t or [] for t in tags], pa.list_(pa.string())), "grounding": grounding.methods,
-        "leaf_ids": pa.array(grounding.sample_leaves, pa.list_(pa.int64())),
-    })
+    profile = pa.table(
+        {
+            "leaf_id": pa.array(leaves, pa.int64()),
+            "leaf": [tree.names[v] for v in leaves],
+            "count": pa.array(grounding.leaf_counts, pa.float64()),
+            "share": pa.array(share, pa.float64()),
+        }
+    )
+    target_samples = pa.table(
+        {
+            "sample_id": [s.sample_id for s in samples],
+            "source_file": [s.source_file for s in samples],
+            "line_no": pa.array([s.line_no for s in samples], pa.int64()),
+            "text": [s.text for s in samples],
+            "tags": pa.array([t or [] for t in tags], pa.list_(pa.string())),
+            "grounding": grounding.methods,
+            "leaf_ids": pa.array(grounding.sample_leaves, pa.list_(pa.int64())),
+        }
+    )
     version = hashlib.sha256(tree_info["version"].encode() + share.tobytes()).hexdigest()[:16]
-    info = pa.table({
-        "profile_version": [version], "tree_version": [tree_info["version"]], "source": [source],
-        "filter": [f"{config.filter_field}={','.join(config.filter_values)}" if config.filter_field else ""],
-        "alpha": [config.alpha], "tag_source": [tag_source], "samples": [len(samples)], "run_id": [context.run.run_id],
-    })
+    info = pa.table(
+        {
+            "profile_version": [version],
+            "tree_version": [tree_info["version"]],
+            "source": [source],
+            "filter": [f"{config.filter_field}={','.join(config.filter_values)}" if config.filter_field else ""],
+            "alpha": [config.alpha],
+            "tag_source": [tag_source],
+            "samples": [len(samples)],
+            "run_id": [context.run.run_id],
+        }
+    )
     with warehouse.connect() as con:
         for name, arrow in zip(TARGET_TABLES, (profile, target_samples, info)):
             replace_table(con, name, arrow)
     methods = Counter(grounding.methods)
     top = np.argsort(-grounding.leaf_counts, kind="stable")[:15]
-    top_md = "\n".join(["| leaf | target samples | share |", "|---|---|---|"] + [
-        f"| {tree.names[v]} | {grounding.leaf_counts[v]:.2f} | {share[v]:.4f} |" for v in top if grounding.leaf_counts[v] > 0
-    ])
+    top_md = "\n".join(
+        ["| leaf | target samples | share |", "|---|---|---|"]
+        + [f"| {tree.names[v]} | {grounding.leaf_counts[v]:.2f} | {share[v]:.4f} |" for v in top if grounding.leaf_counts[v] > 0]
+    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(samples),
-            "dagster/column_lineage": dg.TableColumnLineage(deps_by_column={
-                "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="name")],
-                "share": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="leaf")],
-            }),
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="name")],
+                    "share": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="leaf")],
+                }
+            ),
             "source": source,
             "rows_read": read.rows_read,
             "filtered_out": read.filtered_out,

@@ -42,14 +42,16 @@ def test_top_quality_orders_by_score_ties_to_lowest_row():
 # ---------------------------------------------------------------------------------------------------------------------
 # deita_filter
 
-HAND_EMBEDDINGS = np.array([
-    [1.0, 0.0],   # 0: score 5, visited first: accepted
-    [10.0, 1.0],  # 1: score 4, cos with row 0 = 10/√101 ≈ 0.995 > 0.9: a near-duplicate, skipped
-    [0.0, 1.0],   # 2: score 3, cos 0 with row 0: accepted
-    [1.0, 1.0],   # 3: score 2, cos ≈ 0.707 with rows 0 and 2: accepted
-    [0.0, 0.0],   # 4: score 1, a zero vector has cosine 0 with everything: accepted
-    [-3.0, 0.0],  # 5: score 1 (tie with row 4, visited after it), cos −1 with row 0: accepted
-])
+HAND_EMBEDDINGS = np.array(
+    [
+        [1.0, 0.0],  # 0: score 5, visited first: accepted
+        [10.0, 1.0],  # 1: score 4, cos with row 0 = 10/√101 ≈ 0.995 > 0.9: a near-duplicate, skipped
+        [0.0, 1.0],  # 2: score 3, cos 0 with row 0: accepted
+        [1.0, 1.0],  # 3: score 2, cos ≈ 0.707 with rows 0 and 2: accepted
+        [0.0, 0.0],  # 4: score 1, a zero vector has cosine 0 with everything: accepted
+        [-3.0, 0.0],  # 5: score 1 (tie with row 4, visited after it), cos −1 with row 0: accepted
+    ]
+)
 HAND_SCORES = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 1.0])
 
 
@@ -119,14 +121,14 @@ def test_deita_filter_exact_duplicates_are_filtered():
 # instag_sampling
 
 HAND_TAGS = [
-    ["a"],              # 0: 1 tag
-    ["a", "b", "c"],    # 1: 3 tags
-    ["b", "d", "d"],    # 2: 2 distinct tags (the repeat counts once)
-    ["c", "d", "e"],    # 3: 3 tags
-    ["a", "b"],         # 4: 2 tags
-    [],                 # 5: no tags: never brings a new tag, never picked
-    ["e", "f"],         # 6: 2 tags
-    ["a", "c"],         # 7: 2 tags
+    ["a"],  # 0: 1 tag
+    ["a", "b", "c"],  # 1: 3 tags
+    ["b", "d", "d"],  # 2: 2 distinct tags (the repeat counts once)
+    ["c", "d", "e"],  # 3: 3 tags
+    ["a", "b"],  # 4: 2 tags
+    [],  # 5: no tags: never brings a new tag, never picked
+    ["e", "f"],  # 6: 2 tags
+    ["a", "c"],  # 7: 2 tags
 ]
 # Sorted by tag count, descending, ties to the lowest row: 1, 3, 2, 4, 6, 7, 0, 5.
 # Pass 1 (seen = {}): 1 brings a,b,c -> pick; 3 brings d,e -> pick; 2 {b,d} and 4 {a,b} are covered;
@@ -169,10 +171,7 @@ def test_instag_sampling_matches_the_spec_loop(seed):
     vocabulary = [f"tag {j}" for j in range(int(rng.integers(3, 30)))]
     popularity = 1.0 / np.arange(1, len(vocabulary) + 1)
     popularity /= popularity.sum()
-    tags = [
-        [vocabulary[j] for j in rng.choice(len(vocabulary), size=int(rng.integers(0, 7)), p=popularity)]
-        for _ in range(int(rng.integers(1, 150)))
-    ]
+    tags = [[vocabulary[j] for j in rng.choice(len(vocabulary), size=int(rng.integers(0, 7)), p=popularity)] for _ in range(int(rng.integers(1, 150)))]
     for k in (1, 7, 40, len(tags), len(tags) + 5):
         result = instag_sampling(tags, k)
         assert result.tolist() == instag_reference(tags, k)

@@ -27,12 +27,16 @@ from mig_assets.core.tags_select import TagsParams
 # a tiny tree: leaves 0, 1, 2; node 3 is the parent of leaves 0 and 1; node 4 (root) the parent of 3 and 2
 PARENTS = np.array([3, 3, 4, 4, -1])
 LEVELS = np.array([1, 1, 1, 2, 3])
-LEAVES = sp.csr_array(np.array([
-    [1.0, 0.0, 0.0],
-    [0.5, 0.5, 0.0],
-    [0.0, 0.0, 1.0],
-    [0.0, 0.0, 0.0],  # no grounded tag
-]))
+LEAVES = sp.csr_array(
+    np.array(
+        [
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.0],
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 0.0],  # no grounded tag
+        ]
+    )
+)
 QUALITY = np.array([1.0, 2.0, 0.5, 1.0])
 
 
@@ -73,11 +77,16 @@ def test_tags_objective_calls_the_tags_objective():
 
 
 def test_coverages_hand_computed():
-    X = sp.csr_array(np.array([
-        [1, 1, 0, 0, 0],
-        [0, 1, 1, 0, 0],
-        [0, 0, 0, 1, 0],
-    ], dtype=np.float32))  # label 4 is carried by no sample: it stays in the denominator
+    X = sp.csr_array(
+        np.array(
+            [
+                [1, 1, 0, 0, 0],
+                [0, 1, 1, 0, 0],
+                [0, 0, 0, 1, 0],
+            ],
+            dtype=np.float32,
+        )
+    )  # label 4 is carried by no sample: it stays in the denominator
     assert label_coverage(X, [0]) == pytest.approx(2 / 5)
     assert label_coverage(X, [0, 1]) == pytest.approx(3 / 5)
     assert label_coverage(X, [0, 1, 2]) == pytest.approx(4 / 5)
@@ -160,7 +169,13 @@ def test_compare_selections_rows():
     target = np.array([0.2, 0.3, 0.5])
     orders = {"first": np.array([1, 0]), "second": np.array([2, 3, 0])}
     table = compare_selections(
-        orders, Y=Y, tags_problem=problem, target=target, scores=QUALITY, embeddings=embeddings, label_matrix=Y,
+        orders,
+        Y=Y,
+        tags_problem=problem,
+        target=target,
+        scores=QUALITY,
+        embeddings=embeddings,
+        label_matrix=Y,
     )
     assert [row["method"] for row in table] == ["first", "second"]
     first = table[0]
@@ -185,18 +200,19 @@ def test_compare_selections_rows():
     row = compare_selections(orders, leaf_matrix=LEAVES, target=target, tags_params=eps_params)[0]
     assert row["kl_to_target"] == kl_to_target(LEAVES, [0, 1], target, eps=0.5)
     mig_params = MigParams(phi="exp")
-    assert compare_selections(orders, Y=Y, mig_params=mig_params)[0]["mig_objective"] == mig_objective(
-        Y, [0, 1], mig_params
-    )
+    assert compare_selections(orders, Y=Y, mig_params=mig_params)[0]["mig_objective"] == mig_objective(Y, [0, 1], mig_params)
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([0, 0], r"distinct; repeated \[0\]"),
-    ([0, 7], r"rows must lie in \[0, 3\); got \[7\]"),
-    ([-1], r"rows must lie in \[0, 3\); got \[-1\]"),
-    ([0.0, 1.0], "integer row indices"),
-    ([[0, 1]], "1-D"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([0, 0], r"distinct; repeated \[0\]"),
+        ([0, 7], r"rows must lie in \[0, 3\); got \[7\]"),
+        ([-1], r"rows must lie in \[0, 3\); got \[-1\]"),
+        ([0.0, 1.0], "integer row indices"),
+        ([[0, 1]], "1-D"),
+    ],
+)
 def test_bad_rows_are_errors(rows, message):
     scores = np.array([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match=message):

@@ -114,9 +114,7 @@ def test_non_utf8_bytes_are_quarantined_and_kept_byte_for_byte(layout):
 
 
 def test_json_array_keeps_element_lines_and_quarantines_bad_elements(layout):
-    content = "[\n" + ",\n".join(
-        [json.dumps(GOOD, indent=1), json.dumps({"instruction": 1}), json.dumps({"instruction": "Hi"})]
-    ) + "\n]\n"
+    content = "[\n" + ",\n".join([json.dumps(GOOD, indent=1), json.dumps({"instruction": 1}), json.dumps({"instruction": "Hi"})]) + "\n]\n"
     stats = ingest(layout, "array.json", content)
     assert (stats.rows_read, stats.rows_kept, stats.rows_quarantined, stats.container) == (3, 2, 1, "json_array")
     lines = content.splitlines()

@@ -48,8 +48,12 @@ def reference_case(name: str) -> dict:
 
 def case_params(case: dict) -> MigParams:
     return MigParams(
-        tau=case["tau"], prop_weight=case["prop_weight"], norm=case["norm"],
-        phi=case["phi"], phi_a=case["phi_a"], phi_b=case["phi_b"],
+        tau=case["tau"],
+        prop_weight=case["prop_weight"],
+        norm=case["norm"],
+        phi=case["phi"],
+        phi_a=case["phi_a"],
+        phi_b=case["phi_b"],
     )
 
 
@@ -96,8 +100,12 @@ def test_run_sample_reproduces_reference_selection(name, tmp_path):
     case = reference_case(name)
     pool_path, out = FIXTURES / case["pool"], tmp_path / "selected.jsonl"
     stats = run_sample(
-        pool_path, out, case["n"], valid_tag_path=FIXTURES / "valid_tags.json",
-        label_embeddings_prefix=FIXTURES / case["label_embeddings"], params=case_params(case),
+        pool_path,
+        out,
+        case["n"],
+        valid_tag_path=FIXTURES / "valid_tags.json",
+        label_embeddings_prefix=FIXTURES / case["label_embeddings"],
+        params=case_params(case),
     )
     assert selected_ids(out) == case["order"]
     assert stats["selected"] == case["n"]
@@ -307,8 +315,7 @@ def test_reader_applies_the_reference_loader_rules(tmp_path):
     ]
     path = write_jsonl(tmp_path / "pool.jsonl", records)
     with open(path, "ab") as file:
-        file.write(b'{"annotation": {"instag": {"content": ["b"]}, '
-                   b'"deita": {"quality_scores": [NaN], "complexity_scores": [1]}}}')
+        file.write(b'{"annotation": {"instag": {"content": ["b"]}, "deita": {"quality_scores": [NaN], "complexity_scores": [1]}}}')
     pool = read_pool(path, valid_tags={"a", "b"})
     assert pool.line_numbers.tolist() == [5, 6, 7]
     assert pool.n_lines == 7
@@ -342,10 +349,7 @@ def test_unreadable_lines_name_file_and_line(tmp_path, bad_line, message):
 
 
 def test_output_is_byte_identical_across_runs(tmp_path):
-    records = [
-        annotated(random.Random(i).sample("abcdefgh", 3), [1.0 + i % 7], [2.0 + i % 3], _id=i, text="é \u2028")
-        for i in range(200)
-    ]
+    records = [annotated(random.Random(i).sample("abcdefgh", 3), [1.0 + i % 7], [2.0 + i % 3], _id=i, text="é \u2028") for i in range(200)]
     pool = write_jsonl(tmp_path / "pool.jsonl", records)
     embeddings = np.random.default_rng(0).normal(size=(8, 4))
     embed = embedding_lookup(list("abcdefgh"), embeddings)

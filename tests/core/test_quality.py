@@ -75,8 +75,12 @@ def test_digit_token_ids_come_from_the_tokenizer_and_must_be_single_tokens():
 def test_turns_and_sample_score():
     messages = [
         {"role": "system", "content": "be nice"},
-        {"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "A"},
-        {"role": "user", "content": "c"}, {"role": "assistant", "content": "C"}, {"role": "user", "content": "dangling"},
+        {"role": "user", "content": "a"},
+        {"role": "user", "content": "b"},
+        {"role": "assistant", "content": "A"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "C"},
+        {"role": "user", "content": "dangling"},
     ]
     assert turn_pairs(messages) == [("a\n\nb", "A"), ("c", "C")]
     assert turn_pairs(chat("only a question")) == []

@@ -37,7 +37,8 @@ def test_junk_tags_are_dropped_with_their_reason_and_the_raw_answer_kept(tmp_pat
     assert row["tags"] == ["storytelling", "lighthouse"] and row["tag_policy"] == "normalized"
     assert row["surface_tags"] == ["the", "lighthouse lighthouse", "list1", "a lighthouse keeper on a stormy night", "Storytelling", "Lighthouses"]
     assert row["dropped_tags"] == [
-        {"surface": "the", "reason": "stop words only"}, {"surface": "lighthouse lighthouse", "reason": "repeated words"},
+        {"surface": "the", "reason": "stop words only"},
+        {"surface": "lighthouse lighthouse", "reason": "repeated words"},
         {"surface": "list1", "reason": "numbered placeholder"},
         {"surface": "a lighthouse keeper on a stormy night", "reason": "copied from the prompt"},
     ]

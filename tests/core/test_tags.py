@@ -38,9 +38,18 @@ def test_regression_table_of_real_tags():
 @pytest.mark.parametrize(
     "surface, canonical",
     [
-        ("c#", "c#"), ("news", "news"), ("fake news", "fake news"), ("kubernetes", "kubernetes"), ("macos", "macos"),
-        ("devops", "devops"), ("node.js", "node.js"), ("vue.js", "vue.js"), ("next.js", "next.js"),
-        ("express.js", "express.js"), ("taylor series", "taylor series"), ("fourier series", "fourier series"),
+        ("c#", "c#"),
+        ("news", "news"),
+        ("fake news", "fake news"),
+        ("kubernetes", "kubernetes"),
+        ("macos", "macos"),
+        ("devops", "devops"),
+        ("node.js", "node.js"),
+        ("vue.js", "vue.js"),
+        ("next.js", "next.js"),
+        ("express.js", "express.js"),
+        ("taylor series", "taylor series"),
+        ("fourier series", "fourier series"),
         ("game of thrones", "game of thrones"),
     ],
 )
@@ -67,18 +76,35 @@ def test_as_written_policy_keeps_every_valid_tag_and_its_repeats():
 def test_junk_filter_keeps_each_surface_form_with_its_reason():
     prompt = "Write a short story about a lighthouse keeper who finds a message in a bottle."
     surface = [
-        "the", "to", "lighthouse lighthouse", "debt relief debt relief debt relief debt", "json safe finally finally",
-        "list1", "123", "Here are the tags", "write a short story about a lighthouse keeper", "Creative Writing",
-        "creative writing", "Lighthouse Keepers", "short story", "storytelling",
+        "the",
+        "to",
+        "lighthouse lighthouse",
+        "debt relief debt relief debt relief debt",
+        "json safe finally finally",
+        "list1",
+        "123",
+        "Here are the tags",
+        "write a short story about a lighthouse keeper",
+        "Creative Writing",
+        "creative writing",
+        "Lighthouse Keepers",
+        "short story",
+        "storytelling",
     ]
     result = filter_llm_tags(surface, prompt, max_tags=3)
     assert result.tags == ["creative writing", "lighthouse keeper", "short story"]
     reasons = {d["surface"]: d["reason"] for d in result.dropped}
     assert reasons == {
-        "the": "stop words only", "to": "stop words only", "lighthouse lighthouse": "repeated words",
-        "debt relief debt relief debt relief debt": "repeated words", "json safe finally finally": "repeated words",
-        "list1": "numbered placeholder", "123": "numeric only", "Here are the tags": "model boilerplate",
-        "write a short story about a lighthouse keeper": "copied from the prompt", "storytelling": "over the cap of 3 tags",
+        "the": "stop words only",
+        "to": "stop words only",
+        "lighthouse lighthouse": "repeated words",
+        "debt relief debt relief debt relief debt": "repeated words",
+        "json safe finally finally": "repeated words",
+        "list1": "numbered placeholder",
+        "123": "numeric only",
+        "Here are the tags": "model boilerplate",
+        "write a short story about a lighthouse keeper": "copied from the prompt",
+        "storytelling": "over the cap of 3 tags",
     }
     # every surface form is accounted for: one of the 4 kept ones (two merge) or dropped with a reason
     assert len(result.dropped) == len(surface) - 4

@@ -48,8 +48,7 @@ def balanced_tree(per_level: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(parents), np.array(levels)
 
 
-def random_pool(seed: int, n_samples: int = 120, per_level=(24, 8, 3), max_tags: int = 5,
-                duplicates: bool = True, normalize: bool = True):
+def random_pool(seed: int, n_samples: int = 120, per_level=(24, 8, 3), max_tags: int = 5, duplicates: bool = True, normalize: bool = True):
     """Random tagged pool: Zipf-ish leaves, unassigned tags, samples without tags, exact duplicates, q = 0 rows."""
     rng = np.random.default_rng(seed)
     parents, levels = balanced_tree(list(per_level))
@@ -114,10 +113,8 @@ def test_path_vectors_follow_the_tree_with_decay_and_quality():
 def test_leaf_weights_normalised_counted_or_diluted():
     indptr, ids = np.array([0, 3, 5, 6]), np.array([1, 1, -1, 0, 2, -1])
     np.testing.assert_allclose(leaf_weights(indptr, ids, 3).toarray(), [[0, 1, 0], [0.5, 0, 0.5], [0, 0, 0]])
-    np.testing.assert_allclose(leaf_weights(indptr, ids, 3, normalize=False).toarray(),
-                               [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
-    np.testing.assert_allclose(leaf_weights(indptr, ids, 3, count_unassigned=True).toarray(),
-                               [[0, 2 / 3, 0], [0.5, 0, 0.5], [0, 0, 0]])
+    np.testing.assert_allclose(leaf_weights(indptr, ids, 3, normalize=False).toarray(), [[0, 2, 0], [1, 0, 1], [0, 0, 0]])
+    np.testing.assert_allclose(leaf_weights(indptr, ids, 3, count_unassigned=True).toarray(), [[0, 2 / 3, 0], [0.5, 0, 0.5], [0, 0, 0]])
     with pytest.raises(ValueError, match="leaf ids"):
         leaf_weights(indptr, np.array([1, 1, -1, 0, 3, -1]), 3)
 
@@ -327,8 +324,7 @@ def test_closed_form_delta_kl_matches_recomputation(seed):
     zero_target[:5] = 0
     zero_target /= zero_target.sum()
     closed = delta_kl(A, np.zeros(A.shape[1]), zero_target, rows=[0, 1, 2])
-    brute = [kl_divergence(zero_target, A[[i]].toarray().ravel()) - kl_divergence(zero_target, np.zeros(A.shape[1]))
-             for i in range(3)]
+    brute = [kl_divergence(zero_target, A[[i]].toarray().ravel()) - kl_divergence(zero_target, np.zeros(A.shape[1])) for i in range(3)]
     np.testing.assert_allclose(closed, brute, atol=1e-9, rtol=0)
 
 
@@ -362,8 +358,7 @@ def test_quota_mode_meets_quotas_exactly():
         quotas = selection.info["quotas"]
         assert quotas.sum() == k
         np.testing.assert_array_equal(np.bincount(primary[selection.order], minlength=A.shape[1]), quotas)
-        np.testing.assert_array_equal(quotas, leaf_quotas(k, target, np.bincount(primary[primary >= 0],
-                                                                                   minlength=A.shape[1])))
+        np.testing.assert_array_equal(quotas, leaf_quotas(k, target, np.bincount(primary[primary >= 0], minlength=A.shape[1])))
 
 
 def test_quota_mode_fills_globally_when_target_leaves_run_out():
@@ -442,8 +437,7 @@ def test_hard_mode_equals_dense_with_tiny_structures(seed, normalize, monkeypatc
     for caps in HARD_CAPS:
         params = TagsParams(align="hard", **caps)
         for k in (70, problem.n_samples):
-            np.testing.assert_array_equal(select(problem, k, params, target).order,
-                                          select_dense(problem, k, params, target))
+            np.testing.assert_array_equal(select(problem, k, params, target).order, select_dense(problem, k, params, target))
 
 
 def test_hard_mode_fallback_and_unbound_cap():
@@ -452,8 +446,7 @@ def test_hard_mode_fallback_and_unbound_cap():
     # a cap no selection can meet: every grounded pick is the row of least KL(t ‖ p_{S+i})
     never = select(problem, k, TagsParams(align="hard", kl_cap=0.0, kl_cap_start=0.0), target)
     assert never.info["fallback_picks"] == k
-    np.testing.assert_array_equal(never.order, select_dense(problem, k, TagsParams(align="hard", kl_cap=0.0,
-                                                                                   kl_cap_start=0.0), target))
+    np.testing.assert_array_equal(never.order, select_dense(problem, k, TagsParams(align="hard", kl_cap=0.0, kl_cap_start=0.0), target))
     # ... which is the greedy on −ΔKL, recomputed from scratch here (ties to the lowest row)
     A = problem.leaves
     grounded = np.flatnonzero(np.diff(A.indptr) > 0)
@@ -484,8 +477,7 @@ def test_hard_mode_equals_dense_with_identical_rows_and_tied_pulls(cap, monkeypa
         if tiny:
             _tiny_hard_structures(monkeypatch)
         for k in (25, 90, problem.n_samples):
-            np.testing.assert_array_equal(select(problem, k, params, target).order,
-                                          select_dense(problem, k, params, target))
+            np.testing.assert_array_equal(select(problem, k, params, target).order, select_dense(problem, k, params, target))
 
 
 def test_identical_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
@@ -499,8 +491,7 @@ def test_identical_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
     np.testing.assert_array_equal(classes[:, None] == classes[None, :], same)
     np.testing.assert_array_equal(lead[classes], [int(np.flatnonzero(same[i])[0]) for i in rows])  # the lowest row
     # every row hashing alike: classes still hold identical rows only
-    monkeypatch.setattr(tags_select, "_row_digest", lambda columns, values, offsets, counts: np.zeros(len(counts),
-                                                                                                      dtype=np.uint64))
+    monkeypatch.setattr(tags_select, "_row_digest", lambda columns, values, offsets, counts: np.zeros(len(counts), dtype=np.uint64))
     classes, lead = tags_select._identical_rows(matrix, rows)
     assert not ((classes[:, None] == classes[None, :]) & ~same).any()
     assert (dense[lead[classes]] == dense).all()
@@ -508,8 +499,7 @@ def test_identical_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
 
 def test_target_distribution_smoothing_and_reachability():
     np.testing.assert_allclose(target_distribution([3, 0, 1], alpha=0.5), [3.5 / 5.5, 0.5 / 5.5, 1.5 / 5.5])
-    np.testing.assert_allclose(target_distribution([3, 0, 1], alpha=0.5, reachable_mask=[True, False, True]),
-                               [3.5 / 5, 0, 1.5 / 5])
+    np.testing.assert_allclose(target_distribution([3, 0, 1], alpha=0.5, reachable_mask=[True, False, True]), [3.5 / 5, 0, 1.5 / 5])
     with pytest.raises(ValueError):
         target_distribution([0, 0], alpha=0)
 

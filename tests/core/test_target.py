@@ -58,8 +58,10 @@ def test_target_mass_splits_over_tags_and_falls_back_to_text():
     embed = {"geometry": [0.9, 0, 0.1], "knitting": [0, 1, 0]}
     text_vectors = np.array([[0, 0, 0], [0, 0, 0], [0.1, 0, 1], [0, 1, 0]], dtype=np.float32)
     grounding = ground_target(
-        tree, [["algebra", "poetry"], ["geometry", "knitting"], None, []],
-        embed_tags=lambda names: np.array([embed[n] for n in names], dtype=np.float32), text_vectors=text_vectors,
+        tree,
+        [["algebra", "poetry"], ["geometry", "knitting"], None, []],
+        embed_tags=lambda names: np.array([embed[n] for n in names], dtype=np.float32),
+        text_vectors=text_vectors,
     )
     # sample 0: half to each leaf; sample 1: geometry (unseen) joins math, knitting is unassigned;
     # sample 2: no tags, its text is near the poems; sample 3: text far from every leaf

@@ -42,16 +42,11 @@ def fake_embed(texts, dim: int = 512) -> np.ndarray:
 
 # 5 domains × 6 concepts; each concept has surface variants that must share a leaf
 DOMAINS = {
-    "programming": ["python decorator", "sorting algorithm", "binary search", "regex pattern", "unit testing",
-                    "memory leak"],
-    "mathematics": ["prime factorization", "integral calculus", "matrix determinant", "probability theory",
-                    "geometric proof", "quadratic equation"],
-    "cooking": ["sourdough bread", "tomato sauce", "chocolate cake", "grilled salmon", "vegetable soup",
-                "pancake batter"],
-    "travel": ["visa application", "hotel booking", "airport transfer", "backpacking europe", "passport renewal",
-               "train itinerary"],
-    "health": ["blood pressure", "vitamin deficiency", "sleep hygiene", "knee injury", "allergy symptoms",
-               "cholesterol level"],
+    "programming": ["python decorator", "sorting algorithm", "binary search", "regex pattern", "unit testing", "memory leak"],
+    "mathematics": ["prime factorization", "integral calculus", "matrix determinant", "probability theory", "geometric proof", "quadratic equation"],
+    "cooking": ["sourdough bread", "tomato sauce", "chocolate cake", "grilled salmon", "vegetable soup", "pancake batter"],
+    "travel": ["visa application", "hotel booking", "airport transfer", "backpacking europe", "passport renewal", "train itinerary"],
+    "health": ["blood pressure", "vitamin deficiency", "sleep hygiene", "knee injury", "allergy symptoms", "cholesterol level"],
 }
 
 
@@ -328,8 +323,7 @@ def test_refiner_protocol_is_wired_per_level():
     # the last shortlists had at most 4 candidates, the current parent first, without repeats
     assert all(1 <= len(c) <= 4 and len(set(c)) == len(c) for c in refiner.last_candidates)
     # deterministic: a second build with a fresh fake is identical
-    assert_same_tree(tree, build_tree(tags, fake_embed(tags), branching=3, top_size=4, refine=FakeRefinerLLM(),
-                                      shortlist=4))
+    assert_same_tree(tree, build_tree(tags, fake_embed(tags), branching=3, top_size=4, refine=FakeRefinerLLM(), shortlist=4))
 
 
 def test_refiner_answers_outside_the_contract_are_refused():
@@ -375,8 +369,12 @@ def test_concept_carries_centrality_and_count():
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(
-    n_tags=st.integers(1, 12), dim=st.integers(2, 6), seed=st.integers(0, 2**16),
-    branching=st.sampled_from([2, 3, 10]), top_size=st.integers(1, 4), identical=st.booleans(),
+    n_tags=st.integers(1, 12),
+    dim=st.integers(2, 6),
+    seed=st.integers(0, 2**16),
+    branching=st.sampled_from([2, 3, 10]),
+    top_size=st.integers(1, 4),
+    identical=st.booleans(),
     counts=st.one_of(st.none(), st.lists(st.integers(0, 4), min_size=12, max_size=12)),
 )
 def test_small_vocabularies_give_trees_tags_selection_can_use(n_tags, dim, seed, branching, top_size, identical, counts):
