@@ -67,8 +67,8 @@ def run_configuration(shard_paths: list[str]) -> dict:
     """Ingest the given shards into a fresh MIG_HOME; called in a subprocess."""
     import orjson
 
-    from mig_assets.core.ingest import ingest_shard
-    from mig_assets.core.warehouse import WarehouseLayout, open_catalog, shard_key_of
+    from mig_assets.core.ingest.shards import ingest_shard
+    from mig_assets.core.store.catalog import WarehouseLayout, open_catalog, shard_key_of
 
     started = time.perf_counter()
     for path in shard_paths:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mig_assets.core.lineage import (  # noqa: E402
+from mig_assets.core.selection.lineage import (  # noqa: E402
     INPUTS_SCHEMA,
     read_inputs_row,
     version_inputs,

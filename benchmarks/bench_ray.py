@@ -74,7 +74,7 @@ def real_prompts(n: int) -> list[str]:
 
 
 def make_shards(layout, name: str, prompts: list[str], shards: int) -> list[str]:
-    from mig_assets.core.ingest import ingest_shard
+    from mig_assets.core.ingest.shards import ingest_shard
 
     keys = []
     for s in range(shards):
@@ -93,9 +93,9 @@ def run_stage(stage: str, home: str, keys: list[str], execution, tagger=None) ->
         ASSET_PARTITION_RANGE_START_TAG,
     )
 
-    from mig_assets.embeddings.assets import sample_embeddings
+    from mig_assets.defs.embeddings.assets import sample_embeddings
+    from mig_assets.defs.tagging.assets import build_atomic_tags
     from mig_assets.resources import Embedder, Warehouse
-    from mig_assets.tagging.assets import build_atomic_tags
 
     for folder in ("tag_cache", "embedding_cache"):
         shutil.rmtree(Path(home) / "warehouse" / folder, ignore_errors=True)
@@ -142,7 +142,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-    from mig_assets.core.warehouse import WarehouseLayout
+    from mig_assets.core.store.catalog import WarehouseLayout
     from tests.fakes import FakeTagger
 
     results = []
@@ -158,7 +158,7 @@ def main() -> None:
             else:
                 keys = make_shards(layout, stage, real_prompts(rows), args.shards)
             if stage == "vllm":
-                from mig_assets.core.models import SMOLLM2, resolve_llm
+                from mig_assets.core.llm.models import SMOLLM2, resolve_llm
                 from mig_assets.resources import Tagger
 
                 resolve_llm(SMOLLM2)

@@ -32,7 +32,7 @@ def bare_chat(model_dir: str, prompts: list[str], prompt, sampling) -> dict:
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    from mig_assets.core.llm import VllmBackend
+    from mig_assets.core.llm.backends import VllmBackend
 
     backend = VllmBackend(model=model_dir)
     engine = backend.engine()
@@ -53,10 +53,10 @@ def bare_chat(model_dir: str, prompts: list[str], prompt, sampling) -> dict:
 def asset_run(model: str, prompts: list[str]) -> dict:
     import dagster as dg
 
-    from mig_assets.core.ingest import ingest_shard
-    from mig_assets.core.warehouse import WarehouseLayout
+    from mig_assets.core.ingest.shards import ingest_shard
+    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.defs.tagging.assets import build_atomic_tags
     from mig_assets.resources import Execution, Tagger, Warehouse
-    from mig_assets.tagging.assets import build_atomic_tags
 
     with tempfile.TemporaryDirectory() as home:
         layout = WarehouseLayout(home).ensure()
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
 
-    from mig_assets.core.models import resolve_llm
+    from mig_assets.core.llm.models import resolve_llm
     from mig_assets.resources import Tagger
 
     tagger = Tagger(backend="vllm", model=args.model)

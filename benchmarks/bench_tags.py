@@ -37,8 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mig_assets.core import mig  # noqa: E402
-from mig_assets.core.tags_select import (  # noqa: E402
+from mig_assets.core.mig import algorithm as mig  # noqa: E402
+from mig_assets.core.tags.select import (  # noqa: E402
     TagsParams,
     build_problem,
     coverage_by_level,
@@ -49,7 +49,7 @@ from mig_assets.core.tags_select import (  # noqa: E402
     select_dense,
     target_distribution,
 )
-from mig_assets.core.tree import build_tree  # noqa: E402
+from mig_assets.core.tags.tree import build_tree  # noqa: E402
 
 CACHE = REPO / "benchmarks" / ".cache"
 

@@ -6,7 +6,7 @@ The pool (``bench_mig.py``'s sizes and cache) is split into ``--shards`` files r
 (input order), ingested with ``raw_pool``, tagged with the imported annotations and scored with
 the imported Deita scores, then ``tag_vocabulary`` -> ``tag_embeddings`` (the generator's label
 vectors) -> ``label_graph`` (its valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget)
-run in a temporary MIG_HOME. The reference path is ``core/mig.py`` on ``read_pool``'s view of the
+run in a temporary MIG_HOME. The reference path is ``core/mig/algorithm.py`` on ``read_pool``'s view of the
 same file, as ``mig-assets sample`` runs it. Prints "identical" or the first differing pick, and
 wall times.
 """
@@ -25,21 +25,21 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_mig import SIZES, ensure_pool  # noqa: E402
 from benchmarks.mig_synthetic import SyntheticPool, synthetic_paths  # noqa: E402
-from mig_assets.core.mig import (  # noqa: E402
+from mig_assets.core.mig.algorithm import (  # noqa: E402
     MigParams,
     build_problem,
     embedding_lookup,
     select,
 )
-from mig_assets.core.mig_pool import load_valid_tags, read_pool  # noqa: E402
-from mig_assets.core.mig_sample import load_label_embeddings  # noqa: E402
+from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool  # noqa: E402
+from mig_assets.core.mig.sample import load_label_embeddings  # noqa: E402
 
 SHARD_ASSETS = ("raw_pool", "atomic_tags", "quality_scores")
 GLOBAL_ASSETS = ("tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection")
 
 
 def reference_order(paths: SyntheticPool, picks: int) -> list[str]:
-    """The reference path (core/mig.py as ``mig sample`` runs it): the ``_id`` of each pick, in order."""
+    """The reference path (core/mig/algorithm.py as ``mig sample`` runs it): the ``_id`` of each pick, in order."""
     pool = read_pool(paths.pool, load_valid_tags(paths.valid_tags))
     embed = embedding_lookup(*load_label_embeddings(paths.label_embeddings_prefix))
     problem = build_problem(pool.tag_indptr, pool.tag_ids, pool.tags, pool.scores, embed, MigParams())
@@ -100,7 +100,7 @@ def asset_order(duckdb_path: Path, instance, resources: dict, paths: SyntheticPo
 def main() -> None:
     import dagster as dg
 
-    from mig_assets.core.warehouse import WarehouseLayout
+    from mig_assets.core.store.catalog import WarehouseLayout
     from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

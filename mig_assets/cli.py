@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
-from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL
-from mig_assets.core.ingest import file_sha256
-from mig_assets.core.warehouse import (
+from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL
+from mig_assets.core.ingest.shards import file_sha256
+from mig_assets.core.store.catalog import (
     ShardPathError,
     WarehouseLayout,
     open_catalog,
@@ -115,9 +115,9 @@ def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
 def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_config: dict | None = None) -> dict:
     """Register ``files`` as pool_shards partitions, run ``ingest_job`` for each, return totals."""
     from mig_assets.definitions import defs
-    from mig_assets.partitions import pool_shards
-    from mig_assets.pool.assets import raw_pool
-    from mig_assets.run_recovery import wait_for_pool
+    from mig_assets.defs.pool.assets import raw_pool
+    from mig_assets.orchestration.partitions import pool_shards
+    from mig_assets.orchestration.run_recovery import wait_for_pool
 
     keys = [place_in_pool(layout, f)[0] for f in files]
     known = set(instance.get_dynamic_partitions(pool_shards.name))
@@ -226,7 +226,7 @@ def shards_needing(instance, assets_def, shards: list[str], retag: bool) -> tupl
     configuration made them (re-made only with ``retag``)."""
     import dagster as dg
 
-    from mig_assets.provenance import code_version_of, latest_materialization
+    from mig_assets.orchestration.provenance import code_version_of, latest_materialization
 
     key = assets_def.key
     current = assets_def.code_versions_by_key.get(key)
@@ -266,7 +266,7 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
         quality_scores,
         sample_embeddings,
     )
-    from mig_assets.partitions import pool_shards
+    from mig_assets.orchestration.partitions import pool_shards
 
     ordered = list(instance.get_dynamic_partitions(pool_shards.name))
     if not ordered:
@@ -392,9 +392,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """The reference ``mig sample``: selected input records, unchanged, in selection order."""
-    from mig_assets.core.embedding import SentenceEmbedder
-    from mig_assets.core.mig import MigParams
-    from mig_assets.core.mig_sample import run_sample
+    from mig_assets.core.embedding.encoder import SentenceEmbedder
+    from mig_assets.core.mig.algorithm import MigParams
+    from mig_assets.core.mig.sample import run_sample
 
     params = MigParams(
         tau=args.sim_threshold,
@@ -426,15 +426,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from mig_assets.core.explain import explain
-    from mig_assets.selection.assets import latest_materializations
+    from mig_assets.core.outputs.explain import explain
+    from mig_assets.defs.selection.assets import latest_materializations
 
     layout = WarehouseLayout(mig_home())
     if not layout.warehouse_dir.exists():
         raise FileNotFoundError(f"no catalog at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
     tree = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():  # recomputes TAGS gains
-        from mig_assets.tree.assets import load_tree
+        from mig_assets.defs.tree.assets import load_tree
 
         tree, _ = load_tree(layout)
     instance = dagster_instance(layout)  # names the runs that changed an input since the version

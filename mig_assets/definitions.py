@@ -7,22 +7,22 @@ model library is imported at module level anywhere.
 
 import dagster as dg
 
-from mig_assets.automation import automation_sensor
-from mig_assets.comparison.assets import selection_comparison
-from mig_assets.embeddings.assets import sample_embeddings, tag_embeddings
-from mig_assets.pool.assets import raw_pool
-from mig_assets.pool.jobs import ingest_job
-from mig_assets.pool.sensors import incoming_shards_sensor
-from mig_assets.quality.assets import build_quality_scores
-from mig_assets.resources import build_resources
-from mig_assets.selection.assets import (
+from mig_assets.defs.comparison.assets import selection_comparison
+from mig_assets.defs.embeddings.assets import sample_embeddings, tag_embeddings
+from mig_assets.defs.pool.assets import raw_pool
+from mig_assets.defs.pool.jobs import ingest_job
+from mig_assets.defs.pool.sensors import incoming_shards_sensor
+from mig_assets.defs.quality.assets import build_quality_scores
+from mig_assets.defs.selection.assets import (
     build_selection_asset,
     label_graph,
     selection_specs,
 )
+from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
+from mig_assets.defs.tree.assets import knowledge_tree, target_profile
+from mig_assets.orchestration.automation import automation_sensor
+from mig_assets.resources import build_resources
 from mig_assets.settings import current_settings
-from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
-from mig_assets.tree.assets import knowledge_tree, target_profile
 
 settings = current_settings()
 resources = build_resources(settings)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mig_assets.core.models import DEFAULT_MODEL_CACHE
+from mig_assets.core.llm.models import DEFAULT_MODEL_CACHE
 
 DEFAULT_MIG_HOME = "mig_home"
 SETTINGS_FILE = "mig.yaml"
@@ -198,7 +198,7 @@ def _read_file(path: Path) -> dict:
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Keys whose value must be one of a few names."""
-    from mig_assets.core.tag_prompts import PROMPTS
+    from mig_assets.core.tagging.prompts import PROMPTS
     from mig_assets.resources.execution import MODES
     from mig_assets.resources.scorer import ENGINES, SCORER_BACKENDS
     from mig_assets.resources.tagger import BACKENDS

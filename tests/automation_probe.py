@@ -19,9 +19,9 @@ import dagster as dg
 
 
 def main(home: str, cursor_file: str) -> dict:
-    from mig_assets.automation import AUTOMATION_RUN_TAG
     from mig_assets.definitions import defs, resources
-    from mig_assets.pool.sensors import incoming_shards_sensor
+    from mig_assets.defs.pool.sensors import incoming_shards_sensor
+    from mig_assets.orchestration.automation import AUTOMATION_RUN_TAG
 
     instance = dg.DagsterInstance.get()
     cursor_path = Path(cursor_file)

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mig_assets.core.warehouse import WarehouseLayout
+from mig_assets.core.store.catalog import WarehouseLayout
 from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def resources(layout) -> dict:
 
 def materialize_shards(instance, resources, layout, paths, run_config=None) -> dict:
     """Register each file (already under pool/incoming) and materialize raw_pool; returns metadata by key."""
-    from mig_assets.pool.assets import raw_pool
+    from mig_assets.defs.pool.assets import raw_pool
 
     out = {}
     for path in paths:

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from mig_assets.core.llm import Sampling, truncate_by_chars
+from mig_assets.core.llm.backends import Sampling, truncate_by_chars
 from mig_assets.resources import Tagger
 
 
@@ -89,8 +89,8 @@ def tag_shard_slowly(mig_home: str, shard: str, delay_s: float, batch_size: int)
     """Materialize atomic_tags[shard] with a slow fake backend (the subprocess of the kill test)."""
     import dagster as dg
 
+    from mig_assets.defs.tagging.assets import build_atomic_tags
     from mig_assets.resources import Execution, Warehouse
-    from mig_assets.tagging.assets import build_atomic_tags
 
     tagger = FakeTagger(delay_s=delay_s, batch_size=batch_size)
     with dg.DagsterInstance.ephemeral() as instance:

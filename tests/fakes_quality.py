@@ -5,7 +5,7 @@ import hashlib
 import json
 import math
 
-from mig_assets.core.llm import truncate_by_chars
+from mig_assets.core.llm.backends import truncate_by_chars
 from mig_assets.resources import Scorer
 
 TOKEN_OFFSET = 1000  # fake token ids: ord(char) + offset, so ids from the tokenizer are recognizable

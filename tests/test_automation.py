@@ -3,7 +3,7 @@
 import dagster as dg
 
 from mig_assets.definitions import defs
-from mig_assets.pool.assets import raw_pool
+from mig_assets.defs.pool.assets import raw_pool
 from tests.conftest import REAL_DATA
 
 

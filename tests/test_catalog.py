@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from mig_assets.core.warehouse import WarehouseLayout
+from mig_assets.core.store.catalog import WarehouseLayout
 from mig_assets.resources import Warehouse
 from tests.conftest import REAL_DATA
 from tests.test_cli import run_cli
@@ -90,8 +90,8 @@ def test_a_reader_holding_the_catalog_never_blocks_ingestion(tmp_path):
 def test_a_new_view_is_published_while_a_reader_holds_the_catalog(layout):
     """The catalog file is replaced (built beside it, renamed), never opened for writing."""
     (layout.incoming_dir / "a.jsonl").write_text('{"instruction": "Say hi", "output": "hi"}\n')
-    from mig_assets.core.ingest import ingest_shard
-    from mig_assets.core.warehouse import publish_catalog, replace_table
+    from mig_assets.core.ingest.shards import ingest_shard
+    from mig_assets.core.store.catalog import publish_catalog, replace_table
 
     ingest_shard(layout, "a.jsonl", layout.incoming_dir / "a.jsonl", run_id="test")
     assert publish_catalog(layout) == "created"

@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mig_assets.core.embedding import EmbeddingCache, SentenceEmbedder
-from mig_assets.core.warehouse import open_catalog, replace_table
+from mig_assets.core.embedding.encoder import EmbeddingCache, SentenceEmbedder
+from mig_assets.core.store.catalog import open_catalog, replace_table
 from mig_assets.resources import Embedder
 
 
@@ -40,7 +40,7 @@ def test_cache_embeds_each_text_once(tmp_path, embedder):
 
 
 def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instance):
-    from mig_assets.embeddings.assets import tag_embeddings
+    from mig_assets.defs.embeddings.assets import tag_embeddings
     from mig_assets.resources import Warehouse
 
     with open_catalog(layout) as con:
@@ -58,7 +58,7 @@ def test_tag_embeddings_asset_uses_the_model_and_reuses_its_cache(layout, instan
 def test_sample_embeddings_per_shard_with_the_real_model(layout, instance, resources):
     import shutil
 
-    from mig_assets.embeddings.assets import sample_embeddings
+    from mig_assets.defs.embeddings.assets import sample_embeddings
     from tests.conftest import REAL_DATA, materialize_shards
 
     path = layout.incoming_dir / "mt.jsonl"

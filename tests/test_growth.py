@@ -13,10 +13,10 @@ import dagster as dg
 import duckdb
 import pytest
 
-from mig_assets.core.explain import explain
+from mig_assets.core.outputs.explain import explain
 from mig_assets.definitions import defs
+from mig_assets.defs.pool.sensors import incoming_shards_sensor
 from mig_assets.demo_pool import write_demo_target
-from mig_assets.pool.sensors import incoming_shards_sensor
 from tests.conftest import MIG_FIXTURES
 
 WATCHED = [

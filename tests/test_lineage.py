@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.explain import explain
-from mig_assets.core.lineage import inputs_path, read_facts
-from mig_assets.core.tagging import query_text
-from mig_assets.quality.assets import build_quality_scores
-from mig_assets.tagging.assets import build_atomic_tags
+from mig_assets.core.outputs.explain import explain
+from mig_assets.core.selection.lineage import inputs_path, read_facts
+from mig_assets.core.tagging.rows import query_text
+from mig_assets.defs.quality.assets import build_quality_scores
+from mig_assets.defs.tagging.assets import build_atomic_tags
 from tests.conftest import MIG_FIXTURES, REPO_ROOT, materialize_shards
 from tests.fakes import FakeTagger
 from tests.fakes_quality import FakeScorer
@@ -251,7 +251,7 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
     """The snapshot's own rules on hand-made rows: rank order, the weight the selection used and its
     origin (scored, imported, median fill), left-out samples, raw records of members only, and the
     change report (a median fill is not a score, so staying unscored is no change)."""
-    from mig_assets.core.lineage import (
+    from mig_assets.core.selection.lineage import (
         INPUTS_SCHEMA,
         input_changes,
         read_inputs_row,

@@ -56,7 +56,7 @@ def automation_run(home, shard: str) -> dict:
     """atomic_tags[shard] run as the automation sensor launches it (with its tag), in a fresh process."""
     code = (
         "import json, dagster as dg; from mig_assets.definitions import defs, atomic_tags;"
-        "from mig_assets.automation import AUTOMATION_RUN_TAG;"
+        "from mig_assets.orchestration.automation import AUTOMATION_RUN_TAG;"
         "result = defs.resolve_job_def('tag_job').execute_in_process(instance=dg.DagsterInstance.get(), "
         f"partition_key='{shard}', asset_selection=[atomic_tags.key], tags={{AUTOMATION_RUN_TAG: 'true'}}, raise_on_error=False);"
         "failure = next((e.event_specific_data.error.message for e in result.all_events if e.is_step_failure), '');"
@@ -72,7 +72,7 @@ def stale_partitions(home, asset: str) -> set[str]:
     materialization's code version is not the definitions' one), seen from a fresh process."""
     code = (
         "import json, dagster as dg; from mig_assets.definitions import defs;"
-        "from mig_assets.provenance import code_version_of, latest_materialization;"
+        "from mig_assets.orchestration.provenance import code_version_of, latest_materialization;"
         f"key = dg.AssetKey('{asset}'); current = defs.resolve_assets_def(key).code_versions_by_key[key];"
         "instance = dg.DagsterInstance.get();"
         "records = {p: latest_materialization(instance, key, p) for p in instance.get_dynamic_partitions('pool_shards')};"
@@ -160,7 +160,7 @@ def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show
     assert ingested["rows_read"] == ingested["rows_kept"] + ingested["rows_quarantined"] + ingested["duplicates"]
     done = cli(home, "run")
     summary = json.loads(done.stdout)
-    from mig_assets.core.specs import load_specs
+    from mig_assets.core.selection.specs import load_specs
     from mig_assets.settings import load_settings
 
     for spec in load_specs(load_settings(home, environ={}).selections_path):

@@ -89,7 +89,7 @@ def test_source_format_override_through_run_config(layout, instance, resources):
 
 
 def test_unknown_partition_fails_clearly(layout, instance, resources):
-    from mig_assets.pool.assets import raw_pool
+    from mig_assets.defs.pool.assets import raw_pool
 
     instance.add_dynamic_partitions("pool_shards", ["ghost.jsonl"])
     with pytest.raises(Exception, match="no file under .* has shard key 'ghost.jsonl'"):

@@ -7,7 +7,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.quality.assets import build_quality_scores
+from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
 from tests.conftest import REAL_DATA, materialize_shards
 from tests.fakes_quality import FakeScorer

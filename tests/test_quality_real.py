@@ -8,9 +8,9 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.llm import VllmBackend
-from mig_assets.core.models import SMOLLM2, resolve_llm
-from mig_assets.core.quality import (
+from mig_assets.core.llm.backends import VllmBackend
+from mig_assets.core.llm.models import SMOLLM2, resolve_llm
+from mig_assets.core.quality.scoring import (
     PROMPTS,
     DigitTokenError,
     QualityCache,
@@ -18,7 +18,7 @@ from mig_assets.core.quality import (
     expected_score,
     score_samples,
 )
-from mig_assets.quality.assets import build_quality_scores
+from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
 from tests.conftest import REAL_DATA, materialize_shards
 

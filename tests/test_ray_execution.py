@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.embedding import arrow_to_vectors
+from mig_assets.core.embedding.encoder import arrow_to_vectors
+from mig_assets.defs.tagging.assets import build_atomic_tags
 from mig_assets.resources import Execution, Tagger, build_resources
 from mig_assets.settings import load_settings
-from mig_assets.tagging.assets import build_atomic_tags
 from tests.conftest import REAL_DATA, materialize_shards
 from tests.fakes import FakeTagger
 
@@ -181,7 +181,7 @@ def test_range_run_tags_every_shard_in_one_cluster_pass(ray_cluster, layout, ins
 
 @pytest.mark.slow
 def test_sample_embeddings_on_ray_match_local(ray_cluster, layout, instance, resources):
-    from mig_assets.embeddings.assets import sample_embeddings
+    from mig_assets.defs.embeddings.assets import sample_embeddings
 
     path = layout.incoming_dir / "mt.jsonl"
     shutil.copyfile(REAL_DATA / "mt_bench_questions.jsonl", path)
@@ -217,7 +217,7 @@ def test_real_vllm_engine_on_ray_matches_local(ray_cluster, layout, instance, re
     scheduled in other step batches, and bf16 greedy decoding then picks other tokens: observed
     here for 1 sample in 3 in one of two runs, in either mode). The exact equality of everything
     around the model is asserted with the deterministic backends above."""
-    from mig_assets.core.models import SMOLLM2, resolve_llm
+    from mig_assets.core.llm.models import SMOLLM2, resolve_llm
 
     resolve_llm(SMOLLM2)  # converted once, before the actor needs it
     lines = (REAL_DATA / "arena_hard_v0.1_questions.jsonl").read_text().splitlines()[:3]

@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.specs import SelectionSpec, parse_specs
-from mig_assets.selection.assets import build_selection_asset, config_class_for
+from mig_assets.core.selection.specs import SelectionSpec, parse_specs
+from mig_assets.defs.selection.assets import build_selection_asset, config_class_for
 from tests.conftest import MIG_FIXTURES
 
 GLOBAL_MIG = ("tag_vocabulary", "tag_embeddings", "label_graph", "mig_selection")
@@ -136,7 +136,7 @@ def test_label_missing_an_embedding_fails_with_its_name(p2k_pool, instance, reso
 
 def test_random_spec_is_seeded_and_needs_no_graph(layout, instance, resources):
     from mig_assets.definitions import atomic_tags
-    from mig_assets.pool.assets import raw_pool
+    from mig_assets.defs.pool.assets import raw_pool
 
     shutil.copyfile(MIG_FIXTURES / "pdup.jsonl", layout.incoming_dir / "pdup.jsonl")
     instance.add_dynamic_partitions("pool_shards", ["pdup.jsonl"])
@@ -191,7 +191,7 @@ def test_unknown_spec_parameter_is_refused():
 
 @pytest.mark.slow
 def test_explain_follows_a_sample_from_selection_back_to_its_shard(p2k_pool, layout, instance, resources):
-    from mig_assets.core.explain import explain
+    from mig_assets.core.outputs.explain import explain
 
     run_mig(p2k_pool, instance, resources, selection_config={"budget_count": 40, "budget_fraction": None})
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:

@@ -7,7 +7,7 @@ import time
 
 import dagster as dg
 
-from mig_assets.pool.sensors import SETTLE_SECONDS, incoming_shards_sensor
+from mig_assets.defs.pool.sensors import SETTLE_SECONDS, incoming_shards_sensor
 from mig_assets.resources import Warehouse
 
 GOOD = '{"instruction": "Say hi", "output": "hi"}\n'

@@ -12,9 +12,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.tag_prompts import PROMPTS
-from mig_assets.core.tags import TAG_POLICIES, TAG_RULES_VERSION
-from mig_assets.tagging.assets import build_atomic_tags, tag_vocabulary
+from mig_assets.core.tagging.canonical import TAG_POLICIES, TAG_RULES_VERSION
+from mig_assets.core.tagging.prompts import PROMPTS
+from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from tests.conftest import REAL_DATA, REPO_ROOT, materialize_shards
 from tests.fakes import FakeTagger
 

@@ -7,9 +7,9 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from mig_assets.core.warehouse import open_catalog, replace_table
-from mig_assets.embeddings.assets import tag_embeddings
-from mig_assets.tree.assets import knowledge_tree
+from mig_assets.core.store.catalog import open_catalog, replace_table
+from mig_assets.defs.embeddings.assets import tag_embeddings
+from mig_assets.defs.tree.assets import knowledge_tree
 
 SYNONYMS = [("python programming", "python coding"), ("baking bread", "bread baking recipe"), ("sorting algorithm", "sort algorithm")]
 OTHERS = ["roman empire history", "world war history", "french cuisine", "guitar chords", "music theory", "linear algebra", "matrix multiplication"]
@@ -48,7 +48,7 @@ def test_tree_version_names_the_clustering_method(layout, instance, resources, m
         return result.asset_materializations_for_node("knowledge_tree")[0].metadata["tree_version"].value
 
     before = tree_version()
-    monkeypatch.setattr("mig_assets.tree.assets.CLUSTERING_METHOD", "another K-Means")
+    monkeypatch.setattr("mig_assets.defs.tree.assets.CLUSTERING_METHOD", "another K-Means")
     assert tree_version() != before
 
 
@@ -56,9 +56,9 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     import json
     import shutil
 
-    from mig_assets.core.specs import SelectionSpec
+    from mig_assets.core.selection.specs import SelectionSpec
     from mig_assets.definitions import defs
-    from mig_assets.selection.assets import build_selection_asset
+    from mig_assets.defs.selection.assets import build_selection_asset
     from tests.conftest import MIG_FIXTURES
 
     shutil.copyfile(MIG_FIXTURES / "p2k.jsonl", layout.incoming_dir / "p2k.jsonl")
@@ -101,11 +101,11 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     exported = [json.loads(line) for line in (layout.exports_dir / "tags_small" / "v0001" / "data.jsonl").read_text().splitlines()]
     assert len(exported) == 50
     # explain recomputes a rejected sample's final tree-level gain: E(S + i) - E(S), against the last pick's
-    from mig_assets.core.explain import explain
-    from mig_assets.core.selection import tags_problem
-    from mig_assets.core.tags_select import objective
-    from mig_assets.selection.assets import load_pool
-    from mig_assets.tree.assets import load_tree
+    from mig_assets.core.outputs.explain import explain
+    from mig_assets.core.selection.run import tags_problem
+    from mig_assets.core.tags.select import objective
+    from mig_assets.defs.selection.assets import load_pool
+    from mig_assets.defs.tree.assets import load_tree
 
     tree, _ = load_tree(layout)
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
@@ -125,11 +125,11 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
 def test_target_profile_and_aligned_selection_through_the_assets(layout, instance, resources):
     """Demo pool + demo target (coding and math) with the real embedding model: the aligned TAGS
     selection ends closer to the target than the unaligned one, and both report KL and plots."""
-    from mig_assets.core.specs import SelectionSpec
+    from mig_assets.core.selection.specs import SelectionSpec
     from mig_assets.definitions import defs
+    from mig_assets.defs.selection.assets import build_selection_asset
+    from mig_assets.defs.tree.assets import target_profile
     from mig_assets.demo_pool import write_demo_pool, write_demo_target
-    from mig_assets.selection.assets import build_selection_asset
-    from mig_assets.tree.assets import target_profile
 
     paths = write_demo_pool(layout.incoming_dir / "demo")
     target_file = write_demo_target(layout.home / "targets")

@@ -3,7 +3,7 @@
 import dagster as dg
 from pydantic import PrivateAttr
 
-from mig_assets.core.embedding import DEFAULT_EMBEDDING_MODEL, SentenceEmbedder
+from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL, SentenceEmbedder
 
 
 class Embedder(dg.ConfigurableResource):

@@ -15,8 +15,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mig_assets.core.ray_pipeline import RaySettings, Storage
-from mig_assets.core.warehouse import WarehouseLayout
+from mig_assets.core.execution.ray_pipeline import RaySettings, Storage
+from mig_assets.core.store.catalog import WarehouseLayout
 
 MODES = ("local", "ray")
 # passed to the workers' runtime environment when set here (a remote cluster does not inherit them)

@@ -8,8 +8,8 @@ from cache loads no model, and released at teardown.
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mig_assets.core.llm import LLMBackend, build_backend
-from mig_assets.core.models import DEFAULT_MODEL_CACHE, SMOLLM2
+from mig_assets.core.llm.backends import LLMBackend, build_backend
+from mig_assets.core.llm.models import DEFAULT_MODEL_CACHE, SMOLLM2
 
 
 class LLMResource(dg.ConfigurableResource):

@@ -14,8 +14,8 @@ import json
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mig_assets.core.llm import Sampling
-from mig_assets.core.quality import (
+from mig_assets.core.llm.backends import Sampling
+from mig_assets.core.quality.scoring import (
     DEFAULT_PROMPTS,
     PROMPTS,
     ScorePrompt,

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from mig_assets.core.llm import LLMBackend, OpenAIBackend, Sampling, VllmBackend
-from mig_assets.core.models import resolve_llm
-from mig_assets.core.tag_prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
-from mig_assets.core.tagging import TagCache
+from mig_assets.core.llm.backends import LLMBackend, OpenAIBackend, Sampling, VllmBackend
+from mig_assets.core.llm.models import resolve_llm
+from mig_assets.core.tagging.prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
+from mig_assets.core.tagging.rows import TagCache
 from mig_assets.resources.llm import LLMResource
 
 BACKENDS = ("imported", "vllm", "openai")

@@ -5,7 +5,7 @@ from typing import Iterator
 
 import dagster as dg
 
-from mig_assets.core.warehouse import WarehouseLayout, open_catalog, publish_catalog
+from mig_assets.core.store.catalog import WarehouseLayout, open_catalog, publish_catalog
 from mig_assets.settings import DEFAULT_MIG_HOME
 
 

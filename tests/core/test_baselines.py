@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mig_assets.core import baselines
-from mig_assets.core.baselines import (
+from mig_assets.core.selection import baselines
+from mig_assets.core.selection.baselines import (
     deita_filter,
     instag_sampling,
     k_center_greedy,

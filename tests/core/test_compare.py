@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core import tags_select
-from mig_assets.core.compare import (
+from mig_assets.core.mig.algorithm import MigParams, select
+from mig_assets.core.selection.compare import (
     compare_selections,
     embedding_diversity,
     guarantees,
@@ -21,8 +21,8 @@ from mig_assets.core.compare import (
     overlap,
     tags_objective,
 )
-from mig_assets.core.mig import MigParams, select
-from mig_assets.core.tags_select import TagsParams
+from mig_assets.core.tags import select as tags_select
+from mig_assets.core.tags.select import TagsParams
 
 # a tiny tree: leaves 0, 1, 2; node 3 is the parent of leaves 0 and 1; node 4 (root) the parent of 3 and 2
 PARENTS = np.array([3, 3, 4, 4, -1])

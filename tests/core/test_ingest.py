@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.ingest import ingest_shard
-from mig_assets.core.warehouse import publish_catalog
+from mig_assets.core.ingest.shards import ingest_shard
+from mig_assets.core.store.catalog import publish_catalog
 from tests.conftest import REAL_DATA
 
 GOOD = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}]}
@@ -203,7 +203,7 @@ def test_catalog_views_answer_plain_sql(layout):
 def test_unsupported_file_type_is_rejected(layout):
     path = layout.incoming_dir / "notes.txt"
     path.write_text("hello")
-    from mig_assets.core.warehouse import ShardPathError
+    from mig_assets.core.store.catalog import ShardPathError
 
     with pytest.raises(ShardPathError, match="unsupported file type"):
         layout.shard_key(path)
@@ -293,7 +293,7 @@ def test_an_oversized_line_is_measured_without_being_held(layout):
     """A 64 MiB line over a 1 MiB limit: the reader never holds more than the limit of it."""
     import tracemalloc
 
-    from mig_assets.core.readers import ReadStats, read_records
+    from mig_assets.core.ingest.readers import ReadStats, read_records
 
     path = layout.incoming_dir / "huge.jsonl"
     with open(path, "wb") as handle:

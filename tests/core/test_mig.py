@@ -12,8 +12,8 @@ import orjson
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core import mig
-from mig_assets.core.mig import (
+from mig_assets.core.mig import algorithm as mig
+from mig_assets.core.mig.algorithm import (
     MigParams,
     build_label_graph,
     build_problem,
@@ -27,8 +27,8 @@ from mig_assets.core.mig import (
     select,
     select_dense,
 )
-from mig_assets.core.mig_pool import load_valid_tags, read_pool
-from mig_assets.core.mig_sample import run_sample
+from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool
+from mig_assets.core.mig.sample import run_sample
 
 REFERENCE_CASES = ["default", "all_but_one", "norm", "prop_weight_0.5", "tau_0.8", "duplicates"]
 

@@ -7,8 +7,8 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.llm import OpenAIBackend
-from mig_assets.core.quality import (
+from mig_assets.core.llm.backends import OpenAIBackend
+from mig_assets.core.quality.scoring import (
     BACKEND_ERROR,
     DIGITS,
     PROMPTS,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mig_assets.core.records import (
+from mig_assets.core.ingest.records import (
     RecordError,
     canonicalize,
     deita_score,

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mig_assets.core.tag_prompts import PROMPTS, parse_tag_output
+from mig_assets.core.tagging.prompts import PROMPTS, parse_tag_output
 
 
 @pytest.mark.parametrize(

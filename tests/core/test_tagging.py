@@ -2,9 +2,9 @@
 
 import pyarrow.parquet as pq
 
-from mig_assets.core.llm import Sampling
-from mig_assets.core.tag_prompts import PROMPTS
-from mig_assets.core.tagging import TagCache, cached_tag_rows, query_text, tag_samples
+from mig_assets.core.llm.backends import Sampling
+from mig_assets.core.tagging.prompts import PROMPTS
+from mig_assets.core.tagging.rows import TagCache, cached_tag_rows, query_text, tag_samples
 from tests.fakes import ScriptedBackend
 
 PROMPT = PROMPTS["atomic-v1"]

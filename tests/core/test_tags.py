@@ -1,11 +1,11 @@
-"""Tag normalization, the per-source policies and the LLM junk filter (mig_assets.core.tags)."""
+"""Tag normalization, the per-source policies and the LLM junk filter (mig_assets.core.tagging.canonical)."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from mig_assets.core.tags import (
+from mig_assets.core.tagging.canonical import (
     as_written_tags,
     canonical_for_policy,
     filter_llm_tags,

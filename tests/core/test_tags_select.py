@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core import tags_select
-from mig_assets.core.mig import MigParams, phi, phi_prime
-from mig_assets.core.tags_select import (
+from mig_assets.core.mig.algorithm import MigParams, phi, phi_prime
+from mig_assets.core.tags import select as tags_select
+from mig_assets.core.tags.select import (
     TagsParams,
     ancestor_weights,
     build_problem,
@@ -559,7 +559,7 @@ def test_budget_edges_and_bad_inputs():
 
 
 def test_end_to_end_from_a_built_tree():
-    from mig_assets.core.tree import build_tree, ground_tags
+    from mig_assets.core.tags.tree import build_tree, ground_tags
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 12))

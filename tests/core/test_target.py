@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from mig_assets.core.llm import truncate_by_chars
-from mig_assets.core.target import ground_target, read_target
-from mig_assets.core.tree import build_tree
-from mig_assets.core.tree_refine import LLMTreeRefiner
+from mig_assets.core.llm.backends import truncate_by_chars
+from mig_assets.core.tags.refine import LLMTreeRefiner
+from mig_assets.core.tags.target import ground_target, read_target
+from mig_assets.core.tags.tree import build_tree
 from tests.conftest import REAL_DATA
 
 

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mig_assets.core.tags_select import (
+from mig_assets.core.tags.select import (
     TagsParams,
     ancestor_weights,
     build_problem,
     select,
 )
-from mig_assets.core.tree import (
+from mig_assets.core.tags.tree import (
     CentralRefiner,
     Concept,
     KnowledgeTree,

@@ -1,0 +1,226 @@
+"""Run a selection method over the warehouse's pool arrays, with any budget kind.
+
+Plain module: the Dagster selection assets load the arrays, call :func:`run_selection` and persist.
+Pool rows come in input order (shards in registration order, then lines; see ``load_pool``), the
+MIG reference's order: every method breaks ties to the earlier row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from mig_assets.core.mig.algorithm import (
+    MigParams,
+    propagate,
+    propagation_matrix,
+    random_select,
+    sample_label_matrix,
+    select,
+)
+from mig_assets.core.selection import baselines
+from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
+
+
+@dataclass
+class PoolArrays:
+    sample_ids: list[str]
+    tags: list[list[str]]  # canonical tags per sample
+    scores: np.ndarray  # quality weight per sample (float64, >= 0)
+    tokens: np.ndarray  # estimated tokens per sample (int64)
+    embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
+
+
+@dataclass
+class LabelGraph:
+    labels: list[str]  # sorted; column j <-> labels[j]
+    weights: sp.csr_array  # W (L x L), thresholded cosine similarity with self loops
+
+
+@dataclass
+class Budget:
+    count: int | None = None
+    fraction: float | None = None
+    tokens: int | None = None
+
+    def describe(self) -> str:
+        kind, value = next((k, v) for k, v in vars(self).items() if v is not None)
+        return f"{kind}={value}"
+
+
+@dataclass
+class SelectionOutcome:
+    order: np.ndarray  # pool row indices, in pick order
+    gains: np.ndarray  # gain at pick time (NaN for methods without gains)
+    objective: np.ndarray  # MIG objective after each pick (NaN for methods without one)
+    top_labels: list[list[str]] = field(default_factory=list)  # labels contributing most, per pick
+    coverage: np.ndarray | None = None  # final s over the graph's labels (MIG), x over the tree's nodes (TAGS)
+    gain_evaluations: int = 0
+    kl: np.ndarray | None = None  # TAGS with a target: KL(target || selection) after each pick
+    leaf_mass: np.ndarray | None = None  # TAGS: the selection's mass per leaf
+    pool_leaf_mass: np.ndarray | None = None  # TAGS: the whole pool's mass per leaf
+    sample_matrix: sp.csr_array | None = None  # rows summed into coverage (MIG: Y, TAGS: U)
+    leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
+
+
+def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
+    """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
+    score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
+    weights, a description of their origin and the weight given to samples without a score."""
+    scored = scored or [None] * len(imported)
+    values = [s if s is not None else q for s, q in zip(scored, imported)]
+    present = [v for v in values if v is not None]
+    if not present:
+        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
+    fill = float(np.median(present))
+    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
+    n_scored = sum(s is not None for s in scored)
+    parts = []
+    if n_scored:
+        parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
+    if len(present) > n_scored:
+        parts.append(f"{len(present) - n_scored} imported Deita scores")
+    if len(values) > len(present):
+        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
+    return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
+
+
+def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
+    column_of = {label: j for j, label in enumerate(labels)}
+    indptr, indices = [0], []
+    for sample_tags in tags:
+        indices.extend(column_of[t] for t in sample_tags if t in column_of)
+        indptr.append(len(indices))
+    return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+
+
+def run_selection(
+    method: str,
+    pool: PoolArrays,
+    budget: Budget,
+    *,
+    graph: LabelGraph | None = None,
+    params: MigParams = MigParams(),
+    seed: int = 42,
+    tree=None,
+    tags_params=None,
+    gamma: float = 0.5,
+    level_weights: str = "uniform",
+    target: np.ndarray | None = None,
+    diversity_threshold: float = 0.9,
+) -> SelectionOutcome:
+    """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
+    (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
+    complexity-first tag coverage; kcenter, farthest-first on the sample embeddings).
+
+    TAGS uses ``tree``, ``tags_params`` (its alignment mode among them), the upward decay ``gamma``,
+    the ``level_weights`` β and, to align or to report KL, a ``target`` distribution over the leaves.
+
+    A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
+    preserved; a later, cheaper sample never jumps ahead of a better one).
+    """
+    n_pool = len(pool.sample_ids)
+    if n_pool == 0:
+        raise ValueError("the pool is empty: ingest shards before selecting")
+    if budget.tokens is not None:
+        k = picks_for_tokens(pool.tokens, budget.tokens)
+    else:
+        k = resolve_count(n_pool, budget.count, budget.fraction)
+    if method == "mig":
+        outcome = _mig(pool, graph, k, params)
+    elif method == "tags":
+        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
+    elif method in BASELINES:
+        order = _baseline(method, pool, k, seed, diversity_threshold)
+        outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
+    else:
+        raise ValueError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
+    if budget.tokens is not None:
+        keep = len(token_prefix(outcome.order, pool.tokens, budget.tokens))
+        outcome.order, outcome.gains, outcome.objective = outcome.order[:keep], outcome.gains[:keep], outcome.objective[:keep]
+        outcome.top_labels = outcome.top_labels[:keep]
+        if outcome.kl is not None:
+            outcome.kl = outcome.kl[:keep]
+        if outcome.sample_matrix is not None:  # coverage and leaf mass of the prefix actually kept
+            outcome.coverage = np.asarray(outcome.sample_matrix[outcome.order].sum(axis=0)).ravel()
+        if outcome.leaf_matrix is not None:
+            outcome.leaf_mass = np.asarray(outcome.leaf_matrix[outcome.order].sum(axis=0)).ravel()
+    return outcome
+
+
+BASELINES = ("random", "top_quality", "deita", "instag", "kcenter")
+EMBEDDING_METHODS = ("deita", "kcenter")
+METHODS = ("mig", "tags", *BASELINES)
+
+
+def _baseline(method: str, pool: PoolArrays, k: int, seed: int, diversity_threshold: float) -> np.ndarray:
+    if method in EMBEDDING_METHODS and pool.embeddings is None:
+        raise ValueError(f"{method} needs the sample embeddings: materialize sample_embeddings first")
+    if method == "random":
+        return random_select(len(pool.sample_ids), k, seed)
+    if method == "top_quality":
+        return baselines.top_quality(pool.scores, k)
+    if method == "deita":
+        return baselines.deita_filter(pool.scores, pool.embeddings, k, diversity_threshold)
+    if method == "instag":
+        return baselines.instag_sampling(pool.tags, k)
+    return baselines.k_center_greedy(pool.embeddings, k, seed)
+
+
+def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = MigParams()) -> sp.csr_array:
+    """Y = X·P: the samples' label weights (quality-weighted) propagated over the label graph (spec of MIG)."""
+    if graph is None:
+        raise ValueError("MIG needs the label graph: materialize label_graph first")
+    indptr, indices = label_matrix_rows(pool.tags, graph.labels)
+    X = sample_label_matrix(indptr, indices, pool.scores, len(graph.labels), params.norm)
+    return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
+
+
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+    Y = mig_matrix(pool, graph, params)
+    result = select(Y, k, params)
+    top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
+    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
+
+
+def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
+    """The TAGS problem over the pool: each sample's tags grounded on their leaves (tags newer than the
+    tree are left out), path vectors with upward decay ``gamma`` and level weights β."""
+    from mig_assets.core.tags.select import build_problem, leaf_weights
+
+    if tree is None:
+        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    leaf_ids = tree.leaf_of([t for tags in pool.tags for t in tags])  # -1: a tag newer than the tree
+    indptr = np.concatenate([[0], np.cumsum([len(tags) for tags in pool.tags])]).astype(np.int64)
+    A = leaf_weights(indptr, leaf_ids, tree.n_leaves)
+    return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
+
+
+def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
+    """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
+    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
+    from mig_assets.core.tags.select import TagsParams
+    from mig_assets.core.tags.select import select as tags_select
+
+    params = params or TagsParams(align="none")
+    if params.align != "none" and target is None:
+        raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
+    problem = tags_problem(pool, tree, gamma, level_weights)
+    result = tags_select(problem, k, params, target)
+    top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
+    return SelectionOutcome(
+        result.order,
+        result.gains,
+        result.objective,
+        top,
+        result.coverage,
+        result.gain_evaluations,
+        kl=result.kl,
+        leaf_mass=result.leaf_mass,
+        pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
+        sample_matrix=problem.paths,
+        leaf_matrix=problem.leaves,
+    )

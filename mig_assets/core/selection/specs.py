@@ -1,0 +1,70 @@
+"""Named selection specs: the subsets a user wants, declared once in a YAML file.
+
+    selections:
+      - name: mig_5pct
+        method: mig                 # mig | tags | random | top_quality | deita | instag | kcenter
+        budget: {fraction: 0.05}    # or {count: 500} or {tokens: 20000}
+        params: {prop_weight: 1.0, phi_b: 0.8}
+        seed: 42
+
+Each spec becomes its own selection asset with its own history in the UI.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mig_assets.core.selection.run import METHODS
+
+BUDGET_KINDS = ("count", "fraction", "tokens")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    name: str
+    method: str = "mig"
+    budget: dict = field(default_factory=lambda: {"fraction": 0.05})
+    params: dict = field(default_factory=dict)
+    seed: int = 42
+    description: str = ""
+
+
+def parse_specs(document: dict, source: str = "<specs>") -> list[SelectionSpec]:
+    entries = (document or {}).get("selections")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{source}: expected a non-empty `selections:` list")
+    specs, seen = [], set()
+    for i, entry in enumerate(entries):
+        where = f"{source}: selections[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping")
+        unknown = set(entry) - {"name", "method", "budget", "params", "seed", "description"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        name = entry.get("name", "")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{where}.name: {name!r} must be lower_snake_case (it becomes an asset key)")
+        if name in seen:
+            raise ValueError(f"{where}.name: {name!r} is declared twice")
+        seen.add(name)
+        method = entry.get("method", "mig")
+        if method not in METHODS:
+            raise ValueError(f"{where}.method: {method!r} is not one of {', '.join(METHODS)}")
+        budget = entry.get("budget", {"fraction": 0.05})
+        if not isinstance(budget, dict) or len(budget) != 1 or next(iter(budget)) not in BUDGET_KINDS:
+            raise ValueError(f"{where}.budget: expected exactly one of {', '.join(BUDGET_KINDS)}, got {budget!r}")
+        params = entry.get("params", {}) or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}.params: expected a mapping")
+        specs.append(SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", ""))))
+    return specs
+
+
+def load_specs(path: str | Path) -> list[SelectionSpec]:
+    path = Path(path)
+    return parse_specs(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))

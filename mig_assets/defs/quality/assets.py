@@ -1,0 +1,205 @@
+"""``quality_scores[shard]``: a Deita-style quality score per kept sample, with a blocking check
+that refuses degenerate scores (all equal, or too many failures)."""
+
+import json
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from mig_assets.core.embedding.encoder import text_hash
+from mig_assets.core.quality.scoring import (
+    QUALITY_ROW_SCHEMA,
+    QualityCache,
+    degenerate,
+    histogram_markdown,
+    imported_quality_rows,
+    quality_rows,
+    score_samples,
+)
+from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.defs.pool.assets import raw_pool
+from mig_assets.orchestration.automation import on_new_shard, refuse_to_replace_other_configuration
+from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.provenance import record_settings
+from mig_assets.resources import Scorer, Warehouse
+
+CHECK_NAME = "quality_scores_not_degenerate"
+QUALITY_LINEAGE = dg.TableColumnLineage(
+    deps_by_column={
+        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
+        "score": [
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_quality"),
+        ],
+    }
+)
+QUALITY_COLUMNS = dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in QUALITY_ROW_SCHEMA])
+
+
+class QualityConfig(dg.Config):
+    max_failure_rate: float = Field(default=0.02, description="the blocking check fails the shard above this share of failed samples")
+
+
+def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
+    """``quality_scores[shard]`` whose code version is the scorer's: changing the backend, engine,
+    model, prompt or truncation limits re-scores (new cache key) and shows the scores stale.
+
+    The data version hashes the written scores, so a re-run that reproduces them leaves
+    downstream fresh. A run may cover a range of shards (single-run backfill, one engine); each
+    shard of the range gets the run's combined metadata, and the check judges the worst shard.
+    """
+
+    @dg.asset(
+        name="quality_scores",
+        partitions_def=pool_shards,
+        deps=[raw_pool],
+        group_name="quality",
+        kinds={"parquet"} if scorer_version == "imported" else {"parquet", "vllm"},
+        code_version=f"quality-{scorer_version}",
+        description="Deita-style quality score per kept sample (mean over turns of complexity x quality, "
+        "in [1, 36]), status ok/failed/no_response/no_annotation; failed samples have no score (never a default).",
+        metadata={"dagster/column_schema": QUALITY_COLUMNS},
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_NAME,
+                asset="quality_scores",
+                blocking=True,
+                description="scores are not all equal and the share of failed samples is at most max_failure_rate",
+            )
+        ],
+        pool="gpu",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        automation_condition=on_new_shard,
+    )
+    def quality_scores(context: dg.AssetExecutionContext, config: QualityConfig, warehouse: Warehouse, scorer: Scorer):
+        record_settings(context)
+        refuse_to_replace_other_configuration(context)
+        shards = {shard: score_shard(context, warehouse, scorer, shard) for shard in context.partition_keys}
+        verdicts = {shard: degenerate(r["scores"], r["failures"], config.max_failure_rate) for shard, r in shards.items()}
+        if len(shards) == 1:
+            [result] = shards.values()
+            metadata = result["metadata"]
+        else:  # a range run: one materialization per shard carries the run's combined figures
+            metadata = _combined_metadata({shard: result["metadata"] for shard, result in shards.items()})
+        bad = {shard: reason for shard, reason in verdicts.items() if reason}
+        attempted = {shard: len(r["scores"]) + r["failures"] for shard, r in shards.items()}
+        failure_rate = max((r["failures"] / attempted[s] if attempted[s] else 0.0) for s, r in shards.items())
+        all_scores = [score for r in shards.values() for score in r["scores"]]
+        return dg.MaterializeResult(
+            metadata=metadata,
+            data_version=dg.DataVersion(text_hash("|".join(f"{s}:{r['digest']}" for s, r in sorted(shards.items())))[:16]),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=CHECK_NAME,
+                    passed=not bad,
+                    metadata={
+                        "verdict": "; ".join(f"{s}: {reason}" for s, reason in bad.items()) or "ok",
+                        "failure_rate": round(failure_rate, 4),
+                        "max_failure_rate": config.max_failure_rate,
+                        "scored": len(all_scores),
+                        "distinct_scores": len(set(all_scores)),
+                        "shards": len(shards),
+                        "failure_examples": dg.MetadataValue.json([e for r in shards.values() for e in r["examples"]][:5]),
+                    },
+                )
+            ],
+        )
+
+    return quality_scores
+
+
+def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer: Scorer, shard: str) -> dict:
+    """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
+    count, a few failure examples and a digest of the written rows."""
+    layout = warehouse.layout
+    columns = ["sample_id", "messages", "imported_quality", "raw", "duplicate_of"]
+    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=columns)
+    kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
+    extra = {}
+    if scorer.backend == "imported":
+        table = imported_quality_rows(kept, shard)
+        origin = "imported Deita annotation (mean over turns of quality x complexity)"
+    else:
+        ids = kept.column("sample_id").to_pylist()
+        prompt = scorer.prompt
+        cache = QualityCache(layout.warehouse_dir / "quality_cache", scorer.model_id, prompt, scorer.settings_key())
+        labels = scorer.labels() if scorer.backend == "logprob" else None
+        results, stats = score_samples(
+            list(zip(ids, kept.column("messages").to_pylist())),
+            scorer.llm(),
+            prompt,
+            cache,
+            labels=labels,
+            max_query_tokens=scorer.max_query_tokens,
+            max_response_tokens=scorer.max_response_tokens,
+            batch_size=scorer.batch_size,
+            sampling=scorer.sampling,
+            max_attempts=scorer.max_attempts,
+            top_k=scorer.top_k,
+            log=lambda message: context.log.info(f"{shard}: {message}"),
+        )
+        table = quality_rows(results, ids, shard, scorer.backend, scorer.model_id, prompt.version)
+        origin = f"{scorer.backend} on {scorer.engine}: {scorer.model_id}, prompt {prompt.version} ({prompt.fingerprint})"
+        masses = [m for m in table.column("digit_mass").to_pylist() if m is not None]
+        extra = {
+            "model": scorer.model_id,
+            "prompt_version": f"{prompt.version} ({prompt.fingerprint})",
+            "newly_scored_calls": stats.scored,
+            "calls_from_cache": stats.cached,
+            "samples_per_second": round(stats.samples_per_second, 3),
+            "calls_per_second": round(stats.units_per_second, 3),
+            "truncated_inputs": stats.truncated,
+            "generate_seconds": round(stats.generate_seconds, 3),
+            "engine_load_seconds": round(getattr(scorer.llm(), "load_seconds", 0.0), 3),
+            "cache": dg.MetadataValue.path(str(cache.folder)),
+        }
+        if scorer.backend == "logprob":
+            extra["digit_token_ids"] = dg.MetadataValue.json(labels or "not checked: the server exposes no tokenizer")
+            if masses:
+                extra["mean_digit_mass"] = round(sum(masses) / len(masses), 4)
+    path = write_parquet_atomic(table, layout.shard_file("quality_scores", shard))
+    statuses = Counter(table.column("status").to_pylist())
+    scores = [s for s in table.filter(pc.equal(table.column("status"), "ok")).column("score").to_pylist() if s is not None]
+    failed = table.filter(pc.equal(table.column("status"), "failed"))
+    reasons = Counter(failed.column("reason").to_pylist())
+    examples = [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed.slice(0, 5).to_pylist()]
+    metadata = {
+        "dagster/row_count": table.num_rows,
+        "dagster/column_lineage": QUALITY_LINEAGE,
+        "backend": scorer.backend,
+        "origin": origin,
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "score_histogram": dg.MetadataValue.md(histogram_markdown(scores)),
+        "failure_reasons": dg.MetadataValue.json(dict(reasons.most_common(10))),
+        "path": dg.MetadataValue.path(str(path)),
+        **extra,
+    }
+    return {"metadata": metadata, "scores": scores, "failures": statuses.get("failed", 0), "examples": examples, "digest": _digest(table)}
+
+
+def _digest(table: pa.Table) -> str:
+    """What downstream reads: sample, score, status (same rows, same data version)."""
+    rows = zip(*(table.column(c).to_pylist() for c in ("sample_id", "score", "status")))
+    return text_hash(json.dumps(sorted(rows, key=lambda r: r[0])))[:16]
+
+
+def _combined_metadata(per_shard: dict[str, dict]) -> dict:
+    rows = ["| shard | samples | statuses |", "|---|---|---|"]
+    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
+    statuses: Counter = Counter()
+    for m in per_shard.values():
+        statuses.update(m["statuses"].value)
+    first = next(iter(per_shard.values()))
+    return {
+        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
+        "backend": first["backend"],
+        "origin": first["origin"],
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
+        "newly_scored_calls": sum(m.get("newly_scored_calls", 0) for m in per_shard.values()),
+        "calls_from_cache": sum(m.get("calls_from_cache", 0) for m in per_shard.values()),
+    }

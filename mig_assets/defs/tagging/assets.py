@@ -1,0 +1,378 @@
+"""``atomic_tags[shard]`` and the global ``tag_vocabulary``."""
+
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from mig_assets.core.embedding.encoder import text_hash
+from mig_assets.core.execution.ray_pipeline import NoLocalModel
+from mig_assets.core.store.catalog import replace_table
+from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.tagging.canonical import (
+    TAG_POLICIES,
+    TAG_RULES_VERSION,
+    canonical_for_policy,
+    policy_of_backend,
+)
+from mig_assets.core.tagging.rows import (
+    NOT_JUNK_REASONS,
+    cached_tag_rows,
+    imported_tag_rows,
+    query_text,
+    tag_samples,
+)
+from mig_assets.defs.pool.assets import raw_pool
+from mig_assets.orchestration.automation import (
+    on_new_shard,
+    re_select,
+    refuse_to_replace_other_configuration,
+)
+from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.provenance import record_settings
+from mig_assets.resources import Execution, Tagger, Warehouse
+
+TOP_TAGS = 15
+JUNK_EXAMPLES = 5
+TAGS_LINEAGE = dg.TableColumnLineage(
+    deps_by_column={
+        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
+        "tags": [
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
+            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_tags"),
+        ],
+    }
+)
+
+
+class TaggingConfig(dg.Config):
+    max_failure_rate: float = Field(default=0.02, description="the blocking check fails the shard above this share of failed samples")
+    max_junk_share: float = Field(
+        default=0.3,
+        description="the blocking check junk_tag_share fails the shard when more than this share of the LLM's surface tags is junk "
+        "(stop words, repeated words, numbers, placeholders, boilerplate, prompt copies, generic): a broken tagger stops the pipeline",
+    )
+
+
+def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
+    """``atomic_tags[shard]`` whose code version is the tagger's and the tag rules': changing the backend,
+    model, prompt or sampling re-tags (new cache key), changing the rules re-derives the tags from the
+    cached answers; either shows the tags stale in the UI.
+
+    A run may cover a range of shards (single-run backfills): the model then loads once for all of
+    them. Each shard of the range gets a materialization carrying the run's combined metadata (a
+    table per shard), and the check judges the worst shard.
+    """
+
+    @dg.asset(
+        name="atomic_tags",
+        partitions_def=pool_shards,
+        deps=[raw_pool],
+        group_name="tagging",
+        kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
+        code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
+        description="Canonical knowledge/skill tags per kept sample of the shard, with parse status "
+        "ok/repaired/failed (failed samples keep no tags and are excluded downstream).",
+        check_specs=[
+            dg.AssetCheckSpec(
+                "tagging_failure_rate",
+                asset="atomic_tags",
+                blocking=True,
+                description="share of samples whose tagging failed is at most max_failure_rate",
+            ),
+            dg.AssetCheckSpec(
+                "junk_tag_share",
+                asset="atomic_tags",
+                blocking=True,
+                description="share of the LLM's surface tags dropped as junk is at most max_junk_share (0 for imported tags)",
+            ),
+        ],
+        pool="gpu",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        automation_condition=on_new_shard,
+    )
+    def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution):
+        record_settings(context)
+        refuse_to_replace_other_configuration(context)
+        on_ray = execution.on_ray and tagger.backend != "imported"
+        figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
+        shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
+        if len(shards) == 1:
+            [(metadata, failure_rate, failures, junk)] = shards.values()
+        else:  # a range run: one materialization per shard carries the run's combined figures
+            metadata = _combined_metadata({shard: result[0] for shard, result in shards.items()})
+            failure_rate = max(result[1] for result in shards.values())
+            failures = [f for result in shards.values() for f in result[2]][:5]
+            junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
+        return dg.MaterializeResult(
+            metadata={**metadata, **cluster_extra},
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="tagging_failure_rate",
+                    passed=failure_rate <= config.max_failure_rate,
+                    metadata={
+                        "failure_rate": round(failure_rate, 4),
+                        "max_failure_rate": config.max_failure_rate,
+                        "shards": len(shards),
+                        "examples": dg.MetadataValue.json(failures),
+                    },
+                ),
+                dg.AssetCheckResult(
+                    check_name="junk_tag_share",
+                    passed=junk["share"] <= config.max_junk_share,
+                    metadata={
+                        "junk_share": round(junk["share"], 4),
+                        "max_junk_share": config.max_junk_share,
+                        "junk_tags": junk["junk"],
+                        "surface_tags": junk["surface"],
+                        "examples": dg.MetadataValue.json(junk["examples"]),
+                    },
+                ),
+            ],
+        )
+
+    return atomic_tags
+
+
+def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, shard: str, ray_figures=None):
+    """Tag one shard's kept samples; returns its metadata, failure rate, a few failure examples and
+    its junk figures (:func:`junk_figures`).
+
+    After a Ray run (``ray_figures``: the shard's share of it) every answer is in the cache: the
+    shard is assembled by the same code, with a backend that refuses work, and the cluster's
+    figures replace the (empty) local ones."""
+    layout = warehouse.layout
+    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
+    kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
+    extra = {}
+    if tagger.backend == "imported":
+        table = imported_tag_rows(kept, shard)
+    else:
+        ids = kept.column("sample_id").to_pylist()
+        texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
+        cache = tagger.tag_cache(layout.warehouse_dir)
+        results, stats = tag_samples(
+            list(zip(ids, texts)),
+            tagger.llm() if ray_figures is None else NoLocalModel(),
+            tagger.prompt,
+            cache,
+            sampling=tagger.sampling,
+            max_input_tokens=tagger.max_input_tokens,
+            batch_size=tagger.batch_size,
+            max_attempts=tagger.max_attempts,
+            log=lambda message: context.log.info(f"{shard}: {message}"),
+        )
+        if ray_figures is None:
+            load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
+        else:
+            stats, load_seconds = ray_figures.apply(stats), ray_figures.load_seconds
+        table = cached_tag_rows(results, ids, texts, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
+        extra = {
+            "newly_tagged": stats.tagged,
+            "from_cache": stats.cached,
+            "samples_per_second": round(stats.samples_per_second, 3),
+            "input_tokens_per_second": round(stats.input_tokens / stats.generate_seconds, 1) if stats.generate_seconds else 0.0,
+            "truncated": stats.truncated,
+            "model": tagger.model_id,
+            "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
+            "cache": dg.MetadataValue.path(str(cache.folder)),
+            "generate_seconds": round(stats.generate_seconds, 3),
+            "engine_load_seconds": round(load_seconds, 3),
+        }
+    path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
+    statuses = Counter(table.column("status").to_pylist())
+    tag_counts = Counter(tag for tags in table.column("tags").to_pylist() for tag in tags)
+    per_sample = Counter(len(tags) for tags in table.column("tags").to_pylist())
+    failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
+    failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
+    junk = junk_figures(table)
+    metadata = {
+        "dagster/row_count": table.num_rows,
+        "dagster/column_lineage": TAGS_LINEAGE,
+        "backend": tagger.backend,
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "tags_per_sample": dg.MetadataValue.json({str(k): v for k, v in sorted(per_sample.items())}),
+        "top_tags": dg.MetadataValue.md(_top_tags_md(tag_counts)),
+        "tag_policy": f"{policy_of_backend(tagger.backend)}: {TAG_POLICIES[policy_of_backend(tagger.backend)]}",
+        "dropped_tags_by_reason": dg.MetadataValue.json(junk["by_reason"]),
+        "path": dg.MetadataValue.path(str(path)),
+        **extra,
+    }
+    return metadata, failure_rate, [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed], junk
+
+
+def junk_figures(table: pa.Table) -> dict:
+    """Surface tags of non-failed rows, how many were dropped as junk (any reason but the tag cap), the
+    share, counts by reason and a few examples of each reason."""
+    by_reason: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    surface = 0
+    for status, tags, dropped in zip(*(table.column(c).to_pylist() for c in ("status", "surface_tags", "dropped_tags"))):
+        if status == "failed":
+            continue
+        surface += len(tags)
+        for item in dropped:
+            by_reason[item["reason"]] += 1
+            shown = examples.setdefault(item["reason"], [])
+            if len(shown) < JUNK_EXAMPLES and item["surface"] not in shown:
+                shown.append(item["surface"])
+    junk = sum(n for reason, n in by_reason.items() if reason not in NOT_JUNK_REASONS)
+    return {
+        "surface": surface,
+        "junk": junk,
+        "share": junk / surface if surface else 0.0,
+        "by_reason": dict(by_reason.most_common()),
+        "examples": examples,
+    }
+
+
+def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
+    """The run's untagged texts, all shards at once, tagged on the Ray cluster into the tag cache
+    (each actor loads the engine once per run); returns each shard's figures and the cluster's."""
+    from mig_assets.core.execution.ray_pipeline import tag_shards_on_ray
+
+    layout = warehouse.layout
+    cluster_name = execution.connect(context.log.info)
+    context.log.info(f"tagging {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
+    factory = tagger.backend_factory(
+        tensor_parallel_size=execution.gpus_per_actor if execution.gpus_per_actor > 1 else 0,
+        gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
+    )
+    figures, cluster = tag_shards_on_ray(
+        kept_text_hashes(layout, context.partition_keys, tagger.include_response),
+        factory,
+        tagger.prompt,
+        tagger.tag_cache(layout.warehouse_dir),
+        include_response=tagger.include_response,
+        settings=execution.settings(layout),
+        sampling=tagger.sampling,
+        max_input_tokens=tagger.max_input_tokens,
+        max_attempts=tagger.max_attempts,
+        log=context.log.info,
+    )
+    return figures, execution.cluster_metadata(cluster, cluster_name)
+
+
+def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Per shard: its raw_pool file relative to the warehouse and its kept (sample_id, text hash) pairs."""
+    out = {}
+    for shard in shards:
+        path = layout.shard_file("raw_pool", shard)
+        table = pq.read_table(path, columns=["sample_id", "messages", "duplicate_of"])
+        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
+        out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
+    return out
+
+
+def _combined_metadata(per_shard: dict[str, dict]) -> dict:
+    rows = ["| shard | samples | statuses |", "|---|---|---|"]
+    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
+    statuses: Counter = Counter()
+    for m in per_shard.values():
+        statuses.update(m["statuses"].value)
+    return {
+        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
+        "statuses": dg.MetadataValue.json(dict(statuses)),
+        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
+        "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
+        "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
+        # model time adds up over the shards; the engine loads once per run (each shard reports that load)
+        **(
+            {
+                "generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
+                "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values()),
+            }
+            if any("generate_seconds" in m for m in per_shard.values())
+            else {}
+        ),
+    }
+
+
+def _columns(con, relation: str) -> set[str]:
+    return {row[0] for row in con.execute(f"DESCRIBE {relation}").fetchall()}
+
+
+def _dropped_md(by_reason: list[tuple]) -> str:
+    rows = ["| reason | occurrences | examples |", "|---|---|---|"] + [f"| {r} | {n} | {', '.join(map(repr, ex))} |" for r, n, ex in by_reason]
+    return "\n".join(rows) if by_reason else "_none dropped_"
+
+
+def _top_tags_md(counts: Counter) -> str:
+    rows = ["| tag | samples |", "|---|---|"] + [f"| {tag} | {n} |" for tag, n in counts.most_common(TOP_TAGS)]
+    return "\n".join(rows) if counts else "_no tags_"
+
+
+@dg.asset(
+    deps=[dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping())],
+    group_name="tagging",
+    kinds={"duckdb"},
+    code_version="2",
+    pool="duckdb",
+    automation_condition=re_select,
+    description="Every canonical tag with the number of kept samples carrying it (tags parsed ok or repaired), and the surface "
+    "forms that normalize to it (tables tag_vocabulary and tag_surface_forms).",
+)
+def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    record_settings(context)
+    with warehouse.connect() as con:
+        vocabulary = con.sql(
+            """
+            SELECT tag, count(DISTINCT t.sample_id) AS n_samples
+            FROM (SELECT sample_id, unnest(tags) AS tag FROM atomic_tags WHERE status <> 'failed') AS t
+            JOIN samples USING (sample_id)
+            GROUP BY tag ORDER BY n_samples DESC, tag
+            """
+        ).to_arrow_table()
+        replace_table(con, "tag_vocabulary", vocabulary)
+        surface = con.execute(
+            "SELECT backend, surface, count(*) FROM (SELECT backend, unnest(surface_tags) AS surface FROM atomic_tags) GROUP BY ALL ORDER BY backend, surface"
+        ).fetchall()
+        dropped = (
+            dict(
+                con.execute(
+                    "SELECT backend || chr(0) || d.surface, any_value(d.reason ORDER BY d.reason) FROM "
+                    "(SELECT backend, unnest(dropped_tags) AS d FROM atomic_tags) GROUP BY ALL"
+                ).fetchall()
+            )
+            if "dropped_tags" in _columns(con, "atomic_tags")
+            else {}
+        )
+        policy = {backend: policy_of_backend(backend) for backend, _, _ in surface}
+        forms = pa.table(
+            {
+                "surface": [s for _, s, _ in surface],
+                "tag": pa.array([canonical_for_policy(s, policy[b]) for b, s, _ in surface], pa.string()),
+                "occurrences": pa.array([n for _, _, n in surface], pa.int64()),
+                "backend": [b for b, _, _ in surface],
+                "tag_policy": [policy[b] for b, _, _ in surface],
+                "dropped_reason": pa.array([dropped.get(f"{b}\0{s}") for b, s, _ in surface], pa.string()),
+            }
+        )
+        replace_table(con, "tag_surface_forms", forms)
+        n_tags, n_tagged = con.execute("SELECT count(*), coalesce(sum(n_samples), 0) FROM tag_vocabulary").fetchall()[0]
+        top = con.execute("SELECT tag, n_samples FROM tag_vocabulary LIMIT ?", [TOP_TAGS]).fetchall()
+        by_reason = con.execute(
+            "SELECT dropped_reason, sum(occurrences), list(surface ORDER BY occurrences DESC, surface)[1:5] FROM tag_surface_forms "
+            "WHERE dropped_reason IS NOT NULL GROUP BY ALL ORDER BY 2 DESC, 1"
+        ).fetchall()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": n_tags,
+            "dagster/column_lineage": dg.TableColumnLineage(
+                deps_by_column={
+                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="tags")],
+                    "n_samples": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="sample_id")],
+                }
+            ),
+            "tag_assignments": n_tagged,
+            "surface_forms": len(surface),
+            "tag_policy": dg.MetadataValue.json({b: f"{p}: {TAG_POLICIES[p]}" for b, p in sorted(policy.items())}),
+            "surface_occurrences_dropped": int(sum(n for _, n, _ in by_reason)),
+            "dropped_by_reason": dg.MetadataValue.md(_dropped_md(by_reason)),
+            "top_tags": dg.MetadataValue.md(_top_tags_md(Counter(dict(top)))),
+        }
+    )
