@@ -427,16 +427,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from mig_assets.core.outputs.explain import explain
-    from mig_assets.defs.selection.assets import latest_materializations
+    from mig_assets.orchestration.provenance import latest_materializations
 
     layout = WarehouseLayout(mig_home())
     if not layout.warehouse_dir.exists():
         raise FileNotFoundError(f"no catalog at {layout.warehouse_dir}: nothing was ingested under MIG_HOME={layout.home} yet")
     tree = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():  # recomputes TAGS gains
-        from mig_assets.defs.tree.assets import load_tree
+        from mig_assets.core.tags.tree import load_tree
 
-        tree, _ = load_tree(layout)
+        tree, _ = load_tree(layout.knowledge_tree_dir)
     instance = dagster_instance(layout)  # names the runs that changed an input since the version
     with open_catalog(layout) as con:  # over the Parquet: works while the catalog file is missing or corrupt
         answer = explain(con, args.sample_id, args.selection, args.version, lambda shard: latest_materializations(instance, shard), tree)

@@ -8,6 +8,7 @@ materialization, or any selection manifest, which configuration produced it.
 
 import dagster as dg
 
+from mig_assets.core.selection.lineage import SHARD_INPUT_ASSETS
 from mig_assets.settings import current_settings
 
 
@@ -32,3 +33,22 @@ def latest_materialization(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
 def code_version_of(record) -> str | None:
     """The code version a materialization record was made with."""
     return record.asset_materialization.tags.get("dagster/code_version")
+
+
+GLOBAL_INPUT_ASSETS = ("tag_embeddings", "label_graph", "knowledge_tree", "target_profile")
+
+
+def latest_materializations(instance: dg.DagsterInstance, shard: str | None = None) -> dict:
+    """Run id, data version and code version (the tagger's, scorer's, embedder's for the per-shard
+    assets) of the latest materialization of each per-shard input of ``shard`` (``None``: of each
+    global input)."""
+    found = {}
+    for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
+        record = latest_materialization(instance, dg.AssetKey(asset), shard)
+        if record is not None:
+            found[asset] = {
+                "run_id": record.run_id,
+                "data_version": record.asset_materialization.tags.get("dagster/data_version"),
+                "code_version": code_version_of(record),
+            }
+    return found

@@ -88,6 +88,14 @@ class WarehouseLayout:
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
+    @property
+    def tag_embeddings_file(self) -> Path:
+        return self.warehouse_dir / "tag_embeddings" / "part-0.parquet"
+
+    @property
+    def knowledge_tree_dir(self) -> Path:
+        return self.warehouse_dir / "knowledge_tree"
+
     def shard_file(self, asset: str, shard: str) -> Path:
         return self.warehouse_dir / asset / f"shard={shard}" / "part-0.parquet"
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mig_assets.core.embedding.encoder import text_hash
 from mig_assets.core.llm.backends import LLMBackend, Sampling, complete_with_retries
@@ -229,3 +231,15 @@ def cached_tag_rows(results: dict[str, dict], sample_ids: list[str], texts: list
             }
         )
     return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)
+
+
+def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str, tuple[str, list[tuple[str, str]]]]:
+    """Per shard: its raw_pool file relative to the warehouse and its kept (sample_id, text hash) pairs."""
+    out = {}
+    for shard in shards:
+        path = layout.shard_file("raw_pool", shard)
+        table = pq.read_table(path, columns=["sample_id", "messages", "duplicate_of"])
+        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
+        out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
+    return out

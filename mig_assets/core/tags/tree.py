@@ -20,20 +20,24 @@ go to the lowest index.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import sklearn
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
+from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.validation import first_few
 
 # part of a tree's version: another K-Means (or scikit-learn release) may cluster the same inputs otherwise
@@ -738,3 +742,13 @@ def ground_tags(tree: KnowledgeTree, new_names: Sequence[str], new_embeddings=No
         similarities[known_rows[finite]] = np.einsum("ij,ij->i", vectors[known_rows[finite]], leaf_centroids[leaf_ids[known_rows[finite]]])
     counts = {"known": int(known.sum()), "nearest": int(((leaf_ids >= 0) & ~known).sum()), "unassigned": int((leaf_ids < 0).sum())}
     return Grounding(leaf_ids, similarities, counts)
+
+
+def load_tree(folder: Path) -> tuple[KnowledgeTree, dict]:
+    """The knowledge tree stored in ``folder`` (tree.json + centroids.parquet), its version and embedding model."""
+    if not (folder / "tree.json").exists():
+        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
+    data = json.loads((folder / "tree.json").read_text())
+    centroids = arrow_to_vectors(pq.read_table(folder / "centroids.parquet").column("centroid"))
+    info = {"version": data.get("version", ""), "embedding_model": data.get("embedding_model", "")}
+    return KnowledgeTree.from_dict(data, centroids), info

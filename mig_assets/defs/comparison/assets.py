@@ -18,7 +18,7 @@ from mig_assets.core.outputs.report import (
 from mig_assets.core.selection.compare import guarantees, run_comparison
 from mig_assets.core.store.catalog import has_relation, insert_table
 from mig_assets.core.tags.select import TagsParams
-from mig_assets.defs.pool.assets import raw_pool
+from mig_assets.core.tags.tree import load_tree
 from mig_assets.defs.selection.assets import (
     SelectionConfig,
     label_graph,
@@ -26,7 +26,6 @@ from mig_assets.defs.selection.assets import (
     load_pool,
     load_target,
 )
-from mig_assets.defs.tree.assets import load_tree
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Warehouse
@@ -50,7 +49,7 @@ class ComparisonConfig(SelectionConfig):
 
 @dg.asset(
     deps=[
-        dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("raw_pool", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("sample_embeddings", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep(label_graph),
@@ -76,7 +75,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
         graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
-        tree, tree_info = load_tree(layout)
+        tree, tree_info = load_tree(layout.knowledge_tree_dir)
         with warehouse.connect() as con:
             target = load_target(con, tree_info["version"], required=False)
     tags_params = config.tags_params()

@@ -20,9 +20,7 @@ from mig_assets.core.execution.ray_pipeline import NoLocalModel
 from mig_assets.core.mig.sample import load_label_embeddings
 from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.core.tagging.canonical import normalize_tag
-from mig_assets.core.tagging.rows import query_text
-from mig_assets.defs.pool.assets import raw_pool
-from mig_assets.defs.tagging.assets import kept_text_hashes, tag_vocabulary
+from mig_assets.core.tagging.rows import kept_text_hashes, query_text
 from mig_assets.orchestration.automation import (
     on_new_shard,
     re_select,
@@ -33,7 +31,6 @@ from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.settings import current_settings
 
-TAG_EMBEDDINGS_FILE = ("tag_embeddings", "part-0.parquet")
 # the embedding model is part of what the vectors depend on: read when the definitions load
 EMBEDDING_CODE_VERSION = f"1-{current_settings().values['embedder']['model'] or DEFAULT_EMBEDDING_MODEL}"
 SAMPLE_EMBEDDING_SCHEMA_COLUMNS = ("sample_id", "model_id", "embedding")
@@ -55,12 +52,8 @@ def precomputed_rows(names: list[str]) -> dict[str, int]:
     return row_of | {name: row for row, name in reversed(list(enumerate(names)))}
 
 
-def tag_embeddings_path(warehouse_dir: Path) -> Path:
-    return warehouse_dir.joinpath(*TAG_EMBEDDINGS_FILE)
-
-
 @dg.asset(
-    deps=[tag_vocabulary],
+    deps=["tag_vocabulary"],
     group_name="embeddings",
     kinds={"parquet", "pytorch"},
     code_version=EMBEDDING_CODE_VERSION,
@@ -92,7 +85,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     if not tags:
         vectors = np.zeros((0, 1), dtype=np.float32)
     table = pa.table({"tag": tags, "model_id": [model_id] * len(tags), "embedding": vectors_to_arrow(vectors)})
-    path = write_parquet_atomic(table, tag_embeddings_path(layout.warehouse_dir))
+    path = write_parquet_atomic(table, layout.tag_embeddings_file)
     context.log.info(f"{len(tags):,} tags, {newly_embedded:,} newly embedded with {model_id} on {device} in {seconds:.1f}s")
     return dg.MaterializeResult(
         metadata={
@@ -119,7 +112,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
 
 @dg.asset(
     partitions_def=pool_shards,
-    deps=[raw_pool],
+    deps=["raw_pool"],
     group_name="embeddings",
     kinds={"parquet", "pytorch"},
     code_version=EMBEDDING_CODE_VERSION,

@@ -21,7 +21,6 @@ from mig_assets.core.quality.scoring import (
     score_samples,
 )
 from mig_assets.core.store.parquet import write_parquet_atomic
-from mig_assets.defs.pool.assets import raw_pool
 from mig_assets.orchestration.automation import on_new_shard, refuse_to_replace_other_configuration
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
@@ -56,7 +55,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
     @dg.asset(
         name="quality_scores",
         partitions_def=pool_shards,
-        deps=[raw_pool],
+        deps=["raw_pool"],
         group_name="quality",
         kinds={"parquet"} if scorer_version == "imported" else {"parquet", "vllm"},
         code_version=f"quality-{scorer_version}",

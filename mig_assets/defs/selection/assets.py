@@ -29,7 +29,6 @@ from mig_assets.core.outputs.report import (
 )
 from mig_assets.core.selection.lineage import (
     SCORED_QUALITY_SQL,
-    SHARD_INPUT_ASSETS,
     changes_summary,
     current_inputs,
     graph_path,
@@ -59,12 +58,10 @@ from mig_assets.core.tags.select import (
     kl_divergence,
     leaf_entropy,
 )
-from mig_assets.defs.embeddings.assets import tag_embeddings, tag_embeddings_path
-from mig_assets.defs.pool.assets import raw_pool
-from mig_assets.defs.tree.assets import load_tree
+from mig_assets.core.tags.tree import load_tree
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.partitions import pool_shards
-from mig_assets.orchestration.provenance import code_version_of, latest_materialization, record_settings, settings_record
+from mig_assets.orchestration.provenance import latest_materializations, record_settings, settings_record
 from mig_assets.resources import Warehouse
 from mig_assets.settings import current_settings
 
@@ -93,7 +90,7 @@ def valid_labels(valid_tags: frozenset[str], policies: set[str]) -> set[str]:
 
 
 @dg.asset(
-    deps=[tag_embeddings],
+    deps=["tag_embeddings"],
     group_name="selection",
     kinds={"duckdb", "scipy"},
     code_version="1",
@@ -104,7 +101,7 @@ def valid_labels(valid_tags: frozenset[str], policies: set[str]) -> set[str]:
 )
 def label_graph(context: dg.AssetExecutionContext, config: LabelGraphConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
-    table = pq.read_table(tag_embeddings_path(warehouse.layout.warehouse_dir))
+    table = pq.read_table(warehouse.layout.tag_embeddings_file)
     row_of = {tag: i for i, tag in enumerate(table.column("tag").to_pylist())}
     all_vectors = arrow_to_vectors(table.column("embedding"))
     model_id = table.column("model_id")[0].as_py() if table.num_rows else ""
@@ -296,7 +293,7 @@ CREATE TABLE IF NOT EXISTS selection_diffs (
 
 def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     deps = [
-        dg.AssetDep(raw_pool, partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("raw_pool", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("quality_scores", partition_mapping=dg.AllPartitionMapping()),  # the sample weights
     ]
@@ -336,7 +333,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
         graph = load_graph(con) if spec.method == "mig" else None
     tree, target = None, None
     if spec.method == "tags":
-        tree, tree_info = load_tree(layout)
+        tree, tree_info = load_tree(layout.knowledge_tree_dir)
         with warehouse.connect() as con:
             target = load_target(con, tree_info["version"], required=config.align != "none")
     loaded = time.perf_counter()
@@ -549,25 +546,6 @@ def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
     if required:
         raise ValueError(problem)
     return None
-
-
-GLOBAL_INPUT_ASSETS = ("tag_embeddings", "label_graph", "knowledge_tree", "target_profile")
-
-
-def latest_materializations(instance: dg.DagsterInstance, shard: str | None = None) -> dict:
-    """Run id, data version and code version (the tagger's, scorer's, embedder's for the per-shard
-    assets) of the latest materialization of each per-shard input of ``shard`` (``None``: of each
-    global input)."""
-    found = {}
-    for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
-        record = latest_materialization(instance, dg.AssetKey(asset), shard)
-        if record is not None:
-            found[asset] = {
-                "run_id": record.run_id,
-                "data_version": record.asset_materialization.tags.get("dagster/data_version"),
-                "code_version": code_version_of(record),
-            }
-    return found
 
 
 def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, upstream) -> list[dict] | None:

@@ -8,7 +8,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding.encoder import text_hash
 from mig_assets.core.execution.ray_pipeline import NoLocalModel
 from mig_assets.core.store.catalog import replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
@@ -22,10 +21,10 @@ from mig_assets.core.tagging.rows import (
     NOT_JUNK_REASONS,
     cached_tag_rows,
     imported_tag_rows,
+    kept_text_hashes,
     query_text,
     tag_samples,
 )
-from mig_assets.defs.pool.assets import raw_pool
 from mig_assets.orchestration.automation import (
     on_new_shard,
     re_select,
@@ -70,7 +69,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
     @dg.asset(
         name="atomic_tags",
         partitions_def=pool_shards,
-        deps=[raw_pool],
+        deps=["raw_pool"],
         group_name="tagging",
         kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
         code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
@@ -254,18 +253,6 @@ def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger:
         log=context.log.info,
     )
     return figures, execution.cluster_metadata(cluster, cluster_name)
-
-
-def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str, tuple[str, list[tuple[str, str]]]]:
-    """Per shard: its raw_pool file relative to the warehouse and its kept (sample_id, text hash) pairs."""
-    out = {}
-    for shard in shards:
-        path = layout.shard_file("raw_pool", shard)
-        table = pq.read_table(path, columns=["sample_id", "messages", "duplicate_of"])
-        kept = table.filter(pc.is_null(table.column("duplicate_of")))
-        hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
-        out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
-    return out
 
 
 def _combined_metadata(per_shard: dict[str, dict]) -> dict:

@@ -25,8 +25,7 @@ from mig_assets.core.tags.target import (
     ground_target,
     read_target,
 )
-from mig_assets.core.tags.tree import CLUSTERING_METHOD, KnowledgeTree, build_tree
-from mig_assets.defs.embeddings.assets import tag_embeddings, tag_embeddings_path
+from mig_assets.core.tags.tree import CLUSTERING_METHOD, build_tree, load_tree
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Embedder, Tagger, Warehouse
@@ -49,7 +48,7 @@ class KnowledgeTreeConfig(dg.Config):
 
 
 @dg.asset(
-    deps=[tag_embeddings],
+    deps=["tag_embeddings"],
     group_name="tree",
     kinds={"duckdb", "parquet"},
     code_version="2",  # 2: scikit-learn's K-Means
@@ -61,7 +60,7 @@ class KnowledgeTreeConfig(dg.Config):
 def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfig, warehouse: Warehouse, tagger: Tagger) -> dg.MaterializeResult:
     record_settings(context)
     layout = warehouse.layout
-    table = pq.read_table(tag_embeddings_path(layout.warehouse_dir))
+    table = pq.read_table(layout.tag_embeddings_file)
     tags = table.column("tag").to_pylist()
     if not tags:
         raise ValueError("no tags to build a tree from: materialize atomic_tags and tag_embeddings first")
@@ -127,17 +126,6 @@ def knowledge_tree(context: dg.AssetExecutionContext, config: KnowledgeTreeConfi
     )
 
 
-def load_tree(layout) -> tuple[KnowledgeTree, dict]:
-    """The latest knowledge tree (tree.json + centroids.parquet) and its version and embedding model."""
-    folder = layout.warehouse_dir / "knowledge_tree"
-    if not (folder / "tree.json").exists():
-        raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
-    data = json.loads((folder / "tree.json").read_text())
-    centroids = arrow_to_vectors(pq.read_table(folder / "centroids.parquet").column("centroid"))
-    info = {"version": data.get("version", ""), "embedding_model": data.get("embedding_model", "")}
-    return KnowledgeTree.from_dict(data, centroids), info
-
-
 TARGET_SETTINGS = current_settings().target  # settings `target.path` and `target.filter` (field=value,value)
 TARGET_FILTER_FIELD, TARGET_FILTER_VALUES = TARGET_SETTINGS.parsed_filter()
 
@@ -175,7 +163,7 @@ def target_profile(
     if config.grounding not in ("auto", "tags", "text"):
         raise ValueError(f"grounding must be auto, tags or text, got {config.grounding!r}")
     layout = warehouse.layout
-    tree, tree_info = load_tree(layout)
+    tree, tree_info = load_tree(layout.knowledge_tree_dir)
     source = config.path or str(layout.home / "targets")
     if not config.path and not any((layout.home / "targets").glob("*")):
         # no target set: an empty profile, so unaligned selections run (without KL) and aligned ones say why not
