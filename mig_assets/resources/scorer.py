@@ -15,12 +15,8 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mig_assets.core.llm.backends import Sampling
-from mig_assets.core.quality.scoring import (
-    DEFAULT_PROMPTS,
-    PROMPTS,
-    ScorePrompt,
-    digit_token_ids,
-)
+from mig_assets.core.quality.parsing import digit_token_ids
+from mig_assets.core.quality.prompts import DEFAULT_PROMPTS, PROMPTS, ScorePrompt
 from mig_assets.resources.llm import LLMResource
 
 SCORER_BACKENDS = ("imported", "logprob", "judge")

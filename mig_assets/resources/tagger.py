@@ -14,6 +14,7 @@ from pydantic import Field
 
 from mig_assets.core.llm.backends import LLMBackend, OpenAIBackend, Sampling, VllmBackend
 from mig_assets.core.llm.models import resolve_llm
+from mig_assets.core.store.batch_cache import TAG_CACHE_DIR
 from mig_assets.core.tagging.prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
 from mig_assets.core.tagging.rows import TagCache
 from mig_assets.resources.llm import LLMResource
@@ -46,7 +47,7 @@ class Tagger(LLMResource):
 
     def tag_cache(self, warehouse_dir: Path) -> TagCache:
         """The answer cache of this model, prompt and sampling (shared by shards and target sets)."""
-        return TagCache(Path(warehouse_dir) / "tag_cache", self.model_id, self.prompt, self.sampling)
+        return TagCache(Path(warehouse_dir) / TAG_CACHE_DIR, self.model_id, self.prompt, self.sampling)
 
     def version(self) -> str:
         """Backend, model, prompt text and sampling: what the tags depend on (the asset's code version)."""

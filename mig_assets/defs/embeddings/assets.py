@@ -6,19 +6,13 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding.encoder import (
-    DEFAULT_EMBEDDING_MODEL,
-    EmbeddingCache,
-    text_hash,
-    vectors_to_arrow,
-)
-from mig_assets.core.execution.ray_pipeline import NoLocalModel
+from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, vectors_to_arrow
+from mig_assets.core.execution.pipeline import NoLocalModel
 from mig_assets.core.mig.sample import load_label_embeddings
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.batch_cache import EMBEDDING_CACHE_DIR, text_hash
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import normalize_tag
 from mig_assets.core.tagging.rows import kept_text_hashes, query_text
 from mig_assets.orchestration.automation import (
@@ -78,7 +72,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
         model_id, newly_embedded, device = f"precomputed:{Path(config.label_embeddings_prefix).name}", 0, "none"
     else:
         model = embedder.get()
-        cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
+        cache = EmbeddingCache(layout.warehouse_dir / EMBEDDING_CACHE_DIR, model.model_id)
         vectors, newly_embedded = cache.lookup(tags, model.encode)
         model_id, device = model.model_id, model.device
     seconds = time.perf_counter() - started
@@ -126,14 +120,13 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     refuse_to_replace_other_configuration(context)
     layout = warehouse.layout
     model = embedder.get()
-    cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
+    cache = EmbeddingCache(layout.warehouse_dir / EMBEDDING_CACHE_DIR, model.model_id)
     totals = {"rows": 0, "newly_embedded": 0, "seconds": 0.0}
     figures, cluster_extra = _embed_on_ray(context, layout, embedder, execution, cache) if execution.on_ray else ({}, {})
     dimension = 0
     for shard in context.partition_keys:
         started = time.perf_counter()
-        table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "duplicate_of"])
-        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages"])
         texts = [query_text(m) for m in kept.column("messages").to_pylist()]
         if shard in figures:  # embedded on the cluster: assembled from the cache, nothing left to encode here
             vectors, _ = cache.lookup(texts, NoLocalModel().encode)
@@ -174,7 +167,7 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
 def _embed_on_ray(context, layout, embedder: Embedder, execution: Execution, cache: EmbeddingCache):
     """The run's missing texts, all shards at once, embedded on the Ray cluster into the embedding
     cache; returns each shard's figures and the cluster metadata."""
-    from mig_assets.core.execution.ray_pipeline import embed_shards_on_ray
+    from mig_assets.core.execution.pipeline import embed_shards_on_ray
 
     cluster_name = execution.connect(context.log.info)
     context.log.info(f"embedding {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")

@@ -5,12 +5,11 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.execution.ray_pipeline import NoLocalModel
+from mig_assets.core.execution.pipeline import NoLocalModel
 from mig_assets.core.store.catalog import replace_table
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import (
     TAG_POLICIES,
     TAG_RULES_VERSION,
@@ -32,6 +31,7 @@ from mig_assets.orchestration.automation import (
 )
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.range_runs import range_run_metadata
 from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
@@ -99,13 +99,15 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
         on_ray = execution.on_ray and tagger.backend != "imported"
         figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
         shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
-        if len(shards) == 1:
-            [(metadata, failure_rate, failures, junk)] = shards.values()
-        else:  # a range run: one materialization per shard carries the run's combined figures
-            metadata = _combined_metadata({shard: result[0] for shard, result in shards.items()})
-            failure_rate = max(result[1] for result in shards.values())
-            failures = [f for result in shards.values() for f in result[2]][:5]
-            junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
+        per_shard = {shard: result[0] for shard, result in shards.items()}
+        metadata = range_run_metadata(per_shard, summed=("newly_tagged", "from_cache"))
+        if len(shards) > 1 and any("generate_seconds" in m for m in per_shard.values()):
+            # model time adds up over the shards; the engine loads once per run (each shard reports that load)
+            metadata["generate_seconds"] = round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3)
+            metadata["engine_load_seconds"] = max(m.get("engine_load_seconds", 0.0) for m in per_shard.values())
+        failure_rate = max(result[1] for result in shards.values())
+        failures = [f for result in shards.values() for f in result[2]][:5]
+        junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
         return dg.MaterializeResult(
             metadata={**metadata, **cluster_extra},
             check_results=[
@@ -144,8 +146,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     shard is assembled by the same code, with a backend that refuses work, and the cluster's
     figures replace the (empty) local ones."""
     layout = warehouse.layout
-    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
-    kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
+    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages", "imported_tags"])
     extra = {}
     if tagger.backend == "imported":
         table = imported_tag_rows(kept, shard)
@@ -231,7 +232,7 @@ def junk_figures(table: pa.Table) -> dict:
 def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
     """The run's untagged texts, all shards at once, tagged on the Ray cluster into the tag cache
     (each actor loads the engine once per run); returns each shard's figures and the cluster's."""
-    from mig_assets.core.execution.ray_pipeline import tag_shards_on_ray
+    from mig_assets.core.execution.pipeline import tag_shards_on_ray
 
     layout = warehouse.layout
     cluster_name = execution.connect(context.log.info)
@@ -253,30 +254,6 @@ def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger:
         log=context.log.info,
     )
     return figures, execution.cluster_metadata(cluster, cluster_name)
-
-
-def _combined_metadata(per_shard: dict[str, dict]) -> dict:
-    rows = ["| shard | samples | statuses |", "|---|---|---|"]
-    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
-    statuses: Counter = Counter()
-    for m in per_shard.values():
-        statuses.update(m["statuses"].value)
-    return {
-        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
-        "statuses": dg.MetadataValue.json(dict(statuses)),
-        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
-        "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
-        "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
-        # model time adds up over the shards; the engine loads once per run (each shard reports that load)
-        **(
-            {
-                "generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
-                "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values()),
-            }
-            if any("generate_seconds" in m for m in per_shard.values())
-            else {}
-        ),
-    }
 
 
 def _columns(con, relation: str) -> set[str]:
