@@ -17,10 +17,9 @@ import pyarrow.parquet as pq
 
 from mig_assets.core.embedding.encoder import vectors_to_arrow
 from mig_assets.core.execution.storage import PART_PREFIX, exists, open_uri, write_table_atomic
-from mig_assets.core.llm.backends import LLMBackend, Sampling
+from mig_assets.core.llm.backends import LLMBackend
 from mig_assets.core.store.batch_cache import text_hash
-from mig_assets.core.tagging.prompts import TagPrompt
-from mig_assets.core.tagging.rows import CACHE_SCHEMA, TaggingStats, query_text, tag_batch
+from mig_assets.core.tagging.rows import CACHE_SCHEMA, TaggingStats, TagSettings, query_text, tag_batch
 
 BATCH_STATS_SCHEMA = pa.schema(
     [
@@ -119,19 +118,8 @@ class TagActor(_CacheActor):
     """Holds one LLM backend (the vLLM engine is created once, here) and tags batches with the
     local code (``tag_batch``: truncation, structured output, retries of failed answers)."""
 
-    def __init__(
-        self,
-        cache_uri,
-        run_uri,
-        backend_factory: Callable[[], LLMBackend],
-        prompt: TagPrompt,
-        sampling: Sampling,
-        max_input_tokens: int,
-        max_attempts: int,
-        retry_temperature: float,
-    ):
-        self.backend_factory, self.prompt, self.sampling = backend_factory, prompt, sampling
-        self.max_input_tokens, self.max_attempts, self.retry_temperature = max_input_tokens, max_attempts, retry_temperature
+    def __init__(self, cache_uri, run_uri, backend_factory: Callable[[], LLMBackend], tagging: TagSettings):
+        self.backend_factory, self.tagging = backend_factory, tagging
         super().__init__(cache_uri, run_uri)
 
     def load(self) -> None:
@@ -142,7 +130,7 @@ class TagActor(_CacheActor):
     def process(self, batch):
         stats = TaggingStats()
         work = list(zip(batch.column("text_hash").to_pylist(), batch.column("sample_id").to_pylist(), batch.column("text").to_pylist()))
-        rows = tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts, self.retry_temperature, stats)
+        rows = tag_batch(work, self.backend, self.tagging, stats)
         figures = {"truncated": stats.truncated, "input_tokens": stats.input_tokens, "generate_seconds": stats.generate_seconds}
         return pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), figures
 

@@ -31,9 +31,8 @@ from typing import Any, Callable
 from mig_assets.core.embedding.encoder import EmbeddingCache
 from mig_assets.core.execution.actors import EmbedActor, TagActor, select_planned
 from mig_assets.core.execution.storage import Storage, exists, join_uri, open_uri
-from mig_assets.core.llm.backends import LLMBackend, Sampling
-from mig_assets.core.tagging.prompts import TagPrompt
-from mig_assets.core.tagging.rows import TagCache, TaggingStats
+from mig_assets.core.llm.backends import LLMBackend
+from mig_assets.core.tagging.rows import TagCache, TaggingStats, TagSettings
 
 RUNS_FOLDER = "_ray_runs"  # per-pipeline markers (actor starts, batch attempts), removed after the run
 
@@ -267,26 +266,15 @@ def fill_cache_on_ray(
 def tag_shards_on_ray(
     shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
     backend_factory: Callable[[], LLMBackend],
-    prompt: TagPrompt,
+    tagging: TagSettings,
     cache: TagCache,
     *,
     include_response: bool,
     settings: RaySettings,
-    sampling: Sampling = Sampling(),
-    max_input_tokens: int = 1536,
-    max_attempts: int = 3,
-    retry_temperature: float = 0.7,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict[str, ShardFigures], ClusterStats]:
     """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``tag_batch``)."""
-    actor_kwargs = {
-        "backend_factory": backend_factory,
-        "prompt": prompt,
-        "sampling": sampling,
-        "max_input_tokens": max_input_tokens,
-        "max_attempts": max_attempts,
-        "retry_temperature": retry_temperature,
-    }
+    actor_kwargs = {"backend_factory": backend_factory, "tagging": tagging}
     return fill_cache_on_ray(shards, cache.folder, cache.lookup, TagActor, actor_kwargs, include_response=include_response, settings=settings, log=log)
 
 

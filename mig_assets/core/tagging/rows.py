@@ -97,6 +97,18 @@ class TagCache(BatchCache):
         super().__init__(model_folder(folder, model_id) / f"prompt={self.key}", "text_hash", CACHE_SCHEMA)
 
 
+@dataclass(frozen=True)
+class TagSettings:
+    """How a tagger asks, on every path (local, Ray actors, target sets): its prompt, sampling, the
+    input cut and the retries of answers that fail to parse."""
+
+    prompt: TagPrompt
+    sampling: Sampling = field(default_factory=Sampling)
+    max_input_tokens: int = 1536
+    max_attempts: int = 3
+    retry_temperature: float = 0.7
+
+
 @dataclass
 class TaggingStats:
     samples: int = 0
@@ -146,8 +158,10 @@ def tag_samples(
     stats = TaggingStats(samples=len(hash_of), cached=sum(h in by_text for h in hash_of.values()))
     todo = [(h, *texts[h]) for h in dict.fromkeys(hash_of.values()) if h not in by_text]
 
+    settings = TagSettings(prompt, sampling, max_input_tokens, max_attempts, retry_temperature)
+
     def work(batch):
-        return tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
+        return tag_batch(batch, backend, settings, stats)
 
     for _, rows in cache.fill(todo, batch_size, work):
         by_text.update((row["text_hash"], row) for row in rows)
@@ -161,25 +175,25 @@ def tag_samples(
     return results, stats
 
 
-def tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
+def tag_batch(batch: list[tuple[str, str, str]], backend: LLMBackend, settings: TagSettings, stats: TaggingStats) -> list[dict]:
     """Tag one batch of (text_hash, sample_id, text); returns cache rows in batch order."""
     rows = {}
     conversations = {}
     for key, sample_id, text in batch:
-        cut, truncated, n_tokens = backend.truncate(text, max_input_tokens)
+        cut, truncated, n_tokens = backend.truncate(text, settings.max_input_tokens)
         stats.truncated += truncated
         stats.input_tokens += n_tokens
-        conversations[key] = prompt.messages(cut)
+        conversations[key] = settings.prompt.messages(cut)
         rows[key] = {"text_hash": key, "sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
     clock = time.perf_counter()
     answers = complete_with_retries(
         backend,
         conversations,
-        prompt.schema,
-        sampling,
+        settings.prompt.schema,
+        settings.sampling,
         lambda answer: parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error"),
-        max_attempts=max_attempts,
-        retry_temperature=retry_temperature,
+        max_attempts=settings.max_attempts,
+        retry_temperature=settings.retry_temperature,
     )
     stats.generate_seconds += time.perf_counter() - clock
     for key, (parsed, answer, attempts) in answers.items():

@@ -22,7 +22,6 @@ from mig_assets.core.tagging.rows import (
     imported_tag_rows,
     kept_text_hashes,
     query_text,
-    tag_samples,
 )
 from mig_assets.orchestration.automation import (
     on_new_shard,
@@ -153,16 +152,10 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     else:
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
-        cache = tagger.tag_cache(layout.warehouse_dir)
-        results, stats = tag_samples(
+        results, stats = tagger.tag(
             list(zip(ids, texts)),
-            tagger.llm() if ray_figures is None else NoLocalModel(),
-            tagger.prompt,
-            cache,
-            sampling=tagger.sampling,
-            max_input_tokens=tagger.max_input_tokens,
-            batch_size=tagger.batch_size,
-            max_attempts=tagger.max_attempts,
+            layout.warehouse_dir,
+            backend=None if ray_figures is None else NoLocalModel(),
             log=lambda message: context.log.info(f"{shard}: {message}"),
         )
         if ray_figures is None:
@@ -178,7 +171,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "truncated": stats.truncated,
             "model": tagger.model_id,
             "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
-            "cache": dg.MetadataValue.path(str(cache.folder)),
+            "cache": dg.MetadataValue.path(str(tagger.tag_cache(layout.warehouse_dir).folder)),
             "generate_seconds": round(stats.generate_seconds, 3),
             "engine_load_seconds": round(load_seconds, 3),
         }
@@ -244,13 +237,10 @@ def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger:
     figures, cluster = tag_shards_on_ray(
         kept_text_hashes(layout, context.partition_keys, tagger.include_response),
         factory,
-        tagger.prompt,
+        tagger.tag_settings,
         tagger.tag_cache(layout.warehouse_dir),
         include_response=tagger.include_response,
         settings=execution.settings(layout),
-        sampling=tagger.sampling,
-        max_input_tokens=tagger.max_input_tokens,
-        max_attempts=tagger.max_attempts,
         log=context.log.info,
     )
     return figures, execution.cluster_metadata(cluster, cluster_name)
