@@ -14,7 +14,7 @@ from pydantic import Field
 from mig_assets.core.llm.backends import LLMBackend, Sampling
 from mig_assets.core.store.batch_cache import TAG_CACHE_DIR
 from mig_assets.core.tagging.prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
-from mig_assets.core.tagging.rows import TagCache, TagSettings, tag_samples
+from mig_assets.core.tagging.rows import TagCache, TagSettings
 from mig_assets.resources.llm import ENGINES, IMPORTED, LLMResource
 
 BACKENDS = (IMPORTED, *ENGINES)  # the tagger's model backends are the engines themselves
@@ -42,22 +42,6 @@ class Tagger(LLMResource):
     @property
     def tag_settings(self) -> TagSettings:
         return TagSettings(self.prompt, self.sampling, self.max_input_tokens, self.max_attempts)
-
-    def tag(self, samples: list[tuple[str, str]], warehouse_dir: Path, *, backend: LLMBackend | None = None, log=lambda message: None):
-        """Tag ``(sample_id, text)`` pairs through this tagger's cache with its settings; ``backend``
-        replaces the run's (after a Ray run, one that refuses work). Returns the results and figures."""
-        settings = self.tag_settings
-        return tag_samples(
-            samples,
-            self.llm() if backend is None else backend,
-            settings.prompt,
-            self.tag_cache(warehouse_dir),
-            sampling=settings.sampling,
-            max_input_tokens=settings.max_input_tokens,
-            batch_size=self.batch_size,
-            max_attempts=settings.max_attempts,
-            log=log,
-        )
 
     def tag_cache(self, warehouse_dir: Path) -> TagCache:
         """The answer cache of this model, prompt and sampling (shared by shards and target sets)."""

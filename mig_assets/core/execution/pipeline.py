@@ -34,6 +34,8 @@ from mig_assets.core.execution.storage import Storage, exists, join_uri, open_ur
 from mig_assets.core.llm.backends import LLMBackend
 from mig_assets.core.tagging.rows import TagCache, TaggingStats, TagSettings
 
+# shard -> (its raw_pool file relative to the warehouse, its kept (sample_id, text_hash) pairs in file order)
+ShardTexts = dict[str, tuple[str, list[tuple[str, str]]]]
 RUNS_FOLDER = "_ray_runs"  # per-pipeline markers (actor starts, batch attempts), removed after the run
 
 
@@ -192,7 +194,7 @@ class ShardFigures:
 
 
 def fill_cache_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     cache_folder: Path,
     known: Callable[[list[str]], dict],
     actor_cls: type,
@@ -264,7 +266,7 @@ def fill_cache_on_ray(
 
 
 def tag_shards_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     backend_factory: Callable[[], LLMBackend],
     tagging: TagSettings,
     cache: TagCache,
@@ -279,7 +281,7 @@ def tag_shards_on_ray(
 
 
 def embed_shards_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     cache: EmbeddingCache,
     *,
     model: str,

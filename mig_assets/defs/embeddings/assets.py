@@ -16,12 +16,12 @@ from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import normalize_tag
 from mig_assets.core.tagging.rows import kept_text_hashes, query_text
 from mig_assets.orchestration.automation import (
-    on_new_shard,
     re_select,
     refuse_to_replace_other_configuration,
 )
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK
 from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.settings import current_settings
 
@@ -84,12 +84,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(tags),
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("tag_vocabulary", tag="tag", embedding="tag"),
             "newly_embedded": newly_embedded,
             "reused_from_cache": len(tags) - newly_embedded,
             "model": model_id,
@@ -105,14 +100,10 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
 
 
 @dg.asset(
-    partitions_def=pool_shards,
-    deps=["raw_pool"],
+    **SHARD_MODEL_WORK,
     group_name="embeddings",
     kinds={"parquet", "pytorch"},
     code_version=EMBEDDING_CODE_VERSION,
-    pool="gpu",
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=on_new_shard,
     description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; feeds baselines, grounding and diagnostics.",
 )
 def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution) -> dg.MaterializeResult:
@@ -146,12 +137,7 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": totals["rows"],
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("raw_pool", sample_id="sample_id", embedding="messages"),
             "newly_embedded": totals["newly_embedded"],
             "reused_from_cache": totals["rows"] - totals["newly_embedded"],
             "texts_per_second": round(totals["newly_embedded"] / totals["seconds"], 1) if totals["seconds"] else 0.0,

@@ -14,22 +14,14 @@ from mig_assets.core.quality.rows import QUALITY_ROW_SCHEMA, degenerate, histogr
 from mig_assets.core.quality.scoring import score_samples
 from mig_assets.core.store.batch_cache import QUALITY_CACHE_DIR, text_hash
 from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
-from mig_assets.orchestration.automation import on_new_shard, refuse_to_replace_other_configuration
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.automation import refuse_to_replace_other_configuration
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.orchestration.range_runs import range_run_metadata
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
 from mig_assets.resources import Scorer, Warehouse
 
 CHECK_NAME = "quality_scores_not_degenerate"
-QUALITY_LINEAGE = dg.TableColumnLineage(
-    deps_by_column={
-        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-        "score": [
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_quality"),
-        ],
-    }
-)
+QUALITY_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", score=("messages", "imported_quality"))
 QUALITY_COLUMNS = dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in QUALITY_ROW_SCHEMA])
 
 
@@ -48,8 +40,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="quality_scores",
-        partitions_def=pool_shards,
-        deps=["raw_pool"],
+        **SHARD_MODEL_WORK,
         group_name="quality",
         kinds={"parquet"} if scorer_version == "imported" else {"parquet", "vllm"},
         code_version=f"quality-{scorer_version}",
@@ -64,9 +55,6 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
                 description="scores are not all equal and the share of failed samples is at most max_failure_rate",
             )
         ],
-        pool="gpu",
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=on_new_shard,
     )
     def quality_scores(context: dg.AssetExecutionContext, config: QualityConfig, warehouse: Warehouse, scorer: Scorer):
         record_settings(context)

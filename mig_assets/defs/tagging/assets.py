@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from mig_assets.core.execution.pipeline import NoLocalModel
 from mig_assets.core.store.catalog import replace_table
 from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import (
@@ -24,26 +23,18 @@ from mig_assets.core.tagging.rows import (
     query_text,
 )
 from mig_assets.orchestration.automation import (
-    on_new_shard,
     re_select,
     refuse_to_replace_other_configuration,
 )
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.orchestration.range_runs import range_run_metadata
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
+from mig_assets.orchestration.tagging import tag_on_ray, tag_through_cache
 from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
 JUNK_EXAMPLES = 5
-TAGS_LINEAGE = dg.TableColumnLineage(
-    deps_by_column={
-        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-        "tags": [
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_tags"),
-        ],
-    }
-)
+TAGS_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", tags=("messages", "imported_tags"))
 
 
 class TaggingConfig(dg.Config):
@@ -67,8 +58,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="atomic_tags",
-        partitions_def=pool_shards,
-        deps=["raw_pool"],
+        **SHARD_MODEL_WORK,
         group_name="tagging",
         kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
         code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
@@ -88,15 +78,16 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
                 description="share of the LLM's surface tags dropped as junk is at most max_junk_share (0 for imported tags)",
             ),
         ],
-        pool="gpu",
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=on_new_shard,
     )
     def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution):
         record_settings(context)
         refuse_to_replace_other_configuration(context)
         on_ray = execution.on_ray and tagger.backend != "imported"
-        figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
+        if on_ray:
+            texts = kept_text_hashes(warehouse.layout, context.partition_keys, tagger.include_response)
+            figures, cluster_extra = tag_on_ray(texts, tagger, execution, warehouse.layout, include_response=tagger.include_response, log=context.log.info)
+        else:
+            figures, cluster_extra = {}, {}
         shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
         per_shard = {shard: result[0] for shard, result in shards.items()}
         metadata = range_run_metadata(per_shard, summed=("newly_tagged", "from_cache"))
@@ -152,16 +143,9 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     else:
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
-        results, stats = tagger.tag(
-            list(zip(ids, texts)),
-            layout.warehouse_dir,
-            backend=None if ray_figures is None else NoLocalModel(),
-            log=lambda message: context.log.info(f"{shard}: {message}"),
+        results, stats, load_seconds = tag_through_cache(
+            list(zip(ids, texts)), tagger, layout, ray_figures=ray_figures, log=lambda message: context.log.info(f"{shard}: {message}")
         )
-        if ray_figures is None:
-            load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
-        else:
-            stats, load_seconds = ray_figures.apply(stats), ray_figures.load_seconds
         table = cached_tag_rows(results, ids, texts, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
         extra = {
             "newly_tagged": stats.tagged,
@@ -220,30 +204,6 @@ def junk_figures(table: pa.Table) -> dict:
         "by_reason": dict(by_reason.most_common()),
         "examples": examples,
     }
-
-
-def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
-    """The run's untagged texts, all shards at once, tagged on the Ray cluster into the tag cache
-    (each actor loads the engine once per run); returns each shard's figures and the cluster's."""
-    from mig_assets.core.execution.pipeline import tag_shards_on_ray
-
-    layout = warehouse.layout
-    cluster_name = execution.connect(context.log.info)
-    context.log.info(f"tagging {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
-    factory = tagger.backend_factory(
-        tensor_parallel_size=execution.gpus_per_actor if execution.gpus_per_actor > 1 else 0,
-        gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
-    )
-    figures, cluster = tag_shards_on_ray(
-        kept_text_hashes(layout, context.partition_keys, tagger.include_response),
-        factory,
-        tagger.tag_settings,
-        tagger.tag_cache(layout.warehouse_dir),
-        include_response=tagger.include_response,
-        settings=execution.settings(layout),
-        log=context.log.info,
-    )
-    return figures, execution.cluster_metadata(cluster, cluster_name)
 
 
 def _columns(con, relation: str) -> set[str]:
@@ -316,12 +276,7 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n_tags,
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="tags")],
-                    "n_samples": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="sample_id")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("atomic_tags", tag="tags", n_samples="sample_id"),
             "tag_assignments": n_tagged,
             "surface_forms": len(surface),
             "tag_policy": dg.MetadataValue.json({b: f"{p}: {TAG_POLICIES[p]}" for b, p in sorted(policy.items())}),

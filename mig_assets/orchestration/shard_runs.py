@@ -1,9 +1,23 @@
-"""Metadata of a per-shard asset whose run covers a range of shards (``BackfillPolicy.single_run()``):
-Dagster records one materialization per shard of the range, each carrying the run's metadata."""
+"""Per-shard model work (``atomic_tags``, ``quality_scores``, ``sample_embeddings``): how such an
+asset runs, and the metadata of a run over a range of shards (Dagster records one materialization
+per shard of the range, each carrying the run's metadata)."""
 
 from collections import Counter
 
 import dagster as dg
+
+from mig_assets.orchestration.automation import on_new_shard
+from mig_assets.orchestration.partitions import pool_shards
+
+# one partition per shard of raw_pool, in the `gpu` pool (one model at a time), a range in one run
+# (the model loads once), made as soon as its shard is ingested
+SHARD_MODEL_WORK = {
+    "partitions_def": pool_shards,
+    "deps": ("raw_pool",),
+    "pool": "gpu",
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "automation_condition": on_new_shard,
+}
 
 
 def range_run_metadata(per_shard: dict[str, dict], *, summed: tuple[str, ...] = (), shared: tuple[str, ...] = ()) -> dict:
