@@ -6,6 +6,7 @@ from cache loads no model, and released at teardown.
 """
 
 import functools
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -44,7 +45,7 @@ class LLMResource(dg.ConfigurableResource):
         a Ray actor: a packaged model is resolved there); ``overrides`` replace configured settings."""
         if self.backend == IMPORTED:
             raise ValueError("the imported backend reads annotations and has no model")
-        settings = {
+        settings: dict[str, Any] = {
             "model_id": self.model_id,
             "max_model_len": self.max_model_len,
             "tensor_parallel_size": self.tensor_parallel_size,

@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pyarrow as pa
 
@@ -23,6 +23,8 @@ from mig_assets.core.store.parquet import write_parquet_atomic
 TAG_CACHE_DIR = "tag_cache"
 QUALITY_CACHE_DIR = "quality_cache"
 EMBEDDING_CACHE_DIR = "embedding_cache"
+Item = TypeVar("Item")
+Result = TypeVar("Result", list[dict], pa.Table)  # a batch's rows, or its table
 BATCH_PREFIX = "batch-"  # every batch file's name starts so; readers glob f"{BATCH_PREFIX}*.parquet"
 
 
@@ -71,7 +73,9 @@ class BatchCache:
             return None
         return write_parquet_atomic(table, self.folder / f"{BATCH_PREFIX}{time.time_ns()}-{os.getpid()}.parquet")
 
-    def fill(self, todo: list, batch_size: int, work: Callable, cacheable: Callable[[dict], bool] | None = None) -> Iterator[tuple[list, object]]:
+    def fill(
+        self, todo: list[Item], batch_size: int, work: Callable[[list[Item]], Result], cacheable: Callable[[dict], bool] | None = None
+    ) -> Iterator[tuple[list[Item], Result]]:
         """Run ``work`` over ``todo``, ``batch_size`` items at a time, appending each batch's result
         (rows or a table; of rows only those ``cacheable`` accepts) before yielding ``(batch, result)``."""
         for start in range(0, len(todo), batch_size):
