@@ -11,12 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mig_assets.core.tags.select import (
-    TagsParams,
-    ancestor_weights,
-    build_problem,
-    select,
-)
+from mig_assets.core.tags.modes import select
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.problem import ancestor_weights, build_problem
 from mig_assets.core.tags.tree import (
     CentralRefiner,
     Concept,

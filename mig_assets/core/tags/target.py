@@ -2,7 +2,7 @@
 knowledge tree and smoothed into a distribution over its leaves.
 
 A target sample contributes one unit of mass, split evenly over its grounded tags' leaves (the
-pool's samples are weighted the same way by :func:`tags_select.leaf_weights`), so the counts c_ℓ
+pool's samples are weighted the same way by :func:`~mig_assets.core.tags.problem.leaf_weights`), so the counts c_ℓ
 are "target samples' worth" of mass per leaf; t = (c + α)/(Σc + αL) (:func:`target_distribution`).
 
 Samples without tags (a tagger that only imports annotations, a target file without any) can be

@@ -17,8 +17,9 @@ from mig_assets.core.store.catalog import drop_table, replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.core.tagging.canonical import as_written_tags
 from mig_assets.core.tagging.rows import llm_result_tags, tag_samples
+from mig_assets.core.tags.information import leaf_entropy
+from mig_assets.core.tags.problem import target_distribution
 from mig_assets.core.tags.refine import LLMTreeRefiner
-from mig_assets.core.tags.select import leaf_entropy, target_distribution
 from mig_assets.core.tags.target import (
     DEFAULT_TAG_THRESHOLD,
     DEFAULT_TEXT_THRESHOLD,
