@@ -562,7 +562,8 @@ def test_budget_edges_and_bad_inputs():
 
 
 def test_end_to_end_from_a_built_tree():
-    from mig_assets.core.tags.tree import build_tree, ground_tags
+    from mig_assets.core.tags.build import build_tree
+    from mig_assets.core.tags.grounding import ground_tags
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 12))

@@ -24,7 +24,8 @@ import numpy as np
 from mig_assets.core.ingest.readers import ReadStats, is_supported, read_records
 from mig_assets.core.ingest.records import RecordError, canonicalize
 from mig_assets.core.tagging.rows import query_text
-from mig_assets.core.tags.tree import KnowledgeTree, ground_tags
+from mig_assets.core.tags.grounding import ground_tags
+from mig_assets.core.tags.tree import KnowledgeTree
 
 DEFAULT_TAG_THRESHOLD = 0.65
 DEFAULT_TEXT_THRESHOLD = 0.3

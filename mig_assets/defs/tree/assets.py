@@ -17,6 +17,8 @@ from mig_assets.core.store.catalog import drop_table, replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.core.tagging.canonical import as_written_tags
 from mig_assets.core.tagging.rows import llm_result_tags, tag_samples
+from mig_assets.core.tags.build import build_tree
+from mig_assets.core.tags.clustering import CLUSTERING_METHOD
 from mig_assets.core.tags.information import leaf_entropy
 from mig_assets.core.tags.problem import target_distribution
 from mig_assets.core.tags.refine import LLMTreeRefiner
@@ -26,7 +28,7 @@ from mig_assets.core.tags.target import (
     ground_target,
     read_target,
 )
-from mig_assets.core.tags.tree import CLUSTERING_METHOD, build_tree, load_tree
+from mig_assets.core.tags.tree import load_tree
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Embedder, Tagger, Warehouse
