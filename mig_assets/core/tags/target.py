@@ -38,6 +38,7 @@ class TargetSample:
     line_no: int
     text: str  # what a tagger reads: the user turns
     imported_tags: list[str] | None
+    messages: list[dict] = field(default_factory=list)  # the canonical messages ({role, content}), as raw_pool stores them
 
 
 @dataclass
@@ -95,7 +96,7 @@ def read_target(path: str | Path, filter_field: str = "", filter_values: Sequenc
                 continue
             seen.add(record.sample_id)
             messages = [{"role": role, "content": content} for role, content in record.messages]
-            result.samples.append(TargetSample(record.sample_id, str(file), raw.line_no, query_text(messages), record.imported_tags))
+            result.samples.append(TargetSample(record.sample_id, str(file), raw.line_no, query_text(messages), record.imported_tags, messages))
     return result
 
 
