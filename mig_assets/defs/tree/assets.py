@@ -14,7 +14,7 @@ from pydantic import Field
 from mig_assets.core.embedding.encoder import EmbeddingCache, arrow_to_vectors, text_hash, vectors_to_arrow
 from mig_assets.core.ingest.shards import MESSAGE_TYPE
 from mig_assets.core.outputs.report import markdown_image, target_plot
-from mig_assets.core.store.catalog import drop_table, replace_table
+from mig_assets.core.store.catalog import WarehouseLayout, drop_table, replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.core.tagging.canonical import as_written_tags
 from mig_assets.core.tagging.rows import llm_result_tags
@@ -154,7 +154,7 @@ TARGET_MESSAGES_FILE = "target_profile/messages.parquet"  # under the warehouse:
 
 
 def tag_target(
-    context: dg.AssetExecutionContext, layout, tagger: Tagger, execution: Execution, samples: list[TargetSample]
+    context: dg.AssetExecutionContext, layout: WarehouseLayout, tagger: Tagger, execution: Execution, samples: list[TargetSample]
 ) -> tuple[list[list[str] | None], dict]:
     """The target samples' tags (None for a failed sample) through the pool's tagging path: the tagger's
     cache and model, on Ray when ``execution`` says so (the target set is written as one file of
