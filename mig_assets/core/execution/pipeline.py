@@ -141,7 +141,7 @@ def run_pipeline(
         )
         done = 0
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():  # type: ignore[union-attr,operator]  # batch_format="pyarrow": a pyarrow.Table
+            for row in batch.to_pylist():  # type: ignore[union-attr]  # batch_format="pyarrow": a pyarrow.Table
                 done += row["rows"]
                 stats.batches += 1
                 stats.batches_skipped += row["skipped"]
