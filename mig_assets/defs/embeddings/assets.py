@@ -27,7 +27,7 @@ from mig_assets.orchestration.automation import (
     refuse_to_replace_other_configuration,
 )
 from mig_assets.orchestration.partitions import pool_shards
-from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.provenance import column_lineage, record_settings
 from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.settings import current_settings
 
@@ -90,12 +90,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(tags),
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage({"tag": [("tag_vocabulary", "tag")], "embedding": [("tag_vocabulary", "tag")]}),
             "newly_embedded": newly_embedded,
             "reused_from_cache": len(tags) - newly_embedded,
             "model": model_id,
