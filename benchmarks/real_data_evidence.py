@@ -45,7 +45,7 @@ def main() -> None:
         stdout_to_stderr,
     )
     from mig_assets.cli import main as cli_main
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
 
     layout = WarehouseLayout(home).ensure()
     instance = dagster_instance(layout)

@@ -19,12 +19,11 @@ from pathlib import Path
 
 from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL
 from mig_assets.core.ingest.shards import file_sha256
-from mig_assets.core.store.catalog import (
-    ShardPathError,
-    WarehouseLayout,
-    open_catalog,
-    publish_catalog,
-)
+from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.selection.compare import COMPARISON_FRACTION
+from mig_assets.core.selection.request import SELECTION_DEFAULTS
+from mig_assets.core.store.catalog import open_catalog, publish_catalog
+from mig_assets.core.store.layout import ShardPathError, WarehouseLayout
 from mig_assets.settings import (
     DEFAULT_MIG_HOME,
     SETTINGS_FILE,
@@ -393,7 +392,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     """The reference ``mig sample``: selected input records, unchanged, in selection order."""
     from mig_assets.core.embedding.encoder import SentenceEmbedder
-    from mig_assets.core.mig.algorithm import MigParams
     from mig_assets.core.mig.sample import run_sample
 
     params = MigParams(
@@ -551,16 +549,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--label-graph-type", choices=["sim"], default="sim")
     sample.add_argument("--embedding-model", default="", help=f"sentence-transformers model (default {DEFAULT_EMBEDDING_MODEL})")
     sample.add_argument("--label-embeddings", default=None, metavar="PREFIX", help="PREFIX.labels.json + PREFIX.emb.npy instead of a model")
-    sample.add_argument("--sim-threshold", type=float, default=0.9)
-    sample.add_argument("--prop-weight", type=float, default=1.0)
+    sample.add_argument("--sim-threshold", type=float, default=MigParams.tau)
+    sample.add_argument("--prop-weight", type=float, default=MigParams.prop_weight)
     sample.add_argument("--norm", action="store_true", help="split a sample's score across its labels")
-    sample.add_argument("--phi-type", choices=["pow", "exp"], default="pow")
-    sample.add_argument("--phi-a", type=float, default=1e-6)
-    sample.add_argument("--phi-b", type=float, default=0.8)
-    sample.add_argument("--phi-alpha", type=float, default=1.0)
+    sample.add_argument("--phi-type", choices=["pow", "exp"], default=MigParams.phi)
+    sample.add_argument("--phi-a", type=float, default=MigParams.phi_a)
+    sample.add_argument("--phi-b", type=float, default=MigParams.phi_b)
+    sample.add_argument("--phi-alpha", type=float, default=MigParams.phi_alpha)
     sample.add_argument("--batch-size", type=int, default=0, help="accepted for compatibility; never changes the result")
     sample.add_argument("--sampler-type", choices=["mig", "random"], default="mig")
-    sample.add_argument("--gain", choices=["gradient", "exact"], default="gradient")
+    sample.add_argument("--gain", choices=["gradient", "exact"], default=MigParams.gain)
     sample.set_defaults(func=cmd_sample)
     why = sub.add_parser("explain", help="lineage of one sample and why it is (not) in a selection")
     why.add_argument("sample_id", help="a sample_id or an unambiguous prefix of at least 8 characters")
@@ -571,9 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     repair.set_defaults(func=cmd_repair)
     compare = sub.add_parser("compare", help="every selection method at one budget, measured side by side")
     size = compare.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=0.1, help="share of the pool each method selects (default 0.1)")
+    size.add_argument("--fraction", type=float, default=COMPARISON_FRACTION, help=f"share of the pool each method selects (default {COMPARISON_FRACTION})")
     size.add_argument("--count", type=int, default=None, help="samples each method selects")
-    compare.add_argument("--seed", type=int, default=42)
+    compare.add_argument("--seed", type=int, default=SELECTION_DEFAULTS["seed"])
     compare.set_defaults(func=cmd_compare)
     return parser
 

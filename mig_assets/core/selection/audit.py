@@ -36,7 +36,8 @@ from mig_assets.core.selection.lineage import (
 )
 from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.selection.run import SelectionOutcome
-from mig_assets.core.store.catalog import WarehouseLayout, has_relation, insert_table
+from mig_assets.core.store.catalog import has_relation, insert_table
+from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.core.store.schema import SELECTION_TABLES
 
 

@@ -181,6 +181,9 @@ def compare_selections(
     return table
 
 
+COMPARISON_FRACTION = 0.1  # the comparison's default budget: this share of the pool per method
+
+
 def run_comparison(request, inputs) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every method the inputs allow, at the one budget of ``request`` (a
     :class:`~mig_assets.core.selection.request.SelectionRequest`) on ``inputs.pool`` (a

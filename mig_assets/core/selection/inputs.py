@@ -18,7 +18,8 @@ import scipy.sparse as sp
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.selection.lineage import SCORED_QUALITY_SQL
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
-from mig_assets.core.store.catalog import WarehouseLayout, has_relation
+from mig_assets.core.store.catalog import has_relation
+from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.core.tagging.canonical import normalize_tag, policy_of_backend
 from mig_assets.core.tags.tree import load_tree
 

@@ -15,7 +15,7 @@ from mig_assets.core.outputs.report import (
     markdown_table,
     overlap_plot,
 )
-from mig_assets.core.selection.compare import guarantees, run_comparison
+from mig_assets.core.selection.compare import COMPARISON_FRACTION, guarantees, run_comparison
 from mig_assets.core.selection.inputs import load_inputs
 from mig_assets.core.store.catalog import has_relation, insert_table
 from mig_assets.core.store.schema import COMPARISON_TABLES
@@ -31,7 +31,7 @@ class ComparisonConfig(SelectionConfig):
     """One budget for every method (default 10% of the pool); the method parameters of SelectionConfig.
     The aligned TAGS run uses ``align`` (penalty when left at none)."""
 
-    budget_fraction: float | None = Field(default=0.1, description="share of the pool each method selects")
+    budget_fraction: float | None = Field(default=COMPARISON_FRACTION, description="share of the pool each method selects")
 
 
 @dg.asset(
