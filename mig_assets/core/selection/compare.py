@@ -14,6 +14,8 @@ import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import MigParams, phi, propagated_matrix
 from mig_assets.core.selection.baselines import unit_rows
+from mig_assets.core.selection.inputs import SelectionInputs
+from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.tags import select as tags_select
 from mig_assets.core.tags.select import TagsParams, TagsProblem
 from mig_assets.core.validation import check_embeddings, check_scores, first_few
@@ -184,7 +186,7 @@ def compare_selections(
 COMPARISON_FRACTION = 0.1  # the comparison's default budget: this share of the pool per method
 
 
-def run_comparison(request, inputs) -> tuple[list[dict], dict[str, np.ndarray]]:
+def run_comparison(request: SelectionRequest, inputs: SelectionInputs) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every method the inputs allow, at the one budget of ``request`` (a
     :class:`~mig_assets.core.selection.request.SelectionRequest`) on ``inputs.pool`` (a
     :class:`~mig_assets.core.selection.inputs.SelectionInputs`), measured by :func:`compare_selections`:
@@ -206,7 +208,7 @@ def run_comparison(request, inputs) -> tuple[list[dict], dict[str, np.ndarray]]:
     pool, graph, tree, target = inputs.pool, inputs.graph, inputs.tree, inputs.target
     tags_params = dataclasses.replace(request.tags, align="none")
     aligned_params = dataclasses.replace(request.tags, align="penalty" if request.tags.align == "none" else request.tags.align)
-    runs: dict[str, object] = {}
+    runs: dict[str, SelectionRequest] = {}
     if graph is not None:
         runs["mig"] = request.replace(method="mig")
     if tree is not None:

@@ -8,6 +8,7 @@ order: every method breaks ties to the earlier row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,9 @@ class SelectionInputs:
     target: np.ndarray | None = None  # target leaf distribution over the tree's leaves
 
 
-def load_inputs(con, layout: WarehouseLayout, shard_order: list[str], *, embeddings: bool, graph: bool, tree: bool, target_required: bool) -> SelectionInputs:
+def load_inputs(
+    con, layout: WarehouseLayout, shard_order: Sequence[str], *, embeddings: bool, graph: bool, tree: bool, target_required: bool
+) -> SelectionInputs:
     """The pool (with its sample embeddings when ``embeddings``), the label graph when ``graph``, the
     knowledge tree and its target profile when ``tree`` (a missing or stale target is an error when
     ``target_required``, else left out)."""
@@ -65,7 +68,7 @@ def load_inputs(con, layout: WarehouseLayout, shard_order: list[str], *, embeddi
     return inputs
 
 
-def load_request_inputs(con, layout: WarehouseLayout, shard_order: list[str], request: SelectionRequest) -> SelectionInputs:
+def load_request_inputs(con, layout: WarehouseLayout, shard_order: Sequence[str], request: SelectionRequest) -> SelectionInputs:
     """What ``request``'s method reads: embeddings for deita and kcenter, the graph for MIG, the tree
     and target for TAGS (the target required when it aligns)."""
     return load_inputs(
@@ -79,7 +82,7 @@ def load_request_inputs(con, layout: WarehouseLayout, shard_order: list[str], re
     )
 
 
-def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
+def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: Sequence[str] = ()) -> tuple[np.ndarray, str, float]:
     """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
     score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
     weights, a description of their origin and the weight given to samples without a score."""
@@ -101,7 +104,7 @@ def quality_scores(imported: list[float | None], scored: list[float | None] | No
     return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
 
 
-def load_pool(con, layout: WarehouseLayout | None = None, shard_order: list[str] = ()) -> tuple[PoolArrays, str, float, int]:
+def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[str] = ()) -> tuple[PoolArrays, str, float, int]:
     """Kept samples in input order (shards in ``shard_order``, the partitions' registration order, then
     any other shard by key; lines in file order) with their tags and weights (and embeddings, given
     ``layout``); samples whose tagging failed are left out. Input order is the MIG reference's: its
