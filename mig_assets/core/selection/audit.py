@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +52,7 @@ class Provenance:
     upstream: dict
     pool_shards: list[str]
     settings: dict
-    shard_facts: Callable[[str], dict] = field(default=lambda shard: {})
+    shard_facts: Callable[[str], dict]
 
 
 @dataclass
