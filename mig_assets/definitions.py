@@ -7,17 +7,14 @@ model library is imported at module level anywhere.
 
 import dagster as dg
 
-from mig_assets.defs.comparison.assets import selection_comparison
 from mig_assets.defs.embeddings.assets import sample_embeddings, tag_embeddings
 from mig_assets.defs.pool.assets import raw_pool
 from mig_assets.defs.pool.jobs import ingest_job
 from mig_assets.defs.pool.sensors import incoming_shards_sensor
 from mig_assets.defs.quality.assets import build_quality_scores
-from mig_assets.defs.selection.assets import (
-    build_selection_asset,
-    label_graph,
-    selection_specs,
-)
+from mig_assets.defs.selection.assets import build_selection_asset, selection_specs
+from mig_assets.defs.selection.comparison import selection_comparison
+from mig_assets.defs.selection.label_graph import label_graph
 from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from mig_assets.defs.tree.assets import knowledge_tree, target_profile
 from mig_assets.orchestration.automation import automation_sensor

@@ -1,8 +1,9 @@
 """Run a selection method over the warehouse's pool arrays, with any budget kind.
 
-Plain module: the Dagster selection assets load the arrays, call :func:`run_selection` and persist.
-Pool rows come in input order (shards in registration order, then lines; see ``load_pool``), the
-MIG reference's order: every method breaks ties to the earlier row.
+Plain module: a selection asset builds one :class:`~mig_assets.core.selection.request.SelectionRequest`,
+loads the :class:`~mig_assets.core.selection.inputs.SelectionInputs`, calls :func:`run_selection` for
+one :class:`SelectionOutcome` and persists it (core/selection/audit.py). Pool rows come in input
+order, the MIG reference's: every method breaks ties to the earlier row.
 """
 
 from __future__ import annotations
@@ -22,32 +23,8 @@ from mig_assets.core.mig.algorithm import (
 )
 from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
-
-
-@dataclass
-class PoolArrays:
-    sample_ids: list[str]
-    tags: list[list[str]]  # canonical tags per sample
-    scores: np.ndarray  # quality weight per sample (float64, >= 0)
-    tokens: np.ndarray  # estimated tokens per sample (int64)
-    embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
-
-
-@dataclass
-class LabelGraph:
-    labels: list[str]  # sorted; column j <-> labels[j]
-    weights: sp.csr_array  # W (L x L), thresholded cosine similarity with self loops
-
-
-@dataclass
-class Budget:
-    count: int | None = None
-    fraction: float | None = None
-    tokens: int | None = None
-
-    def describe(self) -> str:
-        kind, value = next((k, v) for k, v in vars(self).items() if v is not None)
-        return f"{kind}={value}"
+from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
+from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
 
 
 @dataclass
@@ -65,28 +42,6 @@ class SelectionOutcome:
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
 
 
-def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
-    """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
-    score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
-    weights, a description of their origin and the weight given to samples without a score."""
-    scored = scored or [None] * len(imported)
-    values = [s if s is not None else q for s, q in zip(scored, imported)]
-    present = [v for v in values if v is not None]
-    if not present:
-        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
-    fill = float(np.median(present))
-    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
-    n_scored = sum(s is not None for s in scored)
-    parts = []
-    if n_scored:
-        parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
-    if len(present) > n_scored:
-        parts.append(f"{len(present) - n_scored} imported Deita scores")
-    if len(values) > len(present):
-        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
-    return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
-
-
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
     column_of = {label: j for j, label in enumerate(labels)}
@@ -97,31 +52,19 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
     return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
 
 
-def run_selection(
-    method: str,
-    pool: PoolArrays,
-    budget: Budget,
-    *,
-    graph: LabelGraph | None = None,
-    params: MigParams = MigParams(),
-    seed: int = 42,
-    tree=None,
-    tags_params=None,
-    gamma: float = 0.5,
-    level_weights: str = "uniform",
-    target: np.ndarray | None = None,
-    diversity_threshold: float = 0.9,
-) -> SelectionOutcome:
-    """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
-    (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
-    complexity-first tag coverage; kcenter, farthest-first on the sample embeddings).
+def run_selection(request: SelectionRequest, inputs: SelectionInputs) -> SelectionOutcome:
+    """Pick samples of ``inputs.pool`` by ``request.method`` within ``request.budget``: "mig" (over
+    ``inputs.graph``), "tags", or a baseline of :data:`BASELINES` (random; top_quality; deita, the
+    score-first filter at cosine ``request.diversity_threshold``; instag, complexity-first tag
+    coverage; kcenter, farthest-first on the sample embeddings).
 
-    TAGS uses ``tree``, ``tags_params`` (its alignment mode among them), the upward decay ``gamma``,
-    the ``level_weights`` β and, to align or to report KL, a ``target`` distribution over the leaves.
+    TAGS uses ``inputs.tree``, ``request.tags`` (its alignment mode among them), the upward decay
+    ``request.gamma``, the ``request.level_weights`` β and, to align or to report KL, ``inputs.target``.
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
     """
+    pool, budget, method = inputs.pool, request.budget, request.method
     n_pool = len(pool.sample_ids)
     if n_pool == 0:
         raise ValueError("the pool is empty: ingest shards before selecting")
@@ -130,11 +73,11 @@ def run_selection(
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
     if method == "mig":
-        outcome = _mig(pool, graph, k, params)
+        outcome = _mig(pool, inputs.graph, k, request.mig)
     elif method == "tags":
-        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
+        outcome = _tags(pool, inputs.tree, k, request, inputs.target)
     elif method in BASELINES:
-        order = _baseline(method, pool, k, seed, diversity_threshold)
+        order = _baseline(method, pool, k, request.seed, request.diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
     else:
         raise ValueError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
@@ -149,11 +92,6 @@ def run_selection(
         if outcome.leaf_matrix is not None:
             outcome.leaf_mass = np.asarray(outcome.leaf_matrix[outcome.order].sum(axis=0)).ravel()
     return outcome
-
-
-BASELINES = ("random", "top_quality", "deita", "instag", "kcenter")
-EMBEDDING_METHODS = ("deita", "kcenter")
-METHODS = ("mig", "tags", *BASELINES)
 
 
 def _baseline(method: str, pool: PoolArrays, k: int, seed: int, diversity_threshold: float) -> np.ndarray:
@@ -186,7 +124,7 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) 
     return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
 
 
-def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
+def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, level_weights: str = SelectionRequest.level_weights):
     """The TAGS problem over the pool: each sample's tags grounded on their leaves (tags newer than the
     tree are left out), path vectors with upward decay ``gamma`` and level weights β."""
     from mig_assets.core.tags.problem import build_problem, leaf_weights
@@ -199,16 +137,15 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
+def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
-    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
+    ``target`` by ``request.tags.align`` (with align "none" a target only adds the KL curve)."""
     from mig_assets.core.tags.modes import select as tags_select
-    from mig_assets.core.tags.params import TagsParams
 
-    params = params or TagsParams(align="none")
+    params = request.tags
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
-    problem = tags_problem(pool, tree, gamma, level_weights)
+    problem = tags_problem(pool, tree, request.gamma, request.level_weights)
     result = tags_select(problem, k, params, target)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(

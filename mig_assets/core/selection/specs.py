@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from mig_assets.core.selection.run import METHODS
+from mig_assets.core.selection.request import METHODS
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
