@@ -82,7 +82,9 @@ class AutomationSettings(_Section):
 class NearDuplicateSettings(_Section):
     methods: str = Field(default="minhash,embedding", description="comma-separated: minhash (lexical), embedding (semantic); '' for none")
     num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations (signature length)")
-    minhash_threshold: float = Field(default=0.8, gt=0, le=1, description="estimated Jaccard of the word shingles at or above which two samples are near copies")
+    minhash_threshold: float = Field(
+        default=0.8, gt=0, le=1, description="estimated Jaccard of the word shingles at or above which two samples are near copies"
+    )
     shingle_size: int = Field(default=3, ge=1, le=16, description="words per shingle")
     false_negative_weight: float = Field(default=0.95, gt=0, lt=1, description="LSH band choice: weight of missed pairs against false candidates (datasketch)")
     include_response: bool = Field(default=False, description="MinHash over the assistant turns too (default: the user turns, as the embeddings)")

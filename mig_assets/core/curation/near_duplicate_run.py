@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from mig_assets.core.curation.near_duplicate_state import (
-    PoolPoints,
     PairsOutcome,
+    PoolPoints,
     ids_digest,
     kept_ids,
     kept_rows,
@@ -73,9 +73,7 @@ def minhash_clusters(
     signing = time.perf_counter() - started
     points = load_signatures(warehouse_dir, list(raw_pool_files), params.num_perm)
     pair_fingerprints = {s: f"{fp}|{params.pair_fingerprint()}" for s, fp in fingerprints.items()}
-    outcome = refresh_pairs(
-        warehouse_dir, "minhash_pairs", points, pair_fingerprints, lambda rows: minhash_pairs(points.matrix, points.valid, rows, params)
-    )
+    outcome = refresh_pairs(warehouse_dir, "minhash_pairs", points, pair_fingerprints, lambda rows: minhash_pairs(points.matrix, points.valid, rows, params))
     table = _clusters(points, outcome, "minhash", weights, lambda a, b: estimated_jaccard(points.matrix, a, b))
     figures = {
         "shards_signed": sorted(stale),
@@ -96,7 +94,11 @@ def embedding_clusters(
     fingerprints = {s: f"{params.pair_fingerprint()}|{digest}" for s, digest in digests.items()}
     outcome = refresh_pairs(warehouse_dir, "embedding_pairs", points, fingerprints, lambda rows: embedding_pairs(points.matrix, rows, params, search))
     table = _clusters(points, outcome, "embedding", weights, lambda a, b: cosine(points.matrix, a, b))
-    index = "exact (faiss flat)" if len(points.ids) <= params.exact_search_below else f"faiss IVF, {int(4 * np.sqrt(len(points.ids)))} cells, nprobe {params.nprobe}"
+    index = (
+        "exact (faiss flat)"
+        if len(points.ids) <= params.exact_search_below
+        else f"faiss IVF, {int(4 * np.sqrt(len(points.ids)))} cells, nprobe {params.nprobe}"
+    )
     return table, {"index": index, **_figures(points, outcome, table, time.perf_counter() - started)}
 
 

@@ -175,7 +175,9 @@ def refresh_pairs(
         if shard in stale:
             continue
         stored = pq.read_table(state_file(warehouse_dir, kind, shard))
-        pairs = [(row_of[a], row_of[b]) for a, b in zip(stored.column("sample_id").to_pylist(), stored.column("other_id").to_pylist()) if a in row_of and b in row_of]
+        pairs = [
+            (row_of[a], row_of[b]) for a, b in zip(stored.column("sample_id").to_pylist(), stored.column("other_id").to_pylist()) if a in row_of and b in row_of
+        ]
         if pairs:
             found = np.array(pairs, dtype=np.int64)
             lefts.append(found.min(axis=1))

@@ -109,9 +109,7 @@ def minhash_pairs(signatures: np.ndarray, has_words: np.ndarray, queries: np.nda
     the LSH index holds every row with words, and only the query rows are looked up in it."""
     from datasketch import LeanMinHash, MinHashLSH
 
-    lsh = MinHashLSH(
-        threshold=params.threshold, num_perm=params.num_perm, weights=(1 - params.false_negative_weight, params.false_negative_weight)
-    )
+    lsh = MinHashLSH(threshold=params.threshold, num_perm=params.num_perm, weights=(1 - params.false_negative_weight, params.false_negative_weight))
     values = signatures.astype(np.uint64)
 
     def sketch(row: int) -> LeanMinHash:
@@ -193,9 +191,7 @@ def _verified(left, right, similarity, threshold: float):
     return pairs[keep, 0], pairs[keep, 1], values[keep]
 
 
-def clusters(
-    sample_ids: list[str], left: np.ndarray, right: np.ndarray, weights: np.ndarray, method: str, similarity
-) -> pa.Table:
+def clusters(sample_ids: list[str], left: np.ndarray, right: np.ndarray, weights: np.ndarray, method: str, similarity) -> pa.Table:
     """One row per member of each connected component of size >= 2 of the graph (rows = samples,
     edges = pairs), in :data:`NEAR_DUPLICATES_SCHEMA`, sorted by cluster_id then sample_id.
 
