@@ -91,7 +91,7 @@ class NearDuplicateSettings(_Section):
     seed: int = Field(default=42, description="MinHash seed and the semantic index's training sample seed")
     embedding_threshold: float = Field(default=0.95, gt=0, le=1, description="cosine of the sample embeddings at or above which two samples are near copies")
     exact_search_below: int = Field(default=50_000, ge=0, description="pools up to this size are searched exactly (faiss flat), larger ones with an IVF index")
-    nprobe: int = Field(default=16, ge=1, description="IVF cells searched per query (larger pools only)")
+    nprobe: int = Field(default=8, ge=1, description="IVF cells searched per query (larger pools only)")
 
     @field_validator("methods")
     @classmethod
