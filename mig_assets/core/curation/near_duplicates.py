@@ -16,7 +16,7 @@ representative of a cluster is its member with the highest quality weight (a mis
 last), then the lowest sample_id. Every other member's ``similarity`` is to the representative.
 
 Libraries (chosen by measurement, docs/architecture.md "Near-duplicates"): rensa computes the
-signatures (Rust, 23x datasketch's ``MinHash.bulk``), datasketch's ``MinHashLSH`` is the band index
+signatures (Rust; 2.4x datasketch's ``MinHash.bulk`` shingling included), datasketch's ``MinHashLSH`` is the band index
 (it is rebuilt from stored signatures; rensa's index only takes its own token-hashed sketches),
 faiss-cpu the vector index.
 """
