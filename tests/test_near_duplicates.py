@@ -113,6 +113,23 @@ def test_a_grown_pool_finds_the_new_shards_copies_without_recomputing_old_shards
     assert (layout.tables_dir / "near_duplicates" / "part-0.parquet").read_bytes() == table
 
 
+def test_a_replaced_shard_is_signed_again_and_its_departed_samples_leave_the_clusters(layout, instance, resources):
+    old = [prompt(300 + i) for i in range(10)]
+    first = ingest(layout, instance, resources, "a.jsonl", [mig_record(t) for t in old])
+    second = ingest(layout, instance, resources, "b.jsonl", [mig_record(edited(old[3])), mig_record(edited(old[1]))])
+    materialize(instance, resources, methods="minhash")
+    ids = ids_by_text(layout)
+    assert {row["sample_id"] for row in view(layout)} == {ids[t] for t in (old[3], edited(old[3]), old[1], edited(old[1]))}
+    b_files = [state_file(layout.warehouse_dir, kind, second) for kind in ("minhash_signatures", "minhash_pairs")]
+    stamps = [f.stat().st_mtime_ns for f in b_files]
+    # a new version of shard a without old[3] and old[1]: b's pairs with them must go, b's files stay
+    ingest(layout, instance, resources, "a.jsonl", [mig_record(t) for i, t in enumerate(old) if i not in (1, 3)])
+    meta = materialize(instance, resources, methods="minhash")
+    assert meta["minhash_shards_signed"] == [first] and meta["minhash_shards_queried"] == [first]
+    assert [f.stat().st_mtime_ns for f in b_files] == stamps
+    assert view(layout) == []
+
+
 def test_embedding_method_refuses_shards_without_embeddings(layout, instance, resources):
     ingest(layout, instance, resources, "a.jsonl", [mig_record(prompt(1))])
     result = dg.materialize(
@@ -151,21 +168,27 @@ def test_semantic_near_copies_with_the_real_embedding_model(layout, instance, re
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_execution_gives_the_local_output(layout, instance, resources):
+    from mig_assets.defs.embeddings.assets import sample_embeddings
     from mig_assets.resources import Execution
 
     old = [prompt(200 + i) for i in range(20)]
-    ingest(layout, instance, resources, "a.jsonl", [mig_record(t) for t in old])
-    ingest(layout, instance, resources, "b.jsonl", [mig_record(edited(old[2])), mig_record(edited(old[5]))])
-    materialize(instance, resources, methods="minhash")
+    shards = [ingest(layout, instance, resources, "a.jsonl", [mig_record(t) for t in old])]
+    shards.append(ingest(layout, instance, resources, "b.jsonl", [mig_record(edited(old[2])), mig_record(edited(old[5]))]))
+    for shard in shards:
+        assert dg.materialize([sample_embeddings], partition_key=shard, instance=instance, resources=resources).success
+    config = {"methods": "minhash,embedding", "embedding_threshold": 0.9}
+    local = materialize(instance, resources, **config)
+    assert local["embedding_clusters"] >= 2
     local_table = (layout.tables_dir / "near_duplicates" / "part-0.parquet").read_bytes()
     local_signatures = [f.read_bytes() for f in sorted((layout.warehouse_dir / "near_duplicates" / "minhash_signatures").rglob("*.parquet"))]
     import shutil
 
     shutil.rmtree(layout.warehouse_dir / "near_duplicates")
     ray_resources = {**resources, "execution": Execution(mode="ray", num_cpus=2, object_store_mb=256, num_actors=2, cpus_per_actor=0.5)}
-    meta = materialize(instance, ray_resources, methods="minhash")
-    assert meta["execution"] == "ray" and meta["minhash_clusters"] == 2
+    meta = materialize(instance, ray_resources, **config)
+    assert meta["execution"] == "ray" and meta["minhash_clusters"] == 2 and meta["embedding_clusters"] == local["embedding_clusters"]
     assert (layout.tables_dir / "near_duplicates" / "part-0.parquet").read_bytes() == local_table
     signatures = [f.read_bytes() for f in sorted((layout.warehouse_dir / "near_duplicates" / "minhash_signatures").rglob("*.parquet"))]
     assert signatures == local_signatures
