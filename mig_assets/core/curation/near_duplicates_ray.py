@@ -34,11 +34,11 @@ class NearDuplicateActor:
         filesystem, path = open_uri(uri)
         return signature_table(kept_rows(path, filesystem), self.params, self.include_response)
 
-    def query(self, vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def query(self, vectors: np.ndarray, threshold: float, probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
         faiss.omp_set_num_threads(1)  # one core per actor: the pool is the parallelism
-        return range_query(self.index, vectors, threshold)
+        return range_query(self.index, vectors, threshold, probes)
 
 
 def _actors(settings: RaySettings, count: int, *args):
@@ -65,10 +65,10 @@ def sign_shards_on_ray(
 
 
 def ray_search(settings: RaySettings):
-    """A ``search(index, query_vectors, threshold)`` for :func:`embedding_pairs` that spreads the
-    queries over the actor pool, in chunks, and returns the hits in query order."""
+    """A ``search(index, query_vectors, threshold, probes)`` for :func:`embedding_pairs` that spreads
+    the queries over the actor pool, in chunks, and returns the hits in query order."""
 
-    def search(index, vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    def search(index, vectors: np.ndarray, threshold: float, probes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
         from ray.util import ActorPool
 
@@ -76,7 +76,8 @@ def ray_search(settings: RaySettings):
         if not chunks:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         pool = ActorPool(_actors(settings, len(chunks), MinHashParams(), False, faiss.serialize_index(index)))
-        results = pool.map(lambda actor, chunk: actor.query.remote(chunk[1], threshold), chunks)
+        chunk_probes = {start: None if probes is None else probes[start : start + QUERY_CHUNK] for start, _ in chunks}
+        results = pool.map(lambda actor, chunk: actor.query.remote(chunk[1], threshold, chunk_probes[chunk[0]]), chunks)
         rows, found = [], []
         for (start, _), (chunk_rows, chunk_found) in zip(chunks, results):
             rows.append(start + chunk_rows)
