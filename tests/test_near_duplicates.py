@@ -180,7 +180,7 @@ def test_ray_execution_gives_the_local_output(layout, instance, resources):
         assert dg.materialize([sample_embeddings], partition_key=shard, instance=instance, resources=resources).success
     config = {"methods": "minhash,embedding", "embedding_threshold": 0.9}
     local = materialize(instance, resources, **config)
-    assert local["embedding_clusters"] >= 2
+    assert local["embedding_samples_in_clusters"] >= 2  # the semantic queries found something to compare
     local_table = (layout.tables_dir / "near_duplicates" / "part-0.parquet").read_bytes()
     local_signatures = [f.read_bytes() for f in sorted((layout.warehouse_dir / "near_duplicates" / "minhash_signatures").rglob("*.parquet"))]
     import shutil
