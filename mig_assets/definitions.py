@@ -8,6 +8,7 @@ model library is imported at module level anywhere.
 import dagster as dg
 
 from mig_assets.defs.embeddings.assets import sample_embeddings, tag_embeddings
+from mig_assets.defs.near_duplicates.assets import near_duplicates
 from mig_assets.defs.pool.assets import raw_pool
 from mig_assets.defs.pool.jobs import ingest_job
 from mig_assets.defs.pool.sensors import incoming_shards_sensor
@@ -50,7 +51,7 @@ compare_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison],  # comparison: on demand
+    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, near_duplicates, *global_assets, selection_comparison],  # comparison: on demand
     jobs=[ingest_job, tag_job, reselect_job, compare_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=resources,
