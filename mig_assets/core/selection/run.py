@@ -45,7 +45,8 @@ class SelectionOutcome:
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
     column_of = {label: j for j, label in enumerate(labels)}
-    indptr, indices = [0], []
+    indptr: list[int] = [0]
+    indices: list[int] = []
     for sample_tags in tags:
         indices.extend(column_of[t] for t in sample_tags if t in column_of)
         indptr.append(len(indices))
@@ -119,6 +120,7 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
 
 def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
+    assert graph is not None  # mig_matrix refuses a missing graph
     result = select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
