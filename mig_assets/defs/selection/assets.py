@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from pydantic import Field
 
+from mig_assets.core.curation.exclusions import EXCLUSIONS_TABLE, find_exclusions, without_excluded
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.mig.algorithm import MigParams, build_label_graph
 from mig_assets.core.mig.reference_jsonl import load_valid_tags
@@ -178,6 +179,9 @@ class SelectionConfig(dg.Config):
     kl_cap_decay: float = Field(default=0.5, description="TAGS hard: share of the budget over which the cap decays")
     # baselines
     diversity_threshold: float = Field(default=0.9, description="deita: skip a sample whose cosine to a selected one exceeds this")
+    # curation before selection (core/curation/exclusions.py)
+    exclude_contaminated: bool = Field(default=True, description="leave out samples the contamination asset flagged")
+    exclude_near_duplicates: bool = Field(default=True, description="leave out near-duplicates that are not their cluster's representative")
 
     def budget(self) -> Budget:
         return Budget(count=self.budget_count, fraction=self.budget_fraction, tokens=self.budget_tokens)
@@ -327,9 +331,12 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
     layout = warehouse.layout
     started = time.perf_counter()
     with warehouse.connect() as con:
-        pool, score_origin, score_fill, failed = load_pool(
-            con, layout if spec.method in EMBEDDING_METHODS else None, context.instance.get_dynamic_partitions(pool_shards.name)
+        shards = context.instance.get_dynamic_partitions(pool_shards.name)
+        pool, score_origin, score_fill, failed = load_pool(con, layout if spec.method in EMBEDDING_METHODS else None, shards)
+        curation = find_exclusions(
+            con, layout, pool.sample_ids, shards, contamination=config.exclude_contaminated, near_duplicates=config.exclude_near_duplicates
         )
+        pool = without_excluded(pool, curation)
         graph = load_graph(con) if spec.method == "mig" else None
     tree, target = None, None
     if spec.method == "tags":
@@ -392,10 +399,13 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
         diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
         if diff:
             insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
+        insert_table(con, EXCLUSIONS_TABLE, curation.table(spec.name, version), part=part)
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
+        manifest["counts"] |= curation.counts()
+        manifest["curation"] = curation.record()
         inputs_changed = _record_inputs(context, con, layout.warehouse_dir, spec, version, pool, ids, score_fill, graph, outcome, manifest["inputs"])
         plots = _plots(spec, pool, outcome, tree, target)
-        report = _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed)
+        report = _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed, curation)
         files = write_export(
             export_dir,
             [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages],
@@ -433,6 +443,9 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             "inputs_changed_since_previous": _inputs_changed_md(inputs_changed, version),
             "inputs_snapshot": dg.MetadataValue.path(str(inputs_path(layout.warehouse_dir, spec.name, version))),
             **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
+            **curation.counts(),
+            "excluded_per_benchmark": dg.MetadataValue.json(curation.per_benchmark()),
+            "shards_not_checked_for_contamination": len(curation.shards_not_checked),
             "added": changes.get("added", 0),
             "removed": changes.get("removed", 0),
             "seconds_select": round(selected - loaded, 3),
@@ -578,7 +591,7 @@ def _record_inputs(context, con, warehouse_dir, spec, version, pool, ids, score_
     return changes_summary(member_changes(previous, previous_facts, current, facts), version - 1, upstream_changes(previous_facts, facts))
 
 
-def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed) -> str:
+def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_changed, curation) -> str:
     selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     summary = {
         "selection": spec.name,
@@ -589,12 +602,13 @@ def _report(spec, version, pool, outcome, score_origin, plots, diff, inputs_chan
         "selected": len(outcome.order),
         "selected tokens (est.)": int(pool.tokens[outcome.order].sum()),
         "quality weights": score_origin,
+        **{name.replace("_", " "): n for name, n in curation.counts().items()},
     }
     if outcome.kl is not None and len(outcome.kl):
         summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
     top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
     changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
-    tables = {"top tags in the selection": top, "changes since the previous version": changes}
+    tables = {"top tags in the selection": top, "changes since the previous version": changes, "excluded before selection": curation.report_rows()}
     if inputs_changed is not None:
         tables[f"inputs changed since version {version - 1}"] = inputs_changed
     return html_report(f"{spec.name} v{version}", summary, plots, tables)
