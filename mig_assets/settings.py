@@ -90,7 +90,7 @@ class DecontaminationSettings(_Section):
     threshold: float = Field(
         default=0.5, ge=0.0, le=1.0, description="flag when more than this share of a benchmark item's words are in shared n-grams (Tulu 3: 0.5)"
     )
-    embedding_threshold: float = Field(default=0.9, ge=-1.0, le=1.0, description="embedding method: flag at cosine >= this")
+    embedding_threshold: float = Field(default=0.85, ge=-1.0, le=1.0, description="embedding method: flag at cosine >= this")
 
     @field_validator("benchmarks", "methods", mode="before")
     @classmethod

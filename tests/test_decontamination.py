@@ -104,7 +104,7 @@ def test_paraphrase_is_found_by_the_embedding_method_only(layout, instance, reso
     from mig_assets.defs.embeddings.assets import sample_embeddings
 
     question = "What are the main causes of climate change, and what can individuals do to reduce their carbon footprint?"
-    paraphrase = "Which factors mostly drive global warming, and how can a single person lower their own carbon emissions?"
+    paraphrase = "What mainly causes climate change, and how can each of us shrink our personal carbon footprint?"  # cosine 0.90
     bench = layout.home / "bench.jsonl"
     bench.write_text(json.dumps({"prompt": question}) + "\n" + json.dumps({"prompt": "Write a limerick about a cat who loves cheese."}) + "\n")
     records = [{"prompt": paraphrase, "response": "x"}, *({"prompt": t, "response": "y"} for t in CLEAN)]
@@ -113,7 +113,7 @@ def test_paraphrase_is_found_by_the_embedding_method_only(layout, instance, reso
     text_only = contamination_asset(layout, benchmarks=[str(bench)])
     check(text_only, instance, resources, shard)
     assert flagged(layout) == {}  # no shared 8-gram, not equal: the text methods cannot see a paraphrase
-    asset = contamination_asset(layout, methods=["ngram", "exact", "embedding"], embedding_threshold=0.7)
+    asset = contamination_asset(layout, methods=["ngram", "exact", "embedding"])  # the default cosine threshold, 0.85
     assert asset.code_versions_by_key[asset.key] != text_only.code_versions_by_key[text_only.key]
     assert {dg.AssetKey("raw_pool"), dg.AssetKey("sample_embeddings")} <= set(asset.asset_deps[asset.key])
     check(asset, instance, resources, shard)
@@ -213,3 +213,26 @@ def test_selections_exclude_contaminated_and_duplicate_samples_unless_switched_o
     assert (kept["excluded_contaminated"], kept["excluded_near_duplicates"], kept["dagster/row_count"]) == (0, 0, 7)
     only_dups = select_all(instance, resources, {"exclude_contaminated": False}, name="dedup_only")
     assert (only_dups["excluded_contaminated"], only_dups["excluded_near_duplicates"], only_dups["dagster/row_count"]) == (0, 1, 6)
+
+
+@pytest.mark.ray
+def test_contamination_on_ray_equals_local(layout, instance, resources):
+    """The per-shard n-gram hashing as Ray tasks on a local cluster: the same rows, byte for byte."""
+    pytest.importorskip("ray")
+    from mig_assets.resources import Execution
+
+    shards = [ingest(layout, instance, resources, f"part{i}.jsonl", planted_records()[i::2]) for i in range(2)]
+    asset = contamination_asset(layout, benchmarks=[str(MT_BENCH), str(ARENA_V2)])
+    local = {}
+    for shard in shards:
+        check(asset, instance, resources, shard)
+        local[shard] = layout.shard_file("contamination", shard).read_bytes()
+    on_ray = {**resources, "execution": Execution(mode="ray", num_cpus=2, object_store_mb=256)}
+    result = dg.materialize(
+        [asset], instance=instance, resources=on_ray, tags={"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[1]}
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("contamination")[0].metadata
+    assert metadata["execution"].value == "ray" and metadata["shards_in_run"].value == 2
+    assert {shard: layout.shard_file("contamination", shard).read_bytes() for shard in shards} == local
+    assert len(flagged(layout)) == 3

@@ -47,6 +47,14 @@ def test_normalization_folds_case_whitespace_punctuation_and_width():
     assert words.to_pylist() == ["hello", "world", "abc", "it", "s", "fine"] and offsets.tolist() == [0, 6]
 
 
+def test_chinese_and_japanese_characters_are_words_of_their_own():
+    words, _ = normalized_words(messages_array([[("user", "接下来，体验 Hello ヤンキー")]]))
+    assert words.to_pylist() == ["接", "下", "来", "体", "验", "hello", "ヤ", "ン", "キ", "ー"]
+    item = BenchmarkItem("zh.jsonl", 3, (("user", "书写她成为角斗士前的过往。"),))
+    [row] = check({"zh": "请帮我：书写她成为角斗士前的过往，谢谢"}, items=[item])
+    assert (row["benchmark_line"], row["method"], row["score"]) == (3, "ngram", 1.0)
+
+
 def test_ngram_hashes_stay_inside_one_conversation_and_skip_unknown_words():
     ids = np.array([0, 1, 2, 3, 4, -1, 5, 6], dtype=np.int64)
     offsets = np.array([0, 3, 8], dtype=np.int64)

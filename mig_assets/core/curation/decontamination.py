@@ -15,7 +15,8 @@ the shard. Three methods, each giving rows (sample_id, benchmark_file, benchmark
 
 Text is what the tagger reads (the user turns, in order); normalization is NFKC, lower case, every
 run of characters that are neither letters nor digits turned into one space, then split on spaces:
-case, whitespace and punctuation changes do not hide a copy.
+case, whitespace and punctuation changes do not hide a copy. Chinese and Japanese characters are
+words of their own (those scripts put no spaces between words; a sentence would be one "word").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from mig_assets.core.ingest.records import RecordError, canonicalize
 
 DEFAULT_NGRAM = 8  # Tulu 3: --ngram_size 8
 DEFAULT_THRESHOLD = 0.5  # Tulu 3: --match_threshold 0.5 (flagged when the score is > 0.5)
-DEFAULT_EMBEDDING_THRESHOLD = 0.9  # ours, measured on planted paraphrases (docs/decontamination.md)
+DEFAULT_EMBEDDING_THRESHOLD = 0.85  # ours: measured on paraphrases and AlpacaEval vs MT-Bench (docs/decontamination.md)
 METHODS = ("ngram", "exact", "embedding")
 DEFAULT_METHODS = ("ngram", "exact")
 CODE_VERSION = "1"  # of the matching code below: part of every fingerprint
@@ -49,6 +50,7 @@ CONTAMINATION_SCHEMA = pa.schema(
 )
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 _NOT_WORD = r"[^\p{L}\p{N}]+"
+_UNSPACED_SCRIPT = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # written without spaces: each character is a word
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial n-gram hash
 
 
@@ -135,7 +137,8 @@ def normalized_words(messages: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np
     user = pc.equal(turns.field("role"), "user").to_numpy(zero_copy_only=False)
     contents = pc.filter(turns.field("content"), pa.array(user))
     parent = parent[user]
-    text = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(pc.utf8_normalize(contents, form="NFKC")), _NOT_WORD, " "))
+    text = pc.replace_substring_regex(pc.utf8_lower(pc.utf8_normalize(contents, form="NFKC")), _NOT_WORD, " ")
+    text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, _UNSPACED_SCRIPT, r" \1 "))
     per_turn = pc.utf8_split_whitespace(text)
     words = pc.list_flatten(per_turn)
     counts = pc.list_value_length(per_turn).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -246,9 +249,17 @@ class BenchmarkIndex:
     def _where(self, items: np.ndarray) -> tuple[list[str], list[int]]:
         return [self.items[i].file for i in items], [self.items[i].line for i in items]
 
-    def item_texts(self) -> list[str]:
-        """The items' user text as the pool's embeddings see it (user turns joined by a blank line)."""
-        return ["\n\n".join(c for r, c in item.messages if r == "user") for item in self.items]
+    def embedding_units(self) -> tuple[list[str], np.ndarray]:
+        """What the embedding method compares a sample with, and the item of each: every item's user
+        text (turns joined by a blank line, as the pool's embeddings read samples) and, for an item of
+        several user turns, each turn alone (a sample may hold only MT-Bench's first turn)."""
+        texts, owners = [], []
+        for i, item in enumerate(self.items):
+            turns = [c for r, c in item.messages if r == "user"]
+            for text in ["\n\n".join(turns), *(turns if len(turns) > 1 else [])]:
+                texts.append(text)
+                owners.append(i)
+        return texts, np.asarray(owners, np.int64)
 
 
 def check_shard(
@@ -273,22 +284,28 @@ def embedding_matches(
     index: BenchmarkIndex,
     sample_ids: list[str],
     sample_vectors: np.ndarray,
-    item_vectors: np.ndarray,
+    unit_vectors: np.ndarray,
     threshold: float = DEFAULT_EMBEDDING_THRESHOLD,
     batch: int = 8192,
 ) -> pa.Table:
-    """(sample, item) pairs whose unit vectors have cosine >= ``threshold``, in blocks of ``batch`` samples."""
+    """(sample, item) pairs whose best cosine over the item's :meth:`BenchmarkIndex.embedding_units`
+    (unit vectors, in that order) is >= ``threshold``; samples in blocks of ``batch``."""
+    _, owners = index.embedding_units()
     samples, items, scores = [], [], []
     for start in range(0, len(sample_ids), batch):
-        cosine = sample_vectors[start : start + batch] @ item_vectors.T
+        cosine = sample_vectors[start : start + batch] @ unit_vectors.T
         rows, cols = np.nonzero(cosine >= threshold)
         samples.append(rows + start)
-        items.append(cols)
+        items.append(owners[cols])
         scores.append(cosine[rows, cols].astype(np.float64))
     rows = np.concatenate(samples) if samples else np.zeros(0, np.int64)
     cols = np.concatenate(items) if items else np.zeros(0, np.int64)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    best = np.lexsort((-score, cols, rows))  # per (sample, item): the best unit first
+    rows, cols, score = rows[best], cols[best], score[best]
+    first = np.concatenate([[True], (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])]) if len(rows) else np.zeros(0, bool)
     ids = np.asarray(sample_ids, dtype=object)
-    return sort_rows(_rows(ids[rows], *index._where(cols), "embedding", np.concatenate(scores) if scores else []))
+    return sort_rows(_rows(ids[rows[first]], *index._where(cols[first]), "embedding", score[first]))
 
 
 def sort_rows(table: pa.Table) -> pa.Table:

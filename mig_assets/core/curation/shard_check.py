@@ -46,12 +46,12 @@ def check_raw_pool_file(index: BenchmarkIndex, path: str, config: Decontaminatio
     return check_raw_pool_table(index, pq.read_table(path, columns=["sample_id", "messages"], filesystem=filesystem), config)
 
 
-def add_embedding_matches(index: BenchmarkIndex, rows: pa.Table, embeddings: pa.Table, item_vectors: np.ndarray, config: DecontaminationConfig) -> pa.Table:
+def add_embedding_matches(index: BenchmarkIndex, rows: pa.Table, embeddings: pa.Table, unit_vectors: np.ndarray, config: DecontaminationConfig) -> pa.Table:
     """``rows`` plus the embedding method's rows for a shard's sample embeddings (sample_id, embedding)."""
     from mig_assets.core.embedding.encoder import arrow_to_vectors
 
-    vectors = arrow_to_vectors(embeddings.column("embedding")) if embeddings.num_rows else np.zeros((0, item_vectors.shape[1]), np.float32)
-    found = embedding_matches(index, embeddings.column("sample_id").to_pylist(), vectors, item_vectors, config.embedding_threshold)
+    vectors = arrow_to_vectors(embeddings.column("embedding")) if embeddings.num_rows else np.zeros((0, unit_vectors.shape[1]), np.float32)
+    found = embedding_matches(index, embeddings.column("sample_id").to_pylist(), vectors, unit_vectors, config.embedding_threshold)
     return sort_rows(pa.concat_tables([rows, found]))
 
 

@@ -69,14 +69,14 @@ def build_contamination(config: DecontaminationConfig) -> dg.AssetsDefinition:
             results = check_shards_on_ray(index, config, relative, execution.settings(layout).storage)
         else:
             results = {s: check_raw_pool_file(index, str(layout.shard_file("raw_pool", s)), config) for s in shards}
-        item_vectors = _benchmark_vectors(layout, embedder, index) if uses_embeddings and index.items else None
+        unit_vectors = _benchmark_vectors(layout, embedder, index) if uses_embeddings and index.items else None
         checked = flagged_rows = 0
         per_file = dict.fromkeys(config.benchmarks, 0)
         for shard in shards:
             rows, n_checked = results[shard]
-            if item_vectors is not None:
+            if unit_vectors is not None:
                 embeddings = pq.read_table(layout.shard_file("sample_embeddings", shard), columns=["sample_id", "embedding"])
-                rows = add_embedding_matches(index, rows, embeddings, item_vectors, config)
+                rows = add_embedding_matches(index, rows, embeddings, unit_vectors, config)
             write_parquet_atomic(with_provenance(rows, config, n_checked), layout.shard_file("contamination", shard))
             flagged = len(set(rows.column("sample_id").to_pylist()))
             context.log.info(f"{shard}: {n_checked:,} samples checked, {flagged:,} flagged")
@@ -107,5 +107,6 @@ def _benchmark_vectors(layout, embedder: Embedder, index: BenchmarkIndex):
     """The benchmark items' unit vectors by the pool's embedding model, through the embedding cache."""
     model = embedder.get()
     cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
-    vectors, _ = cache.lookup(index.item_texts(), model.encode)
+    texts, _ = index.embedding_units()
+    vectors, _ = cache.lookup(texts, model.encode)
     return vectors
