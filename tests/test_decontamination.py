@@ -168,9 +168,10 @@ def write_near_duplicates(layout, rows: list[dict]) -> None:
     write_parquet_atomic(table, layout.tables_dir / "near_duplicates" / "part-0.parquet")
 
 
-def select_all(instance, resources, spec_params=None, name="everything"):
+def select_all(instance, resources, spec_params=None, name="everything", run_config=None):
     spec = SelectionSpec(name, method="random", budget={"fraction": 1.0}, params=spec_params or {})
-    result = dg.materialize([build_selection_asset(spec)], instance=instance, resources=resources)
+    run_config = {"ops": {name: {"config": run_config}}} if run_config else None
+    result = dg.materialize([build_selection_asset(spec)], instance=instance, resources=resources, run_config=run_config)
     assert result.success
     return {k: v.value for k, v in result.asset_materializations_for_node(name)[0].metadata.items()}
 
@@ -215,6 +216,7 @@ def test_selections_exclude_contaminated_and_duplicate_samples_unless_switched_o
     assert (only_dups["excluded_contaminated"], only_dups["excluded_near_duplicates"], only_dups["dagster/row_count"]) == (0, 1, 6)
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_contamination_on_ray_equals_local(layout, instance, resources):
     """The per-shard n-gram hashing as Ray tasks on a local cluster: the same rows, byte for byte."""
@@ -236,3 +238,30 @@ def test_contamination_on_ray_equals_local(layout, instance, resources):
     assert metadata["execution"].value == "ray" and metadata["shards_in_run"].value == 2
     assert {shard: layout.shard_file("contamination", shard).read_bytes() for shard in shards} == local
     assert len(flagged(layout)) == 3
+
+
+def test_a_version_that_starts_excluding_says_why_members_left(layout, instance, resources):
+    records = planted_records()
+    shard = ingest(layout, instance, resources, "pool.jsonl", records)
+    check(contamination_asset(layout, benchmarks=[str(MT_BENCH)]), instance, resources, shard)
+    off = {"exclude_contaminated": False, "exclude_near_duplicates": False}
+    assert select_all(instance, resources, off, name="switched")["dagster/row_count"] == 7
+    on = select_all(instance, resources, off, name="switched", run_config={"exclude_contaminated": True})  # the switch, at launch
+    assert (on["version"], on["dagster/row_count"], on["removed"]) == (2, 4, 3)
+    with open_catalog(layout) as con:
+        reasons = [r for (r,) in con.execute("SELECT reason FROM selection_diffs WHERE selection = 'switched' AND change = 'removed'").fetchall()]
+    assert len(reasons) == 3 and all(r.startswith("excluded before selection: contaminated: overlaps benchmark item mt_bench_questions.jsonl") for r in reasons)
+
+
+def test_the_comparison_excludes_too(layout, instance, resources):
+    from mig_assets.defs.comparison.assets import selection_comparison
+
+    shard = ingest(layout, instance, resources, "pool.jsonl", planted_records())
+    check(contamination_asset(layout, benchmarks=[str(MT_BENCH)]), instance, resources, shard)
+    result = dg.materialize(
+        [selection_comparison], instance=instance, resources=resources, run_config={"ops": {"selection_comparison": {"config": {"budget_fraction": 1.0}}}}
+    )
+    metadata = result.asset_materializations_for_node("selection_comparison")[0].metadata
+    assert (metadata["pool_size"].value, metadata["excluded_contaminated"].value) == (4, 3)
+    document = json.loads((layout.exports_dir / "comparison" / "v0001" / "comparison.json").read_text())
+    assert document["curation"]["excluded_per_benchmark"] == {str(MT_BENCH): 3}

@@ -93,6 +93,14 @@ class Exclusions:
     def table(self, selection: str, version: int) -> pa.Table:
         return pa.Table.from_pylist([{"selection": selection, "version": version, **row} for row in self.rows], schema=EXCLUSION_SCHEMA)
 
+    def explain_removals(self, diff: list[dict]) -> list[dict]:
+        """``diff`` (changes since the previous version) with the reason of each removed member that was excluded now."""
+        evidence = {row["sample_id"]: row for row in self.rows}
+        return [
+            d | {"reason": f"excluded before selection: {describe(evidence[d['sample_id']])}"} if d["change"] == "removed" and d["sample_id"] in evidence else d
+            for d in diff
+        ]
+
     def report_rows(self, limit: int = 50) -> list[dict]:
         """The first ``limit`` exclusions as the report's table shows them."""
         return [{"sample_id": r["sample_id"][:12], "reason": r["reason"], "evidence": describe(r)} for r in self.rows[:limit]]

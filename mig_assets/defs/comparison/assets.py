@@ -7,6 +7,7 @@ import dagster as dg
 import pyarrow as pa
 from pydantic import Field
 
+from mig_assets.core.curation.exclusions import find_exclusions, without_excluded
 from mig_assets.core.outputs.report import (
     COMPARED_METRICS,
     comparison_plot,
@@ -69,9 +70,12 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     record_settings(context)
     layout = warehouse.layout
     with warehouse.connect() as con:
-        pool, score_origin, _, failed = load_pool(
-            con, layout if layout.shard_files("sample_embeddings") else None, context.instance.get_dynamic_partitions(pool_shards.name)
+        shards = context.instance.get_dynamic_partitions(pool_shards.name)
+        pool, score_origin, _, failed = load_pool(con, layout if layout.shard_files("sample_embeddings") else None, shards)
+        curation = find_exclusions(
+            con, layout, pool.sample_ids, shards, contamination=config.exclude_contaminated, near_duplicates=config.exclude_near_duplicates
         )
+        pool = without_excluded(pool, curation)
         graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
     tree = target = None
     if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
@@ -135,6 +139,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
         "budget": config.budget().describe(),
         "pool": len(pool.sample_ids),
         "excluded_failed_tagging": failed,
+        "curation": curation.record(),
         "score_origin": score_origin,
         "config": config.model_dump(),
         "run_id": context.run.run_id,
@@ -168,6 +173,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
             "version": version,
             "budget": config.budget().describe(),
             "pool_size": len(pool.sample_ids),
+            **curation.counts(),
             "methods": dg.MetadataValue.md(summary_md),
             "guarantees": dg.MetadataValue.md(claims_md),
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),

@@ -396,7 +396,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank",
             [spec.name, version],
         ).fetchall()
-        diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
+        diff = curation.explain_removals(_diff_against_previous(con, spec.name, version, ids, pool, outcome))
         if diff:
             insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
         insert_table(con, EXCLUSIONS_TABLE, curation.table(spec.name, version), part=part)
