@@ -92,6 +92,13 @@ def test_planted_contamination_is_found_and_clean_samples_are_not(layout, instan
         prompt_id(records[2]["prompt"], "inside"): {("mt_bench_questions.jsonl", 21, "ngram")},
     }
     assert (metadata["samples_checked"], metadata["samples_flagged"], metadata["benchmark_items"]) == (7, 3, 830)
+    assert (
+        build_contamination(decontamination_config(load_settings(layout.home))).automation_conditions_by_key[dg.AssetKey("contamination")] is not None
+    )  # new shards: checked
+    assert (
+        build_contamination(decontamination_config(load_settings(layout.home / "elsewhere"))).automation_conditions_by_key.get(dg.AssetKey("contamination"))
+        is None
+    )  # no benchmark
     assert metadata["flagged_per_benchmark"] == {str(MT_BENCH): 3, str(ARENA_V2): 0}
     with open_catalog(layout) as con:
         scores = dict(con.execute("SELECT sample_id, score FROM contamination WHERE method = 'ngram'").fetchall())

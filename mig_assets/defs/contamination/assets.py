@@ -51,7 +51,8 @@ def build_contamination(config: DecontaminationConfig) -> dg.AssetsDefinition:
         kinds={"parquet", "numpy"},
         code_version=config.fingerprint(),
         backfill_policy=dg.BackfillPolicy.single_run(),  # one benchmark index per run, however many shards
-        automation_condition=on_new_shard,
+        # with no benchmark registered there is nothing to check: only a launched run makes the (empty) files
+        automation_condition=on_new_shard if config.benchmarks else None,
         description="Samples of the shard overlapping a benchmark set (n-gram, exact, optionally embedding): "
         "view contamination (sample_id, benchmark_file, benchmark_line, method, score).",
     )
