@@ -149,7 +149,7 @@ def normalized_words(messages: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, np
 
 def joined_text(words: pa.Array, offsets: np.ndarray) -> pa.Array:
     """Each conversation's normalized words joined by single spaces: the key of the exact method."""
-    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), words), " ")
+    return pc.binary_join(pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), words), " ")
 
 
 def ngram_hashes(ids: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,7 +234,7 @@ class BenchmarkIndex:
         return _rows(sample_ids[g_sample[keep]], *self._where(g_item[keep]), "ngram", score[keep])
 
     def exact_matches(self, sample_ids: np.ndarray, words: pa.Array, offsets: np.ndarray) -> pa.Table:
-        """Samples whose normalized user text equals an item's."""
+        """Samples whose normalized user text equals an item's, or one of its user turns."""
         texts = joined_text(words, offsets)
         position = pc.index_in(texts, value_set=self.texts)
         hit = np.flatnonzero(pc.is_valid(position).to_numpy(zero_copy_only=False))
