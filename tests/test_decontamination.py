@@ -272,3 +272,16 @@ def test_the_comparison_excludes_too(layout, instance, resources):
     assert (metadata["pool_size"].value, metadata["excluded_contaminated"].value) == (4, 3)
     document = json.loads((layout.exports_dir / "comparison" / "v0001" / "comparison.json").read_text())
     assert document["curation"]["excluded_per_benchmark"] == {str(MT_BENCH): 3}
+
+
+def test_automation_checks_a_new_shard_alone(layout, instance, resources):
+    from mig_assets.defs.pool.assets import raw_pool
+
+    asset = contamination_asset(layout, benchmarks=[str(MT_BENCH)])
+    defs = dg.Definitions(assets=[raw_pool, asset], resources=resources)
+    old = ingest(layout, instance, resources, "old.jsonl", planted_records()[:4])
+    check(asset, instance, resources, old)
+    cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor
+    new = ingest(layout, instance, resources, "new.jsonl", planted_records()[4:])
+    evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    assert evaluation.get_requested_partitions(dg.AssetKey("contamination")) == {new}
