@@ -232,7 +232,7 @@ def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRow
         return [read_part(path, None, context)]
     parts = jsonl_parts(path, workers)
     # forkserver: the workers fork from a clean server process, never from this (threaded) one
-    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(read_part, [path] * len(parts), parts, [context] * len(parts)))
 
 

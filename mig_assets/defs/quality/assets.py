@@ -115,7 +115,8 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
     """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
     count, a few failure examples and a digest of the written rows."""
     layout = warehouse.layout
-    columns = ["sample_id", "messages", "imported_quality", "raw", "duplicate_of"]
+    text_columns = ["raw"] if scorer.backend == "imported" else ["messages"]  # the imported scorer reads the per-turn lists in raw
+    columns = ["sample_id", *text_columns, "imported_quality", "duplicate_of"]
     samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=columns)
     kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
     extra = {}
