@@ -13,8 +13,10 @@ and last the knowledge tree and a TAGS selection on the same pool. The pick orde
 checked against the drop-in's.
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
-(the times then include the profiler's overhead). Each phase prints its wall time and its own peak RSS (the kernel's high-water mark, reset before the
-phase through /proc/self/clear_refs) and the peak of any child process. The ingestion figure for
+(the times then include the profiler's overhead). Each phase prints its wall time, its CPU time (this process and its finished children: on a busy
+machine the figure that does not depend on the neighbours), its own peak RSS (the kernel's high-water mark, reset before the
+phase through /proc/self/clear_refs) and the largest peak of any child process so far (a forked
+worker's RSS counts the pages it shares with this process). The ingestion figure for
 mixed formats (``bench_ingest.py``'s generator: ShareGPT, OpenAI and Alpaca JSONL with bad rows and
 duplicates, ``--mixed-records``) runs in a child process with its own fresh MIG_HOME.
 """
@@ -55,6 +57,11 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current RSS
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the ingestion workers), user + system."""
+    return sum(os.times()[:4])
+
+
 def children_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
@@ -63,14 +70,14 @@ class Phases:
     """Times each phase and keeps its own peak RSS; prints the table at the end."""
 
     def __init__(self, profile_top: int = 0):
-        self.rows: list[tuple[str, float, float, float, list[str]]] = []
+        self.rows: list[tuple[str, float, float, float, float, list[str]]] = []
         self.profile_top = profile_top
 
     @contextmanager
     def phase(self, name: str, notes: list[str]):
         profiler = cProfile.Profile() if self.profile_top else None
         reset_peak()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         if profiler:
             profiler.enable()
         yield
@@ -78,19 +85,23 @@ class Phases:
             profiler.disable()
             print(f"\n--- cProfile of {name}: the {self.profile_top} functions with the most own time")
             pstats.Stats(profiler).sort_stats("tottime").print_stats(self.profile_top)
-        self.rows.append((name, time.perf_counter() - started, peak_rss_mib(), children_peak_mib(), notes))  # notes may grow after
-        print(f"  {name}: {self.rows[-1][1]:.2f} s", flush=True)
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        self.rows.append((name, seconds, cpu, peak_rss_mib(), children_peak_mib(), notes))  # notes may grow after
+        print(f"  {name}: {seconds:.2f} s", flush=True)
 
     def seconds(self, *names: str) -> float:
         return sum(row[1] for row in self.rows if row[0] in names)
 
+    def cpu(self, *names: str) -> float:
+        return sum(row[2] for row in self.rows if row[0] in names)
+
     def peak(self, *names: str) -> float:
-        return max(row[2] for row in self.rows if row[0] in names)
+        return max(row[3] for row in self.rows if row[0] in names)
 
     def print(self) -> None:
-        print("\n| phase | time | peak RSS | children's peak | notes |\n| --- | --- | --- | --- | --- |")
-        for name, seconds, peak, children, notes in self.rows:
-            print(f"| {name} | {seconds:.2f} s | {peak:,.0f} MiB | {children:,.0f} MiB | {'; '.join(notes)} |")
+        print("\n| phase | time | CPU | peak RSS | children's peak | notes |\n| --- | --- | --- | --- | --- | --- |")
+        for name, seconds, cpu, peak, children, notes in self.rows:
+            print(f"| {name} | {seconds:.2f} s | {cpu:.2f} s | {peak:,.0f} MiB | {children:,.0f} MiB | {'; '.join(notes)} |")
 
 
 def split_into_shards(pool_file: Path, folder: Path, n_shards: int) -> list[Path]:
@@ -165,11 +176,12 @@ def run_mixed_ingest(n_records: int, n_shards: int) -> dict:
         layout = WarehouseLayout(Path(home)).ensure()
         instance = dagster_instance(layout)
         reset_peak()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         totals = ingest_files(layout, files, instance, say=lambda line: None)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     return {k: totals[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates")} | {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_mib": peak_rss_mib(),
         "children_peak_mib": children_peak_mib(),
     }
@@ -243,6 +255,7 @@ def main() -> None:
         (
             f"ingest, {mixed_records:,} mixed-format records (child)",
             mixed["seconds"],
+            mixed["cpu_seconds"],
             mixed["peak_mib"],
             mixed["children_peak_mib"],
             [
@@ -257,8 +270,10 @@ def main() -> None:
     to_export = ("ingest", "atomic_tags (imported)", "quality_scores (imported)", "vocabulary, vectors, graph, mig_selection + export")
     drop_in = phases.seconds("drop-in `sample`")
     total = phases.seconds(*to_export)
-    print(f"\nraw files -> exported MIG subset through the assets: {total:.1f} s, peak {phases.peak(*to_export):,.0f} MiB")
-    print(f"drop-in `sample`: {drop_in:.1f} s, peak {phases.peak('drop-in `sample`'):,.0f} MiB; ratio assets / drop-in {total / drop_in:.2f}x")
+    print(f"\nraw files -> exported MIG subset through the assets: {total:.1f} s ({phases.cpu(*to_export):.1f} s CPU), peak {phases.peak(*to_export):,.0f} MiB")
+    print(
+        f"drop-in `sample`: {drop_in:.1f} s ({phases.cpu('drop-in `sample`'):.1f} s CPU), peak {phases.peak('drop-in `sample`'):,.0f} MiB; ratio assets / drop-in {total / drop_in:.2f}x"
+    )
     same = actual == expected
     print(f"pick order, assets vs drop-in: {'identical' if same else 'DIFFERENT'} ({len(actual):,} picks)")
     if not same:
