@@ -13,11 +13,12 @@ and last the knowledge tree and a TAGS selection on the same pool. The pick orde
 checked against the drop-in's.
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
-(the times then include the profiler's overhead). Each phase prints its wall time, its CPU time (this process and its finished children: on a busy
-machine the figure that does not depend on the neighbours), its own peak RSS (the kernel's high-water mark, reset before the
-phase through /proc/self/clear_refs) and the largest peak of any child process so far (a forked
-worker's RSS counts the pages it shares with this process). The ingestion figure for
-mixed formats (``bench_ingest.py``'s generator: ShareGPT, OpenAI and Alpaca JSONL with bad rows and
+(the times then include the profiler's overhead). Each phase prints its wall time, its CPU time
+(this process and its finished children, the ingestion workers: on a busy machine the figure that
+does not depend on the neighbours), its own peak RSS (the kernel's high-water mark, reset before
+the phase through /proc/self/clear_refs) and the largest peak of any child process so far (a
+forked worker's RSS counts the pages it shares with this process). The ingestion figure for mixed
+formats (``bench_ingest.py``'s generator: ShareGPT, OpenAI and Alpaca JSONL with bad rows and
 duplicates, ``--mixed-records``) runs in a child process with its own fresh MIG_HOME.
 """
 
@@ -137,6 +138,16 @@ def materialize(defs, instance, names: tuple[str, ...], run_config: dict):
     return result
 
 
+def step_seconds(instance, run_id: str, step_key: str) -> float:
+    """Wall time of one step of a run, from its STEP_START and STEP_SUCCESS events (no run overhead)."""
+    stamps = {
+        entry.dagster_event.event_type_value: entry.timestamp
+        for entry in instance.all_logs(run_id)
+        if entry.dagster_event is not None and entry.step_key == step_key
+    }
+    return stamps["STEP_SUCCESS"] - stamps["STEP_START"]
+
+
 def arrow_tags_floor(layout, shards: list[str]) -> float:
     """Seconds to read the kept samples' annotation column of every shard with Arrow: the floor of the imported tagger."""
     import pyarrow.compute as pc
@@ -227,8 +238,10 @@ def main() -> None:
         notes.append(f"{args.shards} shards, {totals['rows_read'] / phases.rows[-1][1]:,.0f} rows/s")
         tag_job = defs.resolve_job_def("tag_job")
         with phases.phase("atomic_tags (imported)", notes := []):
-            range_run(tag_job, instance, atomic_tags.key, shards)
-        notes.append(f"Arrow read of the annotation column {arrow_tags_floor(layout, shards):.2f} s")
+            run = range_run(tag_job, instance, atomic_tags.key, shards)
+        floor = arrow_tags_floor(layout, shards)
+        step = step_seconds(instance, run.run_id, "atomic_tags")
+        notes.append(f"the step {step:.2f} s, {step / floor:.1f}x the Arrow read of the annotation column ({floor:.2f} s)")
         with phases.phase("quality_scores (imported)", []):
             range_run(tag_job, instance, quality_scores.key, shards)
         run_config = {
