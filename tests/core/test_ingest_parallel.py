@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.ingest import shards
-from mig_assets.core.ingest.readers import jsonl_parts
+from mig_assets.core.ingest.parts import jsonl_parts
 from mig_assets.core.ingest.shards import ingest_shard
 from mig_assets.core.store.catalog import WarehouseLayout
 

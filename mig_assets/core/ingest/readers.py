@@ -20,6 +20,7 @@ from typing import IO, Any, Iterator
 import orjson
 import pyarrow as pa
 
+from mig_assets.core.ingest.parts import JsonlPart
 from mig_assets.core.ingest.records import RecordError
 
 BOM = b"\xef\xbb\xbf"
@@ -41,15 +42,6 @@ class RawRecord:
     raw_bytes: bytes | None = None  # the undecoded bytes, kept only when they are not valid UTF-8
 
 
-@dataclass(frozen=True)
-class JsonlPart:
-    """Bytes ``start`` to ``end`` of a JSONL file, whole lines, the first of them line ``first_line_no``."""
-
-    start: int
-    end: int
-    first_line_no: int
-
-
 @dataclass
 class ReadStats:
     blank_lines: int = 0
@@ -62,11 +54,6 @@ class ReadStats:
 def is_supported(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(suffix) for suffix in SUPPORTED_SUFFIXES)
-
-
-def is_splittable(path: Path) -> bool:
-    """An uncompressed JSONL file: one record per line, so it can be read in parts (:func:`jsonl_parts`)."""
-    return path.name.lower().endswith((".jsonl", ".ndjson"))
 
 
 def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
@@ -152,38 +139,6 @@ class _GzipStream(io.RawIOBase):
             self._file.close()
             self._file = None
         super().close()
-
-
-def jsonl_parts(path: Path, n_parts: int) -> list[JsonlPart]:
-    """Cut an uncompressed JSONL file into at most ``n_parts`` byte ranges of about equal size, each
-    starting at a line start, with the number of its first line (a count of the newlines before it)."""
-    size = path.stat().st_size
-    starts = [0]
-    with open(path, "rb") as handle:
-        for k in range(1, n_parts):
-            handle.seek(max(k * size // n_parts, starts[-1]))
-            while (chunk := handle.readline(1 << 20)) and not chunk.endswith(b"\n"):  # to the next line start, in bounded reads
-                pass
-            if handle.tell() >= size:
-                break
-            if handle.tell() > starts[-1]:
-                starts.append(handle.tell())
-        bounds = [*starts, size]
-        parts, line_no = [], 1
-        handle.seek(0)
-        for start, end in zip(bounds, bounds[1:]):
-            parts.append(JsonlPart(start, end, line_no))
-            line_no += _count_newlines(handle, end - start)
-    return parts
-
-
-def _count_newlines(handle, n_bytes: int) -> int:
-    count = 0
-    while n_bytes > 0:
-        chunk = handle.read(min(n_bytes, 1 << 22))
-        count += chunk.count(b"\n")
-        n_bytes -= len(chunk)
-    return count
 
 
 def read_jsonl_part(path: Path, part: JsonlPart, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:

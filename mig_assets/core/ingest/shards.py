@@ -25,13 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mig_assets.core.ingest.parts import JsonlPart, is_splittable, jsonl_parts
 from mig_assets.core.ingest.readers import (
     DEFAULT_MAX_RECORD_BYTES,
-    JsonlPart,
     RawRecord,
     ReadStats,
-    is_splittable,
-    jsonl_parts,
     read_jsonl_part,
     read_records,
 )
