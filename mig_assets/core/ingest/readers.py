@@ -20,6 +20,7 @@ from typing import IO, Any, Iterator
 import orjson
 import pyarrow as pa
 
+from mig_assets.core.ingest.parts import JsonlPart
 from mig_assets.core.ingest.records import RecordError
 
 BOM = b"\xef\xbb\xbf"
@@ -140,16 +141,27 @@ class _GzipStream(io.RawIOBase):
         super().close()
 
 
-def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int) -> Iterator[RawRecord]:
-    """One record per line. A line is read at most ``max_record_bytes`` at a time, so an oversized
-    line is measured and quarantined without ever being held whole; a damaged compressed stream
-    ends the file with one quarantined record naming the line and byte offset where it broke."""
-    line_no, offset = 0, 0  # offset: bytes of (decompressed) content before the current line
+def read_jsonl_part(path: Path, part: JsonlPart, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
+    """The records of one part of an uncompressed JSONL file (see :func:`jsonl_parts`), as the whole
+    file's reader yields them: same line numbers, same errors."""
+    stats.container = "jsonl"
+    yield from _read_jsonl(path, stats, max_record_bytes, part)
+
+
+def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: JsonlPart | None = None) -> Iterator[RawRecord]:
+    """One record per line (of the file, or of ``part`` of it). A line is read at most
+    ``max_record_bytes`` at a time, so an oversized line is measured and quarantined without ever
+    being held whole; a damaged compressed stream ends the file with one quarantined record naming
+    the line and byte offset where it broke."""
+    first_line, offset, end = (part.first_line_no, part.start, part.end) if part else (1, 0, None)
+    line_no = first_line - 1  # offset: bytes of (decompressed) content before the current line
     with _open_binary(path) as handle:
+        if offset:
+            handle.seek(offset)
         while True:
             reading = line_no + 1
             try:
-                line = handle.readline(max_record_bytes + 2)  # + room for CR LF
+                line = handle.readline(max_record_bytes + 2) if end is None or offset < end else b""  # + room for CR LF
                 if not line:
                     return
                 line_no = reading

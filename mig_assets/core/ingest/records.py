@@ -81,7 +81,8 @@ def normalize_content(text: str) -> str:
 
     Inner whitespace is kept: indentation is meaning in code samples.
     """
-    text = unicodedata.normalize("NFC", text)
+    if not text.isascii():  # ASCII is already NFC (isascii is a flag lookup, normalize a scan)
+        text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if " \n" in text or "\t\n" in text:
@@ -91,8 +92,8 @@ def normalize_content(text: str) -> str:
 
 def sample_id(messages: list[tuple[str, str]]) -> str:
     """SHA-256 of the canonical messages: roles + normalized contents as sorted-key compact JSON."""
-    canonical = [{"content": normalize_content(content), "role": role} for role, content in messages]
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    canonical = [{"content": normalize_content(content), "role": role} for role, content in messages]  # keys in sorted order
+    return hashlib.sha256(orjson.dumps(canonical)).hexdigest()
 
 
 def detect_format(record: dict) -> str:
@@ -152,7 +153,14 @@ def _turn_list(record: dict, key: str, role_key: str, content_key: str) -> list[
         raise RecordError(key, "empty conversation")
     messages = []
     for i, turn in enumerate(turns):
-        where = f"{key}[{i}]"
+        if type(turn) is dict:  # the common turn, checked inline: a plain string role and content
+            role, content = turn.get(role_key), turn.get(content_key)
+            if type(role) is str and type(content) is str and content.strip():
+                role = ROLE_ALIASES.get(role) or ROLE_ALIASES.get(role.strip().lower())  # the keys are stripped lower case
+                if role is not None:
+                    messages.append((role, content))
+                    continue
+        where = f"{key}[{i}]"  # anything else: the full checks, which name the offending field
         if not isinstance(turn, dict):
             raise RecordError(where, f"expected an object, got {_json_type(turn)}")
         messages.append((_role(turn, where, role_key), _content(turn, where, content_key)))

@@ -12,22 +12,28 @@ lookup joins this shard's ids against the other shards' Parquet inside DuckDB.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mig_assets.core.ingest.parts import JsonlPart, is_splittable, jsonl_parts
 from mig_assets.core.ingest.readers import (
     DEFAULT_MAX_RECORD_BYTES,
     RawRecord,
     ReadStats,
+    read_jsonl_part,
     read_records,
 )
-from mig_assets.core.ingest.records import RecordError, canonicalize
+from mig_assets.core.ingest.records import CHARS_PER_TOKEN, CanonicalRecord, RecordError, canonicalize
 from mig_assets.core.store.catalog import WarehouseLayout
 from mig_assets.core.store.parquet import remove_stale_staging, write_parquet_atomic
 
@@ -84,8 +90,10 @@ STATS_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
     ]
 )
-BATCH_ROWS = 5000
+BATCH_ROWS = 5000  # rows per Parquet row group
 DUCKDB_MEMORY_LIMIT = "512MB"
+DEFAULT_WORKERS = 2  # processes reading one shard: this machine's two cores
+PARALLEL_MIN_BYTES = 8 << 20  # a smaller file is read in the calling process: starting workers costs more than it saves
 
 
 @dataclass
@@ -136,11 +144,14 @@ def ingest_shard(
     run_id: str = "",
     source_format: str = "auto",
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int = DEFAULT_WORKERS,
 ) -> ShardStats:
     """Read ``path`` and (re)write the shard's samples, quarantine and stats Parquet files.
 
     Outputs replace the previous version of the shard atomically; stats are written last, so
-    their presence marks a complete shard.
+    their presence marks a complete shard. An uncompressed JSONL file is read by ``workers``
+    processes, one part each; the rows come back in file order, so duplicates are marked exactly
+    as one process marks them.
     """
     started = time.perf_counter()
     path = Path(path)
@@ -160,41 +171,26 @@ def ingest_shard(
     for folder in (samples_out.parent, quarantine_out.parent, layout.shard_file("shard_stats", shard).parent):
         stats.stale_staging_removed += [str(p) for p in remove_stale_staging(folder)]
 
-    read_stats = ReadStats()
-    formats: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    first_line_of: dict[str, int] = {}
-    samples = _BatchWriter(staging, SAMPLE_SCHEMA)
-    quarantine = _BatchWriter(quarantine_staging, QUARANTINE_SCHEMA)
+    samples_writer = pq.ParquetWriter(staging, SAMPLE_SCHEMA, compression="zstd")  # the staging file marks a write in progress
     try:
-        for raw in read_records(path, read_stats, max_record_bytes):
-            stats.rows_read += 1
-            row = _sample_row(raw, shard, stats.source_file, run_id, source_format)
-            if isinstance(row, RecordError):
-                stats.rows_quarantined += 1
-                reasons[row.reason.split(":")[0]] += 1
-                quarantine.add(_quarantine_row(raw, row, shard, stats.source_file, run_id))
-                continue
-            formats[row["source_format"]] += 1
-            first = first_line_of.setdefault(row["sample_id"], raw.line_no)
-            if first != raw.line_no:
-                row["duplicate_of"] = f"{shard}:{first}"
-                stats.duplicates_in_shard += 1
-            samples.add(row)
+        parts = _read_parts(path, ShardContext(shard, stats.source_file, run_id, source_format, max_record_bytes), workers)
+        samples = _mark_in_shard_duplicates(pa.concat_tables(part.samples for part in parts), shard)
+        stats.duplicates_in_shard = samples.num_rows - samples.column("duplicate_of").null_count
+        samples, stats.duplicates_of_other_shards = _mark_cross_shard_duplicates(layout, samples, samples_out)
+        samples_writer.write_table(samples, row_group_size=BATCH_ROWS)
     finally:
-        samples.close()
-        quarantine.close()
+        samples_writer.close()
+    pq.write_table(pa.concat_tables(part.quarantine for part in parts), quarantine_staging, compression="zstd", row_group_size=BATCH_ROWS)
 
-    owners = _owners_in_other_shards(layout, shard, staging, samples_out)
-    if owners:
-        _mark_cross_shard_duplicates(staging, owners)
-    stats.duplicates_of_other_shards = len(owners)
+    for part in parts:
+        stats.rows_read += part.rows_read
+        stats.rows_quarantined += part.quarantine.num_rows
+        stats.blank_lines += part.read_stats.blank_lines
+        stats.container_errors += part.read_stats.container_errors
     stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
-    stats.container = read_stats.container
-    stats.blank_lines = read_stats.blank_lines
-    stats.container_errors = read_stats.container_errors
-    stats.formats = dict(formats)
-    stats.quarantine_reasons = dict(reasons)
+    stats.container = parts[0].read_stats.container
+    stats.formats = dict(sum((part.formats for part in parts), Counter()))
+    stats.quarantine_reasons = dict(sum((part.reasons for part in parts), Counter()))
     _check_accounting(stats, staging, quarantine_staging)
 
     os.replace(staging, samples_out)
@@ -204,102 +200,175 @@ def ingest_shard(
     return stats
 
 
-def _sample_row(raw: RawRecord, shard: str, source_file: str, run_id: str, source_format: str) -> dict | RecordError:
+@dataclass(frozen=True)
+class ShardContext:
+    """What every row of a shard shares, and how its records are read."""
+
+    shard: str
+    source_file: str
+    run_id: str
+    source_format: str
+    max_record_bytes: int
+
+
+@dataclass
+class PartRows:
+    """The samples (``duplicate_of`` not set yet) and quarantined rows of one part of a shard file, in file order."""
+
+    samples: pa.Table
+    quarantine: pa.Table
+    rows_read: int
+    read_stats: ReadStats
+    formats: Counter
+    reasons: Counter
+
+
+def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRows]:
+    """The shard's rows, in file order. An uncompressed JSONL file of at least PARALLEL_MIN_BYTES is
+    cut into ``workers`` parts at line starts, read by as many processes; anything else in this one."""
+    if workers < 2 or not is_splittable(path) or path.stat().st_size < PARALLEL_MIN_BYTES:
+        return [read_part(path, None, context)]
+    parts = jsonl_parts(path, workers)
+    # forkserver: the workers fork from a clean server process, never from this (threaded) one
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(read_part, [path] * len(parts), parts, [context] * len(parts)))
+
+
+def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> PartRows:
+    """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
+    read_stats = ReadStats()
+    records = read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
+    columns = _SampleColumns()
+    quarantined: list[dict] = []
+    formats: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    rows_read = 0
+    for raw in records:
+        rows_read += 1
+        record = _canonical(raw, context.source_format)
+        if isinstance(record, RecordError):
+            reasons[record.reason.split(":")[0]] += 1
+            quarantined.append(_quarantine_row(raw, record, context))
+            continue
+        formats[record.source_format] += 1
+        columns.add(raw, record)
+    return PartRows(columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), rows_read, read_stats, formats, reasons)
+
+
+def _canonical(raw: RawRecord, source_format: str) -> CanonicalRecord | RecordError:
     if raw.error is not None:
         return raw.error
     try:
-        record = canonicalize(raw.value, source_format)
+        return canonicalize(raw.value, source_format)
     except RecordError as exc:
         return exc
-    return {
-        "sample_id": record.sample_id,
-        "shard": shard,
-        "line_no": raw.line_no,
-        "source_file": source_file,
-        "source_format": record.source_format,
-        "messages": [{"role": role, "content": content} for role, content in record.messages],
-        "n_turns": len(record.messages),
-        "n_chars": record.n_chars,
-        "n_tokens_est": record.n_tokens_est,
-        "source": record.source,
-        "original_id": record.original_id,
-        "imported_tags": record.imported_tags,
-        "imported_quality": record.imported_quality,
-        "raw": raw.raw_text,
-        "duplicate_of": None,
-        "ingest_run_id": run_id,
-    }
 
 
-def _quarantine_row(raw: RawRecord, error: RecordError, shard: str, source_file: str, run_id: str) -> dict:
+class _SampleColumns:
+    """SAMPLE_SCHEMA's per-row columns as Python lists (messages flattened into roles and contents
+    with list offsets), turned into one Arrow table at the end: no per-row dict."""
+
+    def __init__(self):
+        self.sample_id, self.line_no, self.source_format, self.n_chars = [], [], [], []
+        self.source, self.original_id, self.imported_tags, self.imported_quality, self.raw = [], [], [], [], []
+        self.roles, self.contents, self.offsets = [], [], [0]
+
+    def add(self, raw: RawRecord, record: CanonicalRecord) -> None:
+        self.sample_id.append(record.sample_id)
+        self.line_no.append(raw.line_no)
+        self.source_format.append(record.source_format)
+        self.n_chars.append(record.n_chars)
+        self.source.append(record.source)
+        self.original_id.append(record.original_id)
+        self.imported_tags.append(record.imported_tags)
+        self.imported_quality.append(record.imported_quality)
+        self.raw.append(raw.raw_text)
+        for role, content in record.messages:
+            self.roles.append(role)
+            self.contents.append(content)
+        self.offsets.append(len(self.roles))
+
+    def table(self, context: ShardContext) -> pa.Table:
+        n = len(self.sample_id)
+        offsets = pa.array(self.offsets, pa.int32())
+        turns = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())], fields=list(MESSAGE_TYPE))
+        n_chars = pa.array(self.n_chars, pa.int64())
+        messages = pa.ListArray.from_arrays(offsets, turns)
+        columns = {
+            "sample_id": pa.array(self.sample_id, pa.string()),
+            "shard": pa.array([context.shard] * n, pa.string()),
+            "line_no": pa.array(self.line_no, pa.int64()),
+            "source_file": pa.array([context.source_file] * n, pa.string()),
+            "source_format": pa.array(self.source_format, pa.string()),
+            "messages": messages,
+            "n_turns": pc.list_value_length(messages).cast(pa.int32()),
+            "n_chars": n_chars,
+            "n_tokens_est": pc.ceil(pc.divide(n_chars.cast(pa.float64()), float(CHARS_PER_TOKEN))).cast(pa.int64()),
+            "source": pa.array(self.source, pa.string()),
+            "original_id": pa.array(self.original_id, pa.string()),
+            "imported_tags": pa.array(self.imported_tags, pa.list_(pa.string())),
+            "imported_quality": pa.array(self.imported_quality, pa.float64()),
+            "raw": pa.array(self.raw, pa.string()),
+            "duplicate_of": pa.nulls(n, pa.string()),
+            "ingest_run_id": pa.array([context.run_id] * n, pa.string()),
+        }
+        return pa.table(columns, schema=SAMPLE_SCHEMA)
+
+
+def _quarantine_row(raw: RawRecord, error: RecordError, context: ShardContext) -> dict:
     return {
-        "shard": shard,
-        "source_file": source_file,
+        "shard": context.shard,
+        "source_file": context.source_file,
         "line_no": raw.line_no,
         "field": error.field,
-        "reason": f"{source_file}, line {raw.line_no}, field {error.field}: {error.reason}",
+        "reason": f"{context.source_file}, line {raw.line_no}, field {error.field}: {error.reason}",
         "raw_text": raw.raw_text,
         "raw_bytes": raw.raw_bytes,
-        "ingest_run_id": run_id,
+        "ingest_run_id": context.run_id,
     }
 
 
-class _BatchWriter:
-    """Buffers rows and appends them to one Parquet file in row groups of BATCH_ROWS."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path, self.schema, self.rows = path, schema, []
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= BATCH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.rows:
-            self.writer.write_table(pa.Table.from_pylist(self.rows, schema=self.schema))
-            self.rows = []
-
-    def close(self) -> None:
-        self.flush()
-        self.writer.close()
+def _mark_in_shard_duplicates(samples: pa.Table, shard: str) -> pa.Table:
+    """Set ``duplicate_of`` to 'shard:line' of the first row with the same sample_id (rows in file order)."""
+    codes = samples.column("sample_id").combine_chunks().dictionary_encode().indices.to_numpy()
+    _, first_row_of_code = np.unique(codes, return_index=True)  # np.unique returns each code's first index
+    first_row = first_row_of_code[codes]
+    repeated = first_row != np.arange(len(codes))
+    if not repeated.any():
+        return samples
+    first_line = pc.take(samples.column("line_no"), pa.array(first_row))
+    owner = pc.binary_join_element_wise(pa.scalar(shard), first_line.cast(pa.string()), ":")
+    marked = pc.if_else(pa.array(repeated), owner, pa.scalar(None, pa.string()))
+    return samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked)
 
 
-def _owners_in_other_shards(layout: WarehouseLayout, shard: str, staging: Path, own_output: Path) -> dict[str, str]:
-    """sample_id -> 'shard:line' of the kept copy in another, already ingested shard."""
+def _mark_cross_shard_duplicates(layout: WarehouseLayout, samples: pa.Table, own_output: Path) -> tuple[pa.Table, int]:
+    """Mark the rows whose sample_id is kept in another, already ingested shard ('shard:line' of that
+    copy, the least if several); returns the table and how many rows were marked."""
     others = [p for p in layout.shard_files("raw_pool") if p != own_output]
-    if not others:
-        return {}
+    if not others or samples.num_rows == 0:
+        return samples, 0
     import duckdb
 
     # a small buffer: the join streams the other shards; only this shard's ids are held
     with duckdb.connect(config={"memory_limit": DUCKDB_MEMORY_LIMIT, "threads": 2}) as con:
-        rows = con.execute(
+        con.register("staged", samples.select(["sample_id", "duplicate_of"]))
+        owners = con.sql(
             """
-            SELECT o.sample_id, min(o.shard || ':' || o.line_no)
+            SELECT o.sample_id, min(o.shard || ':' || o.line_no) AS owner
             FROM read_parquet($others) AS o
             WHERE o.duplicate_of IS NULL
-              AND o.sample_id IN (SELECT sample_id FROM read_parquet($staging) WHERE duplicate_of IS NULL)
+              AND o.sample_id IN (SELECT sample_id FROM staged WHERE duplicate_of IS NULL)
             GROUP BY o.sample_id
             """,
-            {"others": [str(p) for p in others], "staging": str(staging)},
-        ).fetchall()
-    return dict(rows)
-
-
-def _mark_cross_shard_duplicates(staging: Path, owners: dict[str, str]) -> None:
-    """Rewrite the staging file batch by batch, setting duplicate_of from ``owners``."""
-    marked_path = staging.with_name(staging.name + ".marked")
-    source = pq.ParquetFile(staging)
-    with pq.ParquetWriter(marked_path, SAMPLE_SCHEMA, compression="zstd") as writer:
-        for batch in source.iter_batches(batch_size=BATCH_ROWS):
-            table = pa.Table.from_batches([batch], schema=SAMPLE_SCHEMA)
-            ids = table.column("sample_id").to_pylist()
-            current = table.column("duplicate_of").to_pylist()
-            marked = pa.array([owners.get(i) if d is None else d for i, d in zip(ids, current)], pa.string())
-            writer.write_table(table.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked))
-    os.replace(marked_path, staging)
+            params={"others": [str(p) for p in others]},
+        ).to_arrow_table()
+    if owners.num_rows == 0:
+        return samples, 0
+    current = samples.column("duplicate_of")
+    owner = pc.take(owners.column("owner"), pc.index_in(samples.column("sample_id"), value_set=owners.column("sample_id")))
+    marked = pc.if_else(pc.is_null(current), owner, current)
+    return samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked), owners.num_rows
 
 
 def _check_accounting(stats: ShardStats, samples: Path, quarantine: Path) -> None:

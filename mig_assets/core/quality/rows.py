@@ -3,9 +3,9 @@ scoring results), the degenerate-scores verdict and the score histogram shown in
 
 from __future__ import annotations
 
-import json
-
+import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SCORE_RANGE = (1.0, 36.0)  # complexity x quality, each in [1, 6]
 
@@ -30,40 +30,45 @@ QUALITY_ROW_SCHEMA = pa.schema(
 
 def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
     """Rows from the shard's kept samples (columns sample_id, imported_quality, raw): the Deita
-    score the pool carries, with its per-turn lists when the raw record still has them."""
-    rows = []
-    raws = samples.column("raw").to_pylist() if "raw" in samples.column_names else [None] * samples.num_rows
-    for sample_id, score, raw in zip(samples.column("sample_id").to_pylist(), samples.column("imported_quality").to_pylist(), raws):
-        complexity, quality = _deita_lists(raw)
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "shard": shard,
-                "score": score,
-                "complexity": complexity,
-                "quality": quality,
-                "n_turns": len(quality) if quality else None,
-                "status": "ok" if score is not None else "no_annotation",
-                "reason": "" if score is not None else "the record carries no annotation.deita",
-                "backend": "imported",
-                "model": "",
-                "prompt_version": "",
-                "digit_mass": None,
-                "truncated": False,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=QUALITY_ROW_SCHEMA)
+    score the pool carries, with its per-turn lists when the raw record still has them. Column by
+    column: only the per-turn lists need each raw record parsed (orjson: ingestion parsed it with it)."""
+    n = samples.num_rows
+    raws = samples.column("raw").to_pylist() if "raw" in samples.column_names else [None] * n
+    lists = [_deita_lists(raw) for raw in raws]
+    quality = [q for _, q in lists]
+    score = samples.column("imported_quality")
+    present = pc.is_valid(score)
+
+    def repeat(value, type_: pa.DataType) -> pa.Array:
+        return pa.repeat(pa.scalar(value, type_), n)
+
+    columns = {
+        "sample_id": samples.column("sample_id"),
+        "shard": repeat(shard, pa.string()),
+        "score": score,
+        "complexity": pa.array([c for c, _ in lists], pa.list_(pa.float64())),
+        "quality": pa.array(quality, pa.list_(pa.float64())),
+        "n_turns": pa.array([len(q) if q else None for q in quality], pa.int32()),
+        "status": pc.if_else(present, "ok", "no_annotation"),
+        "reason": pc.if_else(present, "", "the record carries no annotation.deita"),
+        "backend": repeat("imported", pa.string()),
+        "model": repeat("", pa.string()),
+        "prompt_version": repeat("", pa.string()),
+        "digit_mass": pa.nulls(n, pa.float64()),
+        "truncated": repeat(False, pa.bool_()),
+    }
+    return pa.table(columns, schema=QUALITY_ROW_SCHEMA)
 
 
 def _deita_lists(raw: str | None) -> tuple[list[float] | None, list[float] | None]:
     if raw is None:
         return None, None
     try:
-        deita = json.loads(raw)["annotation"]["deita"]
+        deita = orjson.loads(raw)["annotation"]["deita"]
         quality = [float(v) for v in deita["quality_scores"]]
         complexity = [float(v) for v in deita["complexity_scores"]][: len(quality)]
         return complexity, quality
-    except (TypeError, KeyError, ValueError, json.JSONDecodeError):
+    except (TypeError, KeyError, ValueError):  # orjson.JSONDecodeError is a ValueError
         return None, None
 
 

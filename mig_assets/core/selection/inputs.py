@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -148,22 +149,24 @@ def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[
         if has_relation(con, "quality_scores")
         else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
     )
-    rows = con.execute(
+    table = con.sql(  # column by column: Arrow, not a Python tuple per sample
         f"""
-        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
+        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]) AS tags, s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
         FROM samples s {tags_sql} {scored_sql}
         ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
         """,
-        {"shard_order": list(shard_order)},
-    ).fetchall()
-    failed = sum(1 for r in rows if r[4] == "failed")
-    rows = [r for r in rows if r[4] != "failed"]
-    scores, origin, fill = quality_scores([r[2] for r in rows], [r[5] for r in rows], sorted({r[6] for r in rows if r[6]}))
+        params={"shard_order": list(shard_order)},
+    ).to_arrow_table()
+    is_failed = pc.fill_null(pc.equal(table.column("status"), "failed"), False)
+    failed = pc.sum(is_failed).as_py() or 0
+    table = table.filter(pc.invert(is_failed))
+    scorers = sorted(s for s in pc.unique(table.column("scorer")).to_pylist() if s)
+    scores, origin, fill = quality_scores(table.column("imported_quality").to_pylist(), table.column("score").to_pylist(), scorers)
     pool = PoolArrays(
-        sample_ids=[r[0] for r in rows],
-        tags=[list(r[1]) for r in rows],
+        sample_ids=table.column("sample_id").to_pylist(),
+        tags=table.column("tags").to_pylist(),
         scores=scores,
-        tokens=np.array([r[3] for r in rows], dtype=np.int64),
+        tokens=table.column("n_tokens_est").to_numpy().astype(np.int64),
     )
     if layout is not None:
         pool.embeddings = load_embeddings(layout, pool.sample_ids)

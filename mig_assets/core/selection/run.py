@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import (
@@ -43,14 +45,15 @@ class SelectionOutcome:
 
 
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
-    column_of = {label: j for j, label in enumerate(labels)}
-    indptr: list[int] = [0]
-    indices: list[int] = []
-    for sample_tags in tags:
-        indices.extend(column_of[t] for t in sample_tags if t in column_of)
-        indptr.append(len(indices))
-    return np.asarray(indptr, dtype=np.int64), np.asarray(indices, dtype=np.int64)
+    """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored;
+    order and repeats kept). In Arrow: the tags flattened, looked up in ``labels``, counted per sample."""
+    per_sample = pa.array(tags, pa.list_(pa.string()))
+    column = pc.index_in(pc.list_flatten(per_sample), value_set=pa.array(labels, pa.string()))
+    is_label = pc.is_valid(column)
+    owner = pc.list_parent_indices(per_sample).filter(is_label).to_numpy()
+    counts = np.bincount(owner, minlength=len(tags)) if len(tags) else np.zeros(0, np.int64)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, column.filter(is_label).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def run_selection(request: SelectionRequest, inputs: SelectionInputs) -> SelectionOutcome:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mig_assets.core.llm.answers import complete_with_retries
 from mig_assets.core.llm.backends import LLMBackend, Sampling
@@ -48,27 +49,39 @@ NOT_JUNK_REASONS = frozenset({f"over the cap of {MAX_TAGS} tags"})
 
 
 def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
-    """Tag rows from ``imported_tags`` of the shard's kept samples (columns sample_id, imported_tags)."""
-    rows = []
-    for sample_id, surface in zip(samples.column("sample_id").to_pylist(), samples.column("imported_tags").to_pylist()):
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "shard": shard,
-                "tags": as_written_tags(surface) if surface is not None else [],
-                "surface_tags": surface or [],
-                "status": "ok" if surface is not None else "no_annotation",
-                "reason": "" if surface is not None else "the record carries no annotation.instag.content",
-                "backend": "imported",
-                "model": "",
-                "prompt_version": "",
-                "truncated": False,
-                "attempts": 0,
-                "tag_policy": "as_written",
-                "dropped_tags": [],
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=TAG_ROW_SCHEMA)
+    """Tag rows from ``imported_tags`` of the shard's kept samples (columns sample_id, imported_tags).
+
+    Column by column in Arrow: a sample without the column's list is ``no_annotation`` with no tags;
+    the tags are the list as written (``as_written_tags``: its string items, order and repeats kept).
+    """
+    n = samples.num_rows
+    surface = samples.column("imported_tags").combine_chunks()
+    present = pc.is_valid(surface)
+    surface = pc.if_else(present, surface, pa.scalar([], surface.type))  # no annotation: no surface tags
+    tags = surface
+    if surface.flatten().null_count:  # items that are not strings: the policy keeps only the strings
+        tags = pa.array([as_written_tags(t) for t in surface.to_pylist()], pa.list_(pa.string()))
+
+    def repeat(value, type_: pa.DataType) -> pa.Array:
+        return pa.repeat(pa.scalar(value, type_), n)
+
+    dropped_type = TAG_ROW_SCHEMA.field("dropped_tags").type
+    columns = {
+        "sample_id": samples.column("sample_id"),
+        "shard": repeat(shard, pa.string()),
+        "tags": tags,
+        "surface_tags": surface,
+        "status": pc.if_else(present, "ok", "no_annotation"),
+        "reason": pc.if_else(present, "", "the record carries no annotation.instag.content"),
+        "backend": repeat("imported", pa.string()),
+        "model": repeat("", pa.string()),
+        "prompt_version": repeat("", pa.string()),
+        "truncated": repeat(False, pa.bool_()),
+        "attempts": repeat(0, pa.int32()),
+        "tag_policy": repeat("as_written", pa.string()),
+        "dropped_tags": pa.ListArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n + 1), pa.array([], dropped_type.value_type)),
+    }
+    return pa.table(columns, schema=TAG_ROW_SCHEMA)
 
 
 CACHE_SCHEMA = pa.schema(

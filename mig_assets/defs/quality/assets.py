@@ -95,7 +95,8 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
     """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
     count, a few failure examples and a digest of the written rows."""
     layout = warehouse.layout
-    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages", "imported_quality", "raw"])
+    text_columns = ["raw"] if scorer.backend == "imported" else ["messages"]  # the imported scorer reads the per-turn lists in raw
+    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", *text_columns, "imported_quality"])
     extra = {}
     if scorer.backend == "imported":
         table = imported_quality_rows(kept, shard)

@@ -136,7 +136,8 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     shard is assembled by the same code, with a backend that refuses work, and the cluster's
     figures replace the (empty) local ones."""
     layout = warehouse.layout
-    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages", "imported_tags"])
+    text_column = "imported_tags" if tagger.backend == "imported" else "messages"  # the messages are the bulk of a shard
+    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", text_column])
     extra = {}
     if tagger.backend == "imported":
         table = imported_tag_rows(kept, shard)
@@ -160,9 +161,9 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "engine_load_seconds": round(load_seconds, 3),
         }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
-    statuses = Counter(table.column("status").to_pylist())
-    tag_counts = Counter(tag for tags in table.column("tags").to_pylist() for tag in tags)
-    per_sample = Counter(len(tags) for tags in table.column("tags").to_pylist())
+    statuses = _value_counts(table.column("status"))
+    tag_counts = _value_counts(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
+    per_sample = _value_counts(pc.list_value_length(table.column("tags")))
     failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
     failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
     junk = junk_figures(table)
@@ -186,16 +187,13 @@ def junk_figures(table: pa.Table) -> dict:
     share, counts by reason and a few examples of each reason."""
     by_reason: Counter = Counter()
     examples: dict[str, list[str]] = {}
-    surface = 0
-    for status, tags, dropped in zip(*(table.column(c).to_pylist() for c in ("status", "surface_tags", "dropped_tags"))):
-        if status == "failed":
-            continue
-        surface += len(tags)
-        for item in dropped:
-            by_reason[item["reason"]] += 1
-            shown = examples.setdefault(item["reason"], [])
-            if len(shown) < JUNK_EXAMPLES and item["surface"] not in shown:
-                shown.append(item["surface"])
+    counted = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("status"), "failed"), False)))
+    surface = pc.sum(pc.list_value_length(counted.column("surface_tags"))).as_py() or 0
+    for item in pc.list_flatten(counted.column("dropped_tags")).to_pylist():  # only the dropped tags, in row order
+        by_reason[item["reason"]] += 1
+        shown = examples.setdefault(item["reason"], [])
+        if len(shown) < JUNK_EXAMPLES and item["surface"] not in shown:
+            shown.append(item["surface"])
     junk = sum(n for reason, n in by_reason.items() if reason not in NOT_JUNK_REASONS)
     return {
         "surface": surface,
@@ -204,6 +202,12 @@ def junk_figures(table: pa.Table) -> dict:
         "by_reason": dict(by_reason.most_common()),
         "examples": examples,
     }
+
+
+def _value_counts(values: pa.ChunkedArray | pa.Array) -> Counter:
+    """A Counter of ``values`` (Arrow's value_counts), its keys in the order they first appear."""
+    counts = pc.value_counts(values)
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def _columns(con, relation: str) -> set[str]:
