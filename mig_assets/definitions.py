@@ -38,7 +38,8 @@ tag_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
     description="Tag, embed and score shards; launch over many partitions to load each model once.",
 )
-global_assets = [tag_vocabulary, tag_embeddings, label_graph, knowledge_tree, target_profile, *selection_assets]
+# near_duplicates before the selections: they leave out the copies it finds
+global_assets = [tag_vocabulary, tag_embeddings, near_duplicates, label_graph, knowledge_tree, target_profile, *selection_assets]
 reselect_job = dg.define_asset_job(
     "reselect_job",
     selection=global_assets,
@@ -67,7 +68,6 @@ defs = dg.Definitions(
         sample_embeddings,
         quality_scores,
         contamination,
-        near_duplicates,
         *global_assets,
         selection_comparison,
     ],  # comparison: on demand

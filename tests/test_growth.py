@@ -108,7 +108,10 @@ def test_pool_growth_tags_only_the_new_shard_and_reselects_once(layout, instance
         assert added and all(reason.startswith("new sample: shard fresh.jsonl") for _, reason in added)
         rejected = con.execute(
             "SELECT sample_id FROM samples WHERE shard = 'fresh.jsonl' AND sample_id NOT IN "
-            "(SELECT sample_id FROM selection_members WHERE selection = 'mig_selection' AND version = 2) LIMIT 1"
+            "(SELECT sample_id FROM selection_members WHERE selection = 'mig_selection' AND version = 2) "
+            # a candidate the greedy refused, not one curation left out before it (near copies of old samples)
+            "AND sample_id NOT IN (SELECT sample_id FROM selection_exclusions WHERE selection = 'mig_selection' AND version = 2) "
+            "ORDER BY sample_id LIMIT 1"
         ).fetchall()[0][0]
         chosen, refused = explain(con, added[0][0], "mig_selection"), explain(con, rejected, "mig_selection")
     assert chosen["selection"]["selected"] and chosen["source"]["source_file"] == "incoming/fresh.jsonl"

@@ -89,7 +89,8 @@ def check_shards_on_ray(
 def summarize(contamination_files: dict[str, Path], benchmarks: list[str]) -> dict:
     """``samples_checked``, ``samples_flagged`` (distinct sample ids) and flagged samples per benchmark
     file over the shards' contamination files (``shard -> path``); shards without a file are listed."""
-    checked, flagged, per_file, missing = 0, set(), {file: set() for file in benchmarks}, []
+    per_file: dict[str, set[str]] = {file: set() for file in benchmarks}
+    checked, flagged, missing = 0, set(), []
     for shard, path in sorted(contamination_files.items()):
         if not path.exists():
             missing.append(shard)

@@ -15,7 +15,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 import orjson
 import pyarrow as pa
@@ -81,7 +81,7 @@ def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_M
         yield from _read_jsonl(path, stats, max_record_bytes)
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> io.BufferedReader:
     return io.BufferedReader(_GzipStream(path)) if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
@@ -92,7 +92,7 @@ class _GzipStream(io.RawIOBase):
     (``gzip.open`` raises as soon as its read-ahead meets the damage, losing the bytes before it.)"""
 
     def __init__(self, path: Path):
-        self._file = open(path, "rb")
+        self._file: io.BufferedReader | None = open(path, "rb")
         self._inflater = zlib.decompressobj(wbits=31)
         self._pending, self._offset = b"", 0
         self._fed = False  # whether the current member has received input
@@ -112,6 +112,7 @@ class _GzipStream(io.RawIOBase):
         return n
 
     def _inflate_more(self) -> bytes:
+        assert self._file is not None  # readinto stops asking once the file is closed
         chunk = self._inflater.unused_data if self._inflater.eof else self._file.read(1 << 16)
         if self._inflater.eof:
             if not chunk:
@@ -130,7 +131,8 @@ class _GzipStream(io.RawIOBase):
 
     def _finish(self, error: Exception | None) -> bytes:
         self._error = error
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         self._file = None
         return b""
 
@@ -189,6 +191,7 @@ def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: Jsonl
 def _oversized_line(head: bytes, line_no: int, offset: int, size: int, max_record_bytes: int) -> RawRecord:
     preview = head[:OVERSIZED_PREVIEW_BYTES]
     too_big = _size_error(size, max_record_bytes)
+    assert too_big is not None  # called for a line over the limit
     return RawRecord(
         line_no,
         preview.decode("utf-8", errors="backslashreplace"),

@@ -76,6 +76,7 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
         dg.AssetDep("raw_pool", partition_mapping=all_shards),
         dg.AssetDep("atomic_tags", partition_mapping=all_shards),
         dg.AssetDep("quality_scores", partition_mapping=all_shards),  # the sample weights
+        dg.AssetDep("near_duplicates"),  # non-representative near copies are left out (exclude_near_duplicates)
     ]
     if spec.method == "mig":
         deps.append(dg.AssetDep("label_graph"))

@@ -39,6 +39,7 @@ class ComparisonConfig(SelectionConfig):
         dg.AssetDep("raw_pool", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("sample_embeddings", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("near_duplicates"),
         dg.AssetDep("label_graph"),
         dg.AssetDep("knowledge_tree"),
         dg.AssetDep("target_profile"),
