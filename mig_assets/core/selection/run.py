@@ -20,8 +20,10 @@ from mig_assets.core.mig.algorithm import (
     sample_label_matrix,
     select,
 )
+from mig_assets.core.mig.constrained import select_constrained
 from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
+from mig_assets.core.selection.constraints import Constraints
 
 
 @dataclass
@@ -111,6 +113,7 @@ def run_selection(
     level_weights: str = "uniform",
     target: np.ndarray | None = None,
     diversity_threshold: float = 0.9,
+    constraints: Constraints | None = None,
 ) -> SelectionOutcome:
     """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
     (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
@@ -121,6 +124,8 @@ def run_selection(
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
+
+    ``constraints`` (pins, bans, caps, label bounds) act inside the MIG greedy; they need a count budget.
     """
     n_pool = len(pool.sample_ids)
     if n_pool == 0:
@@ -129,8 +134,10 @@ def run_selection(
         k = picks_for_tokens(pool.tokens, budget.tokens)
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
+    if constraints is not None and constraints.active and (method != "mig" or budget.tokens is not None):
+        raise ValueError(f"constraints apply to the mig greedy under a count or fraction budget, not to {method} with {budget.describe()}")
     if method == "mig":
-        outcome = _mig(pool, graph, k, params)
+        outcome = _mig(pool, graph, k, params, constraints)
     elif method == "tags":
         outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
     elif method in BASELINES:
@@ -179,9 +186,9 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
 
-def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None = None) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
-    result = select(Y, k, params)
+    result = select_constrained(Y, k, constraints, params) if constraints is not None and constraints.active else select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
 

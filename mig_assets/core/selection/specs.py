@@ -6,7 +6,9 @@
         budget: {fraction: 0.05}    # or {count: 500} or {tokens: 20000}
         params: {prop_weight: 1.0, phi_b: 0.8}
         seed: 42
+        constraints: {must_exclude: {where: "shard LIKE 'bench%'"}, max_share: {by: source_file, share: 0.3}}
 
+``constraints`` (``core/selection/constraint_spec.py``) steer MIG and TAGS inside their greedy.
 Each spec becomes its own selection asset with its own history in the UI.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from mig_assets.core.selection.constraint_spec import ConstraintSpec, parse_constraints
 from mig_assets.core.selection.run import METHODS
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
@@ -32,9 +35,11 @@ class SelectionSpec:
     params: dict = field(default_factory=dict)
     seed: int = 42
     description: str = ""
+    constraints: ConstraintSpec | None = None
 
 
-def parse_specs(document: dict, source: str = "<specs>") -> list[SelectionSpec]:
+def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path(".")) -> list[SelectionSpec]:
+    """Specs of a ``selections:`` document; relative paths in it (constraint ids files) are read from ``base_dir``."""
     entries = (document or {}).get("selections")
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{source}: expected a non-empty `selections:` list")
@@ -43,7 +48,7 @@ def parse_specs(document: dict, source: str = "<specs>") -> list[SelectionSpec]:
         where = f"{source}: selections[{i}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a mapping")
-        unknown = set(entry) - {"name", "method", "budget", "params", "seed", "description"}
+        unknown = set(entry) - {"name", "method", "budget", "params", "seed", "description", "constraints"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         name = entry.get("name", "")
@@ -61,10 +66,17 @@ def parse_specs(document: dict, source: str = "<specs>") -> list[SelectionSpec]:
         params = entry.get("params", {}) or {}
         if not isinstance(params, dict):
             raise ValueError(f"{where}.params: expected a mapping")
-        specs.append(SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", ""))))
+        constraints = None
+        if entry.get("constraints"):
+            if method not in ("mig", "tags"):
+                raise ValueError(f"{where}.constraints: constraints steer the mig and tags greedy, not {method!r}")
+            if "tokens" in budget:
+                raise ValueError(f"{where}.constraints: constraints need a count or fraction budget (a token budget cuts the greedy order afterwards)")
+            constraints = parse_constraints(entry["constraints"], f"{where}.constraints", base_dir)
+        specs.append(SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", "")), constraints))
     return specs
 
 
 def load_specs(path: str | Path) -> list[SelectionSpec]:
     path = Path(path)
-    return parse_specs(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    return parse_specs(yaml.safe_load(path.read_text(encoding="utf-8")), str(path), path.parent)

@@ -27,6 +27,7 @@ from mig_assets.core.outputs.report import (
     markdown_table,
     score_plot,
 )
+from mig_assets.core.selection.constraint_spec import constraint_report, resolve_constraints, tag_membership
 from mig_assets.core.selection.lineage import (
     SCORED_QUALITY_SQL,
     changes_summary,
@@ -331,6 +332,9 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             con, layout if spec.method in EMBEDDING_METHODS else None, context.instance.get_dynamic_partitions(pool_shards.name)
         )
         graph = load_graph(con) if spec.method == "mig" else None
+        constraints = None
+        if spec.constraints is not None:  # resolved over the catalog: ids files, predicates, groups, tag bounds
+            constraints = resolve_constraints(con, spec.constraints, pool.sample_ids, lambda names: tag_membership(pool.tags, names), "tag")
     tree, target = None, None
     if spec.method == "tags":
         tree, tree_info = load_tree(layout.knowledge_tree_dir)
@@ -351,6 +355,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
         level_weights=config.level_weights,
         target=target,
         diversity_threshold=config.diversity_threshold,
+        constraints=constraints,
     )
     selected = time.perf_counter()
 
@@ -433,6 +438,11 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             "inputs_changed_since_previous": _inputs_changed_md(inputs_changed, version),
             "inputs_snapshot": dg.MetadataValue.path(str(inputs_path(layout.warehouse_dir, spec.name, version))),
             **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
+            **(
+                {"constraints": dg.MetadataValue.json({"spec": spec.constraints.describe(), "selection": constraint_report(constraints, outcome.order)})}
+                if constraints is not None
+                else {}
+            ),
             "added": changes.get("added", 0),
             "removed": changes.get("removed", 0),
             "seconds_select": round(selected - loaded, 3),

@@ -1,0 +1,148 @@
+"""Constraints through a real selection asset: spec YAML -> DuckDB resolution -> constrained greedy -> members."""
+
+import json
+from collections import Counter
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+
+from mig_assets.core.selection.specs import load_specs, parse_specs
+from mig_assets.defs.selection.assets import build_selection_asset
+from tests.conftest import MIG_FIXTURES
+
+UPSTREAM = ("tag_vocabulary", "tag_embeddings", "label_graph")
+
+
+@pytest.fixture
+def two_shard_pool(layout, instance, resources):
+    """The reference fixture pool as two shards (a.jsonl: lines 1-1000, b.jsonl: the rest), tagged, with its label graph."""
+    from mig_assets.definitions import defs
+
+    lines = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()
+    for name, part in (("a.jsonl", lines[:1000]), ("b.jsonl", lines[1000:])):
+        (layout.incoming_dir / name).write_text("\n".join(part) + "\n")
+        instance.add_dynamic_partitions("pool_shards", [name])
+    assets = list(defs.assets)
+    shard_assets = [a for a in assets if a.partitions_def is not None]
+    for name in ("a.jsonl", "b.jsonl"):
+        assert dg.materialize(assets, selection=shard_assets, partition_key=name, instance=instance, resources=resources).success
+    run_config = {
+        "ops": {
+            "tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}},
+            "label_graph": {"config": {"valid_tag_path": str(MIG_FIXTURES / "valid_tags.json")}},
+        }
+    }
+    chosen = [a for a in assets if a.key.to_user_string() in UPSTREAM]
+    assert dg.materialize(assets, selection=chosen, instance=instance, resources=resources, run_config=run_config).success
+    return [a for a in assets if a.key.to_user_string() in UPSTREAM or a.partitions_def is not None]
+
+
+def materialize(assets, spec, instance, resources, *, raise_on_error=True):
+    asset = build_selection_asset(spec)
+    return dg.materialize([*assets, asset], selection=[asset], instance=instance, resources=resources, raise_on_error=raise_on_error)
+
+
+def members(layout, name: str) -> list[tuple]:
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        return con.execute(
+            "SELECT m.rank, m.sample_id, s.shard, s.line_no, a.tags FROM selection_members m JOIN samples s USING (sample_id) "
+            "JOIN atomic_tags a USING (sample_id) WHERE m.selection = ? ORDER BY m.rank",
+            [name],
+        ).fetchall()
+
+
+@pytest.mark.slow
+def test_constrained_spec_pins_bans_caps_and_bounds_inside_the_greedy(two_shard_pool, layout, instance, resources, tmp_path):
+    plain = materialize(two_shard_pool, parse_specs({"selections": [{"name": "plain", "budget": {"count": 40}}]})[0], instance, resources)
+    assert plain.success
+    free = members(layout, "plain")
+    free_shards = Counter(shard for _, _, shard, _, _ in free)
+    busiest = max(free_shards, key=free_shards.get)
+    assert free_shards[busiest] > 16  # the cap below binds
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        not_picked = [
+            sid
+            for (sid,) in con.execute(
+                "SELECT sample_id FROM samples WHERE shard = 'b.jsonl' AND sample_id NOT IN (SELECT unnest($ids)) ORDER BY line_no LIMIT 3",
+                {"ids": [m[1] for m in free]},
+            ).fetchall()
+        ]
+        counts = Counter(tag for (tags,) in con.execute("SELECT tags FROM atomic_tags").fetchall() for tag in set(tags))
+    picked_counts = Counter(tag for *_, tags in free for tag in set(tags))
+    rare = min((tag for tag, n in counts.items() if n >= 20 and picked_counts[tag] < 2), key=lambda tag: (-counts[tag], tag))
+    (tmp_path / "pinned.txt").write_text("# pinned by the curator\n" + "\n".join(s.upper() for s in not_picked) + "\n\n")
+    document = {
+        "selections": [
+            {
+                "name": "steered",
+                "budget": {"count": 40},
+                "constraints": {
+                    "must_include": {"ids_file": "pinned.txt"},
+                    "must_exclude": {"where": f"shard = '{busiest}' AND line_no <= 300"},
+                    "max_share": {"by": "shard", "share": 1.0, "groups": {busiest: 0.4}},
+                    "label_counts": {rare: {"min": 4, "max": 6}},
+                },
+            }
+        ]
+    }
+    (tmp_path / "selections.yaml").write_text(yaml.safe_dump(document))
+    [spec] = load_specs(tmp_path / "selections.yaml")
+    result = materialize(two_shard_pool, spec, instance, resources)
+    picked = members(layout, "steered")
+    assert len(picked) == 40
+    assert {sid for _, sid, _, _, _ in picked[:3]} == set(not_picked)  # pinned first
+    assert not [p for p in picked if p[2] == busiest and p[3] <= 300]
+    shards = Counter(shard for _, _, shard, _, _ in picked)
+    assert shards[busiest] <= 16
+    assert 4 <= sum(rare in tags for *_, tags in picked) <= 6
+    metadata = result.asset_materializations_for_node("steered")[0].metadata
+    report = metadata["constraints"].value
+    assert report["spec"]["max_share"] == {"by": "shard", "share": 1.0, "groups": {busiest: 0.4}}
+    assert report["selection"]["must_include"] == 3 and report["selection"]["max_share by shard"][busiest] == f"{shards[busiest]} / cap 16"
+    assert metadata["objective"].value < plain.asset_materializations_for_node("plain")[0].metadata["objective"].value
+
+
+@pytest.mark.slow
+def test_infeasible_constraints_fail_the_run_with_the_numbers(two_shard_pool, layout, instance, resources, tmp_path):
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        ids = [sid for (sid,) in con.execute("SELECT sample_id FROM samples ORDER BY shard, line_no LIMIT 12").fetchall()]
+    (tmp_path / "pins.txt").write_text("\n".join(ids))
+    document = {"selections": [{"name": "too_many", "budget": {"count": 10}, "constraints": {"must_include": {"ids_file": "pins.txt"}}}]}
+    [spec] = parse_specs(document, "selections.yaml", tmp_path)
+    result = materialize(two_shard_pool, spec, instance, resources, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "must_include pins 12 samples but the budget is 10 picks" in failure.event_specific_data.error.to_string()
+
+    (tmp_path / "pins.txt").write_text(ids[0] + "\n" + "f" * 64 + "\n")
+    [spec] = parse_specs(document, "selections.yaml", tmp_path)
+    result = materialize(two_shard_pool, spec, instance, resources, raise_on_error=False)
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert f"pins.txt line 2: sample_id '{'f' * 64}' is not in the pool" in failure.event_specific_data.error.to_string()
+
+
+@pytest.mark.parametrize(
+    "constraints, message",
+    [
+        ({"must_include": {"file": "x"}}, r"must_include: unknown keys \['file'\]"),
+        ({"max_share": {"by": "colour", "share": 0.3}}, "max_share.by: expected one of source_file, shard, source_format"),
+        ({"max_share": {"by": "shard", "share": 1.5}}, r"max_share.share: a share must be a number in \[0, 1\]"),
+        ({"label_counts": {"python": {"min": -1}}}, "label_counts.python.min: expected a count >= 0"),
+        ({"budget_cut": 1}, "unknown keys"),
+    ],
+)
+def test_bad_constraint_specs_name_the_key(constraints, message):
+    with pytest.raises(ValueError, match=message):
+        parse_specs({"selections": [{"name": "a", "budget": {"count": 5}, "constraints": constraints}]}, "selections.yaml")
+
+
+def test_constraints_refused_for_token_budgets_and_baselines():
+    for entry, message in (
+        ({"name": "a", "budget": {"tokens": 500}}, "need a count or fraction budget"),
+        ({"name": "a", "method": "random"}, "not 'random'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_specs({"selections": [entry | {"constraints": {"must_exclude": {"where": "true"}}}]}, "selections.yaml")
+    assert json.dumps(parse_specs({"selections": [{"name": "a"}]})[0].constraints) == "null"
