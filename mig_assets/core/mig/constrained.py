@@ -26,13 +26,18 @@ from mig_assets.core.selection.constraints import Constraints, ConstraintState, 
 from mig_assets.core.validation import check_budget
 
 
-def select_constrained(Y, k: int, constraints: Constraints, params: MigParams = MigParams(), *, n_top_labels: int = 3) -> MigSelection:
+def select_constrained(
+    Y, k: int, constraints: Constraints, params: MigParams = MigParams(), *, gain_factor: np.ndarray | None = None, n_top_labels: int = 3
+) -> MigSelection:
     """Lazy greedy MIG selection of k rows of Y under ``constraints`` (same gains and ties as :func:`select`).
 
     Retired rows (picked, banned, capped) leave the lazy frontier for good; when no slack is left for
     the label minimums, the pick is the best of the admissible rows carrying an owed label, whose
     gains are evaluated afresh. Raises InfeasibleConstraints before selecting when the constraints
     cannot hold, or naming the pick at which no admissible row is left.
+
+    ``gain_factor`` (N,), >= 1, ranks row i by gain_i · factor_i (the warm start's stickiness of the
+    previous picks); the recorded gains stay the true ones.
     """
     Y = propagated_matrix(Y)
     n_samples, n_labels = Y.shape
@@ -44,20 +49,29 @@ def select_constrained(Y, k: int, constraints: Constraints, params: MigParams = 
     order, gains = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
     evaluations = 0
 
+    def ranked(rows: np.ndarray | None = None) -> np.ndarray:
+        values = gains_of(Y, model, rows)
+        return values if gain_factor is None else values * (gain_factor if rows is None else gain_factor[rows])
+
+    def ranked_row(row: int) -> float:
+        value = gain_of_row(Y, model, row)
+        return value if gain_factor is None else value * float(gain_factor[row])
+
     def take(pick: int, row: int, gain: float) -> np.ndarray:
-        order[pick], gains[pick] = row, gain
+        order[pick] = row
+        gains[pick] = gain if gain_factor is None else gain_of_row(Y, model, row)
         entries = slice(Y.indptr[row], Y.indptr[row + 1])
         model.add(Y.indices[entries], Y.data[entries])
         return state.admit(row)
 
     pinned = constraints.pinned
     if len(pinned):  # the pinned rows, greedily among themselves
-        pins = LazyFrontier(gains_of(Y, model, pinned), lambda idx: gains_of(Y, model, pinned[idx]), lambda idx: gain_of_row(Y, model, int(pinned[idx])))
+        pins = LazyFrontier(ranked(pinned), lambda idx: ranked(pinned[idx]), lambda idx: ranked_row(int(pinned[idx])))
         for pick in range(len(pinned)):
             index, gain = pins.pop_best(pick)
             take(pick, int(pinned[index]), gain)
         evaluations += pins.evaluations
-    frontier = LazyFrontier(gains_of(Y, model), lambda rows: gains_of(Y, model, rows), lambda row: gain_of_row(Y, model, row))
+    frontier = LazyFrontier(ranked(), ranked, ranked_row)
     frontier.discard(np.flatnonzero(~state.alive))
     for pick in range(len(pinned), k):
         step = pick - len(pinned)  # the frontier's clock: a key stamped with it is exact now
@@ -65,7 +79,7 @@ def select_constrained(Y, k: int, constraints: Constraints, params: MigParams = 
             candidates = state.owed_label_rows()
             if not len(candidates):
                 raise state.stuck(pick, k)
-            candidate_gains = gains_of(Y, model, candidates)
+            candidate_gains = ranked(candidates)
             evaluations += len(candidates)
             best = int(np.argmax(candidate_gains))  # the first maximum: ties to the lowest row
             row, gain = int(candidates[best]), float(candidate_gains[best])
@@ -78,7 +92,7 @@ def select_constrained(Y, k: int, constraints: Constraints, params: MigParams = 
     return MigSelection(order, gains, objective, model.coverage.copy(), top_labels, evaluations + frontier.evaluations)
 
 
-def select_dense_constrained(Y, k: int, constraints: Constraints, params: MigParams = MigParams()) -> np.ndarray:
+def select_dense_constrained(Y, k: int, constraints: Constraints, params: MigParams = MigParams(), *, gain_factor: np.ndarray | None = None) -> np.ndarray:
     """The straightforward greedy under constraints, a baseline to verify :func:`select_constrained`:
     every step recomputes all gains (float64) and the admissible rows from scratch, then takes the
     first maximum. Needs N×L memory. Returns the picked rows, in order."""
@@ -93,6 +107,8 @@ def select_dense_constrained(Y, k: int, constraints: Constraints, params: MigPar
             gains = dense @ phi_prime(coverage, params).astype(np.float64)
         else:
             gains = (phi(coverage + dense, params) - phi(coverage, params)).sum(axis=1)
+        if gain_factor is not None:
+            gains = gains * gain_factor
         gains[~admissible_rows(constraints, np.asarray(order, np.int64), k)] = -np.inf
         row = int(np.argmax(gains))
         if gains[row] == -np.inf:
