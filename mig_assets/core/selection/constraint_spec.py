@@ -223,3 +223,10 @@ def constraint_report(constraints: Constraints, order: np.ndarray) -> dict:
             name: f"{counts[m]} in [{constraints.label_min[m]}, {constraints.label_max[m]}]" for m, name in enumerate(constraints.label_names)
         }
     return report
+
+
+def constraint_reasons(constraints: Constraints) -> dict[int, str]:
+    """Rows whose place in a selection a constraint decided, by row: pinned ones and excluded ones."""
+    reasons = {int(row): "pinned by must_include" for row in constraints.pinned.tolist()}
+    reasons |= {int(row): "excluded by must_exclude" for row in np.flatnonzero(constraints.banned).tolist()}
+    return reasons

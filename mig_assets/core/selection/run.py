@@ -20,10 +20,12 @@ from mig_assets.core.mig.algorithm import (
     sample_label_matrix,
     select,
 )
-from mig_assets.core.mig.constrained import select_constrained
+from mig_assets.core.mig.constrained import select_constrained, warm_select
 from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
+from mig_assets.core.selection.constraint_spec import constraint_reasons
 from mig_assets.core.selection.constraints import Constraints
+from mig_assets.core.selection.stability import WarmStart, warm_reasons
 
 
 @dataclass
@@ -65,6 +67,8 @@ class SelectionOutcome:
     pool_leaf_mass: np.ndarray | None = None  # TAGS: the whole pool's mass per leaf
     sample_matrix: sp.csr_array | None = None  # rows summed into coverage (MIG: Y, TAGS: U)
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
+    stability: dict | None = None  # warm re-selection: churn against the previous version and a fresh greedy
+    reasons: dict[int, str] = field(default_factory=dict)  # pool row -> why a constraint or the warm start added or dropped it
 
 
 def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
@@ -114,6 +118,7 @@ def run_selection(
     target: np.ndarray | None = None,
     diversity_threshold: float = 0.9,
     constraints: Constraints | None = None,
+    warm: WarmStart | None = None,
 ) -> SelectionOutcome:
     """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
     (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
@@ -126,6 +131,7 @@ def run_selection(
     preserved; a later, cheaper sample never jumps ahead of a better one).
 
     ``constraints`` (pins, bans, caps, label bounds) act inside the MIG greedy; they need a count budget.
+    ``warm`` re-selects from the previous version's picks with bounded churn (``core/selection/stability.py``).
     """
     n_pool = len(pool.sample_ids)
     if n_pool == 0:
@@ -134,10 +140,11 @@ def run_selection(
         k = picks_for_tokens(pool.tokens, budget.tokens)
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
-    if constraints is not None and constraints.active and (method != "mig" or budget.tokens is not None):
-        raise ValueError(f"constraints apply to the mig greedy under a count or fraction budget, not to {method} with {budget.describe()}")
+    steered = (constraints is not None and constraints.active) or warm is not None
+    if steered and (method != "mig" or budget.tokens is not None):
+        raise ValueError(f"constraints and warm starts apply to the mig greedy under a count or fraction budget, not to {method} with {budget.describe()}")
     if method == "mig":
-        outcome = _mig(pool, graph, k, params, constraints)
+        outcome = _mig(pool, graph, k, params, constraints, warm)
     elif method == "tags":
         outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
     elif method in BASELINES:
@@ -186,11 +193,20 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
 
-def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None = None) -> SelectionOutcome:
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
-    result = select_constrained(Y, k, constraints, params) if constraints is not None and constraints.active else select(Y, k, params)
+    report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
+    if warm is not None:
+        result, how, report = warm_select(Y, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
+        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
+    elif constraints is not None and constraints.active:
+        result = select_constrained(Y, k, constraints, params)
+    else:
+        result = select(Y, k, params)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
-    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
+    return SelectionOutcome(
+        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y, stability=report, reasons=reasons
+    )
 
 
 def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):

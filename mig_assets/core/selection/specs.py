@@ -8,7 +8,9 @@
         seed: 42
         constraints: {must_exclude: {where: "shard LIKE 'bench%'"}, max_share: {by: source_file, share: 0.3}}
 
-``constraints`` (``core/selection/constraint_spec.py``) steer MIG and TAGS inside their greedy.
+``constraints`` (``core/selection/constraint_spec.py``) steer MIG and TAGS inside their greedy;
+``stability: {mode: warm, max_churn: 0.05, margin: 0.1}`` (``core/selection/stability.py``) bounds
+the churn of a re-selection.
 Each spec becomes its own selection asset with its own history in the UI.
 """
 
@@ -22,6 +24,7 @@ import yaml
 
 from mig_assets.core.selection.constraint_spec import ConstraintSpec, parse_constraints
 from mig_assets.core.selection.run import METHODS
+from mig_assets.core.selection.stability import StabilitySpec, parse_stability
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -36,6 +39,7 @@ class SelectionSpec:
     seed: int = 42
     description: str = ""
     constraints: ConstraintSpec | None = None
+    stability: StabilitySpec | None = None
 
 
 def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path(".")) -> list[SelectionSpec]:
@@ -48,7 +52,7 @@ def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path("
         where = f"{source}: selections[{i}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a mapping")
-        unknown = set(entry) - {"name", "method", "budget", "params", "seed", "description", "constraints"}
+        unknown = set(entry) - {"name", "method", "budget", "params", "seed", "description", "constraints", "stability"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         name = entry.get("name", "")
@@ -73,7 +77,13 @@ def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path("
             if "tokens" in budget:
                 raise ValueError(f"{where}.constraints: constraints need a count or fraction budget (a token budget cuts the greedy order afterwards)")
             constraints = parse_constraints(entry["constraints"], f"{where}.constraints", base_dir)
-        specs.append(SelectionSpec(name, method, dict(budget), dict(params), int(entry.get("seed", 42)), str(entry.get("description", "")), constraints))
+        stability = None
+        if entry.get("stability"):
+            stability = parse_stability(entry["stability"], f"{where}.stability")
+            if stability.mode == "warm" and (method != "mig" or "tokens" in budget):
+                raise ValueError(f"{where}.stability: a warm start steers the mig greedy under a count or fraction budget")
+        seed, description = int(entry.get("seed", 42)), str(entry.get("description", ""))
+        specs.append(SelectionSpec(name, method, dict(budget), dict(params), seed, description, constraints, stability))
     return specs
 
 

@@ -17,11 +17,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mig_assets.core.selection.constraints import Constraints, InfeasibleConstraints, violations
+from mig_assets.core.selection.lineage import inputs_path
+from mig_assets.core.store.catalog import has_relation
 
 SWAP_SCAN = 256  # members of least loss a new sample may replace, per swap
 
@@ -60,6 +64,7 @@ class WarmResult:
     rows: np.ndarray  # the selected rows (unordered: the method orders them)
     kept: np.ndarray  # previous picks kept
     filled: np.ndarray  # rows the greedy added into free slots (previous picks gone, budget grown, pins)
+    dropped: np.ndarray  # previous picks left out to make room (a smaller budget, new must_include samples)
     swaps: list[tuple[int, int, float, float]]  # (removed row, added row, added's gain, removed's loss), in order
     fallback: str = ""  # why the warm start could not be used (then rows is the fresh greedy's)
 
@@ -90,7 +95,8 @@ def warm_reselect(
 ) -> WarmResult:
     """Re-select k rows starting from the previous version's picks, under ``constraints``.
 
-    1. Keep the previous picks that are still admissible (at most k, in their previous rank order).
+    1. Keep the previous picks that are still admissible, in their previous rank order, as many as
+       the budget holds beside the must_include samples from outside them.
     2. Fill the free slots with ``fill(constraints with the kept picks pinned)``, the method's own
        constrained greedy (returns the full set, pins included).
     3. Swap, while the churn allows: the new sample j of largest gain replaces the member i of least
@@ -104,14 +110,15 @@ def warm_reselect(
     n = M.shape[0]
     weights = np.ones(M.shape[1]) if weights is None else np.asarray(weights, np.float64)
     previous = np.asarray(previous_rows, np.int64)
-    kept = previous[~constraints.banned[previous]][:k]
+    admissible = previous[~constraints.banned[previous]]
+    kept = admissible[: max(0, k - len(np.setdiff1d(constraints.pinned, admissible)))]  # room for new pins
+    dropped = np.setdiff1d(admissible, kept)
     pins = np.union1d(kept, constraints.pinned)
     try:
         rows = np.asarray(fill(dataclasses.replace(constraints, pinned=pins)), np.int64)
     except InfeasibleConstraints as error:
-        return WarmResult(
-            np.asarray(fill(constraints), np.int64), np.empty(0, np.int64), np.empty(0, np.int64), [], f"the previous picks cannot all stay: {error}"
-        )
+        nothing = np.empty(0, np.int64)
+        return WarmResult(np.asarray(fill(constraints), np.int64), nothing, nothing, nothing, [], f"the previous picks cannot all stay: {error}")
     filled = np.setdiff1d(rows, kept)
     member = np.zeros(n, bool)
     member[rows] = True
@@ -150,7 +157,7 @@ def warm_reselect(
         coverage += M[[j]].toarray().ravel() - M[[i]].toarray().ravel()
         swaps.append(swap)
         churn_left -= 1
-    return WarmResult(np.flatnonzero(member), np.intersect1d(np.flatnonzero(member), kept), filled, swaps)
+    return WarmResult(np.flatnonzero(member), np.intersect1d(np.flatnonzero(member), kept), filled, dropped, swaps)
 
 
 def churn_report(previous_rows: np.ndarray, new_rows: np.ndarray, order: np.ndarray, fresh_order: np.ndarray, objective: float, fresh_objective: float) -> dict:
@@ -176,3 +183,44 @@ def churn_report(previous_rows: np.ndarray, new_rows: np.ndarray, order: np.ndar
         "fresh_objective": fresh_objective,
         "objective_loss_vs_fresh": loss,
     }
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm re-selection starts from: the previous version's picks and the pool's new rows."""
+
+    previous_rows: np.ndarray  # rows of the current pool picked by the previous version, in its rank order
+    new_rows: np.ndarray  # rows that were not in the previous version's pool
+    spec: StabilitySpec
+
+
+def warm_reasons(warm: WarmResult, margin: float, pinned: np.ndarray) -> dict[int, str]:
+    """The exact reason of each row a warm re-selection added or dropped, by row."""
+    reasons = {
+        int(row): "filled a free slot (previous picks left the pool or were excluded, or the budget grew): the best admissible gain"
+        for row in np.setdiff1d(warm.filled, pinned).tolist()
+    }
+    for row in warm.dropped.tolist():
+        reasons[int(row)] = "dropped to make room (a smaller budget or new must_include samples): the lowest-ranked previous picks go first"
+    for removed, added, gain, loss in warm.swaps:
+        reasons[removed] = f"displaced by a new sample: its gain {gain:.4g} beat this sample's contribution {loss:.4g} by more than the margin {margin:g}"
+        reasons[added] = f"new sample: its gain {gain:.4g} beat the contribution {loss:.4g} of the sample it replaced by more than the margin {margin:g}"
+    return reasons
+
+
+def previous_version_start(con, warehouse_dir: Path, selection: str, sample_ids: list[str], spec: StabilitySpec) -> WarmStart | None:
+    """The warm start of ``selection``'s next version from the catalog: its latest version's members
+    (those still in the pool, in rank order) and the pool rows its input snapshot did not hold
+    (without a snapshot, every row outside its members). None when there is no previous version."""
+    if spec.mode != "warm" or not has_relation(con, "selections"):
+        return None
+    latest = con.execute("SELECT max(version) FROM selections WHERE selection = ?", [selection]).fetchall()[0][0]
+    if latest is None:
+        return None
+    members = con.execute("SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [selection, latest]).fetchall()
+    row_of = {sid: i for i, sid in enumerate(sample_ids)}
+    previous = np.array([row_of[sid] for (sid,) in members if sid in row_of], np.int64)
+    snapshot = inputs_path(warehouse_dir, selection, latest)
+    known = set(pq.read_table(snapshot, columns=["sample_id"]).column(0).to_pylist()) if snapshot.exists() else {sid for (sid,) in members}
+    new = np.array([i for i, sid in enumerate(sample_ids) if sid not in known], np.int64)
+    return WarmStart(previous, new, spec)

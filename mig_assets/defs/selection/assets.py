@@ -51,6 +51,7 @@ from mig_assets.core.selection.run import (
     run_selection,
 )
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
+from mig_assets.core.selection.stability import previous_version_start
 from mig_assets.core.store.catalog import has_relation, insert_table, replace_table
 from mig_assets.core.tagging.canonical import normalize_tag, policy_of_backend
 from mig_assets.core.tags.select import (
@@ -335,6 +336,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
         constraints = None
         if spec.constraints is not None:  # resolved over the catalog: ids files, predicates, groups, tag bounds
             constraints = resolve_constraints(con, spec.constraints, pool.sample_ids, lambda names: tag_membership(pool.tags, names), "tag")
+        warm = previous_version_start(con, layout.warehouse_dir, spec.name, pool.sample_ids, spec.stability) if spec.stability is not None else None
     tree, target = None, None
     if spec.method == "tags":
         tree, tree_info = load_tree(layout.knowledge_tree_dir)
@@ -356,6 +358,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
         target=target,
         diversity_threshold=config.diversity_threshold,
         constraints=constraints,
+        warm=warm,
     )
     selected = time.perf_counter()
 
@@ -394,7 +397,8 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank",
             [spec.name, version],
         ).fetchall()
-        diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome)
+        reasons = {pool.sample_ids[row]: reason for row, reason in outcome.reasons.items()}
+        diff = _diff_against_previous(con, spec.name, version, ids, pool, outcome, reasons)
         if diff:
             insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
         manifest = _manifest(context, spec, config, version, pool, outcome, score_origin, failed)
@@ -438,6 +442,7 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             "inputs_changed_since_previous": _inputs_changed_md(inputs_changed, version),
             "inputs_snapshot": dg.MetadataValue.path(str(inputs_path(layout.warehouse_dir, spec.name, version))),
             **(_tree_metadata(outcome, tree, target, config) if tree is not None else {}),
+            **({"stability": dg.MetadataValue.json(outcome.stability)} if outcome.stability is not None else {}),
             **(
                 {"constraints": dg.MetadataValue.json({"spec": spec.constraints.describe(), "selection": constraint_report(constraints, outcome.order)})}
                 if constraints is not None
@@ -451,8 +456,9 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
     )
 
 
-def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: PoolArrays, outcome: SelectionOutcome) -> list[dict]:
-    """Samples added and removed since the previous version, each with the reason."""
+def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: PoolArrays, outcome: SelectionOutcome, reasons: dict[str, str]) -> list[dict]:
+    """Samples added and removed since the previous version, each with the reason (``reasons``: the
+    exact ones a constraint or the warm start gave, by sample_id)."""
     previous = con.execute("SELECT created_at FROM selections WHERE selection = ? AND version = ?", [name, version - 1]).fetchall()
     if not previous:
         return []
@@ -472,7 +478,9 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
     for sid in ids:
         if sid in set(before):
             continue
-        if shard_of.get(sid) in new_shards:
+        if sid in reasons:
+            reason = reasons[sid]
+        elif shard_of.get(sid) in new_shards:
             reason = f"new sample: shard {shard_of[sid]} was ingested after version {version - 1}"
         else:
             gain = outcome.gains[rank_of[sid] - 1]
@@ -487,6 +495,8 @@ def _diff_against_previous(con, name: str, version: int, ids: list[str], pool: P
         reason = (
             "no longer in the pool (its shard changed or its tagging failed)"
             if sid not in in_pool
+            else reasons[sid]
+            if sid in reasons
             else f"displaced: its gain fell below the last pick's ({last_gain:.4g}) as new samples covered its labels"
         )
         rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
