@@ -15,19 +15,16 @@ from tests.conftest import MIG_FIXTURES
 UPSTREAM = ("tag_vocabulary", "tag_embeddings", "label_graph")
 
 
-@pytest.fixture
-def two_shard_pool(layout, instance, resources):
-    """The reference fixture pool as two shards (a.jsonl: lines 1-1000, b.jsonl: the rest), tagged, with its label graph."""
-    from mig_assets.definitions import defs
-
-    lines = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()
-    for name, part in (("a.jsonl", lines[:1000]), ("b.jsonl", lines[1000:])):
-        (layout.incoming_dir / name).write_text("\n".join(part) + "\n")
-        instance.add_dynamic_partitions("pool_shards", [name])
-    assets = list(defs.assets)
+def ingest(layout, instance, resources, assets, name: str, lines: list[str]) -> None:
+    """Write a shard file, register its partition and materialize its per-shard assets."""
+    (layout.incoming_dir / name).write_text("\n".join(lines) + "\n")
+    instance.add_dynamic_partitions("pool_shards", [name])
     shard_assets = [a for a in assets if a.partitions_def is not None]
-    for name in ("a.jsonl", "b.jsonl"):
-        assert dg.materialize(assets, selection=shard_assets, partition_key=name, instance=instance, resources=resources).success
+    assert dg.materialize(assets, selection=shard_assets, partition_key=name, instance=instance, resources=resources).success
+
+
+def build_upstream(instance, resources, assets) -> None:
+    """tag_vocabulary, tag_embeddings (the fixture's label vectors) and label_graph over the current pool."""
     run_config = {
         "ops": {
             "tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}},
@@ -36,7 +33,22 @@ def two_shard_pool(layout, instance, resources):
     }
     chosen = [a for a in assets if a.key.to_user_string() in UPSTREAM]
     assert dg.materialize(assets, selection=chosen, instance=instance, resources=resources, run_config=run_config).success
-    return [a for a in assets if a.key.to_user_string() in UPSTREAM or a.partitions_def is not None]
+
+
+def pool_assets():
+    from mig_assets.definitions import defs
+
+    return [a for a in defs.assets if a.key.to_user_string() in UPSTREAM or a.partitions_def is not None]
+
+
+@pytest.fixture
+def two_shard_pool(layout, instance, resources):
+    """The reference fixture pool as two shards (a.jsonl: lines 1-1000, b.jsonl: the rest), tagged, with its label graph."""
+    assets, lines = pool_assets(), (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()
+    ingest(layout, instance, resources, assets, "a.jsonl", lines[:1000])
+    ingest(layout, instance, resources, assets, "b.jsonl", lines[1000:])
+    build_upstream(instance, resources, assets)
+    return assets
 
 
 def materialize(assets, spec, instance, resources, *, raise_on_error=True):
@@ -45,11 +57,13 @@ def materialize(assets, spec, instance, resources, *, raise_on_error=True):
 
 
 def members(layout, name: str) -> list[tuple]:
+    """The latest version's members: rank, sample_id, shard, line_no, tags."""
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         return con.execute(
             "SELECT m.rank, m.sample_id, s.shard, s.line_no, a.tags FROM selection_members m JOIN samples s USING (sample_id) "
-            "JOIN atomic_tags a USING (sample_id) WHERE m.selection = ? ORDER BY m.rank",
-            [name],
+            "JOIN atomic_tags a USING (sample_id) WHERE m.selection = $name "
+            "AND m.version = (SELECT max(version) FROM selection_members WHERE selection = $name) ORDER BY m.rank",
+            {"name": name},
         ).fetchall()
 
 
@@ -146,3 +160,31 @@ def test_constraints_refused_for_token_budgets_and_baselines():
         with pytest.raises(ValueError, match=message):
             parse_specs({"selections": [entry | {"constraints": {"must_exclude": {"where": "true"}}}]}, "selections.yaml")
     assert json.dumps(parse_specs({"selections": [{"name": "a"}]})[0].constraints) == "null"
+
+
+@pytest.mark.slow
+def test_warm_reselection_after_growth_keeps_old_picks_and_says_why_each_changed(layout, instance, resources):
+    assets, lines = pool_assets(), (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()
+    document = {"selections": [{"name": "steady", "budget": {"count": 60}, "stability": {"mode": "warm", "max_churn": 0.1, "margin": 0.1}}]}
+    [spec] = parse_specs(document, "selections.yaml")
+    ingest(layout, instance, resources, assets, "a.jsonl", lines[:1500])
+    build_upstream(instance, resources, assets)
+    first = materialize(assets, spec, instance, resources).asset_materializations_for_node("steady")[0].metadata
+    assert "stability" not in first  # nothing to start from
+    before = {sid for _, sid, *_ in members(layout, "steady")}
+    ingest(layout, instance, resources, assets, "b.jsonl", lines[1500:])
+    build_upstream(instance, resources, assets)
+    metadata = materialize(assets, spec, instance, resources).asset_materializations_for_node("steady")[0].metadata
+    report = metadata["stability"].value
+    after = members(layout, "steady")
+    added = {sid for _, sid, *_ in after} - before
+    assert len(after) == 60 and 0 < len(added) <= 6  # churn within floor(0.1 * 60)
+    assert {shard for _, sid, shard, *_ in after if sid in added} == {"b.jsonl"}  # only new data displaced old picks
+    assert report["selection"]["added_old_samples"] == 0 and report["selection"]["added_new_samples"] == len(added) == report["swaps"]
+    assert report["fresh_greedy"]["removed"] >= report["selection"]["removed"]
+    assert abs(report["objective_loss_vs_fresh"]) < 0.05
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        diff = con.execute("SELECT change, reason FROM selection_diffs WHERE selection = 'steady' AND version = 2").fetchall()
+    assert sorted(change for change, _ in diff) == ["added"] * len(added) + ["removed"] * len(added)
+    for change, reason in diff:
+        assert reason.startswith("new sample: its gain" if change == "added" else "displaced by a new sample: its gain"), reason
