@@ -18,6 +18,7 @@ from mig_assets.defs.selection.assets import (
     label_graph,
     selection_specs,
 )
+from mig_assets.defs.steering.assets import selection_stability, selection_sweep
 from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from mig_assets.defs.tree.assets import knowledge_tree, target_profile
 from mig_assets.orchestration.automation import automation_sensor
@@ -53,7 +54,8 @@ compare_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison],  # comparison: on demand
+    # on demand: the comparison, the what-if sweep and the stability report
+    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison, selection_sweep, selection_stability],
     jobs=[ingest_job, tag_job, reselect_job, compare_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=resources,

@@ -188,3 +188,35 @@ def test_warm_reselection_after_growth_keeps_old_picks_and_says_why_each_changed
     assert sorted(change for change, _ in diff) == ["added"] * len(added) + ["removed"] * len(added)
     for change, reason in diff:
         assert reason.startswith("new sample: its gain" if change == "added" else "displaced by a new sample: its gain"), reason
+
+
+@pytest.mark.slow
+def test_sweep_and_stability_reports_over_one_loaded_pool(two_shard_pool, layout, instance, resources):
+    from mig_assets.defs.steering.assets import selection_stability, selection_sweep
+
+    run_config = {
+        "ops": {
+            "selection_sweep": {"config": {"budget_fractions": [0.01, 0.03], "budget_tokens": [20000], "phi_b": [0.7, 0.8]}},
+            "selection_stability": {"config": {"tau_delta": 0.02}},
+        }
+    }
+    result = dg.materialize(
+        [*two_shard_pool, selection_sweep, selection_stability],
+        selection=[selection_sweep, selection_stability],
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+    )
+    sweep = result.asset_materializations_for_node("selection_sweep")[0].metadata
+    assert sweep["points"].value == 6 and sweep["peak_memory_mib"].value > 0 and sweep["seconds"].value > 0
+    page = (layout.exports_dir / "sweep" / "mig_selection" / "v0001" / "sweep.html").read_text()
+    assert sweep["page"].value.endswith("sweep.html") and "mig phi_b=0.7" in page and "Pareto frontier" in page
+    points = json.loads((layout.exports_dir / "sweep" / "mig_selection" / "v0001" / "points.json").read_text())
+    assert {p["picks"] for p in points if p["budget"] == "fraction=0.01"} == {20}
+    assert all(p["tokens"] <= 20000 for p in points if p["budget"] == "tokens=20000")
+    assert any(p["frontier_objective"] for p in points) and sweep["plots"].value.count("data:image/png;base64,") == 3
+    stability = result.asset_materializations_for_node("selection_stability")[0].metadata
+    assert stability["runs"].value == 3 and 0 <= stability["stable_share"].value <= 1
+    assert "tau 0.88" in stability["jaccard"].value and "tau 0.92" in stability["jaccard"].value
+    report = (layout.exports_dir / "stability" / "mig_selection" / "v0001" / "report.html").read_text()
+    assert "stable under every perturbation" in report and "data:image/png;base64," in report
