@@ -93,11 +93,12 @@ def run_stage(stage: str, home: str, keys: list[str], execution, tagger=None) ->
         ASSET_PARTITION_RANGE_START_TAG,
     )
 
+    from mig_assets.core.store.batch_cache import EMBEDDING_CACHE_DIR, TAG_CACHE_DIR
     from mig_assets.defs.embeddings.assets import sample_embeddings
     from mig_assets.defs.tagging.assets import build_atomic_tags
     from mig_assets.resources import Embedder, Warehouse
 
-    for folder in ("tag_cache", "embedding_cache"):
+    for folder in (TAG_CACHE_DIR, EMBEDDING_CACHE_DIR):
         shutil.rmtree(Path(home) / "warehouse" / folder, ignore_errors=True)
     asset = sample_embeddings if stage == "embed" else build_atomic_tags(tagger.version())
     resources = {"warehouse": Warehouse(mig_home=home), "embedder": Embedder(device="cpu"), "execution": execution}

@@ -38,18 +38,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mig_assets.core.mig import algorithm as mig  # noqa: E402
-from mig_assets.core.tags.select import (  # noqa: E402
-    TagsParams,
-    build_problem,
-    coverage_by_level,
-    leaf_entropy,
-    leaf_weights,
-    rank_normalize,
-    select,
-    select_dense,
-    target_distribution,
-)
-from mig_assets.core.tags.tree import build_tree  # noqa: E402
+from mig_assets.core.tags.build import build_tree  # noqa: E402
+from mig_assets.core.tags.dense import select_dense  # noqa: E402
+from mig_assets.core.tags.information import coverage_by_level, leaf_entropy  # noqa: E402
+from mig_assets.core.tags.modes import select  # noqa: E402
+from mig_assets.core.tags.params import TagsParams  # noqa: E402
+from mig_assets.core.tags.problem import build_problem, leaf_weights, rank_normalize, target_distribution  # noqa: E402
 
 CACHE = REPO / "benchmarks" / ".cache"
 

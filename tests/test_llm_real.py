@@ -137,8 +137,8 @@ def test_tree_refinement_by_the_served_model(openai_server, smollm_dir, tmp_path
     model names the clusters and re-parents children within their shortlists; a cached rebuild
     asks nothing and gives the same tree."""
     from mig_assets.core.embedding.encoder import SentenceEmbedder
+    from mig_assets.core.tags.build import build_tree
     from mig_assets.core.tags.refine import LLMTreeRefiner
-    from mig_assets.core.tags.tree import build_tree
 
     tags = [
         "python programming",

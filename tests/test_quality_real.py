@@ -10,14 +10,10 @@ import pytest
 
 from mig_assets.core.llm.backends import VllmBackend
 from mig_assets.core.llm.models import SMOLLM2, resolve_llm
-from mig_assets.core.quality.scoring import (
-    PROMPTS,
-    DigitTokenError,
-    QualityCache,
-    digit_token_ids,
-    expected_score,
-    score_samples,
-)
+from mig_assets.core.quality.cache import QualityCache
+from mig_assets.core.quality.parsing import DigitTokenError, digit_token_ids, expected_score
+from mig_assets.core.quality.prompts import PROMPTS
+from mig_assets.core.quality.scoring import score_samples
 from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
 from tests.conftest import REAL_DATA, materialize_shards

@@ -103,7 +103,7 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     # explain recomputes a rejected sample's final tree-level gain: E(S + i) - E(S), against the last pick's
     from mig_assets.core.outputs.explain import explain
     from mig_assets.core.selection.run import tags_problem
-    from mig_assets.core.tags.select import objective
+    from mig_assets.core.tags.information import objective
     from mig_assets.core.tags.tree import load_tree
     from mig_assets.defs.selection.assets import load_pool
 
@@ -183,3 +183,95 @@ def test_target_profile_and_aligned_selection_through_the_assets(layout, instanc
         text_leaf = dict(con.execute("SELECT sample_id, leaf_ids[1] FROM target_samples WHERE grounding = 'text'").fetchall())
     agree = sum(leaf in by_tags[sample_id] for sample_id, leaf in text_leaf.items())
     assert grounded.get("text", 0) >= 12 and agree >= 0.6 * len(text_leaf), (grounded, agree)
+
+
+QUESTIONS = [
+    "sort python lists",
+    "bake sourdough bread",
+    "solve linear equations",
+    "explain roman history",
+    "tune guitar strings",
+    "multiply large matrices",
+    "write haiku poems",
+    "compute prime numbers",
+]
+NEW_QUESTIONS = ["sort integer arrays", "integrate polynomial functions", "bake rye bread"]
+
+
+def tagged_pool_and_tree(layout, instance, resources, tagger) -> tuple[list, dict]:
+    """The pool of QUESTIONS tagged by ``tagger`` (an LLM tagger), its tree, and a target file holding half
+    the pool's questions and NEW_QUESTIONS; returns the assets and the pool's tags by question."""
+    from mig_assets.definitions import defs
+    from mig_assets.defs.tagging.assets import build_atomic_tags
+    from mig_assets.defs.tree.assets import target_profile
+    from tests.conftest import materialize_shards
+
+    path = layout.incoming_dir / "questions.jsonl"
+    path.write_text("".join(json.dumps({"prompt": q, "response": f"answer to {q}"}) + "\n" for q in QUESTIONS))
+    materialize_shards(instance, resources, layout, [path])
+    target = layout.home / "targets" / "target.jsonl"
+    target.parent.mkdir(parents=True)
+    target.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in QUESTIONS[::2] + NEW_QUESTIONS))
+    tagging = {**resources, "tagger": tagger}
+    dg.materialize([build_atomic_tags(tagger.version())], partition_key=layout.shard_key(path), instance=instance, resources=tagging)
+    names = ("tag_vocabulary", "tag_embeddings", "knowledge_tree")
+    assets = [a for a in defs.assets if a.key.to_user_string() in names] + [target_profile]
+    tree_config = {"ops": {"knowledge_tree": {"config": {"branching": 3, "top_size": 2, "min_count": 1}}}}
+    dg.materialize(assets, selection=[a for a in assets if a.key.to_user_string() in names], instance=instance, resources=tagging, run_config=tree_config)
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        pool_tags = dict(con.execute("SELECT s.messages[1].content, t.tags FROM atomic_tags t JOIN samples s USING (sample_id)").fetchall())
+    return assets, pool_tags
+
+
+def materialize_target(assets, instance, resources, tagger, execution) -> tuple[dict, dict]:
+    """target_profile alone (grounded by tags); its metadata and each target question's tags."""
+    config = {"ops": {"target_profile": {"config": {"grounding": "tags"}}}}
+    result = dg.materialize(
+        assets,
+        selection=["target_profile"],
+        instance=instance,
+        resources={**resources, "tagger": tagger, "execution": execution},
+        run_config=config,
+    )
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("target_profile")[0].metadata.items()}
+    mig_home = resources["warehouse"].mig_home
+    with duckdb.connect(f"{mig_home}/warehouse/mig.duckdb", read_only=True) as con:
+        tags = dict(con.execute("SELECT text, tags FROM target_samples").fetchall())
+    return metadata, tags
+
+
+def test_target_profile_tags_through_the_pools_tag_cache(layout, instance, resources):
+    """An LLM tagger tags the target set through atomic_tags' path: the texts the pool already has come
+    from the tag cache, with the pool's tags, and only the new texts go to the model."""
+    from mig_assets.resources import Execution
+    from tests.fakes import FakeTagger
+
+    tagger = FakeTagger()
+    assets, pool_tags = tagged_pool_and_tree(layout, instance, resources, tagger)
+    metadata, target_tags = materialize_target(assets, instance, resources, tagger, Execution())
+    assert metadata["tag_source"] == f"vllm:fake-model ({tagger.prompt_version})"
+    assert (metadata["from_cache"], metadata["newly_tagged"]) == (len(QUESTIONS[::2]), len(NEW_QUESTIONS))
+    assert all(target_tags[q] == pool_tags[q] for q in QUESTIONS[::2])
+    assert all(target_tags[q] for q in NEW_QUESTIONS)
+    again, _ = materialize_target(assets, instance, resources, tagger, Execution())
+    assert (again["from_cache"], again["newly_tagged"]) == (len(QUESTIONS[::2]) + len(NEW_QUESTIONS), 0)
+
+
+@pytest.mark.ray
+def test_target_profile_tags_on_ray_as_it_does_locally(layout, instance, resources):
+    """With the Execution resource on Ray, the target's new texts are tagged on the cluster into the same
+    cache, and the target gets the same tags as with local execution."""
+    pytest.importorskip("ray")
+    import shutil
+
+    from mig_assets.resources import Execution
+    from tests.fakes import FakeTagger
+
+    tagger = FakeTagger()
+    assets, _ = tagged_pool_and_tree(layout, instance, resources, tagger)
+    local, local_tags = materialize_target(assets, instance, resources, tagger, Execution())
+    shutil.rmtree(layout.warehouse_dir / "tag_cache")  # everything is tagged again, on the cluster
+    on_ray, ray_tags = materialize_target(assets, instance, resources, tagger, Execution(mode="ray", num_cpus=2, object_store_mb=256, batch_size=4))
+    assert on_ray["execution"] == "ray" and on_ray["ray_batches"] == 2  # 7 distinct texts in batches of 4
+    assert (on_ray["newly_tagged"], on_ray["from_cache"]) == (len(QUESTIONS[::2]) + len(NEW_QUESTIONS), 0)
+    assert ray_tags == local_tags and local["samples_grounded"] == on_ray["samples_grounded"]

@@ -15,7 +15,8 @@ from typing import Any
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from mig_assets.core.execution.ray_pipeline import RaySettings, Storage
+from mig_assets.core.execution.pipeline import RaySettings
+from mig_assets.core.execution.storage import Storage
 from mig_assets.core.store.catalog import WarehouseLayout
 
 MODES = ("local", "ray")

@@ -15,16 +15,11 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from mig_assets.core.llm.backends import Sampling
-from mig_assets.core.quality.scoring import (
-    DEFAULT_PROMPTS,
-    PROMPTS,
-    ScorePrompt,
-    digit_token_ids,
-)
-from mig_assets.resources.llm import LLMResource
+from mig_assets.core.quality.parsing import digit_token_ids
+from mig_assets.core.quality.prompts import DEFAULT_PROMPTS, PROMPTS, ScorePrompt
+from mig_assets.resources.llm import ENGINES, IMPORTED, LLMResource
 
-SCORER_BACKENDS = ("imported", "logprob", "judge")
-ENGINES = ("vllm", "openai")
+SCORER_BACKENDS = (IMPORTED, "logprob", "judge")
 
 
 class Scorer(LLMResource):
@@ -43,7 +38,7 @@ class Scorer(LLMResource):
     def prompt(self) -> ScorePrompt:
         if self.backend not in SCORER_BACKENDS:
             raise ValueError(f"unknown scorer backend {self.backend!r}; expected one of {', '.join(SCORER_BACKENDS)}")
-        if self.backend == "imported":
+        if self.backend == IMPORTED:
             raise ValueError("the imported backend reads annotations and has no prompt")
         version = self.prompt_version or DEFAULT_PROMPTS[self.backend]
         if version not in PROMPTS:
@@ -57,10 +52,6 @@ class Scorer(LLMResource):
     def sampling(self) -> Sampling:
         return Sampling(temperature=0.0, max_tokens=self.judge_max_tokens, seed=0)
 
-    @property
-    def model_id(self) -> str:
-        return "" if self.backend == "imported" else self.model.rstrip("/").rsplit("/", 1)[-1]
-
     def settings_key(self) -> str:
         """What the scores depend on besides model and prompt (part of the cache key)."""
         key = f"q{self.max_query_tokens}-r{self.max_response_tokens}"
@@ -68,16 +59,14 @@ class Scorer(LLMResource):
 
     def version(self) -> str:
         """Backend, engine, model, prompt and settings: what the scores depend on (the asset's code version)."""
-        if self.backend == "imported":
-            return "imported"
+        if self.backend == IMPORTED:
+            return IMPORTED
         parts = [self.backend, self.engine, self.model_id, self.prompt.fingerprint, self.settings_key()]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
     def llm(self):
         if self.backend not in SCORER_BACKENDS:
             raise ValueError(f"unknown scorer backend {self.backend!r}; expected one of {', '.join(SCORER_BACKENDS)}")
-        if self.backend == "imported":
-            raise ValueError("the imported backend reads annotations and has no model")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown scorer engine {self.engine!r}; expected one of {', '.join(ENGINES)}")
         return self._engine_backend(self.engine)

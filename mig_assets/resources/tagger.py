@@ -5,20 +5,19 @@
 and released at teardown, so a run loads the model once and a run served from cache loads none.
 """
 
-import functools
 import hashlib
 import json
 from pathlib import Path
 
 from pydantic import Field
 
-from mig_assets.core.llm.backends import LLMBackend, OpenAIBackend, Sampling, VllmBackend
-from mig_assets.core.llm.models import resolve_llm
+from mig_assets.core.llm.backends import LLMBackend, Sampling
+from mig_assets.core.store.batch_cache import TAG_CACHE_DIR
 from mig_assets.core.tagging.prompts import DEFAULT_PROMPT, PROMPTS, TagPrompt
-from mig_assets.core.tagging.rows import TagCache
-from mig_assets.resources.llm import LLMResource
+from mig_assets.core.tagging.rows import TagCache, TagSettings
+from mig_assets.resources.llm import ENGINES, IMPORTED, LLMResource
 
-BACKENDS = ("imported", "vllm", "openai")
+BACKENDS = (IMPORTED, *ENGINES)  # the tagger's model backends are the engines themselves
 
 
 class Tagger(LLMResource):
@@ -41,56 +40,32 @@ class Tagger(LLMResource):
         return Sampling(temperature=0.0, max_tokens=self.max_tokens, seed=0)
 
     @property
-    def model_id(self) -> str:
-        return "" if self.backend == "imported" else self.model.rstrip("/").rsplit("/", 1)[-1]
+    def tag_settings(self) -> TagSettings:
+        return TagSettings(self.prompt, self.sampling, self.max_input_tokens, self.max_attempts)
 
     def tag_cache(self, warehouse_dir: Path) -> TagCache:
         """The answer cache of this model, prompt and sampling (shared by shards and target sets)."""
-        return TagCache(Path(warehouse_dir) / "tag_cache", self.model_id, self.prompt, self.sampling)
+        return TagCache(Path(warehouse_dir) / TAG_CACHE_DIR, self.model_id, self.prompt, self.sampling)
 
     def version(self) -> str:
         """Backend, model, prompt text and sampling: what the tags depend on (the asset's code version)."""
-        if self.backend == "imported":
-            return "imported"
+        if self.backend == IMPORTED:
+            return IMPORTED
         parts = [self.backend, self.model_id, self.prompt.fingerprint, self.sampling.key(), self.max_input_tokens, self.include_response]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
 
     def llm(self) -> LLMBackend:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown tagger backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-        if self.backend == "imported":
-            raise ValueError("the imported backend reads annotations and has no model")
         return self._engine_backend(self.backend)
 
     def backend_factory(self, *, tensor_parallel_size: int = 0, gpu_share: float = 1.0):
-        """A picklable recipe that builds this tagger's backend where it is called (a Ray actor):
-        the model folder is resolved there. ``gpu_share`` scales ``gpu_memory_utilization`` for
-        actors sharing a GPU; ``tensor_parallel_size`` overrides the configured one when set."""
-        if self.backend == "vllm":
-            return functools.partial(
-                build_vllm_backend,
-                model=self.model,
-                max_model_len=self.max_model_len,
-                tensor_parallel_size=tensor_parallel_size or self.tensor_parallel_size,
-                gpu_memory_utilization=self.gpu_memory_utilization * gpu_share,
-                enable_prefix_caching=self.enable_prefix_caching,
-                model_id=self.model_id,
-                model_cache=self.model_cache,
-            )
-        if self.backend == "openai":
-            return functools.partial(
-                OpenAIBackend,
-                base_url=self.base_url,
-                model=self.model,
-                api_key_env=self.api_key_env,
-                concurrency=self.concurrency,
-                timeout_s=self.timeout_s,
-                max_retries=self.max_retries,
-                model_id=self.model_id,
-            )
-        raise ValueError(f"the {self.backend!r} backend has no model to run on a cluster")
-
-
-def build_vllm_backend(model: str, model_cache: str, **settings) -> VllmBackend:
-    """A VllmBackend for ``model`` (a folder, or a packaged alias resolved on the calling machine)."""
-    return VllmBackend(model=resolve_llm(model, model_cache), **settings)
+        """This tagger's backend recipe for a Ray actor. ``gpu_share`` scales ``gpu_memory_utilization``
+        for actors sharing a GPU; ``tensor_parallel_size`` overrides the configured one when set."""
+        if self.backend not in ENGINES:
+            raise ValueError(f"the {self.backend!r} backend has no model to run on a cluster")
+        return self.backend_recipe(
+            self.backend,
+            tensor_parallel_size=tensor_parallel_size or self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization * gpu_share,
+        )

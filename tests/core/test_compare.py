@@ -21,8 +21,10 @@ from mig_assets.core.selection.compare import (
     overlap,
     tags_objective,
 )
-from mig_assets.core.tags import select as tags_select
-from mig_assets.core.tags.select import TagsParams
+from mig_assets.core.tags import modes as tags_modes
+from mig_assets.core.tags.information import kl_divergence, objective
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.problem import build_problem
 
 # a tiny tree: leaves 0, 1, 2; node 3 is the parent of leaves 0 and 1; node 4 (root) the parent of 3 and 2
 PARENTS = np.array([3, 3, 4, 4, -1])
@@ -41,7 +43,7 @@ QUALITY = np.array([1.0, 2.0, 0.5, 1.0])
 
 
 def tags_problem():
-    return tags_select.build_problem(LEAVES, QUALITY, PARENTS, LEVELS, gamma=0.5)
+    return build_problem(LEAVES, QUALITY, PARENTS, LEVELS, gamma=0.5)
 
 
 def test_mig_objective_hand_computed():
@@ -69,10 +71,10 @@ def test_mig_objective_matches_the_greedy_objective():
 def test_tags_objective_calls_the_tags_objective():
     problem = tags_problem()
     for rows in ([0], [1, 2], [3], [0, 1, 2, 3], []):
-        assert tags_objective(problem, rows) == tags_select.objective(problem, np.array(rows, dtype=np.int64))
+        assert tags_objective(problem, rows) == objective(problem, np.array(rows, dtype=np.int64))
     params = TagsParams(phi_a=1e-3, phi_b=0.5)
-    assert tags_objective(problem, [0, 2], params) == tags_select.objective(problem, [0, 2], 1e-3, 0.5)
-    result = tags_select.select(problem, 3, TagsParams(align="none"))
+    assert tags_objective(problem, [0, 2], params) == objective(problem, [0, 2], 1e-3, 0.5)
+    result = tags_modes.select(problem, 3, TagsParams(align="none"))
     assert tags_objective(problem, result.order) == pytest.approx(result.objective[-1], rel=1e-12)
 
 
@@ -138,7 +140,7 @@ def test_kl_to_target_matches_kl_divergence():
     target = np.array([0.5, 0.3, 0.2])
     for rows, eps in (([0, 1], 1e-3), ([2], 1e-3), ([0, 1, 2, 3], 0.1), ([], 1e-3)):
         mass = LEAVES.toarray()[rows].sum(axis=0) if rows else np.zeros(3)
-        expected = tags_select.kl_divergence(target, mass, eps)
+        expected = kl_divergence(target, mass, eps)
         assert kl_to_target(LEAVES, rows, target, eps) == pytest.approx(expected, rel=1e-12)
     # rows 0, 1: m = (1.5, 0.5, 0), p = (m + ε)/(2 + 3ε)
     m = np.array([1.5, 0.5, 0.0])

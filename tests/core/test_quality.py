@@ -8,21 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.llm.backends import OpenAIBackend
-from mig_assets.core.quality.scoring import (
-    BACKEND_ERROR,
-    DIGITS,
-    PROMPTS,
-    DigitTokenError,
-    QualityCache,
-    degenerate,
-    digit_token_ids,
-    expected_score,
-    histogram_markdown,
-    parse_judge_output,
-    sample_score,
-    score_samples,
-    turn_pairs,
-)
+from mig_assets.core.quality.cache import BACKEND_ERROR, QualityCache
+from mig_assets.core.quality.parsing import DIGITS, DigitTokenError, digit_token_ids, expected_score, parse_judge_output
+from mig_assets.core.quality.prompts import PROMPTS
+from mig_assets.core.quality.rows import degenerate, histogram_markdown
+from mig_assets.core.quality.scoring import sample_score, score_samples, turn_pairs
 from tests.fakes import JsonApiHandler, json_api_server
 from tests.fakes_quality import TOKEN_OFFSET, ScriptedScorerBackend
 

@@ -9,23 +9,26 @@ import pytest
 import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import MigParams, phi, phi_prime
-from mig_assets.core.tags import select as tags_select
-from mig_assets.core.tags.select import (
-    TagsParams,
-    ancestor_weights,
-    build_problem,
+from mig_assets.core.tags import lazy as lazy_greedy
+from mig_assets.core.tags import modes, pull_order
+from mig_assets.core.tags.dense import select_dense
+from mig_assets.core.tags.information import (
     coverage_by_level,
     delta_kl,
     kl_divergence,
     leaf_entropy,
     leaf_quotas,
-    leaf_weights,
-    level_weights,
     objective,
     primary_leaves,
+)
+from mig_assets.core.tags.modes import select
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.problem import (
+    ancestor_weights,
+    build_problem,
+    leaf_weights,
+    level_weights,
     rank_normalize,
-    select,
-    select_dense,
     target_distribution,
 )
 
@@ -215,12 +218,12 @@ def test_lazy_greedy_equals_dense_greedy(config, seed):
 @pytest.mark.parametrize("config", range(len(CONFIGS)))
 def test_lazy_equals_dense_with_a_tiny_frontier(config, monkeypatch):
     """A frontier of 8 rows (sampled limits, refills, rows outside it) and hard mode's gain search."""
-    monkeypatch.setattr(tags_select, "_FRONTIER_SIZE", 8)
-    monkeypatch.setattr(tags_select, "_FRONTIER_SAMPLE", 16)
-    monkeypatch.setattr(tags_select, "_PULL_BLOCK", 4)
-    monkeypatch.setattr(tags_select, "_OVERFLOW_MIN", 2)
-    monkeypatch.setattr(tags_select, "_GIVE_UP", 3)
-    monkeypatch.setattr(tags_select, "_RECENT_MAX", 2)
+    monkeypatch.setattr(lazy_greedy, "_FRONTIER_SIZE", 8)
+    monkeypatch.setattr(lazy_greedy, "_FRONTIER_SAMPLE", 16)
+    monkeypatch.setattr(pull_order, "_PULL_BLOCK", 4)
+    monkeypatch.setattr(pull_order, "_OVERFLOW_MIN", 2)
+    monkeypatch.setattr(modes, "_GIVE_UP", 3)
+    monkeypatch.setattr(pull_order, "_RECENT_MAX", 2)
     config = dict(CONFIGS[config])
     params = config.pop("params")
     A, q, parents, levels, target = random_pool(3, n_samples=200, normalize=config.pop("normalize", True))
@@ -409,12 +412,12 @@ def _hard_pool(seed: int, normalize: bool, n_samples: int = 150):
 
 def _tiny_hard_structures(monkeypatch):
     """Blocks of 4 slots, merges and sorts after a few moved rows, the least ΔKL asked for early."""
-    monkeypatch.setattr(tags_select, "_PULL_BLOCK", 4)
-    monkeypatch.setattr(tags_select, "_OVERFLOW_MIN", 2)
-    monkeypatch.setattr(tags_select, "_RECENT_MAX", 2)
-    monkeypatch.setattr(tags_select, "_GIVE_UP", 3)
-    monkeypatch.setattr(tags_select, "_FRONTIER_SIZE", 8)
-    monkeypatch.setattr(tags_select, "_FRONTIER_SAMPLE", 16)
+    monkeypatch.setattr(pull_order, "_PULL_BLOCK", 4)
+    monkeypatch.setattr(pull_order, "_OVERFLOW_MIN", 2)
+    monkeypatch.setattr(pull_order, "_RECENT_MAX", 2)
+    monkeypatch.setattr(modes, "_GIVE_UP", 3)
+    monkeypatch.setattr(lazy_greedy, "_FRONTIER_SIZE", 8)
+    monkeypatch.setattr(lazy_greedy, "_FRONTIER_SAMPLE", 16)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -487,12 +490,12 @@ def test_identical_row_classes_are_exact_even_when_hashes_collide(monkeypatch):
     matrix = sp.csr_array(dense.astype(float))
     rows = np.arange(200)
     same = (dense[:, None, :] == dense[None, :, :]).all(axis=2)
-    classes, lead = tags_select._identical_rows(matrix, rows)
+    classes, lead = pull_order.identical_rows(matrix, rows)
     np.testing.assert_array_equal(classes[:, None] == classes[None, :], same)
     np.testing.assert_array_equal(lead[classes], [int(np.flatnonzero(same[i])[0]) for i in rows])  # the lowest row
     # every row hashing alike: classes still hold identical rows only
-    monkeypatch.setattr(tags_select, "_row_digest", lambda columns, values, offsets, counts: np.zeros(len(counts), dtype=np.uint64))
-    classes, lead = tags_select._identical_rows(matrix, rows)
+    monkeypatch.setattr(pull_order, "row_digest", lambda columns, values, offsets, counts: np.zeros(len(counts), dtype=np.uint64))
+    classes, lead = pull_order.identical_rows(matrix, rows)
     assert not ((classes[:, None] == classes[None, :]) & ~same).any()
     assert (dense[lead[classes]] == dense).all()
 
@@ -559,7 +562,8 @@ def test_budget_edges_and_bad_inputs():
 
 
 def test_end_to_end_from_a_built_tree():
-    from mig_assets.core.tags.tree import build_tree, ground_tags
+    from mig_assets.core.tags.build import build_tree
+    from mig_assets.core.tags.grounding import ground_tags
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(8, 12))
@@ -591,12 +595,12 @@ def test_pairwise_exact_duplicates_are_picked_in_index_order():
 
 @pytest.mark.parametrize("align", ["penalty", "hard"])
 def test_many_row_masses_fall_back_to_exact_rescans(align, monkeypatch):
-    monkeypatch.setattr(tags_select, "_MAX_MASS_GROUPS", 1)
+    monkeypatch.setattr(modes, "_MAX_MASS_GROUPS", 1)
     A, q, parents, levels, target = random_pool(6, normalize=False)  # masses 1 .. 5: five groups
     problem = build_problem(A, q, parents, levels)
     params = TagsParams(align=align, kl_cap=0.3, kl_cap_start=1.0)
     selection = select(problem, 50, params, target)
     assert selection.info["dense_fallback"]
     np.testing.assert_array_equal(selection.order, select_dense(problem, 50, params, target))
-    monkeypatch.setattr(tags_select, "_MAX_MASS_GROUPS", 64)
+    monkeypatch.setattr(modes, "_MAX_MASS_GROUPS", 64)
     np.testing.assert_array_equal(select(problem, 50, params, target).order, selection.order)

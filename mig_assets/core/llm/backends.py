@@ -17,10 +17,10 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
-from mig_assets.core.ingest.records import CHARS_PER_TOKEN
 from mig_assets.core.llm.models import DEFAULT_MODEL_CACHE, resolve_llm
+from mig_assets.core.tokens import CHARS_PER_TOKEN
 
 
 @dataclass
@@ -43,32 +43,6 @@ class LLMBackend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def complete_with_retries(
-    backend: LLMBackend,
-    conversations: dict[str, list[dict]],
-    schema: dict,
-    sampling: Sampling,
-    parse: Callable,
-    *,
-    max_attempts: int,
-    retry_temperature: float,
-) -> dict[str, tuple[object, str | None, int]]:
-    """Ask ``backend`` for every conversation and ask again for those whose answer ``parse`` marks
-    ``failed`` (``parse(None)`` is a backend error), at ``retry_temperature`` with a per-attempt seed,
-    ``max_attempts`` tries in all. Returns key -> (parsed answer, raw answer, attempts made)."""
-    results: dict[str, tuple[object, str | None, int]] = {}
-    pending = list(conversations)
-    for attempt in range(1, max_attempts + 1):
-        attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)
-        answers = backend.complete([conversations[key] for key in pending], schema, attempt_sampling)
-        for key, answer in zip(pending, answers):
-            results[key] = (parse(answer), answer, attempt)
-        pending = [key for key in pending if results[key][0].status == "failed"]
-        if not pending:
-            break
-    return results
 
 
 def truncate_by_chars(text: str, max_tokens: int) -> tuple[str, bool, int]:

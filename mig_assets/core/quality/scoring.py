@@ -25,166 +25,17 @@ failure is never replaced by a default score, the lesson of Deita's silent 3.0);
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
-import pyarrow as pa
-
-from mig_assets.core.embedding.encoder import text_hash
-from mig_assets.core.llm.backends import Sampling, complete_with_retries
-from mig_assets.core.store.parquet import BatchFileCache
-from mig_assets.core.tagging.prompts import load_answer_json
-
-DIGITS = ("1", "2", "3", "4", "5", "6")
-SCORE_RANGE = (1.0, 36.0)  # complexity x quality, each in [1, 6]
-
-
-# ---------------------------------------------------------------------------------------------
-# prompts
-
-
-@dataclass(frozen=True)
-class ScorePrompt:
-    """A versioned scorer prompt. ``kind`` "logprob": ``complexity`` and ``quality`` templates read
-    by digit log-probabilities, sent as plain text (``chat=False``, how Deita's scorers were trained)
-    or as a user message through the chat template. ``kind`` "judge": one rubric message per turn
-    answered in JSON matching ``schema``."""
-
-    version: str
-    kind: str
-    complexity: str = ""  # {instruction}
-    quality: str = ""  # {instruction}, {output}
-    judge: str = ""  # {instruction}, {output}
-    system: str = ""
-    schema: dict | None = None
-    chat: bool = False
-
-    def _wrap(self, text: str) -> list[dict] | str:
-        if not self.chat:
-            return text
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": text}]
-
-    def complexity_prompt(self, query: str) -> list[dict] | str:
-        return self._wrap(self.complexity.format(instruction=query))
-
-    def quality_prompt(self, query: str, response: str) -> list[dict] | str:
-        return self._wrap(self.quality.format(instruction=query, output=response))
-
-    def judge_messages(self, query: str, response: str) -> list[dict]:
-        user = [{"role": "user", "content": self.judge.format(instruction=query, output=response)}]
-        return ([{"role": "system", "content": self.system}] if self.system else []) + user
-
-    @property
-    def fingerprint(self) -> str:
-        """Changes whenever a template, the schema or the format changes: part of every cache key."""
-        text = json.dumps([self.version, self.kind, self.complexity, self.quality, self.judge, self.system, self.schema, self.chat], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-# Deita's templates, verbatim (hkust-nlp/deita, scorer code): its scorers were trained on exactly
-# these strings, whitespace included.
-DEITA_COMPLEXITY = "You are a helpful assistant. Please identify the complexity score of the following user query. \n##Query: {instruction}  \n##Complexity: "
-DEITA_QUALITY = (
-    "You are a helpful assistant. Please identify the quality score of the Response corresponding to the "
-    "Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: "
-)
-_SCORE_1_6 = {"type": "integer", "minimum": 1, "maximum": 6}
-JUDGE_SCHEMA = {
-    "type": "object",
-    "properties": {"complexity": _SCORE_1_6, "quality": _SCORE_1_6},
-    "required": ["complexity", "quality"],
-    "additionalProperties": False,
-}
-
-PROMPTS = {
-    # Deita's scorers (and base models): the bare template, no chat template.
-    "deita-v1": ScorePrompt(version="deita-v1", kind="logprob", complexity=DEITA_COMPLEXITY, quality=DEITA_QUALITY),
-    # the same templates as a user message, for instruct models without a trained scorer head.
-    # Measured on SmolLM2-135M-Instruct: ~1% of the first-token mass on the digits, against 20-60% raw.
-    "deita-chat-v1": ScorePrompt(version="deita-chat-v1", kind="logprob", complexity=DEITA_COMPLEXITY, quality=DEITA_QUALITY, chat=True),
-    "judge-v1": ScorePrompt(
-        version="judge-v1",
-        kind="judge",
-        system="You rate instruction-tuning samples. Return only JSON matching the schema, no prose.",
-        judge=(
-            "Rate the sample below on two scales from 1 to 6.\n"
-            "complexity (of the query): 1 trivial (a greeting, one fact); 2 simple; 3 moderate (several steps "
-            "or some domain knowledge); 4 involved; 5 hard (expert knowledge, several constraints); 6 very hard "
-            "(research level, many interacting constraints).\n"
-            "quality (of the response to that query): 1 wrong, harmful or off-topic; 2 poor; 3 partly correct "
-            "or incomplete; 4 correct but plain; 5 correct, complete and clear; 6 excellent (correct, complete, "
-            "well explained and well formatted).\n"
-            'Respond in the JSON format {{"complexity": int, "quality": int}}.\n'
-            "Query:\n<<<\n{instruction}\n>>>\nResponse:\n<<<\n{output}\n>>>"
-        ),
-        schema=JUDGE_SCHEMA,
-        chat=True,
-    ),
-}
-DEFAULT_PROMPTS = {"logprob": "deita-v1", "judge": "judge-v1"}
-
-
-# ---------------------------------------------------------------------------------------------
-# the arithmetic
-
-
-class DigitTokenError(ValueError):
-    """The tokenizer does not read each of the digits 1..6 as one distinct token."""
-
-
-def digit_token_ids(tokenize: Callable[[str], list[int] | None], digits=DIGITS) -> dict[str, int] | None:
-    """``{"1": id, ..., "6": id}`` from the tokenizer; raises :class:`DigitTokenError` when a digit
-    is not exactly one token or two digits share an id. ``None`` when the tokenizer is unavailable
-    for every digit (a hosted API without a tokenize endpoint: labels are then matched by text)."""
-    encoded = {digit: tokenize(digit) for digit in digits}
-    if all(ids is None for ids in encoded.values()):
-        return None
-    bad = {digit: ids for digit, ids in encoded.items() if ids is None or len(ids) != 1}
-    if bad:
-        raise DigitTokenError(
-            "the logprob scorer reads the digits 1..6 as single tokens, but this tokenizer encodes "
-            + ", ".join(f"{d!r} as {ids}" for d, ids in bad.items())
-            + "; use a model whose tokenizer has one token per digit, or the judge backend"
-        )
-    ids = {digit: token_ids[0] for digit, token_ids in encoded.items()}
-    if len(set(ids.values())) != len(ids):
-        raise DigitTokenError(f"digits share token ids: {ids}")
-    return ids
-
-
-def expected_score(logprobs: Mapping[str, float], digits=DIGITS) -> float:
-    """Deita's expected score: sum_k k * softmax(logprob)_k over the digits "1".."6" (in [1, 6]).
-
-    A digit missing from ``logprobs`` (or at -inf) has probability 0. Raises ValueError when no digit
-    has a finite log-probability or a value is NaN / +inf: never a default.
-    """
-    values = {}
-    for digit in digits:
-        value = logprobs.get(digit)
-        if value is None:
-            continue
-        value = float(value)
-        if math.isnan(value) or value == math.inf:
-            raise ValueError(f"log-probability of {digit!r} is {value}")
-        if value > -math.inf:
-            values[digit] = value
-    if not values:
-        raise ValueError("no digit 1..6 among the first position's log-probabilities")
-    top = max(values.values())
-    weights = {digit: math.exp(value - top) for digit, value in values.items()}
-    total = sum(weights.values())
-    return sum(int(digit) * weight for digit, weight in weights.items()) / total
-
-
-def digit_mass(logprobs: Mapping[str, float], digits=DIGITS) -> float:
-    """Probability the model put on the digits at all (1 when the backend returns renormalized values)."""
-    return sum(math.exp(v) for d, v in logprobs.items() if d in digits and v is not None and v > -math.inf)
+from mig_assets.core.llm.answers import complete_with_retries
+from mig_assets.core.llm.backends import Sampling
+from mig_assets.core.quality.cache import BACKEND_ERROR, QualityCache, unit_key
+from mig_assets.core.quality.parsing import DIGITS, JudgeAnswer, digit_mass, expected_score, parse_judge_output
+from mig_assets.core.quality.prompts import ScorePrompt
 
 
 def turn_pairs(messages: list[dict]) -> list[tuple[str, str]]:
@@ -207,145 +58,6 @@ def sample_score(complexity: list[float], quality: list[float]) -> float:
     return sum(c * q for c, q in zip(complexity, quality)) / len(complexity)
 
 
-def degenerate(scores: list[float], failures: int, max_failure_rate: float, *, tolerance: float = 1e-9) -> str | None:
-    """Why a shard's scores are unusable, or None: the failure rate (failures over scored + failed)
-    above ``max_failure_rate``, or two or more scores that are all equal (a constant scorer, like
-    Deita's silent 3.0). Samples without anything to score (no response, no annotation) don't count."""
-    attempted = len(scores) + failures
-    if attempted and failures / attempted > max_failure_rate:
-        return f"failure rate {failures / attempted:.1%} ({failures}/{attempted}) above {max_failure_rate:.1%}"
-    if len(scores) >= 2 and max(scores) - min(scores) <= tolerance:
-        return f"all {len(scores)} scores equal {scores[0]:.6g}"
-    return None
-
-
-@dataclass(frozen=True)
-class JudgeAnswer:
-    status: str  # ok | repaired | failed
-    complexity: float | None = None
-    quality: float | None = None
-    reason: str = ""
-
-
-def parse_judge_output(text: str | None) -> JudgeAnswer:
-    """Apply the tagging parse contract to a rubric answer: both scores numbers in [1, 6]."""
-    if text is None or not text.strip():
-        return JudgeAnswer("failed", reason="empty output")
-    value, repairs = load_answer_json(text)
-    if not isinstance(value, dict):
-        return JudgeAnswer("failed", reason=f"not a JSON object: {text.strip()[:80]!r}")
-    scores = {}
-    for name in ("complexity", "quality"):
-        raw = value.get(name)
-        if isinstance(raw, str):
-            try:
-                raw, repairs = float(raw.strip()), repairs + [f"{name} given as a string"]
-            except ValueError:
-                return JudgeAnswer("failed", reason=f"{name} is not a number: {raw[:40]!r}")
-        if raw is None:
-            return JudgeAnswer("failed", reason=f"no {name} in the answer")
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            return JudgeAnswer("failed", reason=f"{name} is not a number: {raw!r}")
-        if not 1 <= raw <= 6:
-            return JudgeAnswer("failed", reason=f"{name} {raw} outside 1..6")
-        scores[name] = float(raw)
-    return JudgeAnswer("repaired" if repairs else "ok", scores["complexity"], scores["quality"], "; ".join(repairs))
-
-
-# ---------------------------------------------------------------------------------------------
-# rows, cache and the scoring loop
-
-QUALITY_ROW_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("shard", pa.string()),
-        ("score", pa.float64()),  # mean over turns of complexity x quality; NULL unless status = 'ok'
-        ("complexity", pa.list_(pa.float64())),  # per turn (NULL when unknown)
-        ("quality", pa.list_(pa.float64())),  # per turn
-        ("n_turns", pa.int32()),  # (query, response) pairs scored
-        ("status", pa.string()),  # ok | failed | no_response | no_annotation
-        ("reason", pa.string()),
-        ("backend", pa.string()),
-        ("model", pa.string()),
-        ("prompt_version", pa.string()),
-        ("digit_mass", pa.float64()),  # logprob: least probability the model put on the digits 1..6
-        ("truncated", pa.bool_()),
-    ]
-)
-
-
-def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
-    """Rows from the shard's kept samples (columns sample_id, imported_quality, raw): the Deita
-    score the pool carries, with its per-turn lists when the raw record still has them."""
-    rows = []
-    raws = samples.column("raw").to_pylist() if "raw" in samples.column_names else [None] * samples.num_rows
-    for sample_id, score, raw in zip(samples.column("sample_id").to_pylist(), samples.column("imported_quality").to_pylist(), raws):
-        complexity, quality = _deita_lists(raw)
-        rows.append(
-            {
-                "sample_id": sample_id,
-                "shard": shard,
-                "score": score,
-                "complexity": complexity,
-                "quality": quality,
-                "n_turns": len(quality) if quality else None,
-                "status": "ok" if score is not None else "no_annotation",
-                "reason": "" if score is not None else "the record carries no annotation.deita",
-                "backend": "imported",
-                "model": "",
-                "prompt_version": "",
-                "digit_mass": None,
-                "truncated": False,
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=QUALITY_ROW_SCHEMA)
-
-
-def _deita_lists(raw: str | None) -> tuple[list[float] | None, list[float] | None]:
-    try:
-        deita = json.loads(raw)["annotation"]["deita"]
-        quality = [float(v) for v in deita["quality_scores"]]
-        complexity = [float(v) for v in deita["complexity_scores"]][: len(quality)]
-        return complexity, quality
-    except (TypeError, KeyError, ValueError, json.JSONDecodeError):
-        return None, None
-
-
-CACHE_SCHEMA = pa.schema(
-    [
-        ("unit_hash", pa.string()),  # the key: SHA-256 of the unit kind and the text(s) it reads
-        ("kind", pa.string()),  # complexity | quality | judge
-        ("sample_id", pa.string()),  # the first sample seen with that unit
-        ("complexity", pa.float64()),
-        ("quality", pa.float64()),
-        ("digit_mass", pa.float64()),
-        ("status", pa.string()),  # ok | repaired | failed
-        ("reason", pa.string()),
-        ("attempts", pa.int32()),
-        ("truncated", pa.bool_()),
-        ("raw_output", pa.string()),
-    ]
-)
-
-
-class QualityCache(BatchFileCache):
-    """Scores per (model, prompt fingerprint, settings), keyed by the hash of what was scored:
-    the query for a complexity score (shared by every answer to the same question), the query and
-    response for a quality or judge score. Append-only batch files, each written atomically once
-    its batch is scored, so a crash loses at most the batch in flight and a re-run scores the rest.
-
-    Transient backend errors are not cached (a re-run retries them); deterministic failures (no
-    digit in the log-probabilities, an unparseable answer after every retry) are.
-    """
-
-    schema = CACHE_SCHEMA
-    key_column = "unit_hash"
-
-    def __init__(self, folder: Path, model_id: str, prompt: ScorePrompt, settings: str = ""):
-        self.key = f"{prompt.version}-{prompt.fingerprint}" + (f"-{settings}" if settings else "")
-        super().__init__(Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}")
-
-
 @dataclass
 class ScoringStats:
     samples: int = 0
@@ -366,13 +78,6 @@ class ScoringStats:
     def units_per_second(self) -> float:
         """Newly scored LLM calls over the time spent in the backend."""
         return self.scored / self.generate_seconds if self.generate_seconds else 0.0
-
-
-BACKEND_ERROR = "backend error"
-
-
-def unit_key(kind: str, *texts: str) -> str:
-    return text_hash("\x00".join([kind, *texts]))
 
 
 def score_samples(
@@ -417,15 +122,17 @@ def score_samples(
     done = cache.lookup(list(units))
     stats.units, stats.cached = len(units), len(done)
     todo = [key for key in units if key not in done]
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
+
+    def work(batch: list[str]) -> list[dict]:
         clock = time.perf_counter()
         if prompt.kind == "logprob":
             rows = _logprob_batch(batch, units, backend, prompt, labels, max_query_tokens, max_response_tokens, top_k, stats)
         else:
             rows = _judge_batch(batch, units, backend, prompt, max_query_tokens, max_response_tokens, sampling, max_attempts, retry_temperature, stats)
         stats.generate_seconds += time.perf_counter() - clock
-        cache.append([row for row in rows if row["reason"] != BACKEND_ERROR])
+        return rows
+
+    for _, rows in cache.fill(todo, batch_size, work, cacheable=lambda row: row["reason"] != BACKEND_ERROR):
         done.update((row["unit_hash"], row) for row in rows)
         stats.scored += len(rows)
         elapsed = time.perf_counter() - started
@@ -542,40 +249,3 @@ def _sample_result(turns: list[tuple[str, ...]], done: dict[str, dict]) -> dict:
         "digit_mass": min(masses) if masses else None,
         "truncated": truncated,
     }
-
-
-def quality_rows(results: dict[str, dict], sample_ids: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:
-    """The shard's quality_scores table, one row per sample in ``sample_ids`` order."""
-    rows = [
-        {**results[sample_id], "sample_id": sample_id, "shard": shard, "backend": backend, "model": model, "prompt_version": prompt_version}
-        for sample_id in sample_ids
-    ]
-    return pa.Table.from_pylist(rows, schema=QUALITY_ROW_SCHEMA)
-
-
-def score_histogram(scores: list[float], lo: float = SCORE_RANGE[0], hi: float = SCORE_RANGE[1], bins: int = 7) -> list[tuple[float, float, int]]:
-    """Counts over ``bins`` equal bins of [lo, hi] (the last bin closed); values outside go to the edges."""
-    width = (hi - lo) / bins
-    counts = [0] * bins
-    for score in scores:
-        counts[min(bins - 1, max(0, int((score - lo) // width)))] += 1
-    return [(lo + i * width, lo + (i + 1) * width, n) for i, n in enumerate(counts)]
-
-
-def histogram_markdown(scores: list[float]) -> str:
-    if not scores:
-        return "_no scores_"
-    histogram = score_histogram(scores)
-    top = max(n for _, _, n in histogram) or 1
-    lines = ["| score | samples | |", "|---|---|---|"]
-    for i, (a, b, n) in enumerate(histogram):
-        bracket = "]" if i == len(histogram) - 1 else ")"
-        lines.append(f"| [{a:g}, {b:g}{bracket} | {n} | {'█' * round(20 * n / top)} |")
-    ordered = sorted(scores)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
-    lines.append("")
-    lines.append(
-        f"min {ordered[0]:.3g}, median {median:.3g}, mean {sum(ordered) / len(ordered):.3g}, max {ordered[-1]:.3g}, "
-        f"{len(set(ordered))} distinct values over {len(ordered)} samples"
-    )
-    return "\n".join(lines)

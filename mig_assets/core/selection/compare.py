@@ -14,8 +14,9 @@ import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import MigParams, phi, propagated_matrix
 from mig_assets.core.selection.baselines import unit_rows
-from mig_assets.core.tags import select as tags_select
-from mig_assets.core.tags.select import TagsParams, TagsProblem
+from mig_assets.core.tags import information as tags_information
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.problem import TagsProblem, canonical_matrix
 from mig_assets.core.validation import check_embeddings, check_scores, first_few
 
 
@@ -50,9 +51,9 @@ def mig_objective(Y, rows, params: MigParams = MigParams()) -> float:
 
 
 def tags_objective(problem: TagsProblem, rows, params: TagsParams = TagsParams()) -> float:
-    """TAGS' information E(S) = Σ_v β_{h(v)}·[φ(x_v(S)) − φ(0)]: :func:`tags_select.objective`, params' φ."""
+    """TAGS' information E(S) = Σ_v β_{h(v)}·[φ(x_v(S)) − φ(0)]: :func:`tags_information.objective`, params' φ."""
     rows = _check_rows(rows, problem.n_samples)
-    return tags_select.objective(problem, rows, params.phi_a, params.phi_b)
+    return tags_information.objective(problem, rows, params.phi_a, params.phi_b)
 
 
 def _covered_fraction(matrix, rows, name: str) -> float:
@@ -107,19 +108,19 @@ def embedding_diversity(embeddings, rows) -> float:
 
 def _leaf_mass(leaf_matrix, rows) -> np.ndarray:
     """m_ℓ(S) = Σ_{i∈S} a_iℓ (L,), the selection's mass per leaf."""
-    A = tags_select._canonical(leaf_matrix, name="leaf_matrix")
+    A = canonical_matrix(leaf_matrix, name="leaf_matrix")
     rows = _check_rows(rows, A.shape[0])
     return np.asarray(A[rows].sum(axis=0)).ravel()
 
 
 def kl_to_target(leaf_matrix, rows, target, eps: float = 1e-3) -> float:
-    """KL(t ‖ p_S) in nats, p_S(ℓ) = (m_ℓ + ε)/(M + εL): :func:`tags_select.kl_divergence` of the selection's
+    """KL(t ‖ p_S) in nats, p_S(ℓ) = (m_ℓ + ε)/(M + εL): :func:`tags_information.kl_divergence` of the selection's
     leaf mass m_ℓ(S) = Σ_{i∈S} a_iℓ. ``eps`` = TagsParams' default ε."""
     mass = _leaf_mass(leaf_matrix, rows)
     target = np.asarray(target, dtype=np.float64)
     if target.shape != mass.shape:
         raise ValueError(f"target must have one weight per leaf ({len(mass)}), got shape {target.shape}")
-    return tags_select.kl_divergence(target, mass, eps)
+    return tags_information.kl_divergence(target, mass, eps)
 
 
 def overlap(orders: Mapping[str, np.ndarray]) -> dict[tuple[str, str], float]:

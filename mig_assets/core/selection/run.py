@@ -212,7 +212,7 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, 
 def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
     """The TAGS problem over the pool: each sample's tags grounded on their leaves (tags newer than the
     tree are left out), path vectors with upward decay ``gamma`` and level weights β."""
-    from mig_assets.core.tags.select import build_problem, leaf_weights
+    from mig_assets.core.tags.problem import build_problem, leaf_weights
 
     if tree is None:
         raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
@@ -225,8 +225,8 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
 def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
     ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
-    from mig_assets.core.tags.select import TagsParams
-    from mig_assets.core.tags.select import select as tags_select
+    from mig_assets.core.tags.modes import select as tags_select
+    from mig_assets.core.tags.params import TagsParams
 
     params = params or TagsParams(align="none")
     if params.align != "none" and target is None:

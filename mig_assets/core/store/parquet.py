@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -51,31 +50,10 @@ def _other_live_process(pid: int) -> bool:
     return True
 
 
-class BatchFileCache:
-    """Result rows keyed by ``key_column`` in append-only Parquet batch files under ``folder``.
+def read_kept_rows(path: Path, columns: list[str]) -> pa.Table:
+    """The kept rows of a ``raw_pool`` shard file (``duplicate_of`` NULL: the first copy of each
+    sample), with ``columns`` and ``duplicate_of``."""
+    import pyarrow.compute as pc
 
-    Each batch is written atomically once its work is done, so a crash loses at most the batch in
-    flight and a re-run finds every finished row. Subclasses set ``schema`` and ``key_column``.
-    """
-
-    schema: pa.Schema
-    key_column: str
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-
-    def lookup(self, keys: list[str]) -> dict[str, dict]:
-        files = sorted(self.folder.glob("batch-*.parquet"))
-        if not files or not keys:
-            return {}
-        import pyarrow.compute as pc
-        import pyarrow.dataset as ds
-
-        table = ds.dataset(files, schema=self.schema).to_table(filter=pc.field(self.key_column).isin(keys))
-        return {row[self.key_column]: row for row in table.to_pylist()}
-
-    def append(self, rows: list[dict]) -> Path | None:
-        if not rows:
-            return None
-        name = f"batch-{time.time_ns()}-{os.getpid()}.parquet"
-        return write_parquet_atomic(pa.Table.from_pylist(rows, schema=self.schema), self.folder / name)
+    table = pq.read_table(path, columns=[*columns, "duplicate_of"])
+    return table.filter(pc.is_null(table.column("duplicate_of")))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 
+from mig_assets.core.llm.answers import load_answer_json
 from mig_assets.core.tagging.canonical import filter_llm_tags
 
 MAX_TAGS = 12
@@ -82,24 +82,6 @@ class ParsedTags:
     reason: str = ""
 
 
-_THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)(```|$)", re.DOTALL | re.IGNORECASE)
-
-
-def load_answer_json(text: str) -> tuple[object, list[str]]:
-    """The JSON value in a model answer, after removing a think block and a code fence, and the
-    repairs made (including :func:`_load_json`'s); the value is None when nothing parses."""
-    repairs = []
-    cleaned = text.strip()
-    if _THINK.search(cleaned):
-        cleaned, repairs = _THINK.sub("", cleaned).strip(), repairs + ["think block removed"]
-    fence = _FENCE.search(cleaned)
-    if fence:
-        cleaned, repairs = fence.group(1).strip(), repairs + ["code fence removed"]
-    value, how = _load_json(cleaned)
-    return value, repairs + how
-
-
 def parse_tag_output(text: str | None) -> ParsedTags:
     """Apply the parsing contract to one model answer."""
     if text is None or not text.strip():
@@ -117,57 +99,6 @@ def parse_tag_output(text: str | None) -> ParsedTags:
     if not tags:
         return ParsedTags("failed", [], strings, "no specific tag (empty, or only generic or junk tags)")
     return ParsedTags("repaired" if repairs else "ok", tags, strings, "; ".join(repairs))
-
-
-def _load_json(text: str):
-    """The JSON value in ``text`` and the repairs it took, or (None, [])."""
-    try:
-        return json.loads(text), []
-    except json.JSONDecodeError:
-        pass
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        return None, []
-    candidate, repairs = text[start:], []
-    if start > 0:
-        repairs.append("prose around the JSON removed")
-    decoder = json.JSONDecoder()
-    try:
-        value, _ = decoder.raw_decode(candidate)
-        return value, repairs + (["text after the JSON removed"] if _ != len(candidate) else [])
-    except json.JSONDecodeError:
-        closed = _close_truncated(candidate)
-        try:
-            return json.loads(closed), repairs + ["truncated JSON closed"]
-        except json.JSONDecodeError:
-            return None, []
-
-
-def _close_truncated(text: str) -> str:
-    """Close an answer cut off mid-way: keep up to the last complete item, close open brackets."""
-    stack: list[str] = []
-    in_string = escaped = False
-    cut, open_at_cut = 0, []
-    for i, char in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-            continue
-        if char == '"':
-            in_string = True
-        elif char in "[{":
-            stack.append("]" if char == "[" else "}")
-            cut, open_at_cut = i + 1, list(stack)
-        elif char in "]}" and stack:
-            stack.pop()
-            cut, open_at_cut = i + 1, list(stack)
-        elif char == ",":
-            cut, open_at_cut = i, list(stack)
-    return text[:cut] + "".join(reversed(open_at_cut))
 
 
 def _surface_tags(value) -> list | None:

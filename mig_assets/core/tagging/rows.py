@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from mig_assets.core.embedding.encoder import text_hash
-from mig_assets.core.llm.backends import LLMBackend, Sampling, complete_with_retries
-from mig_assets.core.store.parquet import BatchFileCache
+from mig_assets.core.llm.answers import complete_with_retries
+from mig_assets.core.llm.backends import LLMBackend, Sampling
+from mig_assets.core.store.batch_cache import BatchCache, model_folder, text_hash
+from mig_assets.core.store.parquet import read_kept_rows
 from mig_assets.core.tagging.canonical import FilteredTags, as_written_tags, filter_llm_tags
 from mig_assets.core.tagging.prompts import (
     MAX_TAGS,
@@ -88,17 +87,26 @@ CACHE_SCHEMA = pa.schema(
 )
 
 
-class TagCache(BatchFileCache):
+class TagCache(BatchCache):
     """Tag results per (model, prompt fingerprint, sampling), keyed by the hash of the text tagged.
     Samples that share a prompt (the same question answered by several models, exact duplicates
     across shards) are tagged once; a killed run loses at most the batch in flight."""
 
-    schema = CACHE_SCHEMA
-    key_column = "text_hash"
-
     def __init__(self, folder: Path, model_id: str, prompt: TagPrompt, sampling: Sampling):
         self.key = f"{prompt.version}-{prompt.fingerprint}-{sampling.key()}"
-        super().__init__(Path(folder) / f"model={model_id.replace('/', '_')}" / f"prompt={self.key}")
+        super().__init__(model_folder(folder, model_id) / f"prompt={self.key}", "text_hash", CACHE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class TagSettings:
+    """How a tagger asks, on every path (local, Ray actors, target sets): its prompt, sampling, the
+    input cut and the retries of answers that fail to parse."""
+
+    prompt: TagPrompt
+    sampling: Sampling = field(default_factory=Sampling)
+    max_input_tokens: int = 1536
+    max_attempts: int = 3
+    retry_temperature: float = 0.7
 
 
 @dataclass
@@ -149,10 +157,13 @@ def tag_samples(
     by_text = cache.lookup(list(texts))
     stats = TaggingStats(samples=len(hash_of), cached=sum(h in by_text for h in hash_of.values()))
     todo = [(h, *texts[h]) for h in dict.fromkeys(hash_of.values()) if h not in by_text]
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        rows = tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats)
-        cache.append(rows)
+
+    settings = TagSettings(prompt, sampling, max_input_tokens, max_attempts, retry_temperature)
+
+    def work(batch):
+        return tag_batch(batch, backend, settings, stats)
+
+    for _, rows in cache.fill(todo, batch_size, work):
         by_text.update((row["text_hash"], row) for row in rows)
         stats.tagged += len(rows)
         elapsed = time.perf_counter() - started
@@ -164,25 +175,25 @@ def tag_samples(
     return results, stats
 
 
-def tag_batch(batch, backend, prompt, sampling, max_input_tokens, max_attempts, retry_temperature, stats) -> list[dict]:
+def tag_batch(batch: list[tuple[str, str, str]], backend: LLMBackend, settings: TagSettings, stats: TaggingStats) -> list[dict]:
     """Tag one batch of (text_hash, sample_id, text); returns cache rows in batch order."""
     rows = {}
     conversations = {}
     for key, sample_id, text in batch:
-        cut, truncated, n_tokens = backend.truncate(text, max_input_tokens)
+        cut, truncated, n_tokens = backend.truncate(text, settings.max_input_tokens)
         stats.truncated += truncated
         stats.input_tokens += n_tokens
-        conversations[key] = prompt.messages(cut)
+        conversations[key] = settings.prompt.messages(cut)
         rows[key] = {"text_hash": key, "sample_id": sample_id, "truncated": truncated, "input_tokens": n_tokens}
     clock = time.perf_counter()
     answers = complete_with_retries(
         backend,
         conversations,
-        prompt.schema,
-        sampling,
+        settings.prompt.schema,
+        settings.sampling,
         lambda answer: parse_tag_output(answer) if answer is not None else ParsedTags("failed", [], [], "backend error"),
-        max_attempts=max_attempts,
-        retry_temperature=retry_temperature,
+        max_attempts=settings.max_attempts,
+        retry_temperature=settings.retry_temperature,
     )
     stats.generate_seconds += time.perf_counter() - clock
     for key, (parsed, answer, attempts) in answers.items():
@@ -238,8 +249,7 @@ def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str
     out = {}
     for shard in shards:
         path = layout.shard_file("raw_pool", shard)
-        table = pq.read_table(path, columns=["sample_id", "messages", "duplicate_of"])
-        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        kept = read_kept_rows(path, ["sample_id", "messages"])
         hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
         out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
     return out

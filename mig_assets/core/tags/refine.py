@@ -1,4 +1,4 @@
-"""LLM refinement of the knowledge tree (spec §1.5, Clio-style): a :class:`~mig_assets.core.tags.tree.TreeRefiner`
+"""LLM refinement of the knowledge tree (spec §1.5, Clio-style): a :class:`~mig_assets.core.tags.naming.TreeRefiner`
 over any :class:`~mig_assets.core.llm.backends.LLMBackend` (the tagger's vLLM engine or OpenAI-compatible server).
 
 Every step is one batch of JSON-schema constrained prompts at temperature 0:
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mig_assets.core.llm.backends import LLMBackend, Sampling
 from mig_assets.core.tagging.canonical import normalize_tag
-from mig_assets.core.tags.tree import CentralRefiner, Concept
+from mig_assets.core.tags.naming import CentralRefiner, Concept
 
 REFINE_PROMPT_VERSION = "tree-refine-v1"
 CHILDREN_SHOWN = 12

@@ -2,7 +2,7 @@
 knowledge tree and smoothed into a distribution over its leaves.
 
 A target sample contributes one unit of mass, split evenly over its grounded tags' leaves (the
-pool's samples are weighted the same way by :func:`tags_select.leaf_weights`), so the counts c_ℓ
+pool's samples are weighted the same way by :func:`~mig_assets.core.tags.problem.leaf_weights`), so the counts c_ℓ
 are "target samples' worth" of mass per leaf; t = (c + α)/(Σc + αL) (:func:`target_distribution`).
 
 Samples without tags (a tagger that only imports annotations, a target file without any) can be
@@ -24,7 +24,8 @@ import numpy as np
 from mig_assets.core.ingest.readers import ReadStats, is_supported, read_records
 from mig_assets.core.ingest.records import RecordError, canonicalize
 from mig_assets.core.tagging.rows import query_text
-from mig_assets.core.tags.tree import KnowledgeTree, ground_tags
+from mig_assets.core.tags.grounding import ground_tags
+from mig_assets.core.tags.tree import KnowledgeTree
 
 DEFAULT_TAG_THRESHOLD = 0.65
 DEFAULT_TEXT_THRESHOLD = 0.3
@@ -37,6 +38,7 @@ class TargetSample:
     line_no: int
     text: str  # what a tagger reads: the user turns
     imported_tags: list[str] | None
+    messages: list[dict] = field(default_factory=list)  # the canonical messages ({role, content}), as raw_pool stores them
 
 
 @dataclass
@@ -94,7 +96,7 @@ def read_target(path: str | Path, filter_field: str = "", filter_values: Sequenc
                 continue
             seen.add(record.sample_id)
             messages = [{"role": role, "content": content} for role, content in record.messages]
-            result.samples.append(TargetSample(record.sample_id, str(file), raw.line_no, query_text(messages), record.imported_tags))
+            result.samples.append(TargetSample(record.sample_id, str(file), raw.line_no, query_text(messages), record.imported_tags, messages))
     return result
 
 

@@ -17,7 +17,7 @@ from mig_assets.core.outputs.report import (
 )
 from mig_assets.core.selection.compare import guarantees, run_comparison
 from mig_assets.core.store.catalog import has_relation, insert_table
-from mig_assets.core.tags.select import TagsParams
+from mig_assets.core.tags.params import TagsParams
 from mig_assets.core.tags.tree import load_tree
 from mig_assets.defs.selection.assets import (
     SelectionConfig,

@@ -6,28 +6,22 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding.encoder import (
-    DEFAULT_EMBEDDING_MODEL,
-    EmbeddingCache,
-    text_hash,
-    vectors_to_arrow,
-)
-from mig_assets.core.execution.ray_pipeline import NoLocalModel
+from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, vectors_to_arrow
+from mig_assets.core.execution.pipeline import NoLocalModel
 from mig_assets.core.mig.sample import load_label_embeddings
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.batch_cache import EMBEDDING_CACHE_DIR, text_hash
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import normalize_tag
 from mig_assets.core.tagging.rows import kept_text_hashes, query_text
 from mig_assets.orchestration.automation import (
-    on_new_shard,
     re_select,
     refuse_to_replace_other_configuration,
 )
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK
 from mig_assets.resources import Embedder, Execution, Warehouse
 from mig_assets.settings import current_settings
 
@@ -78,7 +72,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
         model_id, newly_embedded, device = f"precomputed:{Path(config.label_embeddings_prefix).name}", 0, "none"
     else:
         model = embedder.get()
-        cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
+        cache = EmbeddingCache(layout.warehouse_dir / EMBEDDING_CACHE_DIR, model.model_id)
         vectors, newly_embedded = cache.lookup(tags, model.encode)
         model_id, device = model.model_id, model.device
     seconds = time.perf_counter() - started
@@ -90,12 +84,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(tags),
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("tag_vocabulary"), column_name="tag")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("tag_vocabulary", tag="tag", embedding="tag"),
             "newly_embedded": newly_embedded,
             "reused_from_cache": len(tags) - newly_embedded,
             "model": model_id,
@@ -111,14 +100,10 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
 
 
 @dg.asset(
-    partitions_def=pool_shards,
-    deps=["raw_pool"],
+    **SHARD_MODEL_WORK,
     group_name="embeddings",
     kinds={"parquet", "pytorch"},
     code_version=EMBEDDING_CODE_VERSION,
-    pool="gpu",
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    automation_condition=on_new_shard,
     description="A unit-norm vector per kept sample of the shard (its user turns), cached by text and model; feeds baselines, grounding and diagnostics.",
 )
 def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, embedder: Embedder, execution: Execution) -> dg.MaterializeResult:
@@ -126,14 +111,13 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     refuse_to_replace_other_configuration(context)
     layout = warehouse.layout
     model = embedder.get()
-    cache = EmbeddingCache(layout.warehouse_dir / "embedding_cache", model.model_id)
+    cache = EmbeddingCache(layout.warehouse_dir / EMBEDDING_CACHE_DIR, model.model_id)
     totals = {"rows": 0, "newly_embedded": 0, "seconds": 0.0}
     figures, cluster_extra = _embed_on_ray(context, layout, embedder, execution, cache) if execution.on_ray else ({}, {})
     dimension = 0
     for shard in context.partition_keys:
         started = time.perf_counter()
-        table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "duplicate_of"])
-        kept = table.filter(pc.is_null(table.column("duplicate_of")))
+        kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages"])
         texts = [query_text(m) for m in kept.column("messages").to_pylist()]
         if shard in figures:  # embedded on the cluster: assembled from the cache, nothing left to encode here
             vectors, _ = cache.lookup(texts, NoLocalModel().encode)
@@ -153,12 +137,7 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": totals["rows"],
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-                    "embedding": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("raw_pool", sample_id="sample_id", embedding="messages"),
             "newly_embedded": totals["newly_embedded"],
             "reused_from_cache": totals["rows"] - totals["newly_embedded"],
             "texts_per_second": round(totals["newly_embedded"] / totals["seconds"], 1) if totals["seconds"] else 0.0,
@@ -174,7 +153,7 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
 def _embed_on_ray(context, layout, embedder: Embedder, execution: Execution, cache: EmbeddingCache):
     """The run's missing texts, all shards at once, embedded on the Ray cluster into the embedding
     cache; returns each shard's figures and the cluster metadata."""
-    from mig_assets.core.execution.ray_pipeline import embed_shards_on_ray
+    from mig_assets.core.execution.pipeline import embed_shards_on_ray
 
     cluster_name = execution.connect(context.log.info)
     context.log.info(f"embedding {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")

@@ -7,35 +7,21 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding.encoder import text_hash
-from mig_assets.core.quality.scoring import (
-    QUALITY_ROW_SCHEMA,
-    QualityCache,
-    degenerate,
-    histogram_markdown,
-    imported_quality_rows,
-    quality_rows,
-    score_samples,
-)
-from mig_assets.core.store.parquet import write_parquet_atomic
-from mig_assets.orchestration.automation import on_new_shard, refuse_to_replace_other_configuration
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.core.quality.cache import QualityCache
+from mig_assets.core.quality.rows import QUALITY_ROW_SCHEMA, degenerate, histogram_markdown, imported_quality_rows, quality_rows
+from mig_assets.core.quality.scoring import score_samples
+from mig_assets.core.store.batch_cache import QUALITY_CACHE_DIR, text_hash
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
+from mig_assets.orchestration.automation import refuse_to_replace_other_configuration
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
 from mig_assets.resources import Scorer, Warehouse
 
 CHECK_NAME = "quality_scores_not_degenerate"
-QUALITY_LINEAGE = dg.TableColumnLineage(
-    deps_by_column={
-        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-        "score": [
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_quality"),
-        ],
-    }
-)
+QUALITY_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", score=("messages", "imported_quality"))
 QUALITY_COLUMNS = dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in QUALITY_ROW_SCHEMA])
 
 
@@ -54,8 +40,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="quality_scores",
-        partitions_def=pool_shards,
-        deps=["raw_pool"],
+        **SHARD_MODEL_WORK,
         group_name="quality",
         kinds={"parquet"} if scorer_version == "imported" else {"parquet", "vllm"},
         code_version=f"quality-{scorer_version}",
@@ -70,20 +55,15 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
                 description="scores are not all equal and the share of failed samples is at most max_failure_rate",
             )
         ],
-        pool="gpu",
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=on_new_shard,
     )
     def quality_scores(context: dg.AssetExecutionContext, config: QualityConfig, warehouse: Warehouse, scorer: Scorer):
         record_settings(context)
         refuse_to_replace_other_configuration(context)
         shards = {shard: score_shard(context, warehouse, scorer, shard) for shard in context.partition_keys}
         verdicts = {shard: degenerate(r["scores"], r["failures"], config.max_failure_rate) for shard, r in shards.items()}
-        if len(shards) == 1:
-            [result] = shards.values()
-            metadata = result["metadata"]
-        else:  # a range run: one materialization per shard carries the run's combined figures
-            metadata = _combined_metadata({shard: result["metadata"] for shard, result in shards.items()})
+        metadata = range_run_metadata(
+            {shard: result["metadata"] for shard, result in shards.items()}, summed=("newly_scored_calls", "calls_from_cache"), shared=("backend", "origin")
+        )
         bad = {shard: reason for shard, reason in verdicts.items() if reason}
         attempted = {shard: len(r["scores"]) + r["failures"] for shard, r in shards.items()}
         failure_rate = max((r["failures"] / attempted[s] if attempted[s] else 0.0) for s, r in shards.items())
@@ -115,9 +95,7 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
     """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
     count, a few failure examples and a digest of the written rows."""
     layout = warehouse.layout
-    columns = ["sample_id", "messages", "imported_quality", "raw", "duplicate_of"]
-    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=columns)
-    kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
+    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages", "imported_quality", "raw"])
     extra = {}
     if scorer.backend == "imported":
         table = imported_quality_rows(kept, shard)
@@ -125,7 +103,7 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
     else:
         ids = kept.column("sample_id").to_pylist()
         prompt = scorer.prompt
-        cache = QualityCache(layout.warehouse_dir / "quality_cache", scorer.model_id, prompt, scorer.settings_key())
+        cache = QualityCache(layout.warehouse_dir / QUALITY_CACHE_DIR, scorer.model_id, prompt, scorer.settings_key())
         labels = scorer.labels() if scorer.backend == "logprob" else None
         results, stats = score_samples(
             list(zip(ids, kept.column("messages").to_pylist())),
@@ -184,21 +162,3 @@ def _digest(table: pa.Table) -> str:
     """What downstream reads: sample, score, status (same rows, same data version)."""
     rows = zip(*(table.column(c).to_pylist() for c in ("sample_id", "score", "status")))
     return text_hash(json.dumps(sorted(rows, key=lambda r: r[0])))[:16]
-
-
-def _combined_metadata(per_shard: dict[str, dict]) -> dict:
-    rows = ["| shard | samples | statuses |", "|---|---|---|"]
-    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
-    statuses: Counter = Counter()
-    for m in per_shard.values():
-        statuses.update(m["statuses"].value)
-    first = next(iter(per_shard.values()))
-    return {
-        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
-        "backend": first["backend"],
-        "origin": first["origin"],
-        "statuses": dg.MetadataValue.json(dict(statuses)),
-        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
-        "newly_scored_calls": sum(m.get("newly_scored_calls", 0) for m in per_shard.values()),
-        "calls_from_cache": sum(m.get("calls_from_cache", 0) for m in per_shard.values()),
-    }

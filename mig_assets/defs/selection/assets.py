@@ -54,12 +54,8 @@ from mig_assets.core.selection.specs import SelectionSpec, load_specs
 from mig_assets.core.selection.stability import previous_version_start
 from mig_assets.core.store.catalog import has_relation, insert_table, replace_table
 from mig_assets.core.tagging.canonical import normalize_tag, policy_of_backend
-from mig_assets.core.tags.select import (
-    TagsParams,
-    coverage_by_level,
-    kl_divergence,
-    leaf_entropy,
-)
+from mig_assets.core.tags.information import coverage_by_level, kl_divergence, leaf_entropy
+from mig_assets.core.tags.params import TagsParams
 from mig_assets.core.tags.tree import load_tree
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.partitions import pool_shards

@@ -5,12 +5,10 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.execution.ray_pipeline import NoLocalModel
 from mig_assets.core.store.catalog import replace_table
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import (
     TAG_POLICIES,
     TAG_RULES_VERSION,
@@ -23,28 +21,20 @@ from mig_assets.core.tagging.rows import (
     imported_tag_rows,
     kept_text_hashes,
     query_text,
-    tag_samples,
 )
 from mig_assets.orchestration.automation import (
-    on_new_shard,
     re_select,
     refuse_to_replace_other_configuration,
 )
-from mig_assets.orchestration.partitions import pool_shards
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
+from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
+from mig_assets.orchestration.tagging import tag_on_ray, tag_through_cache
 from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
 JUNK_EXAMPLES = 5
-TAGS_LINEAGE = dg.TableColumnLineage(
-    deps_by_column={
-        "sample_id": [dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="sample_id")],
-        "tags": [
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="messages"),
-            dg.TableColumnDep(asset_key=dg.AssetKey("raw_pool"), column_name="imported_tags"),
-        ],
-    }
-)
+TAGS_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", tags=("messages", "imported_tags"))
 
 
 class TaggingConfig(dg.Config):
@@ -68,8 +58,7 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         name="atomic_tags",
-        partitions_def=pool_shards,
-        deps=["raw_pool"],
+        **SHARD_MODEL_WORK,
         group_name="tagging",
         kinds={"parquet", "vllm"} if tagger_version != "imported" else {"parquet"},
         code_version=f"tags-{tagger_version}-rules{TAG_RULES_VERSION}",
@@ -89,23 +78,26 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
                 description="share of the LLM's surface tags dropped as junk is at most max_junk_share (0 for imported tags)",
             ),
         ],
-        pool="gpu",
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        automation_condition=on_new_shard,
     )
     def atomic_tags(context: dg.AssetExecutionContext, config: TaggingConfig, warehouse: Warehouse, tagger: Tagger, execution: Execution):
         record_settings(context)
         refuse_to_replace_other_configuration(context)
         on_ray = execution.on_ray and tagger.backend != "imported"
-        figures, cluster_extra = _tag_on_ray(context, warehouse, tagger, execution) if on_ray else ({}, {})
+        if on_ray:
+            texts = kept_text_hashes(warehouse.layout, context.partition_keys, tagger.include_response)
+            figures, cluster_extra = tag_on_ray(texts, tagger, execution, warehouse.layout, include_response=tagger.include_response, log=context.log.info)
+        else:
+            figures, cluster_extra = {}, {}
         shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
-        if len(shards) == 1:
-            [(metadata, failure_rate, failures, junk)] = shards.values()
-        else:  # a range run: one materialization per shard carries the run's combined figures
-            metadata = _combined_metadata({shard: result[0] for shard, result in shards.items()})
-            failure_rate = max(result[1] for result in shards.values())
-            failures = [f for result in shards.values() for f in result[2]][:5]
-            junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
+        per_shard = {shard: result[0] for shard, result in shards.items()}
+        metadata = range_run_metadata(per_shard, summed=("newly_tagged", "from_cache"))
+        if len(shards) > 1 and any("generate_seconds" in m for m in per_shard.values()):
+            # model time adds up over the shards; the engine loads once per run (each shard reports that load)
+            metadata["generate_seconds"] = round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3)
+            metadata["engine_load_seconds"] = max(m.get("engine_load_seconds", 0.0) for m in per_shard.values())
+        failure_rate = max(result[1] for result in shards.values())
+        failures = [f for result in shards.values() for f in result[2]][:5]
+        junk = max((result[3] for result in shards.values()), key=lambda figures: figures["share"])
         return dg.MaterializeResult(
             metadata={**metadata, **cluster_extra},
             check_results=[
@@ -144,30 +136,16 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     shard is assembled by the same code, with a backend that refuses work, and the cluster's
     figures replace the (empty) local ones."""
     layout = warehouse.layout
-    samples = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "messages", "imported_tags", "duplicate_of"])
-    kept = samples.filter(pc.is_null(samples.column("duplicate_of")))
+    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages", "imported_tags"])
     extra = {}
     if tagger.backend == "imported":
         table = imported_tag_rows(kept, shard)
     else:
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
-        cache = tagger.tag_cache(layout.warehouse_dir)
-        results, stats = tag_samples(
-            list(zip(ids, texts)),
-            tagger.llm() if ray_figures is None else NoLocalModel(),
-            tagger.prompt,
-            cache,
-            sampling=tagger.sampling,
-            max_input_tokens=tagger.max_input_tokens,
-            batch_size=tagger.batch_size,
-            max_attempts=tagger.max_attempts,
-            log=lambda message: context.log.info(f"{shard}: {message}"),
+        results, stats, load_seconds = tag_through_cache(
+            list(zip(ids, texts)), tagger, layout, ray_figures=ray_figures, log=lambda message: context.log.info(f"{shard}: {message}")
         )
-        if ray_figures is None:
-            load_seconds = getattr(tagger.llm(), "load_seconds", 0.0)
-        else:
-            stats, load_seconds = ray_figures.apply(stats), ray_figures.load_seconds
         table = cached_tag_rows(results, ids, texts, shard, tagger.backend, tagger.model_id, tagger.prompt_version)
         extra = {
             "newly_tagged": stats.tagged,
@@ -177,7 +155,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "truncated": stats.truncated,
             "model": tagger.model_id,
             "prompt_version": f"{tagger.prompt_version} ({tagger.prompt.fingerprint})",
-            "cache": dg.MetadataValue.path(str(cache.folder)),
+            "cache": dg.MetadataValue.path(str(tagger.tag_cache(layout.warehouse_dir).folder)),
             "generate_seconds": round(stats.generate_seconds, 3),
             "engine_load_seconds": round(load_seconds, 3),
         }
@@ -225,57 +203,6 @@ def junk_figures(table: pa.Table) -> dict:
         "share": junk / surface if surface else 0.0,
         "by_reason": dict(by_reason.most_common()),
         "examples": examples,
-    }
-
-
-def _tag_on_ray(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: Tagger, execution: Execution):
-    """The run's untagged texts, all shards at once, tagged on the Ray cluster into the tag cache
-    (each actor loads the engine once per run); returns each shard's figures and the cluster's."""
-    from mig_assets.core.execution.ray_pipeline import tag_shards_on_ray
-
-    layout = warehouse.layout
-    cluster_name = execution.connect(context.log.info)
-    context.log.info(f"tagging {len(context.partition_keys)} shard(s) on Ray: {cluster_name}")
-    factory = tagger.backend_factory(
-        tensor_parallel_size=execution.gpus_per_actor if execution.gpus_per_actor > 1 else 0,
-        gpu_share=1.0 / execution.actors_per_gpu if execution.gpus_per_actor == 1 else 1.0,
-    )
-    figures, cluster = tag_shards_on_ray(
-        kept_text_hashes(layout, context.partition_keys, tagger.include_response),
-        factory,
-        tagger.prompt,
-        tagger.tag_cache(layout.warehouse_dir),
-        include_response=tagger.include_response,
-        settings=execution.settings(layout),
-        sampling=tagger.sampling,
-        max_input_tokens=tagger.max_input_tokens,
-        max_attempts=tagger.max_attempts,
-        log=context.log.info,
-    )
-    return figures, execution.cluster_metadata(cluster, cluster_name)
-
-
-def _combined_metadata(per_shard: dict[str, dict]) -> dict:
-    rows = ["| shard | samples | statuses |", "|---|---|---|"]
-    rows += [f"| {shard} | {m['dagster/row_count']} | {m['statuses'].value} |" for shard, m in per_shard.items()]
-    statuses: Counter = Counter()
-    for m in per_shard.values():
-        statuses.update(m["statuses"].value)
-    return {
-        "dagster/row_count": sum(m["dagster/row_count"] for m in per_shard.values()),
-        "statuses": dg.MetadataValue.json(dict(statuses)),
-        "shards_in_run": dg.MetadataValue.md("\n".join(rows)),
-        "newly_tagged": sum(m.get("newly_tagged", 0) for m in per_shard.values()),
-        "from_cache": sum(m.get("from_cache", 0) for m in per_shard.values()),
-        # model time adds up over the shards; the engine loads once per run (each shard reports that load)
-        **(
-            {
-                "generate_seconds": round(sum(m.get("generate_seconds", 0.0) for m in per_shard.values()), 3),
-                "engine_load_seconds": max(m.get("engine_load_seconds", 0.0) for m in per_shard.values()),
-            }
-            if any("generate_seconds" in m for m in per_shard.values())
-            else {}
-        ),
     }
 
 
@@ -349,12 +276,7 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n_tags,
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "tag": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="tags")],
-                    "n_samples": [dg.TableColumnDep(asset_key=dg.AssetKey("atomic_tags"), column_name="sample_id")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage("atomic_tags", tag="tags", n_samples="sample_id"),
             "tag_assignments": n_tagged,
             "surface_forms": len(surface),
             "tag_policy": dg.MetadataValue.json({b: f"{p}: {TAG_POLICIES[p]}" for b, p in sorted(policy.items())}),

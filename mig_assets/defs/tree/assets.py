@@ -11,24 +11,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from mig_assets.core.embedding.encoder import EmbeddingCache, arrow_to_vectors, vectors_to_arrow
+from mig_assets.core.embedding.encoder import EmbeddingCache, arrow_to_vectors, text_hash, vectors_to_arrow
+from mig_assets.core.ingest.shards import MESSAGE_TYPE
 from mig_assets.core.outputs.report import markdown_image, target_plot
-from mig_assets.core.store.catalog import drop_table, replace_table
+from mig_assets.core.store.catalog import WarehouseLayout, drop_table, replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.core.tagging.canonical import as_written_tags
-from mig_assets.core.tagging.rows import llm_result_tags, tag_samples
+from mig_assets.core.tagging.rows import llm_result_tags
+from mig_assets.core.tags.build import build_tree
+from mig_assets.core.tags.clustering import CLUSTERING_METHOD
+from mig_assets.core.tags.information import leaf_entropy
+from mig_assets.core.tags.problem import target_distribution
 from mig_assets.core.tags.refine import LLMTreeRefiner
-from mig_assets.core.tags.select import leaf_entropy, target_distribution
 from mig_assets.core.tags.target import (
     DEFAULT_TAG_THRESHOLD,
     DEFAULT_TEXT_THRESHOLD,
+    TargetSample,
     ground_target,
     read_target,
 )
-from mig_assets.core.tags.tree import CLUSTERING_METHOD, build_tree, load_tree
+from mig_assets.core.tags.tree import load_tree
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.resources import Embedder, Tagger, Warehouse
+from mig_assets.orchestration.tagging import tag_on_ray, tag_through_cache
+from mig_assets.resources import Embedder, Execution, Tagger, Warehouse
 from mig_assets.settings import current_settings
 
 TOP_NODES_SHOWN = 20
@@ -144,6 +150,30 @@ class TargetProfileConfig(dg.Config):
 
 
 TARGET_TABLES = ("target_profile", "target_samples", "target_info")
+TARGET_MESSAGES_FILE = "target_profile/messages.parquet"  # under the warehouse: the target set as the Ray workers read it
+
+
+def tag_target(
+    context: dg.AssetExecutionContext, layout: WarehouseLayout, tagger: Tagger, execution: Execution, samples: list[TargetSample]
+) -> tuple[list[list[str] | None], dict]:
+    """The target samples' tags (None for a failed sample) through the pool's tagging path: the tagger's
+    cache and model, on Ray when ``execution`` says so (the target set is written as one file of
+    ``sample_id``, ``messages`` for the workers); returns them with the tagging figures."""
+
+    def log(message: str) -> None:
+        context.log.info(f"target: {message}")
+
+    ray_figures, cluster_metadata = None, {}
+    if execution.on_ray:
+        messages = pa.table({"sample_id": [s.sample_id for s in samples], "messages": pa.array([s.messages for s in samples], pa.list_(MESSAGE_TYPE))})
+        write_parquet_atomic(messages, layout.warehouse_dir / TARGET_MESSAGES_FILE)
+        planned = {"target": (TARGET_MESSAGES_FILE, [(s.sample_id, text_hash(s.text)) for s in samples])}
+        figures, cluster_metadata = tag_on_ray(planned, tagger, execution, layout, include_response=False, log=log)  # s.text: the user turns
+        ray_figures = figures["target"]
+    results, stats, load_seconds = tag_through_cache([(s.sample_id, s.text) for s in samples], tagger, layout, ray_figures=ray_figures, log=log)
+    tags = [llm_result_tags(results[s.sample_id], s.text).tags if results[s.sample_id]["status"] != "failed" else None for s in samples]
+    figures = {"newly_tagged": stats.tagged, "from_cache": stats.cached, "engine_load_seconds": round(load_seconds, 3), **cluster_metadata}
+    return tags, figures
 
 
 @dg.asset(
@@ -157,7 +187,7 @@ TARGET_TABLES = ("target_profile", "target_samples", "target_info")
     "tagged with the pool's tagger, grounded on the tree and smoothed (tables target_profile, target_samples, target_info).",
 )
 def target_profile(
-    context: dg.AssetExecutionContext, config: TargetProfileConfig, warehouse: Warehouse, tagger: Tagger, embedder: Embedder
+    context: dg.AssetExecutionContext, config: TargetProfileConfig, warehouse: Warehouse, tagger: Tagger, embedder: Embedder, execution: Execution
 ) -> dg.MaterializeResult:
     record_settings(context)
     if config.grounding not in ("auto", "tags", "text"):
@@ -183,21 +213,10 @@ def target_profile(
     samples = read.samples
     tags: list[list[str] | None] = [None] * len(samples)
     tag_source = "none"
+    tagging_figures: dict = {}
     if config.grounding != "text":
         if tagger.backend != "imported":
-            cache = tagger.tag_cache(layout.warehouse_dir)
-            results, stats = tag_samples(
-                [(s.sample_id, s.text) for s in samples],
-                tagger.llm(),
-                tagger.prompt,
-                cache,
-                sampling=tagger.sampling,
-                max_input_tokens=tagger.max_input_tokens,
-                batch_size=tagger.batch_size,
-                max_attempts=tagger.max_attempts,
-                log=lambda message: context.log.info(f"target: {message}"),
-            )
-            tags = [llm_result_tags(results[s.sample_id], s.text).tags if results[s.sample_id]["status"] != "failed" else None for s in samples]
+            tags, tagging_figures = tag_target(context, layout, tagger, execution, samples)
             tag_source = f"{tagger.backend}:{tagger.model_id} ({tagger.prompt_version})"
         else:
             tags = [as_written_tags(s.imported_tags) if s.imported_tags else None for s in samples]  # the pool's policy for imported tags
@@ -285,6 +304,7 @@ def target_profile(
             "bad_records": len(read.bad),
             "bad_examples": dg.MetadataValue.json(read.bad[:10]),
             "tag_source": tag_source,
+            **tagging_figures,
             "samples_grounded": dg.MetadataValue.json(dict(methods)),
             "unassigned_samples": methods.get("unassigned", 0),
             "tags_grounded": dg.MetadataValue.json(grounding.tag_counts),

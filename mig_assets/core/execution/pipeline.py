@@ -22,136 +22,21 @@ after the run every planned text must be in the cache, or the step fails.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from mig_assets.core.embedding.encoder import EmbeddingCache
+from mig_assets.core.execution.actors import EmbedActor, TagActor, select_planned
+from mig_assets.core.execution.storage import Storage, exists, join_uri, open_uri
+from mig_assets.core.llm.backends import LLMBackend
+from mig_assets.core.tagging.rows import TagCache, TaggingStats, TagSettings
 
-from mig_assets.core.embedding.encoder import EmbeddingCache, text_hash, vectors_to_arrow
-from mig_assets.core.llm.backends import LLMBackend, Sampling
-from mig_assets.core.tagging.prompts import TagPrompt
-from mig_assets.core.tagging.rows import (
-    CACHE_SCHEMA,
-    TagCache,
-    TaggingStats,
-    query_text,
-    tag_batch,
-)
-
-PART_PREFIX = "batch-ray-"
+# shard -> (its raw_pool file relative to the warehouse, its kept (sample_id, text_hash) pairs in file order)
+ShardTexts = dict[str, tuple[str, list[tuple[str, str]]]]
 RUNS_FOLDER = "_ray_runs"  # per-pipeline markers (actor starts, batch attempts), removed after the run
-BATCH_STATS_SCHEMA = pa.schema(
-    [
-        ("batch", pa.string()),
-        ("actor", pa.string()),
-        ("rows", pa.int64()),
-        ("skipped", pa.bool_()),  # already written by an earlier attempt of the same task
-        ("seconds", pa.float64()),
-        ("load_seconds", pa.float64()),
-        ("truncated", pa.int64()),
-        ("input_tokens", pa.int64()),
-        ("generate_seconds", pa.float64()),
-    ]
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# storage: the warehouse as the workers see it
-
-
-def open_uri(uri: str):
-    """``(filesystem, path)`` for a local path or a URI pyarrow knows (file://, s3://, gs://, hdfs://)."""
-    from pyarrow import fs
-
-    if "://" not in uri:
-        return fs.LocalFileSystem(), str(Path(uri).resolve())
-    return fs.FileSystem.from_uri(uri)
-
-
-def join_uri(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)])
-
-
-def write_table_atomic(filesystem, path: str, table: pa.Table) -> None:
-    """Write a Parquet file through a staging name and a move: readers never see half a file."""
-    folder, name = path.rsplit("/", 1)
-    filesystem.create_dir(folder, recursive=True)
-    staging = f"{folder}/.staging-{uuid.uuid4().hex}-{name}"
-    pq.write_table(table, staging, filesystem=filesystem, compression="zstd")
-    filesystem.move(staging, path)
-
-
-def _exists(filesystem, path: str) -> bool:
-    from pyarrow import fs
-
-    return filesystem.get_file_info(path).type != fs.FileType.NotFound
-
-
-@dataclass(frozen=True)
-class Storage:
-    """The local warehouse folder and the URI of the same warehouse for the workers.
-
-    ``uri`` empty (or the same folder) means the workers read and write the local folder directly
-    (one machine, or a shared mount at the same path). Otherwise it is a mirror: the shard's
-    Parquet is copied up before the run and new cache files are copied back after it.
-    """
-
-    local_root: str
-    uri: str = ""
-
-    @property
-    def root(self) -> str:
-        return self.uri or self.local_root
-
-    @property
-    def remote(self) -> bool:
-        if not self.uri:
-            return False
-        filesystem, path = open_uri(self.uri)
-        from pyarrow import fs
-
-        return not (isinstance(filesystem, fs.LocalFileSystem) and Path(path) == Path(self.local_root).resolve())
-
-    def put(self, relative: str) -> None:
-        """Copy one warehouse file to the workers' storage (a no-op when they share the folder)."""
-        if not self.remote:
-            return
-        filesystem, root = open_uri(self.uri)
-        table = pq.read_table(Path(self.local_root) / relative)
-        write_table_atomic(filesystem, join_uri(root, relative), table)
-
-    def fetch_parts(self, relative_folder: str) -> int:
-        """Copy the workers' cache files of ``relative_folder`` that the local folder lacks; returns how many."""
-        if not self.remote:
-            return 0
-        from pyarrow import fs
-
-        filesystem, root = open_uri(self.uri)
-        infos = filesystem.get_file_info(fs.FileSelector(join_uri(root, relative_folder), allow_not_found=True))
-        local = Path(self.local_root) / relative_folder
-        copied = 0
-        for info in infos:
-            if info.type != fs.FileType.File or not info.base_name.startswith(PART_PREFIX) or (local / info.base_name).exists():
-                continue
-            local.mkdir(parents=True, exist_ok=True)
-            staging = local / f".staging-{os.getpid()}-{info.base_name}"
-            with filesystem.open_input_stream(info.path) as source, open(staging, "wb") as target:
-                while chunk := source.read(1 << 20):
-                    target.write(chunk)
-            os.replace(staging, local / info.base_name)
-            copied += 1
-        return copied
-
-
-# ---------------------------------------------------------------------------------------------
-# what the cluster runs
 
 
 @dataclass
@@ -167,140 +52,6 @@ class RaySettings:
     max_task_retries: int = 3
     omp_threads_per_actor: int = 0  # 0: Ray's default (the actor's CPU count)
     read_cpus: float = 0.1  # the read and select tasks are light; they must fit beside the actors
-
-
-def select_planned(batch: pa.Table, planned: set[str], include_response: bool) -> pa.Table:
-    """Read stage: the planned rows of the shard as (text_hash, sample_id, text)."""
-    rows = [
-        (sample_id, query_text(messages, include_response))
-        for sample_id, messages in zip(batch.column("sample_id").to_pylist(), batch.column("messages").to_pylist())
-        if sample_id in planned
-    ]
-    return pa.table(
-        {
-            "text_hash": pa.array([text_hash(text) for _, text in rows], pa.string()),
-            "sample_id": pa.array([sample_id for sample_id, _ in rows], pa.string()),
-            "text": pa.array([text for _, text in rows], pa.string()),
-        }
-    )
-
-
-class _CacheActor:
-    """One model per actor, loaded once in ``__init__``; each batch becomes one cache file.
-
-    A batch whose file exists was finished by an earlier attempt of the same (retried) task: it is
-    skipped, so a killed actor costs the batch in flight and never duplicates a row.
-    """
-
-    def __init__(self, cache_uri: str, run_uri: str):
-        self.filesystem, self.cache_path = open_uri(cache_uri)
-        _, self.run_path = open_uri(run_uri)
-        self.actor = f"{socket.gethostname()}:{os.getpid()}"
-        started = time.perf_counter()
-        self.load()
-        self.load_seconds = time.perf_counter() - started
-        self._touch(f"actor-{uuid.uuid4().hex}")
-
-    def load(self) -> None:
-        raise NotImplementedError
-
-    def process(self, batch: pa.Table) -> tuple[pa.Table, dict]:
-        """The cache rows of ``batch`` and figures (truncated, input_tokens, generate_seconds)."""
-        raise NotImplementedError
-
-    def _touch(self, name: str) -> None:
-        self.filesystem.create_dir(self.run_path, recursive=True)
-        with self.filesystem.open_output_stream(f"{self.run_path}/{name}") as out:
-            out.write(self.actor.encode())
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        started = time.perf_counter()
-        hashes = batch.column("text_hash").to_pylist()
-        key = hashlib.sha256("".join(hashes).encode()).hexdigest()[:32]
-        path = f"{self.cache_path}/{PART_PREFIX}{key}.parquet"
-        figures = {"truncated": 0, "input_tokens": 0, "generate_seconds": 0.0}
-        skipped = _exists(self.filesystem, path)
-        if skipped:
-            done = pq.read_table(path, filesystem=self.filesystem)
-            if "truncated" in done.column_names:
-                figures["truncated"] = sum(done.column("truncated").to_pylist())
-                figures["input_tokens"] = sum(done.column("input_tokens").to_pylist())
-        else:
-            self._touch(f"attempt-{key}-{uuid.uuid4().hex}")
-            table, figures = self.process(batch)
-            write_table_atomic(self.filesystem, path, table)
-        seconds = time.perf_counter() - started
-        print(f"batch {key[:8]}: {batch.num_rows} rows {'already written' if skipped else f'in {seconds:.2f}s'}", flush=True)
-        return pa.Table.from_pylist(
-            [
-                {
-                    "batch": key,
-                    "actor": self.actor,
-                    "rows": batch.num_rows,
-                    "skipped": skipped,
-                    "seconds": seconds,
-                    "load_seconds": self.load_seconds,
-                    **figures,
-                }
-            ],
-            schema=BATCH_STATS_SCHEMA,
-        )
-
-
-class TagActor(_CacheActor):
-    """Holds one LLM backend (the vLLM engine is created once, here) and tags batches with the
-    local code (``tag_batch``: truncation, structured output, retries of failed answers)."""
-
-    def __init__(
-        self,
-        cache_uri,
-        run_uri,
-        backend_factory: Callable[[], LLMBackend],
-        prompt: TagPrompt,
-        sampling: Sampling,
-        max_input_tokens: int,
-        max_attempts: int,
-        retry_temperature: float,
-    ):
-        self.backend_factory, self.prompt, self.sampling = backend_factory, prompt, sampling
-        self.max_input_tokens, self.max_attempts, self.retry_temperature = max_input_tokens, max_attempts, retry_temperature
-        super().__init__(cache_uri, run_uri)
-
-    def load(self) -> None:
-        self.backend = self.backend_factory()
-        if hasattr(self.backend, "engine"):
-            self.backend.engine()
-
-    def process(self, batch):
-        stats = TaggingStats()
-        work = list(zip(batch.column("text_hash").to_pylist(), batch.column("sample_id").to_pylist(), batch.column("text").to_pylist()))
-        rows = tag_batch(work, self.backend, self.prompt, self.sampling, self.max_input_tokens, self.max_attempts, self.retry_temperature, stats)
-        figures = {"truncated": stats.truncated, "input_tokens": stats.input_tokens, "generate_seconds": stats.generate_seconds}
-        return pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), figures
-
-
-class EmbedActor(_CacheActor):
-    """Holds one sentence-transformers model and embeds batches into embedding cache files."""
-
-    def __init__(self, cache_uri, run_uri, model: str, device: str, encode_batch_size: int):
-        self.model, self.device, self.encode_batch_size = model, device, encode_batch_size
-        super().__init__(cache_uri, run_uri)
-
-    def load(self) -> None:
-        from mig_assets.core.embedding.encoder import SentenceEmbedder
-
-        self.embedder = SentenceEmbedder(self.model, self.device, self.encode_batch_size)
-        self.embedder.dimension  # loads the model
-
-    def process(self, batch):
-        clock = time.perf_counter()
-        vectors = self.embedder.encode(batch.column("text").to_pylist())
-        table = pa.table({"text_hash": batch.column("text_hash"), "embedding": vectors_to_arrow(vectors)})
-        return table, {"truncated": 0, "input_tokens": 0, "generate_seconds": time.perf_counter() - clock}
-
-
-# ---------------------------------------------------------------------------------------------
-# the driver
 
 
 @dataclass
@@ -413,7 +164,7 @@ def run_pipeline(
         stats.batches_retried = sum(n > 1 for n in attempts.values())
         stats.actor_starts = sum(name.startswith("actor-") for name in names)
         stats.actors = len(stats.per_actor)
-        if _exists(markers_fs, run_path):
+        if exists(markers_fs, run_path):
             markers_fs.delete_dir(run_path)
     finally:
         context.execution_options.preserve_order, context.enable_progress_bars = previous
@@ -443,7 +194,7 @@ class ShardFigures:
 
 
 def fill_cache_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     cache_folder: Path,
     known: Callable[[list[str]], dict],
     actor_cls: type,
@@ -515,33 +266,22 @@ def fill_cache_on_ray(
 
 
 def tag_shards_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     backend_factory: Callable[[], LLMBackend],
-    prompt: TagPrompt,
+    tagging: TagSettings,
     cache: TagCache,
     *,
     include_response: bool,
     settings: RaySettings,
-    sampling: Sampling = Sampling(),
-    max_input_tokens: int = 1536,
-    max_attempts: int = 3,
-    retry_temperature: float = 0.7,
     log: Callable[[str], None] = lambda message: None,
 ) -> tuple[dict[str, ShardFigures], ClusterStats]:
     """Fill the tag cache for ``shards`` on the cluster (vLLM actors running the local ``tag_batch``)."""
-    actor_kwargs = {
-        "backend_factory": backend_factory,
-        "prompt": prompt,
-        "sampling": sampling,
-        "max_input_tokens": max_input_tokens,
-        "max_attempts": max_attempts,
-        "retry_temperature": retry_temperature,
-    }
+    actor_kwargs = {"backend_factory": backend_factory, "tagging": tagging}
     return fill_cache_on_ray(shards, cache.folder, cache.lookup, TagActor, actor_kwargs, include_response=include_response, settings=settings, log=log)
 
 
 def embed_shards_on_ray(
-    shards: dict[str, tuple[str, list[tuple[str, str]]]],  # shard -> (file, [(sample_id, text_hash)])
+    shards: ShardTexts,
     cache: EmbeddingCache,
     *,
     model: str,
