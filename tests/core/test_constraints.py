@@ -238,3 +238,89 @@ def test_stuck_greedy_names_the_pick_and_what_blocks_it():
     )
     with pytest.raises(InfeasibleConstraints, match=r"at pick 2 of 2: label_counts still owe 'python' 1"):
         select_constrained(Y, 2, c)
+
+
+# --- TAGS ------------------------------------------------------------------------------------------------------------
+
+
+def tags_problem(seed: int, n_samples: int = 150, normalize: bool = True):
+    from mig_assets.core.tags.problem import build_problem
+    from tests.core.test_tags_select import random_pool
+
+    A, q, parents, levels, target = random_pool(seed, n_samples=n_samples, normalize=normalize)
+    return build_problem(A, q, parents, levels), target, A
+
+
+def tags_constraints(n: int, leaves: sp.csr_array, seed: int) -> Constraints:
+    rng = np.random.default_rng(seed)
+    banned = rng.random(n) < 0.1
+    return Constraints(
+        n,
+        pinned=np.flatnonzero(~banned)[[2, 40, 77]],
+        banned=banned,
+        group_ids=rng.integers(4, size=n),
+        group_share=np.array([0.3, 0.4, 0.35, 0.4]),
+        label_members=sp.csr_array(leaves[:, :4]),
+        label_min=np.array([4, 0, 2, 0]),
+        label_max=np.array([n, 8, n, 10]),
+        label_names=("leaf 0", "leaf 1", "leaf 2", "leaf 3"),
+    )
+
+
+@pytest.mark.parametrize("frontier", ["default", "tiny"])
+@pytest.mark.parametrize("align", ["none", "penalty"])
+@pytest.mark.parametrize("seed", range(3))
+def test_tags_lazy_equals_dense_and_constraints_hold_on_every_budget(align, seed, frontier, monkeypatch):
+    from mig_assets.core.tags import lazy as tags_lazy
+    from mig_assets.core.tags.constrained import select_constrained as tags_constrained
+    from mig_assets.core.tags.constrained import select_dense_constrained as tags_dense
+    from mig_assets.core.tags.params import TagsParams
+
+    if frontier == "tiny":
+        monkeypatch.setattr(tags_lazy, "_FRONTIER_SIZE", 8)
+        monkeypatch.setattr(tags_lazy, "_FRONTIER_SAMPLE", 16)
+    problem, target, A = tags_problem(seed, normalize=seed != 1)
+    c = tags_constraints(problem.n_samples, A, seed)
+    params = TagsParams(align=align, lam=2.0)
+    for k in (12, 40, 75):
+        lazy = tags_constrained(problem, k, c, params, target if align != "none" else None)
+        assert violations(c, lazy.order, k) == [], (k, violations(c, lazy.order, k))
+        assert set(c.pinned.tolist()) == set(lazy.order[:3].tolist())
+        np.testing.assert_array_equal(lazy.order, tags_dense(problem, k, c, params, target if align != "none" else None))
+
+
+def test_tags_without_constraints_is_the_plain_greedy_and_other_modes_are_refused():
+    from mig_assets.core.tags.constrained import select_constrained as tags_constrained
+    from mig_assets.core.tags.modes import select as tags_select
+    from mig_assets.core.tags.params import TagsParams
+
+    problem, target, _ = tags_problem(0)
+    for align in ("none", "penalty"):
+        params = TagsParams(align=align)
+        plain, constrained = tags_select(problem, 50, params, target), tags_constrained(problem, 50, Constraints(problem.n_samples), params, target)
+        np.testing.assert_array_equal(plain.order, constrained.order)
+        np.testing.assert_allclose(plain.objective, constrained.objective)
+    with pytest.raises(ValueError, match="constraints combine with TAGS align none or penalty, not 'quota'"):
+        tags_constrained(problem, 10, Constraints(problem.n_samples), TagsParams(align="quota"), target)
+
+
+def test_tags_brute_force_best_completable_candidate_under_caps():
+    from mig_assets.core.tags.constrained import select_constrained as tags_constrained
+    from mig_assets.core.tags.information import objective as tags_objective
+
+    problem, _, _ = tags_problem(4, n_samples=9)
+    groups = np.arange(9) % 3
+    c = Constraints(9, pinned=np.array([4]), banned=np.eye(1, 9, 7, dtype=bool).ravel(), group_ids=groups, group_share=np.array([0.34, 0.5, 0.5]))
+    for k in range(2, 7):
+        try:
+            order = tags_constrained(problem, k, c).order.tolist()
+        except InfeasibleConstraints:
+            assert not any(feasible(c, s, k) for s in itertools.combinations(range(9), k))
+            continue
+        completions = [set(s) for s in itertools.combinations(range(9), k) if feasible(c, s, k)]
+        assert order[0] == 4 and feasible(c, order, k)
+        for t in range(1, k):
+            prefix = set(order[:t])
+            extendable = [r for r in range(9) if r not in prefix and any(prefix | {r} <= s for s in completions)]
+            best = max(extendable, key=lambda r: (tags_objective(problem, [*prefix, r]), -r))
+            assert tags_objective(problem, [*prefix, order[t]]) == pytest.approx(tags_objective(problem, [*prefix, best]))

@@ -164,6 +164,25 @@ def tag_membership(tags: list[list[str]], labels: list[str]) -> sp.csr_array:
     return sp.csr_array((np.ones(len(rows), np.int64), (rows, cols)), shape=(len(tags), len(labels)))
 
 
+def leaf_membership(tree, tags: list[list[str]], leaves: list[str]) -> sp.csr_array:
+    """(N, M) 0/1: which samples have a tag on each of the tree leaves named ``leaves``; an unknown name is an error."""
+    leaf_names = list(tree.names[: tree.n_leaves])
+    column_of = {name: m for m, name in enumerate(leaves)}
+    unknown = [name for name in leaves if name not in set(leaf_names)]
+    if unknown:
+        raise ValueError(f"label_counts: {first_few(unknown)} are not leaves of the knowledge tree (e.g. {first_few(leaf_names)})")
+    wanted = np.full(tree.n_leaves, -1, np.int64)
+    for leaf, name in enumerate(leaf_names):
+        wanted[leaf] = column_of.get(name, -1)
+    flat = tree.leaf_of([t for sample_tags in tags for t in sample_tags])
+    rows = np.repeat(np.arange(len(tags)), [len(t) for t in tags])
+    columns = np.where(flat >= 0, wanted[np.maximum(flat, 0)], -1)
+    keep = columns >= 0
+    members = sp.csr_array((np.ones(int(keep.sum()), np.int64), (rows[keep], columns[keep])), shape=(len(tags), len(leaves)))
+    members.sum_duplicates()
+    return members
+
+
 def resolve_constraints(
     con,
     spec: ConstraintSpec,

@@ -140,13 +140,15 @@ def run_selection(
         k = picks_for_tokens(pool.tokens, budget.tokens)
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
-    steered = (constraints is not None and constraints.active) or warm is not None
-    if steered and (method != "mig" or budget.tokens is not None):
-        raise ValueError(f"constraints and warm starts apply to the mig greedy under a count or fraction budget, not to {method} with {budget.describe()}")
+    constrained = constraints is not None and constraints.active
+    if (constrained and method not in ("mig", "tags")) or (warm is not None and method != "mig") or ((constrained or warm) and budget.tokens is not None):
+        raise ValueError(
+            f"constraints steer the mig and tags greedy, warm starts the mig one, under a count or fraction budget; not {method} with {budget.describe()}"
+        )
     if method == "mig":
         outcome = _mig(pool, graph, k, params, constraints, warm)
     elif method == "tags":
-        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target)
+        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target, constraints if constrained else None)
     elif method in BASELINES:
         order = _baseline(method, pool, k, seed, diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
@@ -222,9 +224,10 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target) -> SelectionOutcome:
+def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target, constraints: Constraints | None = None) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
-    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve)."""
+    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
+    from mig_assets.core.tags.constrained import select_constrained as tags_select_constrained
     from mig_assets.core.tags.modes import select as tags_select
     from mig_assets.core.tags.params import TagsParams
 
@@ -232,7 +235,10 @@ def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: s
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     problem = tags_problem(pool, tree, gamma, level_weights)
-    result = tags_select(problem, k, params, target)
+    if constraints is not None:
+        result = tags_select_constrained(problem, k, constraints, params, target)
+    else:
+        result = tags_select(problem, k, params, target)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(
         result.order,
@@ -246,4 +252,5 @@ def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: s
         pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
         sample_matrix=problem.paths,
         leaf_matrix=problem.leaves,
+        reasons=constraint_reasons(constraints) if constraints is not None else {},
     )

@@ -27,7 +27,7 @@ from mig_assets.core.outputs.report import (
     markdown_table,
     score_plot,
 )
-from mig_assets.core.selection.constraint_spec import constraint_report, resolve_constraints, tag_membership
+from mig_assets.core.selection.constraint_spec import constraint_report, leaf_membership, resolve_constraints, tag_membership
 from mig_assets.core.selection.lineage import (
     SCORED_QUALITY_SQL,
     changes_summary,
@@ -329,15 +329,20 @@ def materialize_selection(context: dg.AssetExecutionContext, spec: SelectionSpec
             con, layout if spec.method in EMBEDDING_METHODS else None, context.instance.get_dynamic_partitions(pool_shards.name)
         )
         graph = load_graph(con) if spec.method == "mig" else None
-        constraints = None
-        if spec.constraints is not None:  # resolved over the catalog: ids files, predicates, groups, tag bounds
-            constraints = resolve_constraints(con, spec.constraints, pool.sample_ids, lambda names: tag_membership(pool.tags, names), "tag")
         warm = previous_version_start(con, layout.warehouse_dir, spec.name, pool.sample_ids, spec.stability) if spec.stability is not None else None
     tree, target = None, None
     if spec.method == "tags":
         tree, tree_info = load_tree(layout.knowledge_tree_dir)
         with warehouse.connect() as con:
             target = load_target(con, tree_info["version"], required=config.align != "none")
+    constraints = None
+    if spec.constraints is not None:  # resolved over the catalog: ids files, predicates, groups, tag (MIG) or leaf (TAGS) bounds
+        if tree is not None:
+            labels, kind = (lambda names: leaf_membership(tree, pool.tags, names)), "leaf"
+        else:
+            labels, kind = (lambda names: tag_membership(pool.tags, names)), "tag"
+        with warehouse.connect() as con:
+            constraints = resolve_constraints(con, spec.constraints, pool.sample_ids, labels, kind)
     loaded = time.perf_counter()
     params = config.mig_params()
     outcome = run_selection(
