@@ -12,6 +12,7 @@ from mig_assets.core.selection.specs import load_specs, parse_specs
 from mig_assets.defs.selection.assets import build_selection_asset
 from tests.conftest import MIG_FIXTURES
 
+SHARD_ASSETS = ("raw_pool", "atomic_tags", "quality_scores")  # what MIG reads (no sample embeddings)
 UPSTREAM = ("tag_vocabulary", "tag_embeddings", "label_graph")
 
 
@@ -38,7 +39,7 @@ def build_upstream(instance, resources, assets) -> None:
 def pool_assets():
     from mig_assets.definitions import defs
 
-    return [a for a in defs.assets if a.key.to_user_string() in UPSTREAM or a.partitions_def is not None]
+    return [a for a in defs.assets if a.key.to_user_string() in (*SHARD_ASSETS, *UPSTREAM)]
 
 
 @pytest.fixture
@@ -220,3 +221,45 @@ def test_sweep_and_stability_reports_over_one_loaded_pool(two_shard_pool, layout
     assert "tau 0.88" in stability["jaccard"].value and "tau 0.92" in stability["jaccard"].value
     report = (layout.exports_dir / "stability" / "mig_selection" / "v0001" / "report.html").read_text()
     assert "stable under every perturbation" in report and "data:image/png;base64," in report
+
+
+@pytest.mark.slow
+def test_tags_spec_with_constraints_holds_them_on_its_leaves(layout, instance, resources):
+    from mig_assets.definitions import defs
+
+    names = ("raw_pool", "atomic_tags", "quality_scores", "tag_vocabulary", "tag_embeddings", "knowledge_tree", "target_profile")
+    assets = [a for a in defs.assets if a.key.to_user_string() in names]
+    lines = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()
+    ingest(layout, instance, resources, assets, "a.jsonl", lines[:1000])
+    ingest(layout, instance, resources, assets, "b.jsonl", lines[1000:])
+    run_config = {"ops": {"tag_embeddings": {"config": {"label_embeddings_prefix": str(MIG_FIXTURES / "p2k")}}}}
+    globals_ = [a for a in assets if not a.partitions_def]
+    assert dg.materialize(assets, selection=globals_, instance=instance, resources=resources, run_config=run_config).success
+    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
+        leaf_counts = con.execute(
+            """SELECT n.name, count(DISTINCT a.sample_id) FROM atomic_tags a, unnest(a.tags) AS u(tag)
+               JOIN tree_tags t ON t.tag = u.tag JOIN tree_nodes n ON n.node_id = t.leaf GROUP BY n.name ORDER BY 2 DESC, 1"""
+        ).fetchall()
+    common, rare = leaf_counts[0][0], leaf_counts[len(leaf_counts) // 2][0]
+    document = {
+        "selections": [
+            {
+                "name": "tags_steered",
+                "method": "tags",
+                "budget": {"count": 40},
+                "constraints": {
+                    "must_exclude": {"where": "shard = 'a.jsonl' AND line_no <= 100"},
+                    "max_share": {"by": "shard", "share": 1.0, "groups": {"a.jsonl": 0.5}},
+                    "label_counts": {common: {"max": 3}, rare: {"min": 2}},
+                },
+            }
+        ]
+    }
+    [spec] = parse_specs(document, "selections.yaml")
+    result = materialize(globals_, spec, instance, resources)
+    picked = members(layout, "tags_steered")
+    assert len(picked) == 40 and not [p for p in picked if p[2] == "a.jsonl" and p[3] <= 100]
+    assert Counter(p[2] for p in picked)["a.jsonl"] <= 20
+    report = result.asset_materializations_for_node("tags_steered")[0].metadata["constraints"].value["selection"]
+    low, high = report["label_counts"][f"leaf {rare}"], report["label_counts"][f"leaf {common}"]
+    assert int(low.split(" in ")[0]) >= 2 and int(high.split(" in ")[0]) <= 3
