@@ -4,7 +4,8 @@
                                          [--max-churn 0.05] [--margin 0.1]
 
 A seeded synthetic pool (Zipf label popularity, 1-7 labels per sample, clustered label embeddings
-as in ``benchmarks/mig_synthetic.py``, Deita-like weights) is selected at each budget; then
+as in ``benchmarks/mig_synthetic.py``, Deita-like weights; for TAGS the same labels are the leaves of
+``bench_tags``' synthetic 4-level tree) is selected at each budget; then
 ``--growth`` of new samples from the same distribution join it and the selection is re-run fresh
 and warm. Reported per method and budget: previous picks removed, picks added from the new samples,
 old samples displaced by old samples (the cascade: an old sample added in place of a previous pick,
@@ -23,9 +24,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_tags import synthetic_tree  # noqa: E402
 from mig_assets.core.mig.algorithm import MigParams, build_problem, select  # noqa: E402
 from mig_assets.core.mig.constrained import warm_select  # noqa: E402
 from mig_assets.core.selection.stability import StabilitySpec  # noqa: E402
+from mig_assets.core.tags.constrained import warm_select as tags_warm_select  # noqa: E402
+from mig_assets.core.tags.modes import select as tags_select  # noqa: E402
+from mig_assets.core.tags.problem import TagsProblem, leaf_weights  # noqa: E402
+from mig_assets.core.tags.problem import build_problem as build_tags_problem  # noqa: E402
 
 N_LABELS = 2000
 EMBEDDING_DIM = 64
@@ -66,6 +72,26 @@ def mig_runs(Y, n_old: int, k: int, stability: StabilitySpec) -> dict:
     return report | {"fresh_seconds": fresh_seconds, "warm_seconds": warm_seconds}
 
 
+def tags_problem(rng: np.random.Generator, indptr: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> TagsProblem:
+    """A TAGS problem over the same samples: their labels as leaves of a synthetic 4-level tree."""
+    parents, levels = synthetic_tree(rng, N_LABELS)
+    return build_tags_problem(leaf_weights(indptr, ids, N_LABELS), scores, parents, levels)
+
+
+def tags_runs(problem: TagsProblem, n_old: int, k: int, stability: StabilitySpec) -> dict:
+    """As :func:`mig_runs`, for TAGS (unaligned)."""
+    old = TagsProblem(problem.paths[:n_old], problem.leaves[:n_old], problem.node_weights, problem.levels)
+    previous = tags_select(old, k).order
+    new_rows = np.arange(n_old, problem.n_samples)
+    started = time.perf_counter()
+    tags_select(problem, k)
+    fresh_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    _, _, report = tags_warm_select(problem, k, previous, new_rows, stability)
+    warm_seconds = time.perf_counter() - started - fresh_seconds
+    return report | {"fresh_seconds": fresh_seconds, "warm_seconds": warm_seconds}
+
+
 def print_row(method: str, k: int, report: dict) -> None:
     for mode, moves in (("fresh", report["fresh_greedy"]), ("warm", report["selection"])):
         displaced = moves["added_old_samples"]
@@ -98,8 +124,11 @@ def main() -> None:
     print(f"pool {args.pool:,} + {n_new:,} new samples, {len(problem.labels):,} labels; problem built in {time.perf_counter() - started:.1f}s")
     stability = StabilitySpec("warm", args.max_churn, args.margin)
     print(f"warm start: max_churn {stability.max_churn}, margin {stability.margin}")
+    tags = tags_problem(rng, indptr, ids, scores)
     for k in args.budgets:
         print_row("mig", k, mig_runs(problem.propagated, args.pool, k, stability))
+    for k in args.budgets:
+        print_row("tags", k, tags_runs(tags, args.pool, k, stability))
     print(f"peak RSS {peak_rss_mib():.0f} MiB")
 
 

@@ -111,3 +111,27 @@ def test_constraints_keep_holding_under_a_warm_start_and_an_infeasible_one_falls
 def test_bad_stability_specs_name_the_key(value, message):
     with pytest.raises(ValueError, match=message):
         parse_stability(value, "selections[0].stability")
+
+
+def test_tags_warm_reselection_swaps_only_for_new_data_within_the_churn():
+    from mig_assets.core.tags.constrained import warm_select as tags_warm_select
+    from mig_assets.core.tags.information import objective
+    from mig_assets.core.tags.modes import select as tags_select
+    from mig_assets.core.tags.problem import TagsProblem
+    from tests.core.test_constraints import tags_problem
+
+    problem, _, _ = tags_problem(5, n_samples=600)
+    n_old, k = 540, 60
+    old = TagsProblem(problem.paths[:n_old], problem.leaves[:n_old], problem.node_weights, problem.levels)
+    previous = tags_select(old, k).order
+    selection, warm, report = tags_warm_select(problem, k, previous, np.arange(n_old, 600), StabilitySpec("warm", max_churn=0.1))
+    added = set(selection.order.tolist()) - set(previous.tolist())
+    assert added <= set(range(n_old, 600)) and len(added) == len(warm.swaps) <= 6
+    assert report["selection"]["added_old_samples"] == 0
+    members = set(previous.tolist())
+    for removed, added_row, gain, loss in warm.swaps:  # each swap earned its slot on the information E(S)
+        without = members - {removed}
+        assert objective(problem, [*without, added_row]) - objective(problem, list(without)) == pytest.approx(gain)
+        assert gain > 1.1 * loss
+        members = without | {added_row}
+    assert report["objective"] == pytest.approx(objective(problem, list(members)))

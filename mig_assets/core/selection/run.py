@@ -141,14 +141,12 @@ def run_selection(
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
     constrained = constraints is not None and constraints.active
-    if (constrained and method not in ("mig", "tags")) or (warm is not None and method != "mig") or ((constrained or warm) and budget.tokens is not None):
-        raise ValueError(
-            f"constraints steer the mig and tags greedy, warm starts the mig one, under a count or fraction budget; not {method} with {budget.describe()}"
-        )
+    if ((constrained or warm is not None) and method not in ("mig", "tags")) or ((constrained or warm) and budget.tokens is not None):
+        raise ValueError(f"constraints and warm starts steer the mig and tags greedy under a count or fraction budget; not {method} with {budget.describe()}")
     if method == "mig":
         outcome = _mig(pool, graph, k, params, constraints, warm)
     elif method == "tags":
-        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target, constraints if constrained else None)
+        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target, constraints if constrained else None, warm)
     elif method in BASELINES:
         order = _baseline(method, pool, k, seed, diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
@@ -224,10 +222,13 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target, constraints: Constraints | None = None) -> SelectionOutcome:
+def _tags(
+    pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target, constraints: Constraints | None = None, warm: WarmStart | None = None
+) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
     ``target`` by ``params.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
     from mig_assets.core.tags.constrained import select_constrained as tags_select_constrained
+    from mig_assets.core.tags.constrained import warm_select as tags_warm_select
     from mig_assets.core.tags.modes import select as tags_select
     from mig_assets.core.tags.params import TagsParams
 
@@ -235,7 +236,11 @@ def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: s
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     problem = tags_problem(pool, tree, gamma, level_weights)
-    if constraints is not None:
+    report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
+    if warm is not None:
+        result, how, report = tags_warm_select(problem, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)
+        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
+    elif constraints is not None:
         result = tags_select_constrained(problem, k, constraints, params, target)
     else:
         result = tags_select(problem, k, params, target)
@@ -252,5 +257,6 @@ def _tags(pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: s
         pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
         sample_matrix=problem.paths,
         leaf_matrix=problem.leaves,
-        reasons=constraint_reasons(constraints) if constraints is not None else {},
+        stability=report,
+        reasons=reasons,
     )

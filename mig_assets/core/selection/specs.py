@@ -80,8 +80,8 @@ def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path("
         stability = None
         if entry.get("stability"):
             stability = parse_stability(entry["stability"], f"{where}.stability")
-            if stability.mode == "warm" and (method != "mig" or "tokens" in budget):
-                raise ValueError(f"{where}.stability: a warm start steers the mig greedy under a count or fraction budget")
+            if stability.mode == "warm" and (method not in ("mig", "tags") or "tokens" in budget):
+                raise ValueError(f"{where}.stability: a warm start steers the mig and tags greedy under a count or fraction budget")
         seed, description = int(entry.get("seed", 42)), str(entry.get("description", ""))
         specs.append(SelectionSpec(name, method, dict(budget), dict(params), seed, description, constraints, stability))
     return specs

@@ -12,12 +12,17 @@ the unconstrained greedy.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from mig_assets.core.mig.algorithm import phi
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, admissible_rows
+from mig_assets.core.selection.stability import StabilitySpec, WarmResult, churn_report, warm_reselect
 from mig_assets.core.tags.greedy import GreedyRun, finish_selection
 from mig_assets.core.tags.information import Scorer
 from mig_assets.core.tags.lazy import Frontier, groups_by_value
+from mig_assets.core.tags.modes import select
 from mig_assets.core.tags.params import TagsParams, TagsSelection
 from mig_assets.core.tags.problem import TagsProblem
 
@@ -115,3 +120,32 @@ def select_dense_constrained(problem: TagsProblem, k: int, constraints: Constrai
         order.append(row)
         run.add(row)
     return np.asarray(order, np.int64)
+
+
+def warm_select(
+    problem: TagsProblem,
+    k: int,
+    previous_rows: np.ndarray,
+    new_rows: np.ndarray,
+    stability: StabilitySpec,
+    constraints: Constraints | None = None,
+    params: TagsParams = TagsParams(),
+    target=None,
+) -> tuple[TagsSelection, WarmResult, dict]:
+    """TAGS re-selection warm-started from ``previous_rows`` (``core/selection/stability.py``): fills by
+    :func:`select_constrained`, swaps judged on the information E(S) = Σ_v β_v φ(x_v) over the path
+    vectors; the set is then ordered by the TAGS greedy among its own rows. Also returns how the set
+    was reached and the churn report against a fresh greedy under the same constraints."""
+    constraints = constraints if constraints is not None else Constraints(problem.n_samples)
+    information = lambda x: phi(x, params.phi_params)  # noqa: E731
+    fill = lambda c: select_constrained(problem, k, c, params, target).order  # noqa: E731
+    warm = warm_reselect(problem.paths, k, previous_rows, new_rows, constraints, stability, fill, information, problem.node_weights)
+    members = TagsProblem(problem.paths[warm.rows], problem.leaves[warm.rows], problem.node_weights, problem.levels)
+    within = select(members, len(warm.rows), params, target)
+    ordered = dataclasses.replace(within, order=warm.rows[within.order])
+    fresh = select_constrained(problem, k, constraints, params, target) if constraints.active else select(problem, k, params, target)
+    report = churn_report(previous_rows, new_rows, ordered.order, fresh.order, float(ordered.objective[-1]), float(fresh.objective[-1]))
+    report |= {"swaps": len(warm.swaps), "filled": len(warm.filled), "max_churn": stability.max_churn, "margin": stability.margin}
+    if warm.fallback:
+        report["fallback"] = warm.fallback
+    return ordered, warm, report
