@@ -263,3 +263,12 @@ def test_tags_spec_with_constraints_holds_them_on_its_leaves(layout, instance, r
     report = result.asset_materializations_for_node("tags_steered")[0].metadata["constraints"].value["selection"]
     low, high = report["label_counts"][f"leaf {rare}"], report["label_counts"][f"leaf {common}"]
     assert int(low.split(" in ")[0]) >= 2 and int(high.split(" in ")[0]) <= 3
+
+    from mig_assets.defs.steering.assets import selection_sweep
+
+    run_config = {"ops": {"selection_sweep": {"config": {"selection": "tags_5pct", "budget_fractions": [], "budget_counts": [10, 30], "lam": [1.0]}}}}
+    sweep = dg.materialize([*globals_, selection_sweep], selection=[selection_sweep], instance=instance, resources=resources, run_config=run_config)
+    points = json.loads((layout.exports_dir / "sweep" / "tags_5pct" / "v0001" / "points.json").read_text())
+    assert [p["picks"] for p in points] == [10, 30] and all(p["kl"] is None for p in points)  # no target set: no KL
+    assert points[0]["coverage"] <= points[1]["coverage"] and points[0]["objective"] < points[1]["objective"]
+    assert sweep.asset_materializations_for_node("selection_sweep")[0].metadata["points"].value == 2

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import MigParams, phi, select
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
-from mig_assets.core.selection.sweep import METRICS, SweepGrid, pareto_flags, sweep_mig
+from mig_assets.core.selection.sweep import METRICS, SweepGrid, pareto_flags, sweep_mig, sweep_tags
 
 
 def pool(seed: int = 0, n: int = 400, labels: int = 60):
@@ -57,3 +57,25 @@ def test_page_shows_parameters_on_hover_and_pngs_exist():
     images = sweep_pngs(points)
     assert set(images) == {"sweep_objective", "sweep_coverage", "sweep_mean_quality"}
     assert all(png.startswith(b"\x89PNG") for png in images.values())
+
+
+def test_tags_sweep_over_lam_reports_leaf_coverage_and_kl():
+    from mig_assets.core.tags.information import kl_divergence
+    from mig_assets.core.tags.modes import select as tags_select
+    from mig_assets.core.tags.params import TagsParams
+    from tests.core.test_constraints import tags_problem
+
+    problem, target, _ = tags_problem(2, n_samples=300)
+    rng = np.random.default_rng(0)
+    scores, tokens = rng.uniform(1, 36, 300), rng.integers(20, 400, 300)
+    points = sweep_tags(problem, scores, tokens, SweepGrid(budgets=({"count": 15}, {"count": 40}), lam=(0.5, 5.0)), TagsParams(align="penalty"), target)
+    assert len(points) == 4 and {p["lam"] for p in points} == {0.5, 5.0}
+    for point in points:
+        alone = tags_select(problem, point["picks"], TagsParams(align="penalty", lam=point["lam"]), target)
+        mass = np.asarray(problem.leaves[alone.order].sum(axis=0)).ravel()
+        assert point["kl"] == pytest.approx(kl_divergence(target, mass, 1e-3))
+        assert point["coverage"] == pytest.approx((mass > 0).mean()) and point["objective"] == pytest.approx(alone.objective[-1])
+    strong = {p["picks"]: p["kl"] for p in points if p["lam"] == 5.0}
+    weak = {p["picks"]: p["kl"] for p in points if p["lam"] == 0.5}
+    assert strong[40] <= weak[40]  # a larger lambda pulls the selection toward the target
+    assert "tags (penalty) lam=5" in sweep_html(points, "tags sweep")

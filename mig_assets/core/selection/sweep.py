@@ -1,10 +1,10 @@
 """What-if sweep: one spec over a grid of budgets and parameters, measured on common yardsticks.
 
-MIG runs once per ``phi_b`` at the largest budget; every smaller budget is a prefix of that greedy
+MIG runs once per ``phi_b`` (TAGS once per ``lam``) at the largest budget; every smaller budget is a prefix of that greedy
 order (the unconstrained greedy is prefix-consistent), so a grid of B budgets × P values costs P
 greedy runs. Each point reports, against the tokens it selects: the objective E(S) under the
 spec's own parameters (so points of different ``phi_b`` are compared on one scale), the share of
-labels covered (s_l > 0), the mean quality weight, and (TAGS with a target) KL(target || S).
+labels (TAGS: leaves) covered, the mean quality weight, and (TAGS with a target) KL(target || S).
 :func:`pareto_flags` marks, per metric, the points no cheaper-or-equal point beats.
 """
 
@@ -94,3 +94,34 @@ def pareto_flags(points: list[dict]) -> list[dict]:
 
             p[f"frontier_{metric}"] = not any(beats(q) for q in present)
     return points
+
+
+def sweep_tags(problem, scores: np.ndarray, tokens: np.ndarray, grid: SweepGrid, params, target=None) -> list[dict]:
+    """TAGS over ``grid.budgets`` × ``grid.lam`` (aligned by ``params.align`` to ``target``) on one
+    problem (built once by the caller). Objective: the information E(S) of the tree (the same φ for
+    every λ), coverage: the share of leaves reached, KL(target || S) when there is a target."""
+    from mig_assets.core.tags.information import kl_divergence
+    from mig_assets.core.tags.modes import select as tags_select
+
+    k = largest_picks(problem.n_samples, tokens, grid.budgets)
+    points = []
+    for lam in grid.lam or (params.lam,):
+        run = tags_select(problem, k, dataclasses.replace(params, lam=lam), target)
+        for budget in grid.budgets:
+            n = budget_picks(run.order, tokens, budget)
+            picked = run.order[:n]
+            leaf_mass = np.asarray(problem.leaves[picked].sum(axis=0)).ravel() if n else np.zeros(problem.n_leaves)
+            points.append(
+                {
+                    "method": f"tags ({params.align})",
+                    "lam": lam,
+                    "budget": ", ".join(f"{kind}={value}" for kind, value in budget.items()),
+                    "picks": n,
+                    "tokens": int(tokens[picked].sum()),
+                    "objective": float(run.objective[n - 1]) if n else 0.0,
+                    "coverage": float((leaf_mass > 0).mean()) if len(leaf_mass) else 0.0,
+                    "mean_quality": float(scores[picked].mean()) if n else 0.0,
+                    "kl": kl_divergence(target, leaf_mass, params.eps) if target is not None else None,
+                }
+            )
+    return pareto_flags(points)

@@ -15,10 +15,12 @@ from mig_assets.core.outputs.report import html_report, markdown_image, markdown
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.budget import resolve_count
 from mig_assets.core.selection.perturb import graph_at_tau, jaccard_matrix, stable_share
-from mig_assets.core.selection.run import mig_matrix
+from mig_assets.core.selection.run import mig_matrix, tags_problem
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
-from mig_assets.core.selection.sweep import SweepGrid, sweep_mig
-from mig_assets.defs.selection.assets import load_graph, load_pool
+from mig_assets.core.selection.sweep import SweepGrid, sweep_mig, sweep_tags
+from mig_assets.core.tags.params import TagsParams
+from mig_assets.core.tags.tree import load_tree
+from mig_assets.defs.selection.assets import load_graph, load_pool, load_target
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Warehouse
@@ -32,13 +34,18 @@ POOL_DEPS = [
 ]
 
 
-def spec_named(name: str) -> SelectionSpec:
+def spec_named(name: str, methods: tuple[str, ...]) -> SelectionSpec:
     specs = {spec.name: spec for spec in load_specs(current_settings().selections_path)}
     if name not in specs:
         raise ValueError(f"no selection spec {name!r}; the specs are {sorted(specs)}")
-    if specs[name].method != "mig":
-        raise ValueError(f"selection {name!r} is a {specs[name].method} spec; the what-ifs run mig specs")
+    if specs[name].method not in methods:
+        raise ValueError(f"selection {name!r} is a {specs[name].method} spec; this report runs {' or '.join(methods)} specs")
     return specs[name]
+
+
+def tags_params_of(spec: SelectionSpec) -> TagsParams:
+    """The spec's TAGS parameters; unaligned unless it says ``align`` (as the selection assets' default)."""
+    return TagsParams(**({"align": "none"} | {key: value for key, value in spec.params.items() if key in TagsParams.__dataclass_fields__}))
 
 
 def mig_params_of(spec: SelectionSpec) -> MigParams:
@@ -59,30 +66,38 @@ class SweepConfig(dg.Config):
     budget_counts: list[int] = Field(default=[], description="budgets as pick counts")
     budget_fractions: list[float] = Field(default=[0.01, 0.02, 0.05, 0.1], description="budgets as shares of the pool")
     budget_tokens: list[int] = Field(default=[], description="budgets in estimated tokens")
-    phi_b: list[float] = Field(default=[0.6, 0.7, 0.8, 0.9], description="MIG's exponent phi_b values")
+    phi_b: list[float] = Field(default=[0.6, 0.7, 0.8, 0.9], description="MIG specs: the exponent phi_b values")
+    lam: list[float] = Field(default=[0.25, 1.0, 4.0], description="aligned TAGS specs: the KL penalty's lambda values")
 
 
 @dg.asset(
-    deps=POOL_DEPS,
+    deps=[*POOL_DEPS, dg.AssetDep("knowledge_tree"), dg.AssetDep("target_profile")],
     group_name="steering",
     kinds={"plotly"},
-    description="What-if sweep of a MIG spec over budgets x phi_b: objective, label coverage and mean quality "
-    "against selected tokens with their Pareto frontiers; an interactive page (exports/sweep/<spec>/vN/sweep.html). On demand.",
+    description="What-if sweep of a MIG spec over budgets x phi_b, or a TAGS spec over budgets x lam: objective, "
+    "label or leaf coverage, mean quality and KL to the target against selected tokens with their Pareto frontiers; "
+    "an interactive page (exports/sweep/<spec>/vN/sweep.html). On demand.",
 )
 def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
-    spec = spec_named(config.selection)
+    spec = spec_named(config.selection, ("mig", "tags"))
     budgets = tuple(
         [{"count": c} for c in config.budget_counts] + [{"fraction": f} for f in config.budget_fractions] + [{"tokens": t} for t in config.budget_tokens]
     )
-    grid = SweepGrid(budgets=budgets, phi_b=tuple(config.phi_b))
+    grid = SweepGrid(budgets=budgets, phi_b=tuple(config.phi_b), lam=tuple(config.lam))
     started = time.perf_counter()
     tracemalloc.start()
-    with warehouse.connect() as con:  # the pool and the graph, once for the whole grid
+    with warehouse.connect() as con:  # the pool and the graph or tree, once for the whole grid
         pool, *_ = load_pool(con, None, context.instance.get_dynamic_partitions(pool_shards.name))
-        graph = load_graph(con)
-    params = mig_params_of(spec)
-    points = sweep_mig(mig_matrix(pool, graph, params), pool.scores, pool.tokens, grid, params)
+        if spec.method == "mig":
+            params = mig_params_of(spec)
+            points = sweep_mig(mig_matrix(pool, load_graph(con), params), pool.scores, pool.tokens, grid, params)
+        else:
+            params = tags_params_of(spec)
+            tree, tree_info = load_tree(warehouse.layout.knowledge_tree_dir)
+            target = load_target(con, tree_info["version"], required=params.align != "none")
+            problem = tags_problem(pool, tree, spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform"))
+            points = sweep_tags(problem, pool.scores, pool.tokens, grid, params, target)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     seconds = time.perf_counter() - started
@@ -92,7 +107,7 @@ def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, ware
     images = sweep_pngs(points)
     for name, png in images.items():
         (folder / f"{name}.png").write_bytes(png)
-    columns = ["phi_b", "budget", "picks", "tokens", "objective", "coverage", "mean_quality"]
+    columns = ["method", "phi_b" if spec.method == "mig" else "lam", "budget", "picks", "tokens", "objective", "coverage", "mean_quality", "kl"]
     return dg.MaterializeResult(
         metadata={
             "points": len(points),
@@ -120,7 +135,7 @@ class StabilityConfig(dg.Config):
 )
 def selection_stability(context: dg.AssetExecutionContext, config: StabilityConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
-    spec = spec_named(config.selection)
+    spec = spec_named(config.selection, ("mig",))
     if "tokens" in spec.budget:
         raise ValueError(f"selection {spec.name!r} has a token budget; the stability report needs a count or fraction budget")
     with warehouse.connect() as con:
