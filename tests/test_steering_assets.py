@@ -272,3 +272,12 @@ def test_tags_spec_with_constraints_holds_them_on_its_leaves(layout, instance, r
     assert [p["picks"] for p in points] == [10, 30] and all(p["kl"] is None for p in points)  # no target set: no KL
     assert points[0]["coverage"] <= points[1]["coverage"] and points[0]["objective"] < points[1]["objective"]
     assert sweep.asset_materializations_for_node("selection_sweep")[0].metadata["points"].value == 2
+
+    from mig_assets.defs.steering.assets import selection_stability
+
+    run_config = {"ops": {"selection_stability": {"config": {"selection": "tags_5pct"}}}}
+    result = dg.materialize([*globals_, selection_stability], selection=[selection_stability], instance=instance, resources=resources, run_config=run_config)
+    stability = result.asset_materializations_for_node("selection_stability")[0].metadata
+    assert stability["runs"].value == 4 and 0 <= stability["stable_share"].value <= 1 and stability["picks"].value == 100
+    jaccard = stability["jaccard"].value
+    assert "(base)" in jaccard and "tree seed 1" in jaccard and "leaves (x0.8)" in jaccard and "leaves (x1.25)" in jaccard

@@ -49,3 +49,19 @@ def graph_at_tau(graph: LabelGraph, tag_embeddings_file, tau: float) -> LabelGra
         raise ValueError(f"{len(missing)} graph labels have no row in {tag_embeddings_file}: {missing[:5]}")
     vectors = arrow_to_vectors(table.column("embedding"))[[row_of[label] for label in graph.labels]]
     return dataclasses.replace(graph, weights=build_label_graph(vectors, min(max(tau, 0.0), 1.0)))
+
+
+def perturbed_trees(tag_embeddings_file, counts: dict[str, int], *, branching: float, top_size: int, seed: int, leaf_factors=(0.8, 1.25)) -> dict:
+    """Knowledge trees over the stored tag embeddings, each one perturbation away from the config
+    (``branching``, ``top_size``, ``seed``): the next K-Means seed, and ``leaf_factors`` times as many
+    leaves (tags per leaf divided by the factor). Named by what changed."""
+    from mig_assets.core.tags.build import build_tree
+
+    table = pq.read_table(tag_embeddings_file, columns=["tag", "embedding"])
+    tags, vectors = table.column("tag").to_pylist(), arrow_to_vectors(table.column("embedding"))
+    weights = np.array([counts.get(tag, 1) for tag in tags], dtype=np.float64)
+    trees = {f"tree seed {seed + 1}": build_tree(tags, vectors, weights, branching=branching, top_size=top_size, seed=seed + 1)}
+    for factor in leaf_factors:
+        tree = build_tree(tags, vectors, weights, branching=branching, top_size=top_size, leaf_branching=branching / factor, seed=seed)
+        trees[f"tree with {tree.n_leaves} leaves (x{factor:g})"] = tree
+    return trees

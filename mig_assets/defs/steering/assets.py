@@ -3,6 +3,7 @@ Pareto frontiers) and ``selection_stability`` (perturbed re-runs, their overlaps
 over core/selection/sweep.py, core/selection/perturb.py and core/outputs/sweep_page.py; the pool,
 graph and tree are loaded once per run."""
 
+import dataclasses
 import json
 import time
 import tracemalloc
@@ -14,10 +15,11 @@ from mig_assets.core.mig.algorithm import MigParams, select
 from mig_assets.core.outputs.report import html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.budget import resolve_count
-from mig_assets.core.selection.perturb import graph_at_tau, jaccard_matrix, stable_share
+from mig_assets.core.selection.perturb import graph_at_tau, jaccard_matrix, perturbed_trees, stable_share
 from mig_assets.core.selection.run import mig_matrix, tags_problem
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
 from mig_assets.core.selection.sweep import SweepGrid, sweep_mig, sweep_tags
+from mig_assets.core.tags.modes import select as tags_select
 from mig_assets.core.tags.params import TagsParams
 from mig_assets.core.tags.tree import load_tree
 from mig_assets.defs.selection.assets import load_graph, load_pool, load_target
@@ -122,39 +124,62 @@ def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, ware
 
 
 class StabilityConfig(dg.Config):
-    selection: str = Field(default="mig_selection", description="the MIG spec to perturb (its name in the selections file)")
-    tau_delta: float = Field(default=0.02, description="the label graph's threshold is re-run at tau - delta and tau + delta")
+    selection: str = Field(default="mig_selection", description="the MIG or TAGS spec to perturb (its name in the selections file)")
+    tau_delta: float = Field(default=0.02, description="MIG: the label graph's threshold is re-run at tau - delta and tau + delta")
+    tree_branching: float = Field(default=10, description="TAGS: the knowledge_tree branching the perturbed trees start from")
+    tree_top_size: int = Field(default=20, description="TAGS: the knowledge_tree top_size the perturbed trees start from")
+    tree_seed: int = Field(default=0, description="TAGS: the knowledge_tree seed; the perturbation uses seed + 1")
+
+
+def mig_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, config: StabilityConfig) -> tuple[dict, list[dict]]:
+    """MIG re-run with the label graph at tau +- delta; the base is the current graph."""
+    graph = load_graph(con)
+    [(tau,)] = con.execute("SELECT tau FROM label_graph_info").fetchall()
+    params = mig_params_of(spec)
+    graphs = {f"tau {tau:g} (base)": graph}
+    for shifted in (tau - config.tau_delta, tau + config.tau_delta):
+        graphs[f"tau {shifted:g}"] = graph_at_tau(graph, warehouse.layout.tag_embeddings_file, shifted)
+    notes = [{"perturbation": "seed", "applied": "no: MIG's greedy is deterministic given its inputs (ties go to the earlier sample)"}]
+    return {name: select(mig_matrix(pool, g, params), k, params).order for name, g in graphs.items()}, notes
+
+
+def tags_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, config: StabilityConfig) -> tuple[dict, list[dict]]:
+    """TAGS re-run on trees rebuilt with the next seed and with fewer and more leaves; the base is the current tree."""
+    counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
+    base, _ = load_tree(warehouse.layout.knowledge_tree_dir)
+    trees = {f"current tree, {base.n_leaves} leaves (base)": base}
+    trees |= perturbed_trees(
+        warehouse.layout.tag_embeddings_file, counts, branching=config.tree_branching, top_size=config.tree_top_size, seed=config.tree_seed
+    )
+    params = dataclasses.replace(tags_params_of(spec), align="none")
+    gamma, level_weights = spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform")
+    notes = [{"perturbation": "alignment", "applied": "every run unaligned: a perturbed tree has no target profile grounded on its leaves"}]
+    return {name: tags_select(tags_problem(pool, tree, gamma, level_weights), k, params).order for name, tree in trees.items()}, notes
 
 
 @dg.asset(
-    deps=[*POOL_DEPS, dg.AssetDep("tag_embeddings")],
+    deps=[*POOL_DEPS, dg.AssetDep("tag_embeddings"), dg.AssetDep("knowledge_tree")],
     group_name="steering",
     kinds={"duckdb"},
-    description="How stable a MIG spec's selection is: re-runs at tau +- delta (the graph rebuilt from the same tag "
-    "embeddings), the Jaccard overlap matrix and the share of picks every run keeps; a plot and a report page. On demand.",
+    description="How stable a spec's selection is: MIG re-run at tau +- delta (the graph rebuilt from the same tag "
+    "embeddings), TAGS on trees with another seed and fewer or more leaves; the Jaccard overlap matrix and the share "
+    "of picks every run keeps; a plot and a report page. On demand.",
 )
 def selection_stability(context: dg.AssetExecutionContext, config: StabilityConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
-    spec = spec_named(config.selection, ("mig",))
+    spec = spec_named(config.selection, ("mig", "tags"))
     if "tokens" in spec.budget:
         raise ValueError(f"selection {spec.name!r} has a token budget; the stability report needs a count or fraction budget")
     with warehouse.connect() as con:
         pool, *_ = load_pool(con, None, context.instance.get_dynamic_partitions(pool_shards.name))
-        graph = load_graph(con)
-        [(tau,)] = con.execute("SELECT tau FROM label_graph_info").fetchall()
-    params = mig_params_of(spec)
-    k = resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
-    runs = {f"tau {tau:g} (base)": graph}
-    for shifted in (tau - config.tau_delta, tau + config.tau_delta):
-        runs[f"tau {shifted:g}"] = graph_at_tau(graph, warehouse.layout.tag_embeddings_file, shifted)
-    selections = {name: select(mig_matrix(pool, run_graph, params), k, params).order for name, run_graph in runs.items()}
+        k = resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
+        selections, notes = (mig_runs if spec.method == "mig" else tags_runs)(con, warehouse, pool, spec, k, config)
     names, matrix = jaccard_matrix(selections)
     share = stable_share(selections, names[0])
     plot = overlap_plot(names, {(a, b): float(matrix[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)})
     table = [{"run": a, **{b: round(float(matrix[i, j]), 4) for j, b in enumerate(names)}} for i, a in enumerate(names)]
     folder = next_output_dir(warehouse, "stability", spec.name)
     summary = {"selection": spec.name, "picks": k, "pool size": len(pool.sample_ids), "stable under every perturbation": f"{share:.2%}"}
-    notes = [{"perturbation": "seed", "applied": "no: MIG's greedy is deterministic given its inputs (ties go to the earlier sample)"}]
     (folder / "report.html").write_text(
         html_report(f"stability of {spec.name}", summary, {"overlap": plot}, {"Jaccard overlap": table, "perturbations": notes}), encoding="utf-8"
     )
