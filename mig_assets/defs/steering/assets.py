@@ -54,6 +54,11 @@ def mig_params_of(spec: SelectionSpec) -> MigParams:
     return MigParams(**{key: value for key, value in spec.params.items() if key in MigParams.__dataclass_fields__})
 
 
+def spec_tags_problem(pool, tree, spec: SelectionSpec):
+    """The TAGS problem with the spec's upward decay ``gamma`` (0.5) and ``level_weights`` (uniform)."""
+    return tags_problem(pool, tree, spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform"))
+
+
 def next_output_dir(warehouse: Warehouse, kind: str, name: str):
     """exports/<kind>/<spec>/vNNNN/: one folder per run, numbered after the existing ones."""
     root = warehouse.layout.exports_dir / kind / name
@@ -98,7 +103,7 @@ def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, ware
             params = tags_params_of(spec)
             tree, tree_info = load_tree(warehouse.layout.knowledge_tree_dir)
             target = load_target(con, tree_info["version"], required=params.align != "none")
-            problem = tags_problem(pool, tree, spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform"))
+            problem = spec_tags_problem(pool, tree, spec)
             points = sweep_tags(problem, pool.scores, pool.tokens, grid, params, target)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -152,9 +157,8 @@ def tags_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, conf
         warehouse.layout.tag_embeddings_file, counts, branching=config.tree_branching, top_size=config.tree_top_size, seed=config.tree_seed
     )
     params = dataclasses.replace(tags_params_of(spec), align="none")
-    gamma, level_weights = spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform")
     notes = [{"perturbation": "alignment", "applied": "every run unaligned: a perturbed tree has no target profile grounded on its leaves"}]
-    return {name: tags_select(tags_problem(pool, tree, gamma, level_weights), k, params).order for name, tree in trees.items()}, notes
+    return {name: tags_select(spec_tags_problem(pool, tree, spec), k, params).order for name, tree in trees.items()}, notes
 
 
 @dg.asset(
