@@ -120,7 +120,7 @@ def run_pipeline(
             ray.data.read_parquet(shard_paths, filesystem=filesystem, partitioning=None, num_cpus=settings.read_cpus)
             .select_columns(["sample_id", "messages"])
             .map_batches(
-                select_planned,
+                select_planned,  # type: ignore[arg-type]  # Ray's stubs do not model fn_kwargs
                 fn_kwargs={"planned": planned, "include_response": include_response},
                 batch_format="pyarrow",
                 batch_size=None,
@@ -141,7 +141,7 @@ def run_pipeline(
         )
         done = 0
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
+            for row in batch.to_pylist():  # type: ignore[union-attr]  # batch_format="pyarrow": a pyarrow.Table
                 done += row["rows"]
                 stats.batches += 1
                 stats.batches_skipped += row["skipped"]

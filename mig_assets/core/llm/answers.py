@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Callable
+from typing import Callable, Protocol, TypeVar
 
 from mig_assets.core.llm.backends import LLMBackend, Sampling
+
+
+class ParsedAnswer(Protocol):
+    """What a caller's parser returns: at least a status (``ok``, ``repaired`` or ``failed``)."""
+
+    @property
+    def status(self) -> str: ...
+
+
+Parsed = TypeVar("Parsed", bound=ParsedAnswer)
 
 _THINK = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)(```|$)", re.DOTALL | re.IGNORECASE)
@@ -21,7 +31,7 @@ _FENCE = re.compile(r"```(?:json)?\s*(.*?)(```|$)", re.DOTALL | re.IGNORECASE)
 def load_answer_json(text: str) -> tuple[object, list[str]]:
     """The JSON value in a model answer, after removing a think block and a code fence, and the
     repairs made (including :func:`_load_json`'s); the value is None when nothing parses."""
-    repairs = []
+    repairs: list[str] = []
     cleaned = text.strip()
     if _THINK.search(cleaned):
         cleaned, repairs = _THINK.sub("", cleaned).strip(), repairs + ["think block removed"]
@@ -88,15 +98,15 @@ def complete_with_retries(
     conversations: dict[str, list[dict]],
     schema: dict,
     sampling: Sampling,
-    parse: Callable,
+    parse: Callable[[str | None], Parsed],
     *,
     max_attempts: int,
     retry_temperature: float,
-) -> dict[str, tuple[object, str | None, int]]:
+) -> dict[str, tuple[Parsed, str | None, int]]:
     """Ask ``backend`` for every conversation and ask again for those whose answer ``parse`` marks
     ``failed`` (``parse(None)`` is a backend error), at ``retry_temperature`` with a per-attempt seed,
     ``max_attempts`` tries in all. Returns key -> (parsed answer, raw answer, attempts made)."""
-    results: dict[str, tuple[object, str | None, int]] = {}
+    results: dict[str, tuple[Parsed, str | None, int]] = {}
     pending = list(conversations)
     for attempt in range(1, max_attempts + 1):
         attempt_sampling = sampling if attempt == 1 else Sampling(retry_temperature, sampling.max_tokens, sampling.seed + attempt)

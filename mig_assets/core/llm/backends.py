@@ -123,12 +123,12 @@ class VllmBackend:
         from vllm import SamplingParams
 
         ids = list(labels.values())
-        kwargs = {"temperature": 0.0, "max_tokens": 1, "seed": 0}
+        kwargs: dict[str, object] = {"temperature": 0.0, "max_tokens": 1, "seed": 0}
         if "logprob_token_ids" in getattr(SamplingParams, "__struct_fields__", ()):
             kwargs["logprob_token_ids"] = ids
         else:
             kwargs |= {"logprobs": top_k, "allowed_token_ids": ids}
-        params = SamplingParams(**kwargs)
+        params = SamplingParams(**kwargs)  # type: ignore[arg-type]  # the keys depend on the vLLM release
         label_of = {token_id: label for label, token_id in labels.items()}
         chats = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
         raws = [i for i, p in enumerate(prompts) if isinstance(p, str)]

@@ -31,7 +31,7 @@ def digit_token_ids(tokenize: Callable[[str], list[int] | None], digits=DIGITS) 
             + ", ".join(f"{d!r} as {ids}" for d, ids in bad.items())
             + "; use a model whose tokenizer has one token per digit, or the judge backend"
         )
-    ids = {digit: token_ids[0] for digit, token_ids in encoded.items()}
+    ids = {digit: token_ids[0] for digit, token_ids in encoded.items() if token_ids is not None}
     if len(set(ids.values())) != len(ids):
         raise DigitTokenError(f"digits share token ids: {ids}")
     return ids
@@ -85,10 +85,11 @@ def parse_judge_output(text: str | None) -> JudgeAnswer:
     for name in ("complexity", "quality"):
         raw = value.get(name)
         if isinstance(raw, str):
+            written = raw
             try:
-                raw, repairs = float(raw.strip()), repairs + [f"{name} given as a string"]
+                raw, repairs = float(written.strip()), repairs + [f"{name} given as a string"]
             except ValueError:
-                return JudgeAnswer("failed", reason=f"{name} is not a number: {raw[:40]!r}")
+                return JudgeAnswer("failed", reason=f"{name} is not a number: {written[:40]!r}")
         if raw is None:
             return JudgeAnswer("failed", reason=f"no {name} in the answer")
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):

@@ -56,6 +56,8 @@ def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
 
 
 def _deita_lists(raw: str | None) -> tuple[list[float] | None, list[float] | None]:
+    if raw is None:
+        return None, None
     try:
         deita = json.loads(raw)["annotation"]["deita"]
         quality = [float(v) for v in deita["quality_scores"]]

@@ -108,8 +108,9 @@ def score_samples(
     units: dict[str, tuple] = {}  # key -> (kind, sample_id, query, response)
     plan: dict[str, list[tuple[str, ...]]] = {}  # sample_id -> per turn, the unit keys
     for sample_id, messages in samples:
-        turns = []
+        turns: list[tuple[str, ...]] = []
         for query, response in turn_pairs(messages):
+            keys: tuple[str, ...]
             if prompt.kind == "logprob":
                 keys = (unit_key("complexity", query), unit_key("quality", query, response))
                 units.setdefault(keys[0], ("complexity", sample_id, query, None))

@@ -254,12 +254,12 @@ def filter_llm_tags(surface: Iterable[str], prompt_text: str = "", max_tags: int
     out, seen = FilteredTags(), set()
     for tag in surface:
         canonical, reason = normalize_with_reason(tag)
-        reason = reason or junk_reason(canonical, prompt_text)
+        reason = reason or junk_reason(canonical or "", prompt_text)
         if reason is None and max_tags is not None and len(out.tags) >= max_tags and canonical not in seen:
             reason = f"over the cap of {max_tags} tags"
         if reason is not None:
             out.dropped.append({"surface": tag, "reason": reason})
-        elif canonical not in seen:
+        elif canonical is not None and canonical not in seen:
             seen.add(canonical)
             out.tags.append(canonical)
     return out

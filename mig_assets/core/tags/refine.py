@@ -112,7 +112,7 @@ class LLMTreeRefiner:
         names = []
         for children, answer in zip(clusters, self._ask(conversations, NAME_SCHEMA)):
             name = normalize_tag(answer.get("name", "")) if isinstance(answer, dict) else None
-            if not name:
+            if not name or not isinstance(answer, dict):
                 self.fallbacks += 1
                 names.append(self._central.summarize(level, [children])[0])
             else:

@@ -107,7 +107,7 @@ class KnowledgeTree:
     def to_dict(self) -> dict:
         """The spec's JSON form: ``nodes[{id, name, description, level, parent, children, size, count}]``
         and ``tag2leaf{tag: leaf_id}``; centroids are left out (store them as an array beside it)."""
-        children = [[] for _ in range(self.n_nodes)]
+        children: list[list[int]] = [[] for _ in range(self.n_nodes)]
         for node, parent in enumerate(self.parents.tolist()):
             if parent >= 0:
                 children[parent].append(node)
