@@ -317,7 +317,7 @@ class _ExactGain:
         self.coverage[labels] += values
 
 
-GAIN_MODELS = {"gradient": _GradientGain, "exact": _ExactGain}
+GAIN_MODELS: dict[str, type[_GradientGain] | type[_ExactGain]] = {"gradient": _GradientGain, "exact": _ExactGain}
 
 
 def _row_entries(Y: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -41,14 +41,14 @@ class Constraints:
 
     n_samples: int
     pinned: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # row indices, must_include
-    banned: np.ndarray | None = None  # (N,) bool, must_exclude
-    group_ids: np.ndarray | None = None  # (N,) int group of each row, in [0, G)
-    group_share: np.ndarray | None = None  # (G,) largest share of the budget per group, in [0, 1]
+    banned: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # (N,) bool, must_exclude; empty: none
+    group_ids: np.ndarray | None = None  # (N,) int group of each row, in [0, G); None: no caps
+    group_share: np.ndarray = field(default_factory=lambda: np.empty(0))  # (G,) largest share of the budget per group, in [0, 1]
     group_names: tuple[str, ...] = ()  # (G,) for messages
     group_by: str = "group"  # what the groups are (source_file, shard, source_format), for messages
-    label_members: sp.csr_array | None = None  # (N, M) rows carrying each bounded label
-    label_min: np.ndarray | None = None  # (M,) int, fewest picks carrying label m
-    label_max: np.ndarray | None = None  # (M,) int, most picks carrying label m
+    label_members: sp.csr_array | None = None  # (N, M) rows carrying each bounded label; None: no bounds
+    label_min: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (M,) fewest picks carrying label m; empty: 0
+    label_max: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # (M,) most picks carrying label m; empty: N
     label_names: tuple[str, ...] = ()  # (M,) for messages
 
     def __post_init__(self) -> None:
@@ -59,11 +59,11 @@ class Constraints:
         if len(np.unique(pinned)) != len(pinned):
             raise ValueError("must_include lists a row twice")
         object.__setattr__(self, "pinned", np.sort(pinned))
-        banned = np.zeros(n, bool) if self.banned is None else np.asarray(self.banned, bool)
+        banned = np.asarray(self.banned, bool) if len(self.banned) else np.zeros(n, bool)
         if banned.shape != (n,):
             raise ValueError(f"must_exclude mask must have shape ({n},), got {banned.shape}")
         object.__setattr__(self, "banned", banned)
-        if (self.group_ids is None) != (self.group_share is None):
+        if (self.group_ids is None) != (len(self.group_share) == 0):
             raise ValueError("max_share needs both the group of each row and a share per group")
         if self.group_ids is not None:
             ids, share = _int_array(self.group_ids), np.asarray(self.group_share, np.float64)
@@ -83,8 +83,8 @@ class Constraints:
             members = sp.csr_array((np.ones(members.nnz, np.int64), members.indices, members.indptr), shape=members.shape)
             members.sum_duplicates()
             members.data[:] = 1  # a row carries a label or not, however often it is listed
-            low = np.zeros(n_labels, np.int64) if self.label_min is None else _int_array(self.label_min)
-            high = np.full(n_labels, n, np.int64) if self.label_max is None else _int_array(self.label_max)
+            low = _int_array(self.label_min) if len(self.label_min) else np.zeros(n_labels, np.int64)
+            high = _int_array(self.label_max) if len(self.label_max) else np.full(n_labels, n, np.int64)
             if low.shape != (n_labels,) or high.shape != (n_labels,) or (low < 0).any():
                 raise ValueError(f"label bounds must be {n_labels} non-negative integers each")
             object.__setattr__(self, "label_members", members)
@@ -119,13 +119,13 @@ class Constraints:
         if allowed < k:
             raise InfeasibleConstraints(f"must_exclude leaves {allowed} of {n} samples, fewer than the budget of {k} picks")
         if self.group_ids is not None:
-            self._validate_groups(k)
+            self._validate_groups(k, self.group_ids)
         if self.label_members is not None:
-            self._validate_labels(k)
+            self._validate_labels(k, self.label_members)
 
-    def _validate_groups(self, k: int) -> None:
+    def _validate_groups(self, k: int, group_ids: np.ndarray) -> None:
         caps, n_groups = self.group_caps(k), len(self.group_share)
-        pinned_per_group = np.bincount(self.group_ids[self.pinned], minlength=n_groups)
+        pinned_per_group = np.bincount(group_ids[self.pinned], minlength=n_groups)
         over = np.flatnonzero(pinned_per_group > caps)
         if len(over):
             g = int(over[0])
@@ -133,20 +133,20 @@ class Constraints:
                 f"max_share: {self.group_by} {self.group_names[g]!r} has {pinned_per_group[g]} must_include samples, "
                 f"above its cap of {caps[g]} (share {self.group_share[g]:g} of {k} picks)"
             )
-        available = np.bincount(self.group_ids[~self.banned], minlength=n_groups)
+        available = np.bincount(group_ids[~self.banned], minlength=n_groups)
         fill = int(np.minimum(caps, available).sum())
         if fill < k:
             detail = ", ".join(f"{self.group_names[g]!r} {min(caps[g], available[g])} (cap {caps[g]}, {available[g]} samples)" for g in range(n_groups))
             raise InfeasibleConstraints(f"max_share by {self.group_by}: the caps admit at most {fill} samples, fewer than the budget of {k} picks: {detail}")
 
-    def _validate_labels(self, k: int) -> None:
+    def _validate_labels(self, k: int, members: sp.csr_array) -> None:
         names, low, high = self.label_names, self.label_min, self.label_max
         for m in np.flatnonzero(low > high).tolist():
             raise InfeasibleConstraints(f"label_counts: {names[m]!r} has min {low[m]} above max {high[m]}")
-        carrying = np.asarray(self.label_members[~self.banned].sum(axis=0)).ravel()
+        carrying = np.asarray(members[~self.banned].sum(axis=0)).ravel()
         for m in np.flatnonzero(low > carrying).tolist():
             raise InfeasibleConstraints(f"label_counts: {names[m]!r} needs at least {low[m]} samples but only {carrying[m]} not excluded carry it")
-        pinned_counts = np.asarray(self.label_members[self.pinned].sum(axis=0)).ravel()
+        pinned_counts = np.asarray(members[self.pinned].sum(axis=0)).ravel()
         for m in np.flatnonzero(pinned_counts > high).tolist():
             raise InfeasibleConstraints(f"label_counts: {pinned_counts[m]} must_include samples carry {names[m]!r}, above its max {high[m]}")
         owed = np.maximum(low - pinned_counts, 0)
@@ -203,7 +203,7 @@ class ConstraintState:
     def owed_label_rows(self) -> np.ndarray:
         """Admissible rows carrying at least one label still owed (ascending)."""
         owed_columns = np.flatnonzero(self.owed)
-        carries = self.constraints.label_members[:, owed_columns].sum(axis=1) > 0
+        carries = self.label_rows[:, owed_columns].sum(axis=1) > 0
         return np.flatnonzero(self.alive & np.asarray(carries).ravel())
 
     def admit(self, row: int) -> np.ndarray:
