@@ -117,6 +117,8 @@ def test_constrained_spec_pins_bans_caps_and_bounds_inside_the_greedy(two_shard_
     assert report["spec"]["max_share"] == {"by": "shard", "share": 1.0, "groups": {busiest: 0.4}}
     assert report["selection"]["must_include"] == 3 and report["selection"]["max_share by shard"][busiest] == f"{shards[busiest]} / cap 16"
     assert metadata["objective"].value < plain.asset_materializations_for_node("plain")[0].metadata["objective"].value
+    manifest = json.loads((layout.exports_dir / "steered" / "v0001" / "manifest.json").read_text())
+    assert manifest["constraints"]["must_include"] == {"ids_file": str(tmp_path / "pinned.txt")} and manifest["stability"] is None
 
 
 @pytest.mark.slow

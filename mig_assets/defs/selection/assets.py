@@ -1,5 +1,6 @@
 """``label_graph`` and the selection assets, one per named spec (an asset factory)."""
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -634,6 +635,8 @@ def _manifest(context, spec, config, version, pool, outcome, score_origin, faile
         "version": version,
         "method": spec.method,
         "config": config.model_dump(),
+        "constraints": spec.constraints.describe() if spec.constraints is not None else {},
+        "stability": dataclasses.asdict(spec.stability) if spec.stability is not None else None,
         "code_version": SELECTION_CODE_VERSION,
         "run_id": context.run.run_id,
         "inputs": upstream,
