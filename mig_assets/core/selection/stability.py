@@ -62,7 +62,6 @@ class WarmResult:
     """The warm re-selection's set and how it was reached (rows of the current pool)."""
 
     rows: np.ndarray  # the selected rows (unordered: the method orders them)
-    kept: np.ndarray  # previous picks kept
     filled: np.ndarray  # rows the greedy added into free slots (previous picks gone, budget grown, pins)
     dropped: np.ndarray  # previous picks left out to make room (a smaller budget, new must_include samples)
     swaps: list[tuple[int, int, float, float]]  # (removed row, added row, added's gain, removed's loss), in order
@@ -118,7 +117,7 @@ def warm_reselect(
         rows = np.asarray(fill(dataclasses.replace(constraints, pinned=pins)), np.int64)
     except InfeasibleConstraints as error:
         nothing = np.empty(0, np.int64)
-        return WarmResult(np.asarray(fill(constraints), np.int64), nothing, nothing, nothing, [], f"the previous picks cannot all stay: {error}")
+        return WarmResult(np.asarray(fill(constraints), np.int64), nothing, nothing, [], f"the previous picks cannot all stay: {error}")
     filled = np.setdiff1d(rows, kept)
     member = np.zeros(n, bool)
     member[rows] = True
@@ -157,7 +156,7 @@ def warm_reselect(
         coverage += M[[j]].toarray().ravel() - M[[i]].toarray().ravel()
         swaps.append(swap)
         churn_left -= 1
-    return WarmResult(np.flatnonzero(member), np.intersect1d(np.flatnonzero(member), kept), filled, dropped, swaps)
+    return WarmResult(np.flatnonzero(member), filled, dropped, swaps)
 
 
 def churn_report(previous_rows: np.ndarray, new_rows: np.ndarray, order: np.ndarray, fresh_order: np.ndarray, objective: float, fresh_objective: float) -> dict:
