@@ -68,7 +68,8 @@ def run_configuration(shard_paths: list[str]) -> dict:
     import orjson
 
     from mig_assets.core.ingest.shards import ingest_shard
-    from mig_assets.core.store.catalog import WarehouseLayout, open_catalog, shard_key_of
+    from mig_assets.core.store.catalog import open_catalog
+    from mig_assets.core.store.layout import WarehouseLayout, shard_key_of
 
     started = time.perf_counter()
     for path in shard_paths:

@@ -143,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
     from tests.fakes import FakeTagger
 
     results = []

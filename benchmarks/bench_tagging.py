@@ -54,7 +54,7 @@ def asset_run(model: str, prompts: list[str]) -> dict:
     import dagster as dg
 
     from mig_assets.core.ingest.shards import ingest_shard
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
     from mig_assets.defs.tagging.assets import build_atomic_tags
     from mig_assets.resources import Execution, Tagger, Warehouse
 

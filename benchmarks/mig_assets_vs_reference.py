@@ -100,7 +100,7 @@ def asset_order(duckdb_path: Path, instance, resources: dict, paths: SyntheticPo
 def main() -> None:
     import dagster as dg
 
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
     from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

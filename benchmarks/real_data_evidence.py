@@ -38,14 +38,13 @@ def main() -> None:
         }
     )
     sys.path.insert(0, str(REPO))
+    from mig_assets.cli import main as cli_main
     from mig_assets.cli import (
-        dagster_instance,
-        ingest_files,
         materialize_all,
         stdout_to_stderr,
     )
-    from mig_assets.cli import main as cli_main
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
+    from mig_assets.launch import dagster_instance, ingest_files
 
     layout = WarehouseLayout(home).ensure()
     instance = dagster_instance(layout)

@@ -11,19 +11,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL
-from mig_assets.core.ingest.shards import file_sha256
-from mig_assets.core.store.catalog import (
-    ShardPathError,
-    WarehouseLayout,
-    open_catalog,
-    publish_catalog,
+from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.selection.compare import COMPARISON_FRACTION
+from mig_assets.core.selection.request import SELECTION_DEFAULTS
+from mig_assets.core.store.catalog import open_catalog, publish_catalog
+from mig_assets.core.store.layout import ShardPathError, WarehouseLayout
+from mig_assets.launch import (
+    CLI_LOGGING,
+    StepsFailed,
+    dagster_instance,
+    ingest_files,
+    log_file,
+    output_to_log,
+    run_pipeline,
 )
 from mig_assets.settings import (
     DEFAULT_MIG_HOME,
@@ -35,124 +39,6 @@ from mig_assets.settings import (
     unknown_variables,
     write_settings_file,
 )
-
-TOTALS = ("rows_read", "rows_kept", "rows_quarantined", "duplicates")
-# runs launched from the CLI log at INFO (our progress lines), not Dagster's DEBUG event stream
-CLI_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-
-
-def dagster_instance(layout: WarehouseLayout):
-    """The persistent instance at ``$DAGSTER_HOME`` (default ``$MIG_HOME/dagster``), created with the
-    project's dagster.yaml when it does not exist yet."""
-    import dagster as dg
-
-    home = Path(os.environ.get("DAGSTER_HOME") or layout.home / "dagster")
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(resources.files("mig_assets").joinpath("dagster.yaml").read_text())
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
-
-
-def log_file(layout: WarehouseLayout) -> Path:
-    return layout.home / "logs" / "mig-assets.log"
-
-
-@contextmanager
-def output_to_log(layout: WarehouseLayout):
-    """Send everything written to file descriptors 1 and 2 (Dagster's event log, engine
-    subprocesses) to ``MIG_HOME/logs/mig-assets.log``; yields ``say``, which writes a progress line
-    to the terminal. Afterwards stdout carries only the command's JSON result."""
-    path = log_file(layout)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_out, saved_err = os.dup(1), os.dup(2)
-    terminal = os.fdopen(os.dup(saved_err), "w", buffering=1)
-    with open(path, "a", buffering=1) as log:
-        log.write(f"\n==== mig-assets {' '.join(sys.argv[1:])} ====\n")
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-
-        def say(line: str) -> None:
-            terminal.write(line + "\n")
-            log.write(line + "\n")
-
-        try:
-            yield say
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved_out, 1)
-            os.dup2(saved_err, 2)
-            os.close(saved_out)
-            os.close(saved_err)
-            terminal.close()
-
-
-def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
-    """Shard key and pool path of ``path``, copying it into pool/incoming when it lives elsewhere.
-
-    A different file of the same name replaces the previous copy: it is a new version of that shard.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ShardPathError(f"{path}: no such file")
-    if path.resolve().is_relative_to(layout.incoming_dir.resolve()):
-        return layout.shard_key(path), path
-    target = layout.incoming_dir / path.name
-    key = layout.shard_key(target)  # refuses a name that cannot be a shard before copying anything
-    if not (target.exists() and file_sha256(target) == file_sha256(path)):
-        if target.exists():
-            print(f"{target} changed: ingesting {path} as a new version of that shard", file=sys.stderr)
-        staging = target.with_name(f".{target.name}.part")
-        shutil.copyfile(path, staging)
-        os.replace(staging, target)
-    return key, target
-
-
-def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_config: dict | None = None) -> dict:
-    """Register ``files`` as pool_shards partitions, run ``ingest_job`` for each, return totals."""
-    from mig_assets.definitions import defs
-    from mig_assets.defs.pool.assets import raw_pool
-    from mig_assets.orchestration.partitions import pool_shards
-    from mig_assets.orchestration.run_recovery import wait_for_pool
-
-    keys = [place_in_pool(layout, f)[0] for f in files]
-    known = set(instance.get_dynamic_partitions(pool_shards.name))
-    new = [k for k in dict.fromkeys(keys) if k not in known]
-    if new:
-        instance.add_dynamic_partitions(pool_shards.name, new)
-    totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
-    unique = list(dict.fromkeys(keys))
-    job = defs.resolve_job_def("ingest_job")
-    for done, key in enumerate(unique, start=1):
-        wait_for_pool(instance, raw_pool.op.pool, report=say)
-        result = job.execute_in_process(
-            partition_key=key,
-            instance=instance,
-            run_config=(run_config or {}) | CLI_LOGGING,
-            tags={"mig/launched_by": "cli"},
-        )
-        metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
-        shard = {
-            "shard": key,
-            **{name: metadata[name].value for name in TOTALS},
-            "run_id": result.run_id,
-            "source_file": metadata["source_file"].value,
-            "container_errors": metadata["container_errors"].value,
-        }
-        totals["shards"].append(shard)
-        for name in TOTALS:
-            totals[name] += shard[name]
-        say(f"{_bar(done, len(unique))} {key}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept")
-    return totals
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = width * done // max(total, 1)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
 def _print_quarantine(layout: WarehouseLayout, shards: list[str], say, limit: int = 10) -> None:
@@ -220,128 +106,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def shards_needing(instance, assets_def, shards: list[str], retag: bool) -> tuple[list[str], list[str]]:
-    """Of ``shards``, those whose ``assets_def`` output is missing or older than their raw_pool (and,
-    with ``retag``, those made by another code version), and those left alone because another
-    configuration made them (re-made only with ``retag``)."""
-    import dagster as dg
-
-    from mig_assets.orchestration.provenance import code_version_of, latest_materialization
-
-    key = assets_def.key
-    current = assets_def.code_versions_by_key.get(key)
-    needed, other = [], []
-    for shard in shards:
-        made = latest_materialization(instance, key, shard)
-        ingested = latest_materialization(instance, dg.AssetKey("raw_pool"), shard)
-        if ingested is None:
-            continue
-        if made is not None and code_version_of(made) != current:
-            (needed if retag else other).append(shard)
-        elif made is None or made.storage_id < ingested.storage_id:
-            needed.append(shard)
-    return needed, other
-
-
-def contiguous_ranges(ordered: list[str], chosen: set[str]) -> list[tuple[str, str]]:
-    """The runs of consecutive ``chosen`` keys in ``ordered``, as (first, last): one range run each."""
-    ranges, start, last = [], None, None
-    for key in ordered + [None]:
-        if key is not None and key in chosen:
-            start, last = start or key, key
-        elif start is not None:
-            ranges.append((start, last))
-            start = None
-    return ranges
-
-
-def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) -> dict:
-    """Tag, embed and score the shards that need it (``tag_job``, one range run per block of shards:
-    each model loads once), then the global chain and every selection (``reselect_job``)."""
-    import time
-
-    from mig_assets.definitions import (
-        atomic_tags,
-        defs,
-        quality_scores,
-        sample_embeddings,
-    )
-    from mig_assets.orchestration.partitions import pool_shards
-
-    ordered = list(instance.get_dynamic_partitions(pool_shards.name))
-    if not ordered:
-        raise ValueError(f"nothing ingested in {layout.home}: `mig-assets ingest FILE...` first (or drop files in {layout.incoming_dir})")
-    job = defs.resolve_job_def("tag_job")
-    for assets_def in (atomic_tags, sample_embeddings, quality_scores):  # tag_job's assets
-        needed, other = shards_needing(instance, assets_def, ordered, retag)
-        asset_key, name = assets_def.key, assets_def.key.to_user_string()
-        if other:
-            say(
-                f"{name}: {len(other)} shard(s) were made by another configuration and are kept; "
-                "`mig-assets run --retag` re-makes them with the current settings"
-            )
-        for first, last in contiguous_ranges(ordered, set(needed)):
-            started = time.perf_counter()
-            say(f"{name}: shards {first} .. {last} (tag_job) ...")
-            job.execute_in_process(
-                instance=instance,
-                run_config=CLI_LOGGING,
-                asset_selection=[asset_key],
-                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
-            )
-            say(f"{name}: done in {time.perf_counter() - started:.1f}s")
-        if not needed:
-            say(f"{name}: up to date")
-    started = time.perf_counter()
-    say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
-    result = defs.resolve_job_def("reselect_job").execute_in_process(
-        instance=instance,
-        run_config=CLI_LOGGING,
-        tags={"mig/launched_by": "cli"},
-        raise_on_error=False,
-    )
-    say(f"re-selected in {time.perf_counter() - started:.1f}s (run {result.run_id})")
-    nodes = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
-    summary = {node: {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items() if k in SUMMARY_KEYS} for node in nodes}
-    failures = {e.step_key: root_cause(e.event_specific_data.error) for e in result.all_events if e.is_step_failure}
-    for step, reason in failures.items():
-        say(f"{step}: FAILED: {reason}")
-    if failures:
-        raise StepsFailed(f"{len(failures)} step(s) failed (details in the UI, run {result.run_id}); the other assets were made", summary)
-    return summary
-
-
-SUMMARY_KEYS = (
-    "dagster/row_count",
-    "labels",
-    "edges",
-    "version",
-    "objective",
-    "label_coverage",
-    "leaves_covered",
-    "kl_target_selection",
-    "export_dir",
-)
-
-
 def _print_exports(assets: dict, say) -> None:
     exports = "\n".join(f"  {name:<18}  {info['export_dir']}" for name, info in assets.items() if "export_dir" in info)
     say(f"selected subsets (data.jsonl for LLaMA-Factory, data.parquet, manifest.json):\n{exports}")
-
-
-def root_cause(error) -> str:
-    """The innermost error's message (the asset's own exception, not Dagster's wrapper)."""
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
-
-
-class StepsFailed(RuntimeError):
-    """Some assets of a run failed; ``summary`` holds what the others made."""
-
-    def __init__(self, message: str, summary: dict):
-        super().__init__(message)
-        self.summary = summary
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -393,7 +160,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     """The reference ``mig sample``: selected input records, unchanged, in selection order."""
     from mig_assets.core.embedding.encoder import SentenceEmbedder
-    from mig_assets.core.mig.algorithm import MigParams
     from mig_assets.core.mig.sample import run_sample
 
     params = MigParams(
@@ -551,16 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--label-graph-type", choices=["sim"], default="sim")
     sample.add_argument("--embedding-model", default="", help=f"sentence-transformers model (default {DEFAULT_EMBEDDING_MODEL})")
     sample.add_argument("--label-embeddings", default=None, metavar="PREFIX", help="PREFIX.labels.json + PREFIX.emb.npy instead of a model")
-    sample.add_argument("--sim-threshold", type=float, default=0.9)
-    sample.add_argument("--prop-weight", type=float, default=1.0)
+    sample.add_argument("--sim-threshold", type=float, default=MigParams.tau)
+    sample.add_argument("--prop-weight", type=float, default=MigParams.prop_weight)
     sample.add_argument("--norm", action="store_true", help="split a sample's score across its labels")
-    sample.add_argument("--phi-type", choices=["pow", "exp"], default="pow")
-    sample.add_argument("--phi-a", type=float, default=1e-6)
-    sample.add_argument("--phi-b", type=float, default=0.8)
-    sample.add_argument("--phi-alpha", type=float, default=1.0)
+    sample.add_argument("--phi-type", choices=["pow", "exp"], default=MigParams.phi)
+    sample.add_argument("--phi-a", type=float, default=MigParams.phi_a)
+    sample.add_argument("--phi-b", type=float, default=MigParams.phi_b)
+    sample.add_argument("--phi-alpha", type=float, default=MigParams.phi_alpha)
     sample.add_argument("--batch-size", type=int, default=0, help="accepted for compatibility; never changes the result")
     sample.add_argument("--sampler-type", choices=["mig", "random"], default="mig")
-    sample.add_argument("--gain", choices=["gradient", "exact"], default="gradient")
+    sample.add_argument("--gain", choices=["gradient", "exact"], default=MigParams.gain)
     sample.set_defaults(func=cmd_sample)
     why = sub.add_parser("explain", help="lineage of one sample and why it is (not) in a selection")
     why.add_argument("sample_id", help="a sample_id or an unambiguous prefix of at least 8 characters")
@@ -571,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     repair.set_defaults(func=cmd_repair)
     compare = sub.add_parser("compare", help="every selection method at one budget, measured side by side")
     size = compare.add_mutually_exclusive_group()
-    size.add_argument("--fraction", type=float, default=0.1, help="share of the pool each method selects (default 0.1)")
+    size.add_argument("--fraction", type=float, default=COMPARISON_FRACTION, help=f"share of the pool each method selects (default {COMPARISON_FRACTION})")
     size.add_argument("--count", type=int, default=None, help="samples each method selects")
-    compare.add_argument("--seed", type=int, default=42)
+    compare.add_argument("--seed", type=int, default=SELECTION_DEFAULTS["seed"])
     compare.set_defaults(func=cmd_compare)
     return parser
 

@@ -7,17 +7,15 @@ model library is imported at module level anywhere.
 
 import dagster as dg
 
-from mig_assets.defs.comparison.assets import selection_comparison
 from mig_assets.defs.embeddings.assets import sample_embeddings, tag_embeddings
+from mig_assets.defs.near_duplicates.assets import near_duplicates
 from mig_assets.defs.pool.assets import raw_pool
 from mig_assets.defs.pool.jobs import ingest_job
 from mig_assets.defs.pool.sensors import incoming_shards_sensor
 from mig_assets.defs.quality.assets import build_quality_scores
-from mig_assets.defs.selection.assets import (
-    build_selection_asset,
-    label_graph,
-    selection_specs,
-)
+from mig_assets.defs.selection.assets import build_selection_asset, selection_specs
+from mig_assets.defs.selection.comparison import selection_comparison
+from mig_assets.defs.selection.label_graph import label_graph
 from mig_assets.defs.steering.assets import selection_stability, selection_sweep
 from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from mig_assets.defs.tree.assets import knowledge_tree, target_profile
@@ -55,7 +53,17 @@ compare_job = dg.define_asset_job(
 
 defs = dg.Definitions(
     # on demand: the comparison, the what-if sweep and the stability report
-    assets=[raw_pool, atomic_tags, sample_embeddings, quality_scores, *global_assets, selection_comparison, selection_sweep, selection_stability],
+    assets=[
+        raw_pool,
+        atomic_tags,
+        sample_embeddings,
+        quality_scores,
+        near_duplicates,
+        *global_assets,
+        selection_comparison,
+        selection_sweep,
+        selection_stability,
+    ],
     jobs=[ingest_job, tag_job, reselect_job, compare_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=resources,

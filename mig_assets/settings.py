@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mig_assets.core.llm.models import DEFAULT_MODEL_CACHE
 
@@ -79,6 +79,37 @@ class AutomationSettings(_Section):
     reselect_cron: str = Field(default="0 3 * * *", description="when global assets re-select (only if some shard changed)")
 
 
+class NearDuplicateSettings(_Section):
+    methods: str = Field(default="minhash,embedding", description="comma-separated: minhash (lexical), embedding (semantic); '' for none")
+    num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations (signature length)")
+    minhash_threshold: float = Field(
+        default=0.8, gt=0, le=1, description="estimated Jaccard of the word shingles at or above which two samples are near copies"
+    )
+    shingle_size: int = Field(default=3, ge=1, le=16, description="words per shingle")
+    false_negative_weight: float = Field(default=0.95, gt=0, lt=1, description="LSH band choice: weight of missed pairs against false candidates (datasketch)")
+    include_response: bool = Field(default=False, description="MinHash over the assistant turns too (default: the user turns, as the embeddings)")
+    seed: int = Field(default=42, description="MinHash seed and the semantic index's training sample seed")
+    embedding_threshold: float = Field(default=0.95, gt=0, le=1, description="cosine of the sample embeddings at or above which two samples are near copies")
+    exact_search_below: int = Field(default=50_000, ge=0, description="pools up to this size are searched exactly (faiss flat), larger ones with an IVF index")
+    nprobe: int = Field(default=8, ge=1, description="IVF cells searched per query (larger pools only)")
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: str) -> str:
+        unknown = [m for m in parse_methods(value) if m not in NEAR_DUPLICATE_METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; expected {', '.join(NEAR_DUPLICATE_METHODS)}")
+        return value
+
+
+NEAR_DUPLICATE_METHODS = ("minhash", "embedding")
+
+
+def parse_methods(value: str) -> list[str]:
+    """``'minhash, embedding'`` as ``['minhash', 'embedding']``."""
+    return [m.strip() for m in value.split(",") if m.strip()]
+
+
 class ModelSettings(_Section):
     cache_dir: str = Field(default=DEFAULT_MODEL_CACHE, description="where packaged models are converted once (SmolLM2's GGUF)")
 
@@ -93,6 +124,7 @@ PLAIN_SECTIONS: dict[str, type[_Section]] = {
     "target": TargetSettings,
     "selections": SelectionsSettings,
     "automation": AutomationSettings,
+    "near_duplicates": NearDuplicateSettings,
     "models": ModelSettings,
 }
 SECTION_HELP = {
@@ -103,6 +135,7 @@ SECTION_HELP = {
     "target": "target_profile's target set (TAGS alignment)",
     "selections": "the selection specs: each becomes an asset",
     "automation": "declarative automation",
+    "near_duplicates": "near_duplicates: lexical (MinHash LSH) and semantic (embedding cosine) near copies, one representative kept",
     "models": "model files",
 }
 
@@ -135,6 +168,10 @@ class Settings:
     @property
     def reselect_cron(self) -> str:
         return self.values["automation"]["reselect_cron"]
+
+    @property
+    def near_duplicates(self) -> NearDuplicateSettings:
+        return NearDuplicateSettings(**self.values["near_duplicates"])
 
     @property
     def model_cache(self) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mig_assets.core.store.catalog import WarehouseLayout
+from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from mig_assets.core.store.catalog import WarehouseLayout
+from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.resources import Warehouse
 from tests.conftest import REAL_DATA
 from tests.test_cli import run_cli

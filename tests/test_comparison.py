@@ -13,8 +13,8 @@ import pytest
 
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.selection.specs import SelectionSpec
-from mig_assets.defs.comparison.assets import selection_comparison
 from mig_assets.defs.selection.assets import build_selection_asset
+from mig_assets.defs.selection.comparison import selection_comparison
 from mig_assets.demo_pool import write_demo_pool, write_demo_target
 
 pytestmark = pytest.mark.slow  # each test materializes the demo pool's upstream with the real embedding model (40-50 s)

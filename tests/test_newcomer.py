@@ -176,7 +176,7 @@ def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show
 
 
 def test_shards_needing_work_become_one_range_run_per_consecutive_block():
-    from mig_assets.cli import contiguous_ranges
+    from mig_assets.launch import contiguous_ranges
 
     ordered = ["a", "b", "c", "d", "e", "f"]
     assert contiguous_ranges(ordered, {"a", "b", "d", "f"}) == [("a", "b"), ("d", "d"), ("f", "f")]

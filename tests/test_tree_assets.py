@@ -102,10 +102,10 @@ def test_tags_selection_covers_more_of_the_tree_than_random(layout, instance, re
     assert len(exported) == 50
     # explain recomputes a rejected sample's final tree-level gain: E(S + i) - E(S), against the last pick's
     from mig_assets.core.outputs.explain import explain
+    from mig_assets.core.selection.inputs import load_pool
     from mig_assets.core.selection.run import tags_problem
     from mig_assets.core.tags.information import objective
     from mig_assets.core.tags.tree import load_tree
-    from mig_assets.defs.selection.assets import load_pool
 
     tree, _ = load_tree(layout.knowledge_tree_dir)
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:

@@ -94,7 +94,7 @@ def run_and_wait(client, job: str, tags: dict | None = None, timeout_s: int = 60
 def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_dev):
     from dagster_graphql import DagsterGraphQLClient
 
-    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.core.store.layout import WarehouseLayout
     from mig_assets.demo_pool import write_demo_pool, write_demo_target
 
     url, mig_home = dagster_dev

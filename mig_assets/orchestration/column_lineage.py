@@ -3,11 +3,10 @@
 import dagster as dg
 
 
-def column_lineage(upstream: str, **columns: str | tuple[str, ...]) -> dg.TableColumnLineage:
-    """Each output column (keyword) derived from the named column(s) of the ``upstream`` asset."""
+def column_lineage(deps: dict[str, list[tuple[str, str]]]) -> dg.TableColumnLineage:
+    """``dagster/column_lineage`` from ``{column: [(upstream asset key, upstream column), ...]}``."""
     return dg.TableColumnLineage(
         deps_by_column={
-            column: [dg.TableColumnDep(asset_key=dg.AssetKey(upstream), column_name=name) for name in ((sources,) if isinstance(sources, str) else sources)]
-            for column, sources in columns.items()
+            column: [dg.TableColumnDep(asset_key=dg.AssetKey(asset), column_name=name) for asset, name in sources] for column, sources in deps.items()
         }
     )

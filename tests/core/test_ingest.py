@@ -203,7 +203,7 @@ def test_catalog_views_answer_plain_sql(layout):
 def test_unsupported_file_type_is_rejected(layout):
     path = layout.incoming_dir / "notes.txt"
     path.write_text("hello")
-    from mig_assets.core.store.catalog import ShardPathError
+    from mig_assets.core.store.layout import ShardPathError
 
     with pytest.raises(ShardPathError, match="unsupported file type"):
         layout.shard_key(path)

@@ -27,6 +27,7 @@ from mig_assets.core.mig.algorithm import (
     propagation_matrix,
     sample_label_matrix,
 )
+from mig_assets.core.selection.inputs import PoolArrays
 from mig_assets.core.selection.lineage import (
     current_inputs,
     graph_path,
@@ -38,7 +39,7 @@ from mig_assets.core.selection.lineage import (
     read_inputs_row,
     upstream_changes,
 )
-from mig_assets.core.selection.run import PoolArrays, tags_problem
+from mig_assets.core.selection.run import tags_problem
 from mig_assets.core.store.catalog import has_relation, warehouse_dir_of
 
 

@@ -233,3 +233,46 @@ def html_report(title: str, summary: dict, plots: dict[str, bytes], tables: dict
     parts += [f"<h2>{html.escape(name)}</h2>{table(rows)}" for name, rows in tables.items()]
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def selection_plots(method: str, pool, outcome, tree=None, target=None) -> dict[str, bytes]:
+    """A selection version's plots: tag distribution and quality of the selection against the pool,
+    the objective and gain curves (MIG, TAGS), coverage per tree level and KL to the target (TAGS)."""
+    from mig_assets.core.tags.information import coverage_by_level
+
+    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
+    plots = {
+        "tag_distribution": distribution_plot(Counter(t for tags in pool.tags for t in tags), selected_tags),
+        "quality": score_plot(pool.scores, pool.scores[outcome.order]),
+    }
+    if method in ("mig", "tags") and len(outcome.order):
+        plots["curves"] = curve_plot(outcome.objective, outcome.gains)
+    if tree is not None:
+        pool_coverage = np.asarray(outcome.sample_matrix.sum(axis=0)).ravel()
+        plots["tree_coverage"] = level_coverage_plot(coverage_by_level(outcome.coverage, tree.levels), coverage_by_level(pool_coverage, tree.levels))
+        if target is not None and outcome.kl is not None and len(outcome.order):
+            plots["kl_vs_target"] = kl_plot(outcome.kl, target, outcome.leaf_mass, outcome.pool_leaf_mass, tree.names)
+    return plots
+
+
+def selection_report(name: str, method: str, budget: dict, version: int, pool, outcome, score_origin: str, plots, diff, inputs_changed) -> str:
+    """A selection version's HTML page: summary, plots, top tags, changes and changed inputs."""
+    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
+    summary = {
+        "selection": name,
+        "version": version,
+        "method": method,
+        "budget": budget,
+        "pool size": len(pool.sample_ids),
+        "selected": len(outcome.order),
+        "selected tokens (est.)": int(pool.tokens[outcome.order].sum()),
+        "quality weights": score_origin,
+    }
+    if outcome.kl is not None and len(outcome.kl):
+        summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
+    top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
+    changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
+    tables = {"top tags in the selection": top, "changes since the previous version": changes}
+    if inputs_changed is not None:
+        tables[f"inputs changed since version {version - 1}"] = inputs_changed
+    return html_report(f"{name} v{version}", summary, plots, tables)

@@ -1,7 +1,7 @@
 """Metrics to compare selections of the same pool (MIG, TAGS, baselines), on numpy/scipy arrays.
 
 A selection is given as pool row indices (any order; every metric is a function of the set). Rows must
-be distinct integers in [0, N). Objectives reuse ``core/mig/algorithm.py`` and ``core/tags/select.py``, so a
+be distinct integers in [0, N). Objectives reuse ``core/mig/algorithm.py`` and ``core/tags/information.py``, so a
 selection's value here is the value its own greedy maximised.
 """
 
@@ -14,6 +14,8 @@ import scipy.sparse as sp
 
 from mig_assets.core.mig.algorithm import MigParams, phi, propagated_matrix
 from mig_assets.core.selection.baselines import unit_rows
+from mig_assets.core.selection.inputs import SelectionInputs
+from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.tags import information as tags_information
 from mig_assets.core.tags.params import TagsParams
 from mig_assets.core.tags.problem import TagsProblem, canonical_matrix
@@ -182,72 +184,57 @@ def compare_selections(
     return table
 
 
-def run_comparison(
-    pool,
-    budget,
-    *,
-    graph=None,
-    tree=None,
-    target=None,
-    mig_params: MigParams = MigParams(),
-    tags_params: TagsParams = TagsParams(align="none"),
-    aligned_params: TagsParams = TagsParams(align="penalty"),
-    gamma: float = 0.5,
-    level_weights: str = "uniform",
-    seed: int = 42,
-    diversity_threshold: float = 0.9,
-) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """Every method the inputs allow, at one ``budget`` on ``pool`` (a :class:`selection.PoolArrays`), measured
-    by :func:`compare_selections`: mig (needs ``graph``), tags (needs ``tree``), tags_aligned (also
-    ``target``, aligned by ``aligned_params``), and the baselines (deita and kcenter need
-    ``pool.embeddings``). Label coverage counts the graph labels a selected sample carries itself.
+COMPARISON_FRACTION = 0.1  # the comparison's default budget: this share of the pool per method
+
+
+def run_comparison(request: SelectionRequest, inputs: SelectionInputs) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Every method the inputs allow, at the one budget of ``request`` (a
+    :class:`~mig_assets.core.selection.request.SelectionRequest`) on ``inputs.pool`` (a
+    :class:`~mig_assets.core.selection.inputs.SelectionInputs`), measured by :func:`compare_selections`:
+    mig (needs the graph), tags (needs the tree; unaligned), tags_aligned (also the target, aligned by
+    ``request.tags.align``, penalty when that is "none"), and the baselines (deita and kcenter need
+    the pool's embeddings). Label coverage counts the graph labels a selected sample carries itself.
     Returns the table (with each method's selection seconds) and the orders."""
+    import dataclasses
     import time
 
+    from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS
     from mig_assets.core.selection.run import (
-        BASELINES,
-        EMBEDDING_METHODS,
         label_matrix_rows,
         mig_matrix,
         run_selection,
         tags_problem,
     )
 
-    runs: dict[str, tuple[str, dict]] = {}
+    pool, graph, tree, target = inputs.pool, inputs.graph, inputs.tree, inputs.target
+    tags_params = dataclasses.replace(request.tags, align="none")
+    aligned_params = dataclasses.replace(request.tags, align="penalty" if request.tags.align == "none" else request.tags.align)
+    runs: dict[str, SelectionRequest] = {}
     if graph is not None:
-        runs["mig"] = ("mig", {"graph": graph, "params": mig_params})
+        runs["mig"] = request.replace(method="mig")
     if tree is not None:
-        runs["tags"] = ("tags", {"tree": tree, "tags_params": tags_params, "target": target})
+        runs["tags"] = request.replace(method="tags", tags=tags_params)
         if target is not None:
-            runs["tags_aligned"] = ("tags", {"tree": tree, "tags_params": aligned_params, "target": target})
+            runs["tags_aligned"] = request.replace(method="tags", tags=aligned_params)
     for method in BASELINES:
         if method not in EMBEDDING_METHODS or pool.embeddings is not None:
-            runs[method] = (method, {})
+            runs[method] = request.replace(method=method)
     orders, seconds = {}, {}
-    for name, (method, extra) in runs.items():
+    for name, method_request in runs.items():
         started = time.perf_counter()
-        outcome = run_selection(
-            method,
-            pool,
-            budget,
-            seed=seed,
-            gamma=gamma,
-            level_weights=level_weights,
-            diversity_threshold=diversity_threshold,
-            **extra,
-        )
-        orders[name], seconds[name] = outcome.order, time.perf_counter() - started
+        orders[name] = run_selection(method_request, inputs).order
+        seconds[name] = time.perf_counter() - started
     Y = label_matrix = problem = None
     if graph is not None:
-        Y = mig_matrix(pool, graph, mig_params)
+        Y = mig_matrix(pool, graph, request.mig)
         indptr, indices = label_matrix_rows(pool.tags, graph.labels)
         label_matrix = sp.csr_array((np.ones(len(indices)), indices, indptr), shape=(len(pool.tags), len(graph.labels)))
     if tree is not None:
-        problem = tags_problem(pool, tree, gamma, level_weights)
+        problem = tags_problem(pool, tree, request.gamma, request.level_weights)
     table = compare_selections(
         orders,
         Y=Y,
-        mig_params=mig_params,
+        mig_params=request.mig,
         tags_problem=problem,
         tags_params=tags_params,
         target=target,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.mig.algorithm import build_label_graph
-from mig_assets.core.selection.run import LabelGraph
+from mig_assets.core.selection.inputs import LabelGraph
 
 
 def jaccard_matrix(selections: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -1,8 +1,9 @@
 """Run a selection method over the warehouse's pool arrays, with any budget kind.
 
-Plain module: the Dagster selection assets load the arrays, call :func:`run_selection` and persist.
-Pool rows come in input order (shards in registration order, then lines; see ``load_pool``), the
-MIG reference's order: every method breaks ties to the earlier row.
+Plain module: a selection asset builds one :class:`~mig_assets.core.selection.request.SelectionRequest`,
+loads the :class:`~mig_assets.core.selection.inputs.SelectionInputs`, calls :func:`run_selection` for
+one :class:`SelectionOutcome` and persists it (core/selection/audit.py). Pool rows come in input
+order, the MIG reference's: every method breaks ties to the earlier row.
 """
 
 from __future__ import annotations
@@ -25,33 +26,9 @@ from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
 from mig_assets.core.selection.constraint_spec import constraint_reasons
 from mig_assets.core.selection.constraints import Constraints
+from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
+from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
 from mig_assets.core.selection.stability import WarmStart, warm_reasons
-
-
-@dataclass
-class PoolArrays:
-    sample_ids: list[str]
-    tags: list[list[str]]  # canonical tags per sample
-    scores: np.ndarray  # quality weight per sample (float64, >= 0)
-    tokens: np.ndarray  # estimated tokens per sample (int64)
-    embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
-
-
-@dataclass
-class LabelGraph:
-    labels: list[str]  # sorted; column j <-> labels[j]
-    weights: sp.csr_array  # W (L x L), thresholded cosine similarity with self loops
-
-
-@dataclass
-class Budget:
-    count: int | None = None
-    fraction: float | None = None
-    tokens: int | None = None
-
-    def describe(self) -> str:
-        kind, value = next((k, v) for k, v in vars(self).items() if v is not None)
-        return f"{kind}={value}"
 
 
 @dataclass
@@ -69,34 +46,14 @@ class SelectionOutcome:
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
     stability: dict | None = None  # warm re-selection: churn against the previous version and a fresh greedy
     reasons: dict[int, str] = field(default_factory=dict)  # pool row -> why a constraint or the warm start added or dropped it
-
-
-def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: list[str] = ()) -> tuple[np.ndarray, str, float]:
-    """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
-    score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
-    weights, a description of their origin and the weight given to samples without a score."""
-    scored = scored or [None] * len(imported)
-    values = [s if s is not None else q for s, q in zip(scored, imported)]
-    present = [v for v in values if v is not None]
-    if not present:
-        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
-    fill = float(np.median(present))
-    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
-    n_scored = sum(s is not None for s in scored)
-    parts = []
-    if n_scored:
-        parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
-    if len(present) > n_scored:
-        parts.append(f"{len(present) - n_scored} imported Deita scores")
-    if len(values) > len(present):
-        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
-    return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
+    steering: dict = field(default_factory=dict)  # the spec's constraints and stability option, as plain values (for the manifest)
 
 
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored)."""
     column_of = {label: j for j, label in enumerate(labels)}
-    indptr, indices = [0], []
+    indptr: list[int] = [0]
+    indices: list[int] = []
     for sample_tags in tags:
         indices.extend(column_of[t] for t in sample_tags if t in column_of)
         indptr.append(len(indices))
@@ -104,35 +61,24 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
 
 
 def run_selection(
-    method: str,
-    pool: PoolArrays,
-    budget: Budget,
-    *,
-    graph: LabelGraph | None = None,
-    params: MigParams = MigParams(),
-    seed: int = 42,
-    tree=None,
-    tags_params=None,
-    gamma: float = 0.5,
-    level_weights: str = "uniform",
-    target: np.ndarray | None = None,
-    diversity_threshold: float = 0.9,
-    constraints: Constraints | None = None,
-    warm: WarmStart | None = None,
+    request: SelectionRequest, inputs: SelectionInputs, *, constraints: Constraints | None = None, warm: WarmStart | None = None
 ) -> SelectionOutcome:
-    """Pick samples by ``method`` within ``budget``: "mig", "tags", or a baseline of :data:`BASELINES`
-    (random; top_quality; deita, the score-first filter at cosine ``diversity_threshold``; instag,
-    complexity-first tag coverage; kcenter, farthest-first on the sample embeddings).
+    """Pick samples of ``inputs.pool`` by ``request.method`` within ``request.budget``: "mig" (over
+    ``inputs.graph``), "tags", or a baseline of :data:`BASELINES` (random; top_quality; deita, the
+    score-first filter at cosine ``request.diversity_threshold``; instag, complexity-first tag
+    coverage; kcenter, farthest-first on the sample embeddings).
 
-    TAGS uses ``tree``, ``tags_params`` (its alignment mode among them), the upward decay ``gamma``,
-    the ``level_weights`` β and, to align or to report KL, a ``target`` distribution over the leaves.
+    TAGS uses ``inputs.tree``, ``request.tags`` (its alignment mode among them), the upward decay
+    ``request.gamma``, the ``request.level_weights`` β and, to align or to report KL, ``inputs.target``.
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
 
-    ``constraints`` (pins, bans, caps, label bounds) act inside the MIG greedy; they need a count budget.
-    ``warm`` re-selects from the previous version's picks with bounded churn (``core/selection/stability.py``).
+    ``constraints`` (pins, bans, caps, label bounds; ``core/selection/constraints.py``) act inside the
+    MIG and TAGS greedy; ``warm`` re-selects from the previous version's picks with bounded churn
+    (``core/selection/stability.py``). Both need a count or fraction budget.
     """
+    pool, budget, method = inputs.pool, request.budget, request.method
     n_pool = len(pool.sample_ids)
     if n_pool == 0:
         raise ValueError("the pool is empty: ingest shards before selecting")
@@ -141,14 +87,14 @@ def run_selection(
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
     constrained = constraints is not None and constraints.active
-    if ((constrained or warm is not None) and method not in ("mig", "tags")) or ((constrained or warm) and budget.tokens is not None):
+    if (constrained or warm is not None) and (method not in ("mig", "tags") or budget.tokens is not None):
         raise ValueError(f"constraints and warm starts steer the mig and tags greedy under a count or fraction budget; not {method} with {budget.describe()}")
     if method == "mig":
-        outcome = _mig(pool, graph, k, params, constraints, warm)
+        outcome = _mig(pool, inputs.graph, k, request.mig, constraints if constrained else None, warm)
     elif method == "tags":
-        outcome = _tags(pool, tree, k, tags_params, gamma, level_weights, target, constraints if constrained else None, warm)
+        outcome = _tags(pool, inputs.tree, k, request, inputs.target, constraints if constrained else None, warm)
     elif method in BASELINES:
-        order = _baseline(method, pool, k, seed, diversity_threshold)
+        order = _baseline(method, pool, k, request.seed, request.diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
     else:
         raise ValueError(f"unknown selection method {method!r}; expected one of {', '.join(METHODS)}")
@@ -163,11 +109,6 @@ def run_selection(
         if outcome.leaf_matrix is not None:
             outcome.leaf_mass = np.asarray(outcome.leaf_matrix[outcome.order].sum(axis=0)).ravel()
     return outcome
-
-
-BASELINES = ("random", "top_quality", "deita", "instag", "kcenter")
-EMBEDDING_METHODS = ("deita", "kcenter")
-METHODS = ("mig", "tags", *BASELINES)
 
 
 def _baseline(method: str, pool: PoolArrays, k: int, seed: int, diversity_threshold: float) -> np.ndarray:
@@ -195,11 +136,12 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
 
 def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
+    assert graph is not None  # mig_matrix refuses a missing graph
     report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
     if warm is not None:
         result, how, report = warm_select(Y, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
         reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
-    elif constraints is not None and constraints.active:
+    elif constraints is not None:
         result = select_constrained(Y, k, constraints, params)
     else:
         result = select(Y, k, params)
@@ -209,7 +151,7 @@ def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, 
     )
 
 
-def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str = "uniform"):
+def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, level_weights: str = SelectionRequest.level_weights):
     """The TAGS problem over the pool: each sample's tags grounded on their leaves (tags newer than the
     tree are left out), path vectors with upward decay ``gamma`` and level weights β."""
     from mig_assets.core.tags.problem import build_problem, leaf_weights
@@ -222,20 +164,17 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = 0.5, level_weights: str 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(
-    pool: PoolArrays, tree, k: int, params, gamma: float, level_weights: str, target, constraints: Constraints | None = None, warm: WarmStart | None = None
-) -> SelectionOutcome:
+def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
-    ``target`` by ``params.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
+    ``target`` by ``request.tags.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
     from mig_assets.core.tags.constrained import select_constrained as tags_select_constrained
     from mig_assets.core.tags.constrained import warm_select as tags_warm_select
     from mig_assets.core.tags.modes import select as tags_select
-    from mig_assets.core.tags.params import TagsParams
 
-    params = params or TagsParams(align="none")
+    params = request.tags
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
-    problem = tags_problem(pool, tree, gamma, level_weights)
+    problem = tags_problem(pool, tree, request.gamma, request.level_weights)
     report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
     if warm is not None:
         result, how, report = tags_warm_select(problem, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)

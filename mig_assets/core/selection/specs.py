@@ -16,6 +16,7 @@ Each spec becomes its own selection asset with its own history in the UI.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from mig_assets.core.selection.constraint_spec import ConstraintSpec, parse_constraints
-from mig_assets.core.selection.run import METHODS
+from mig_assets.core.selection.request import METHODS
 from mig_assets.core.selection.stability import StabilitySpec, parse_stability
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
@@ -40,6 +41,13 @@ class SelectionSpec:
     description: str = ""
     constraints: ConstraintSpec | None = None
     stability: StabilitySpec | None = None
+
+    def steering(self) -> dict:
+        """The constraints and the stability option as plain values (manifest, metadata)."""
+        return {
+            "constraints": self.constraints.describe() if self.constraints is not None else {},
+            "stability": dataclasses.asdict(self.stability) if self.stability is not None else None,
+        }
 
 
 def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path(".")) -> list[SelectionSpec]:

@@ -223,3 +223,21 @@ def previous_version_start(con, warehouse_dir: Path, selection: str, sample_ids:
     known = set(pq.read_table(snapshot, columns=["sample_id"]).column(0).to_pylist()) if snapshot.exists() else {sid for (sid,) in members}
     new = np.array([i for i, sid in enumerate(sample_ids) if sid not in known], np.int64)
     return WarmStart(previous, new, spec)
+
+
+def steering_inputs(
+    con, warehouse_dir: Path, selection: str, constraints_spec, stability_spec: StabilitySpec | None, inputs
+) -> tuple[Constraints | None, WarmStart | None]:
+    """A spec's constraints resolved over the catalog (bounds on tags for MIG, on tree leaves for
+    TAGS) and its warm start from the previous version, for :func:`~mig_assets.core.selection.run.run_selection`."""
+    from mig_assets.core.selection.constraint_spec import leaf_membership, resolve_constraints, tag_membership
+
+    pool, tree = inputs.pool, inputs.tree
+    constraints = None
+    if constraints_spec is not None:
+        if tree is not None:
+            constraints = resolve_constraints(con, constraints_spec, pool.sample_ids, lambda names: leaf_membership(tree, pool.tags, names), "leaf")
+        else:
+            constraints = resolve_constraints(con, constraints_spec, pool.sample_ids, lambda names: tag_membership(pool.tags, names), "tag")
+    warm = previous_version_start(con, warehouse_dir, selection, pool.sample_ids, stability_spec) if stability_spec is not None else None
+    return constraints, warm

@@ -26,7 +26,7 @@ class TagsParams:
 
     phi_a: float = 1e-6
     phi_b: float = 0.8
-    align: Align = "penalty"
+    align: Align = "none"
     lam: float = 1.0
     eps: float = 1e-3
     kl_cap: float = 0.1

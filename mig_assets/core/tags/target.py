@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mig_assets.core.ingest.readers import ReadStats, is_supported, read_records
+from mig_assets.core.ingest.readers import ReadStats, read_records
 from mig_assets.core.ingest.records import RecordError, canonicalize
+from mig_assets.core.store.layout import is_supported
 from mig_assets.core.tagging.rows import query_text
 from mig_assets.core.tags.grounding import ground_tags
 from mig_assets.core.tags.tree import KnowledgeTree

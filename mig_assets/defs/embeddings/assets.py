@@ -84,7 +84,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(tags),
-            "dagster/column_lineage": column_lineage("tag_vocabulary", tag="tag", embedding="tag"),
+            "dagster/column_lineage": column_lineage({"tag": [("tag_vocabulary", "tag")], "embedding": [("tag_vocabulary", "tag")]}),
             "newly_embedded": newly_embedded,
             "reused_from_cache": len(tags) - newly_embedded,
             "model": model_id,
@@ -137,7 +137,7 @@ def sample_embeddings(context: dg.AssetExecutionContext, warehouse: Warehouse, e
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": totals["rows"],
-            "dagster/column_lineage": column_lineage("raw_pool", sample_id="sample_id", embedding="messages"),
+            "dagster/column_lineage": column_lineage({"sample_id": [("raw_pool", "sample_id")], "embedding": [("raw_pool", "messages")]}),
             "newly_embedded": totals["newly_embedded"],
             "reused_from_cache": totals["rows"] - totals["newly_embedded"],
             "texts_per_second": round(totals["newly_embedded"] / totals["seconds"], 1) if totals["seconds"] else 0.0,

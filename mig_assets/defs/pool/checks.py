@@ -4,7 +4,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from mig_assets.core.ingest.shards import ShardStats
-from mig_assets.core.store.catalog import WarehouseLayout
+from mig_assets.core.store.layout import WarehouseLayout
 
 RAW_POOL_CHECK_SPECS = [
     dg.AssetCheckSpec(

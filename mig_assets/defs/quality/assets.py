@@ -21,7 +21,7 @@ from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_meta
 from mig_assets.resources import Scorer, Warehouse
 
 CHECK_NAME = "quality_scores_not_degenerate"
-QUALITY_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", score=("messages", "imported_quality"))
+QUALITY_LINEAGE = column_lineage({"sample_id": [("raw_pool", "sample_id")], "score": [("raw_pool", "messages"), ("raw_pool", "imported_quality")]})
 QUALITY_COLUMNS = dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in QUALITY_ROW_SCHEMA])
 
 

@@ -15,6 +15,7 @@ from mig_assets.core.mig.algorithm import MigParams, select
 from mig_assets.core.outputs.report import html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.budget import resolve_count
+from mig_assets.core.selection.inputs import load_graph, load_pool, load_target
 from mig_assets.core.selection.perturb import graph_at_tau, jaccard_matrix, perturbed_trees, stable_share
 from mig_assets.core.selection.run import mig_matrix, tags_problem
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
@@ -22,7 +23,6 @@ from mig_assets.core.selection.sweep import SweepGrid, sweep_mig, sweep_tags
 from mig_assets.core.tags.modes import select as tags_select
 from mig_assets.core.tags.params import TagsParams
 from mig_assets.core.tags.tree import load_tree
-from mig_assets.defs.selection.assets import load_graph, load_pool, load_target
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Warehouse

@@ -34,7 +34,7 @@ from mig_assets.resources import Execution, Tagger, Warehouse
 
 TOP_TAGS = 15
 JUNK_EXAMPLES = 5
-TAGS_LINEAGE = column_lineage("raw_pool", sample_id="sample_id", tags=("messages", "imported_tags"))
+TAGS_LINEAGE = column_lineage({"sample_id": [("raw_pool", "sample_id")], "tags": [("raw_pool", "messages"), ("raw_pool", "imported_tags")]})
 
 
 class TaggingConfig(dg.Config):
@@ -276,7 +276,7 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": n_tags,
-            "dagster/column_lineage": column_lineage("atomic_tags", tag="tags", n_samples="sample_id"),
+            "dagster/column_lineage": column_lineage({"tag": [("atomic_tags", "tags")], "n_samples": [("atomic_tags", "sample_id")]}),
             "tag_assignments": n_tagged,
             "surface_forms": len(surface),
             "tag_policy": dg.MetadataValue.json({b: f"{p}: {TAG_POLICIES[p]}" for b, p in sorted(policy.items())}),

@@ -32,6 +32,7 @@ from mig_assets.core.tags.target import (
 )
 from mig_assets.core.tags.tree import load_tree
 from mig_assets.orchestration.automation import re_select
+from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.orchestration.tagging import tag_on_ray, tag_through_cache
 from mig_assets.resources import Embedder, Execution, Tagger, Warehouse
@@ -291,12 +292,7 @@ def target_profile(
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(samples),
-            "dagster/column_lineage": dg.TableColumnLineage(
-                deps_by_column={
-                    "leaf": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="name")],
-                    "share": [dg.TableColumnDep(asset_key=dg.AssetKey("knowledge_tree"), column_name="leaf")],
-                }
-            ),
+            "dagster/column_lineage": column_lineage({"leaf": [("knowledge_tree", "name")], "share": [("knowledge_tree", "leaf")]}),
             "source": source,
             "rows_read": read.rows_read,
             "filtered_out": read.filtered_out,

@@ -15,36 +15,23 @@ from mig_assets.core.outputs.report import (
     markdown_table,
     overlap_plot,
 )
-from mig_assets.core.selection.compare import guarantees, run_comparison
+from mig_assets.core.selection.compare import COMPARISON_FRACTION, guarantees, run_comparison
+from mig_assets.core.selection.inputs import load_inputs
 from mig_assets.core.store.catalog import has_relation, insert_table
-from mig_assets.core.tags.params import TagsParams
-from mig_assets.core.tags.tree import load_tree
-from mig_assets.defs.selection.assets import (
-    SelectionConfig,
-    label_graph,
-    load_graph,
-    load_pool,
-    load_target,
-)
+from mig_assets.core.store.schema import COMPARISON_TABLES
+from mig_assets.defs.selection.assets import SelectionConfig
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
 from mig_assets.resources import Warehouse
 
 COLUMNS = ["method", "size", *COMPARED_METRICS, "seconds"]
-COMPARISON_TABLES = """
-CREATE TABLE IF NOT EXISTS comparisons (
-    version INTEGER, method VARCHAR, size BIGINT, mig_objective DOUBLE, tags_objective DOUBLE, label_coverage DOUBLE,
-    leaf_coverage DOUBLE, mean_quality DOUBLE, embedding_diversity DOUBLE, kl_to_target DOUBLE, seconds DOUBLE,
-    budget VARCHAR, n_pool BIGINT, run_id VARCHAR, created_at TIMESTAMPTZ);
-CREATE TABLE IF NOT EXISTS comparison_members (version INTEGER, method VARCHAR, rank INTEGER, sample_id VARCHAR);
-"""
 
 
 class ComparisonConfig(SelectionConfig):
     """One budget for every method (default 10% of the pool); the method parameters of SelectionConfig.
     The aligned TAGS run uses ``align`` (penalty when left at none)."""
 
-    budget_fraction: float | None = Field(default=0.1, description="share of the pool each method selects")
+    budget_fraction: float | None = Field(default=COMPARISON_FRACTION, description="share of the pool each method selects")
 
 
 @dg.asset(
@@ -52,7 +39,7 @@ class ComparisonConfig(SelectionConfig):
         dg.AssetDep("raw_pool", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
         dg.AssetDep("sample_embeddings", partition_mapping=dg.AllPartitionMapping()),
-        dg.AssetDep(label_graph),
+        dg.AssetDep("label_graph"),
         dg.AssetDep("knowledge_tree"),
         dg.AssetDep("target_profile"),
     ],
@@ -68,32 +55,19 @@ class ComparisonConfig(SelectionConfig):
 def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonConfig, warehouse: Warehouse) -> dg.MaterializeResult:
     record_settings(context)
     layout = warehouse.layout
-    with warehouse.connect() as con:
-        pool, score_origin, _, failed = load_pool(
-            con, layout if layout.shard_files("sample_embeddings") else None, context.instance.get_dynamic_partitions(pool_shards.name)
+    request = config.request("comparison")
+    with warehouse.connect() as con:  # every input that exists: a method without its input is left out
+        inputs = load_inputs(
+            con,
+            layout,
+            context.instance.get_dynamic_partitions(pool_shards.name),
+            embeddings=bool(layout.shard_files("sample_embeddings")),
+            graph=has_relation(con, "label_graph_labels"),
+            tree=(layout.knowledge_tree_dir / "tree.json").exists(),
+            target_required=False,
         )
-        graph = load_graph(con) if has_relation(con, "label_graph_labels") else None
-    tree = target = None
-    if (layout.warehouse_dir / "knowledge_tree" / "tree.json").exists():
-        tree, tree_info = load_tree(layout.knowledge_tree_dir)
-        with warehouse.connect() as con:
-            target = load_target(con, tree_info["version"], required=False)
-    tags_params = config.tags_params()
-    aligned = TagsParams(**{**vars(tags_params), "align": "penalty" if config.align == "none" else config.align})
-    table, orders = run_comparison(
-        pool,
-        config.budget(),
-        graph=graph,
-        tree=tree,
-        target=target,
-        mig_params=config.mig_params(),
-        tags_params=TagsParams(**{**vars(tags_params), "align": "none"}),
-        aligned_params=aligned,
-        gamma=config.gamma,
-        level_weights=config.level_weights,
-        seed=config.seed,
-        diversity_threshold=config.diversity_threshold,
-    )
+    pool = inputs.pool
+    table, orders = run_comparison(request, inputs)
     for row in table:
         context.log.info(f"{row['method']}: {row['size']:,} samples in {row['seconds']:.2f}s")
     methods = [row["method"] for row in table]
@@ -107,7 +81,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
             {
                 "version": version,
                 **{c: row.get(c) for c in COLUMNS},
-                "budget": config.budget().describe(),
+                "budget": request.budget.describe(),
                 "n_pool": len(pool.sample_ids),
                 "run_id": context.run.run_id,
                 "created_at": now,
@@ -127,16 +101,16 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
     folder = layout.exports_dir / "comparison" / f"v{version:04d}"
     folder.mkdir(parents=True, exist_ok=True)
     summary_md = markdown_table(table, COLUMNS)
-    claims = guarantees(table, config.mig_params())
+    claims = guarantees(table, request.mig)
     claims_md = markdown_table(claims, ["method", "measure", "holds", "claim"])
     overlap_rows = [{"method": a, **{b: round(jaccard[a, b], 3) for b in methods}} for a in methods]
     document = {
         "version": version,
-        "budget": config.budget().describe(),
+        "budget": request.budget.describe(),
         "pool": len(pool.sample_ids),
-        "excluded_failed_tagging": failed,
-        "score_origin": score_origin,
-        "config": config.model_dump(),
+        "excluded_failed_tagging": inputs.failed,
+        "score_origin": inputs.score_origin,
+        "config": request.settings,
         "run_id": context.run.run_id,
         "created_at": now.isoformat(),
         "methods": [{k: v for k, v in row.items()} for row in table],
@@ -166,7 +140,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
         metadata={
             "dagster/row_count": len(table),
             "version": version,
-            "budget": config.budget().describe(),
+            "budget": request.budget.describe(),
             "pool_size": len(pool.sample_ids),
             "methods": dg.MetadataValue.md(summary_md),
             "guarantees": dg.MetadataValue.md(claims_md),

@@ -1,0 +1,197 @@
+"""What a selection reads from the warehouse: the pool's arrays, the label graph, the knowledge tree
+and the target profile, loaded from the catalog session of
+:func:`~mig_assets.core.store.catalog.open_catalog` into one :class:`SelectionInputs`.
+
+Pool rows come in input order (shards in registration order, then lines), the MIG reference's
+order: every method breaks ties to the earlier row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from mig_assets.core.embedding.encoder import arrow_to_vectors
+from mig_assets.core.selection.lineage import SCORED_QUALITY_SQL
+from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
+from mig_assets.core.store.catalog import has_relation
+from mig_assets.core.store.layout import WarehouseLayout
+from mig_assets.core.tagging.canonical import normalize_tag, policy_of_backend
+from mig_assets.core.tags.tree import load_tree
+
+
+@dataclass
+class PoolArrays:
+    sample_ids: list[str]
+    tags: list[list[str]]  # canonical tags per sample
+    scores: np.ndarray  # quality weight per sample (float64, >= 0)
+    tokens: np.ndarray  # estimated tokens per sample (int64)
+    embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
+
+
+@dataclass
+class LabelGraph:
+    labels: list[str]  # sorted; column j <-> labels[j]
+    weights: sp.csr_array  # W (L x L), thresholded cosine similarity with self loops
+
+
+@dataclass
+class SelectionInputs:
+    """The pool (with the origin of its weights, the weight of unscored samples and the count of
+    samples left out for failed tagging) and whichever of graph, tree and target were loaded."""
+
+    pool: PoolArrays
+    score_origin: str
+    score_fill: float
+    failed: int
+    graph: LabelGraph | None = None
+    tree: object | None = None  # core.tags.tree.KnowledgeTree
+    target: np.ndarray | None = None  # target leaf distribution over the tree's leaves
+
+
+def load_inputs(
+    con, layout: WarehouseLayout, shard_order: Sequence[str], *, embeddings: bool, graph: bool, tree: bool, target_required: bool
+) -> SelectionInputs:
+    """The pool (with its sample embeddings when ``embeddings``), the label graph when ``graph``, the
+    knowledge tree and its target profile when ``tree`` (a missing or stale target is an error when
+    ``target_required``, else left out)."""
+    pool, score_origin, score_fill, failed = load_pool(con, layout if embeddings else None, shard_order)
+    inputs = SelectionInputs(pool, score_origin, score_fill, failed, graph=load_graph(con) if graph else None)
+    if tree:
+        inputs.tree, tree_info = load_tree(layout.knowledge_tree_dir)
+        inputs.target = load_target(con, tree_info["version"], required=target_required)
+    return inputs
+
+
+def load_request_inputs(con, layout: WarehouseLayout, shard_order: Sequence[str], request: SelectionRequest) -> SelectionInputs:
+    """What ``request``'s method reads: embeddings for deita and kcenter, the graph for MIG, the tree
+    and target for TAGS (the target required when it aligns)."""
+    return load_inputs(
+        con,
+        layout,
+        shard_order,
+        embeddings=request.method in EMBEDDING_METHODS,
+        graph=request.method == "mig",
+        tree=request.method == "tags",
+        target_required=request.tags.align != "none",
+    )
+
+
+def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: Sequence[str] = ()) -> tuple[np.ndarray, str, float]:
+    """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
+    score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
+    weights, a description of their origin and the weight given to samples without a score."""
+    scored = scored or [None] * len(imported)
+    values = [s if s is not None else q for s, q in zip(scored, imported)]
+    present = [v for v in values if v is not None]
+    if not present:
+        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
+    fill = float(np.median(present))
+    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
+    n_scored = sum(s is not None for s in scored)
+    parts = []
+    if n_scored:
+        parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
+    if len(present) > n_scored:
+        parts.append(f"{len(present) - n_scored} imported Deita scores")
+    if len(values) > len(present):
+        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
+    return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
+
+
+def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[str] = ()) -> tuple[PoolArrays, str, float, int]:
+    """Kept samples in input order (shards in ``shard_order``, the partitions' registration order, then
+    any other shard by key; lines in file order) with their tags and weights (and embeddings, given
+    ``layout``); samples whose tagging failed are left out. Input order is the MIG reference's: its
+    greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
+    the weight given to samples without one, and the number left out."""
+    tags_sql = (
+        "LEFT JOIN atomic_tags t USING (sample_id)"
+        if has_relation(con, "atomic_tags")
+        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
+    )
+    scored_sql = (
+        f"LEFT JOIN ({SCORED_QUALITY_SQL}) q USING (sample_id)"
+        if has_relation(con, "quality_scores")
+        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
+    )
+    rows = con.execute(
+        f"""
+        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]), s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
+        FROM samples s {tags_sql} {scored_sql}
+        ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
+        """,
+        {"shard_order": list(shard_order)},
+    ).fetchall()
+    failed = sum(1 for r in rows if r[4] == "failed")
+    rows = [r for r in rows if r[4] != "failed"]
+    scores, origin, fill = quality_scores([r[2] for r in rows], [r[5] for r in rows], sorted({r[6] for r in rows if r[6]}))
+    pool = PoolArrays(
+        sample_ids=[r[0] for r in rows],
+        tags=[list(r[1]) for r in rows],
+        scores=scores,
+        tokens=np.array([r[3] for r in rows], dtype=np.int64),
+    )
+    if layout is not None:
+        pool.embeddings = load_embeddings(layout, pool.sample_ids)
+    return pool, origin, fill, failed
+
+
+def load_embeddings(layout: WarehouseLayout, sample_ids: list[str]) -> np.ndarray:
+    """The sample_embeddings rows of ``sample_ids``, in that order; an error names what is missing."""
+    files = layout.shard_files("sample_embeddings")
+    if not files:
+        raise ValueError("no sample embeddings: materialize sample_embeddings for the pool's shards first")
+    table = pa.concat_tables(pq.read_table(f, columns=["sample_id", "embedding"]) for f in files)
+    row_of = {sid: i for i, sid in enumerate(table.column("sample_id").to_pylist())}
+    missing = [sid for sid in sample_ids if sid not in row_of]
+    if missing:
+        raise ValueError(f"{len(missing)} pool samples have no embedding (e.g. {missing[:3]}): materialize sample_embeddings for every shard")
+    return arrow_to_vectors(table.column("embedding"))[[row_of[sid] for sid in sample_ids]]
+
+
+def load_graph(con) -> LabelGraph:
+    """The ``label_graph`` asset's labels and weighted edges as W (L x L)."""
+    labels = [label for (label,) in con.execute("SELECT label FROM label_graph_labels ORDER BY label_id").fetchall()]
+    src, dst, weight = con.execute("SELECT list(src), list(dst), list(weight) FROM label_graph_edges").fetchall()[0]
+    W = sp.csr_array(
+        (np.asarray(weight or [], np.float32), (np.asarray(src or [], np.int64), np.asarray(dst or [], np.int64))),
+        shape=(len(labels), len(labels)),
+    )
+    return LabelGraph(labels, W)
+
+
+def load_target(con, tree_version: str, *, required: bool) -> np.ndarray | None:
+    """The target leaf distribution of ``target_profile`` when it was built on this tree version.
+
+    Missing or stale: an error when ``required`` (an aligned selection), else None (KL not reported)."""
+    if has_relation(con, "target_info"):
+        [(built_on,)] = con.execute("SELECT tree_version FROM target_info").fetchall()
+        if built_on == tree_version:
+            return np.array([share for (share,) in con.execute("SELECT share FROM target_profile ORDER BY leaf_id").fetchall()])
+        problem = f"target_profile was built on tree {built_on}, the tree is now {tree_version}: materialize target_profile again"
+    else:
+        problem = "no target profile: set target.path in MIG_HOME/mig.yaml (or put the target set in MIG_HOME/targets) and materialize target_profile"
+    if required:
+        raise ValueError(problem)
+    return None
+
+
+def tag_policies(con) -> set[str]:
+    """The tag policies of the pool's tags (core/tagging/canonical.py), from the backends that wrote atomic_tags."""
+    if not has_relation(con, "atomic_tags"):
+        return set()
+    return {policy_of_backend(backend) for (backend,) in con.execute("SELECT DISTINCT backend FROM atomic_tags").fetchall()}
+
+
+def valid_labels(valid_tags: frozenset[str], policies: set[str]) -> set[str]:
+    """Tags a valid-tag file admits: as written (the reference: the file alone decides, for imported
+    tags) and, when LLM tags are in the pool, the normalized forms of its entries too."""
+    if policies <= {"as_written"}:
+        return set(valid_tags)
+    return set(valid_tags) | {c for c in map(normalize_tag, valid_tags) if c is not None}

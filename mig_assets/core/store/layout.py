@@ -1,0 +1,230 @@
+"""Where everything lives under ``MIG_HOME``, how shard files map to partition keys, and which
+catalog views read which Parquet (the SQL of each view over the files that exist now).
+
+Layout::
+
+    MIG_HOME/pool/incoming/**         shard files dropped by users (one shard per file)
+    MIG_HOME/warehouse/<asset>/shard=<key>/part-0.parquet
+    MIG_HOME/warehouse/tables/<table>/part-*.parquet   global tables (selections, graph, tree, ...)
+    MIG_HOME/warehouse/mig.duckdb     views only, rebuilt from the Parquet whenever needed
+    MIG_HOME/exports/<selection>/<version>/
+    MIG_HOME/targets/**               the default target set of target_profile (MIG_TARGET_PATH overrides)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings", "quality_scores")
+CATALOG_VIEWS = {
+    # every parsed row, kept or duplicate
+    "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
+    # one row per sample_id: the kept copy, or a duplicate when the kept copy's shard changed since
+    "samples": """
+        SELECT * EXCLUDE (copy_rank) FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY sample_id ORDER BY duplicate_of IS NOT NULL, shard, line_no) AS copy_rank
+            FROM raw_pool_rows)
+        WHERE copy_rank = 1""",
+    "duplicates": "SELECT * FROM raw_pool_rows WHERE duplicate_of IS NOT NULL",
+    "quarantine": "SELECT * FROM read_parquet({quarantine}, hive_partitioning = false, union_by_name = true)",
+    "shards": "SELECT * FROM read_parquet({shard_stats}, hive_partitioning = false, union_by_name = true)",
+    "atomic_tags": "SELECT * FROM read_parquet({atomic_tags}, hive_partitioning = false, union_by_name = true)",
+    "sample_embeddings": "SELECT * FROM read_parquet({sample_embeddings}, hive_partitioning = false, union_by_name = true)",
+    "quality_scores": "SELECT * FROM read_parquet({quality_scores}, hive_partitioning = false, union_by_name = true)",
+}
+# global tables: one folder each; replaced tables hold part-0.parquet, histories one file per append
+TABLES_DIR = "tables"
+VIEW_SOURCES = {
+    "raw_pool_rows": "raw_pool",
+    "quarantine": "quarantine",
+    "shards": "shard_stats",
+    "atomic_tags": "atomic_tags",
+    "sample_embeddings": "sample_embeddings",
+    "quality_scores": "quality_scores",
+}
+
+
+# the file types a shard may be; the store decides (it maps files to partitions), readers follow
+SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".ndjson.gz", ".json.gz")
+
+
+def is_supported(path: Path) -> bool:
+    """Whether ``path``'s name ends in a shard file type (case-insensitive)."""
+    name = path.name.lower()
+    return any(name.endswith(suffix) for suffix in SUPPORTED_SUFFIXES)
+
+
+class ShardPathError(ValueError):
+    """A file that cannot be a shard (outside the pool, unsupported type, key collision)."""
+
+
+class WarehouseLayout:
+    def __init__(self, mig_home: str | Path):
+        self.home = Path(mig_home).expanduser().resolve()
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.home / "pool"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.pool_dir / "incoming"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "warehouse"
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.warehouse_dir / "mig.duckdb"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def ensure(self) -> "WarehouseLayout":
+        for folder in (self.incoming_dir, self.warehouse_dir, self.exports_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def tag_embeddings_file(self) -> Path:
+        return self.warehouse_dir / "tag_embeddings" / "part-0.parquet"
+
+    @property
+    def knowledge_tree_dir(self) -> Path:
+        return self.warehouse_dir / "knowledge_tree"
+
+    def shard_file(self, asset: str, shard: str) -> Path:
+        return self.warehouse_dir / asset / f"shard={shard}" / "part-0.parquet"
+
+    def shard_files(self, asset: str) -> list[Path]:
+        return sorted((self.warehouse_dir / asset).glob("shard=*/part-0.parquet"))
+
+    def relative_source(self, path: Path) -> str:
+        """The path an auditor can follow: relative to MIG_HOME/pool when inside it."""
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self.pool_dir).as_posix()
+        except ValueError:
+            return str(resolved)
+
+    def shard_key(self, path: str | Path) -> str:
+        """Partition key of a shard file: its path under pool/incoming, made key- and path-safe.
+
+        Raises :class:`ShardPathError` for a path (or symlink target) outside pool/incoming.
+        """
+        if Path(path).name.startswith("."):
+            raise ShardPathError(f"{path}: a hidden file name (leading '.') is not a shard; rename it without the dot")
+        try:
+            resolved = Path(path).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop (RuntimeError before Python 3.13)
+            raise ShardPathError(f"{path}: cannot be resolved ({exc}); skipped") from exc
+        incoming = self.incoming_dir.resolve()
+        if not resolved.is_relative_to(incoming):
+            raise ShardPathError(
+                f"{path} is outside {incoming}: shards must live in MIG_HOME/pool/incoming "
+                f"(resolved path {resolved}); use `mig-assets ingest FILE` to import a file from elsewhere"
+            )
+        if not is_supported(resolved):
+            raise ShardPathError(f"{path}: unsupported file type (expected .jsonl, .json, .parquet, optionally .gz)")
+        return shard_key_of(resolved.relative_to(incoming).as_posix())
+
+    def discover_shards(self) -> tuple[dict[str, Path], list[str]]:
+        """Supported files under pool/incoming by key, plus a problem line for each file skipped.
+
+        Hidden files and partial downloads (``.tmp``, ``.part``) are skipped: writers should write
+        under such a name and rename when done.
+        """
+        found: dict[str, Path] = {}
+        problems: list[str] = []
+        if not self.incoming_dir.exists():
+            return found, problems
+        for path in sorted(self.incoming_dir.rglob("*")):
+            rel = path.relative_to(self.incoming_dir)
+            if path.is_dir() or any(part.startswith(".") for part in rel.parts) or path.suffix in (".tmp", ".part"):
+                continue
+            try:
+                key = self.shard_key(path)
+            except ShardPathError as exc:
+                problems.append(str(exc))
+                continue
+            if key in found:
+                problems.append(f"{path}: its shard key {key!r} collides with {found[key]}; rename one of them")
+                continue
+            found[key] = path
+        return found, problems
+
+    def shard_path(self, key: str) -> Path:
+        shards, _ = self.discover_shards()
+        if key not in shards:
+            raise ShardPathError(f"no file under {self.incoming_dir} has shard key {key!r}")
+        return shards[key]
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.warehouse_dir / TABLES_DIR
+
+    def table_files(self, name: str) -> list[Path]:
+        return sorted((self.tables_dir / name).glob("part-*.parquet"))
+
+    def view_definitions(self) -> dict[str, str]:
+        """Each catalog view's SELECT over the Parquet that exists now (a glob over no file would fail)."""
+        globs = {asset: sql_literal(f"{(self.warehouse_dir / asset).as_posix()}/shard=*/part-0.parquet") for asset in SHARD_ASSETS}
+        views = {view: sql.format(**globs) for view, sql in CATALOG_VIEWS.items() if self.shard_files(VIEW_SOURCES.get(view, "raw_pool"))}
+        tables = sorted(p.name for p in self.tables_dir.glob("*") if self.table_files(p.name)) if self.tables_dir.exists() else []
+        return views | {name: table_view_sql(self.tables_dir / name) for name in tables}
+
+    def refresh_catalog(self, con) -> list[str]:
+        """(Re)create the catalog views over the Parquet that exists now; returns the view names."""
+        definitions = self.view_definitions()
+        for view, sql in definitions.items():
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {sql}")
+        return list(definitions)
+
+    def missing_shard_files(self) -> dict[str, list[Path]]:
+        """Shards whose stats file says they were ingested but whose samples or quarantine Parquet is
+        gone (deleted by hand): their rows would silently drop out of ``samples``. Re-ingest restores them."""
+        missing = {}
+        for stats in self.shard_files("shard_stats"):
+            shard = stats.parent.name.removeprefix("shard=")
+            gone = [self.shard_file(asset, shard) for asset in ("raw_pool", "quarantine") if not self.shard_file(asset, shard).exists()]
+            if gone:
+                missing[shard] = gone
+        return missing
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# a path part that maps to itself, and whose parts joined with '__' can be split back unambiguously
+_PLAIN_PART = re.compile(r"[A-Za-z0-9.-]+(?:_[A-Za-z0-9.-]+)*")
+KEY_HASH_CHARS = 10
+
+
+def shard_key_of(relative_path: str) -> str:
+    """Collision-free, path-safe partition key of a file's path under pool/incoming.
+
+    A plain path keeps its readable key, parts joined with ``__`` (``sub/file.jsonl`` ->
+    ``sub__file.jsonl``). Any other path (characters outside ``[A-Za-z0-9._-]``, ``__``, ``...``, a
+    part starting or ending with ``_``) is made safe and gets ``-`` + the first 10 hex digits of the
+    SHA-256 of the original path (``my file.jsonl`` -> ``my_file.jsonl-<hash>``): two names never
+    share a key, since a plain key always ends in a file suffix, never in ``-<hash>``.
+    """
+    parts = relative_path.split("/")
+    key = "__".join(_UNSAFE.sub("_", part) for part in parts)
+    if all(_PLAIN_PART.fullmatch(part) and "..." not in part for part in parts):
+        return key
+    digest = hashlib.sha256(relative_path.encode("utf-8", errors="surrogateescape")).hexdigest()[:KEY_HASH_CHARS]
+    return f"{re.sub(r'[.]{3,}', '_', key)}-{digest}"
+
+
+def table_view_sql(folder: Path) -> str:
+    return f"SELECT * FROM read_parquet({sql_literal(folder.as_posix() + '/part-*.parquet')}, union_by_name = true)"
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal, quotes doubled: for paths in view definitions, which cannot
+    be bound parameters (a ``'`` in MIG_HOME must not end the literal)."""
+    return "'" + text.replace("'", "''") + "'"
