@@ -90,16 +90,20 @@ class PoolPoints:
     shards: list[str]
     ids: list[str] = field(default_factory=list)
     shard_of_row: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    matrix: np.ndarray | None = None
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     valid: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @classmethod
     def concat(cls, parts: list[tuple[str, list[str], np.ndarray, np.ndarray]], width: int, dtype) -> "PoolPoints":
         """``parts``: (shard, ids, matrix, valid) per shard, in pool order."""
         seen: set[str] = set()
-        ids, shard_of_row, matrices, valid = [], [], [], []
+        ids: list[str] = []
+        shard_of_row, matrices, valid = [], [], []
         for position, (_, shard_ids, matrix, shard_valid) in enumerate(parts):
-            first = np.array([sample_id not in seen and not seen.add(sample_id) for sample_id in shard_ids], dtype=bool)
+            first = np.zeros(len(shard_ids), dtype=bool)
+            for row, sample_id in enumerate(shard_ids):
+                first[row] = sample_id not in seen
+                seen.add(sample_id)
             ids.extend(np.array(shard_ids, dtype=object)[first].tolist() if len(shard_ids) else [])
             shard_of_row.append(np.full(int(first.sum()), position, dtype=np.int64))
             matrices.append(matrix[first])

@@ -152,9 +152,9 @@ def vector_index(vectors: np.ndarray, params: EmbeddingParams):
     n, dimension = vectors.shape
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if n <= params.exact_search_below:
-        index = faiss.IndexFlatIP(dimension)
-        index.add(vectors)
-        return index, None
+        flat = faiss.IndexFlatIP(dimension)
+        flat.add(vectors)
+        return flat, None
     cells = ivf_cells(n, params.nprobe)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dimension), dimension, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed, index.cp.niter, index.cp.min_points_per_centroid = params.seed, 5, 16

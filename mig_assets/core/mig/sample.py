@@ -79,6 +79,7 @@ def run_sample(
         order = random_select(len(pool), n)
     else:
         clock = time.perf_counter()
+        assert embed_labels is not None  # checked above for the mig sampler
         problem = build_problem(pool.tag_indptr, pool.tag_ids, pool.tags, pool.scores, embed_labels, params)
         timings["graph"] = time.perf_counter() - clock
         clock = time.perf_counter()

@@ -94,7 +94,7 @@ def explain(
     sample_id = resolve_sample_id(con, sample_id, inputs_file)
     answer, ingested_at = _current_lineage(con, sample_id)
     used = read_inputs_row(con, inputs_file, sample_id) if inputs_file is not None else None
-    if used is not None:
+    if used is not None and inputs_file is not None:
         answer, inputs = _answer_from_version_inputs(con, used, inputs_file, answer, current_runs)
     elif answer is None:
         raise ValueError(f"sample {sample_id} is in no shard and not in the inputs of the selection asked about")
@@ -207,7 +207,8 @@ def _lineage_at_version(used: dict, runs_then: dict, inputs_file: Path) -> dict:
 
 
 def _chosen_version(con, selection: str | None, version: int | None) -> dict | None:
-    where, params = ("selection = ?", [selection]) if selection else ("TRUE", [])
+    params: list[object] = [selection] if selection else []
+    where = "selection = ?" if selection else "TRUE"
     if version is not None:
         where, params = where + " AND version = ?", params + [version]
     chosen = _one(con, f"SELECT * FROM selections WHERE {where} ORDER BY created_at DESC LIMIT 1", params)

@@ -65,7 +65,7 @@ def deita_filter(scores, embeddings, k: int, threshold: float = 0.9) -> np.ndarr
     limit = np.float32(threshold)
     candidates = _by_score(scores)
     accepted_vectors = np.empty((k, unit.shape[1]), dtype=np.float32)
-    accepted = []
+    accepted: list[int] = []
     for start in range(0, len(candidates), _DEITA_BLOCK):
         if len(accepted) == k:
             break

@@ -15,6 +15,7 @@ def resolve_count(n_pool: int, count: int | None = None, fraction: float | None 
         if count < 0:
             raise ValueError(f"budget count must be >= 0, got {count}")
         return min(count, n_pool)
+    assert fraction is not None
     if not 0 <= fraction <= 1:
         raise ValueError(f"budget fraction must be in [0, 1], got {fraction}")
     return min(math.ceil(fraction * n_pool), n_pool)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def raw_sha256(raw: str | None) -> str | None:
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest() if raw is not None else None
 
 
-def current_inputs(con, sample_ids: list[str] | None = None, raw_for: list[str] = ()) -> pa.Table:
+def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[str] = ()) -> pa.Table:
     """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
     :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
     (null: neither); the raw record for ``raw_for`` only."""
