@@ -324,3 +324,24 @@ def test_tags_brute_force_best_completable_candidate_under_caps():
             extendable = [r for r in range(9) if r not in prefix and any(prefix | {r} <= s for s in completions)]
             best = max(extendable, key=lambda r: (tags_objective(problem, [*prefix, r]), -r))
             assert tags_objective(problem, [*prefix, order[t]]) == pytest.approx(tags_objective(problem, [*prefix, best]))
+
+
+def test_constraint_reasons_name_the_binding_cap_pins_and_bans():
+    from mig_assets.core.selection.constraint_spec import constraint_reasons
+
+    Y = sp.csr_array(np.array([[9.0, 0], [8, 0.1], [7, 0.2], [0, 3], [0, 2], [1, 1]], np.float32))
+    c = Constraints(
+        6,
+        pinned=np.array([4]),
+        banned=np.eye(1, 6, 5, dtype=bool).ravel(),
+        group_ids=np.array([0, 0, 0, 1, 1, 1]),
+        group_share=np.array([1 / 3, 1.0]),
+        group_names=("a.jsonl", "b.jsonl"),
+        group_by="shard",
+    )
+    order = select_constrained(Y, 3, c, EXACT).order
+    reasons = constraint_reasons(c, order)
+    assert reasons[4] == "pinned by must_include" and reasons[5] == "excluded by must_exclude"
+    assert sorted(order.tolist()) == [0, 3, 4]
+    assert reasons[1] == reasons[2] == "max_share: its shard 'a.jsonl' is at its cap of 1 picks"
+    assert 0 not in reasons and 3 not in reasons  # picked freely

@@ -244,8 +244,24 @@ def constraint_report(constraints: Constraints, order: np.ndarray) -> dict:
     return report
 
 
-def constraint_reasons(constraints: Constraints) -> dict[int, str]:
-    """Rows whose place in a selection a constraint decided, by row: pinned ones and excluded ones."""
-    reasons = {int(row): "pinned by must_include" for row in constraints.pinned.tolist()}
+def constraint_reasons(constraints: Constraints, order: np.ndarray) -> dict[int, str]:
+    """Rows whose place in a selection of ``order`` a constraint decided, by row: pinned ones, excluded
+    ones, and unpicked rows of a group or carrying a label that the selection filled to its cap."""
+    k, picked = len(order), np.zeros(constraints.n_samples, bool)
+    picked[np.asarray(order, np.int64)] = True
+    reasons: dict[int, str] = {}
+    if constraints.group_ids is not None:
+        counts, caps = np.bincount(constraints.group_ids[order], minlength=len(constraints.group_share)), constraints.group_caps(k)
+        for g in np.flatnonzero(counts >= caps).tolist():
+            text = f"max_share: its {constraints.group_by} {constraints.group_names[g]!r} is at its cap of {caps[g]} picks"
+            reasons |= dict.fromkeys(np.flatnonzero((constraints.group_ids == g) & ~picked).tolist(), text)
+    if constraints.label_members is not None:
+        counts = np.asarray(constraints.label_members[order].sum(axis=0)).ravel()
+        columns = sp.csc_array(constraints.label_members)
+        for m in np.flatnonzero(counts >= constraints.label_max).tolist():
+            rows = columns.indices[columns.indptr[m] : columns.indptr[m + 1]]
+            text = f"label_counts: {constraints.label_names[m]!r} is at its max of {constraints.label_max[m]} picks"
+            reasons |= dict.fromkeys(rows[~picked[rows]].tolist(), text)
     reasons |= {int(row): "excluded by must_exclude" for row in np.flatnonzero(constraints.banned).tolist()}
+    reasons |= {int(row): "pinned by must_include" for row in constraints.pinned.tolist()}
     return reasons

@@ -28,7 +28,7 @@ from mig_assets.core.selection.constraint_spec import constraint_reasons
 from mig_assets.core.selection.constraints import Constraints
 from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
 from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
-from mig_assets.core.selection.stability import WarmStart, warm_reasons
+from mig_assets.core.selection.stability import WarmResult, WarmStart, warm_reasons
 
 
 @dataclass
@@ -137,18 +137,26 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
 def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
     assert graph is not None  # mig_matrix refuses a missing graph
-    report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
+    report, how = None, None
     if warm is not None:
         result, how, report = warm_select(Y, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
-        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
     elif constraints is not None:
         result = select_constrained(Y, k, constraints, params)
     else:
         result = select(Y, k, params)
+    reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(
         result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y, stability=report, reasons=reasons
     )
+
+
+def steering_reasons(constraints: Constraints | None, warm: WarmStart | None, how: WarmResult | None, order: np.ndarray) -> dict[int, str]:
+    """The exact reasons a constraint (:func:`constraint_reasons`) or the warm start (:func:`warm_reasons`, which take precedence) gave rows."""
+    reasons = constraint_reasons(constraints, order) if constraints is not None else {}
+    if warm is not None and how is not None:
+        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
+    return reasons
 
 
 def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, level_weights: str = SelectionRequest.level_weights):
@@ -175,14 +183,14 @@ def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target, con
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     problem = tags_problem(pool, tree, request.gamma, request.level_weights)
-    report, reasons = None, constraint_reasons(constraints) if constraints is not None else {}
+    report, how = None, None
     if warm is not None:
         result, how, report = tags_warm_select(problem, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)
-        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
     elif constraints is not None:
         result = tags_select_constrained(problem, k, constraints, params, target)
     else:
         result = tags_select(problem, k, params, target)
+    reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(
         result.order,
