@@ -23,11 +23,13 @@ from mig_assets.core.store.layout import ShardPathError, WarehouseLayout
 from mig_assets.launch import (
     CLI_LOGGING,
     StepsFailed,
+    contiguous_ranges,
     dagster_instance,
     ingest_files,
     log_file,
     output_to_log,
     run_pipeline,
+    shards_needing,
 )
 from mig_assets.settings import (
     DEFAULT_MIG_HOME,
@@ -253,6 +255,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decontaminate(args: argparse.Namespace) -> int:
+    """Register the benchmark files (and --ngram/--threshold) in mig.yaml, check every ingested shard
+    whose contamination is missing, older than its raw_pool or made with other benchmarks or
+    thresholds (decontaminate_job), and print one JSON object of counts over all shards."""
+    from mig_assets.core.curation.shard_check import summarize
+    from mig_assets.settings import current_settings
+
+    layout = WarehouseLayout(mig_home()).ensure()
+    files = [path.expanduser().resolve() for path in args.against]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: benchmark file not found")
+    updates = {"decontamination.benchmarks": [str(p) for p in files]}
+    updates |= {"decontamination.ngram": args.ngram} if args.ngram is not None else {}
+    updates |= {"decontamination.threshold": args.threshold} if args.threshold is not None else {}
+    write_settings_file(layout.home, updates)
+    current_settings.cache_clear()  # the definitions below are built from the file just written
+    from mig_assets.definitions import contamination, defs
+    from mig_assets.orchestration.partitions import pool_shards
+
+    instance = dagster_instance(layout)
+    ordered = list(instance.get_dynamic_partitions(pool_shards.name))
+    if not ordered:
+        raise ValueError(f"nothing ingested in {layout.home}: `mig-assets ingest FILE...` first")
+    needed, _ = shards_needing(instance, contamination, ordered, retag=True)
+    with output_to_log(layout) as say:
+        for first, last in contiguous_ranges(ordered, set(needed)):
+            say(f"contamination: shards {first} .. {last} (decontaminate_job) ...")
+            defs.resolve_job_def("decontaminate_job").execute_in_process(
+                instance=instance,
+                run_config=CLI_LOGGING,
+                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
+            )
+        if not needed:
+            say("contamination: up to date")
+    summary = summarize({shard: layout.shard_file("contamination", shard) for shard in ordered}, [str(p) for p in files])
+    print(json.dumps({**summary, "shards_checked_now": len(needed)}, indent=2))
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace) -> int:
     """One query over the catalog's views (a private session over the Parquet, so it never holds a
     lock a run needs), printed as a table or as JSON lines."""
@@ -341,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--count", type=int, default=None, help="samples each method selects")
     compare.add_argument("--seed", type=int, default=SELECTION_DEFAULTS["seed"])
     compare.set_defaults(func=cmd_compare)
+    decon = sub.add_parser("decontaminate", help="check the pool against benchmark files (registered in mig.yaml); prints a JSON summary")
+    decon.add_argument("--against", nargs="+", type=Path, required=True, metavar="FILE", help="benchmark files in any pool format")
+    decon.add_argument("--ngram", type=int, default=None, help="word n-gram size (default 8, Tulu 3's)")
+    decon.add_argument("--threshold", type=float, default=None, help="flag above this share of an item's words in shared n-grams (default 0.5)")
+    decon.set_defaults(func=cmd_decontaminate)
     return parser
 
 

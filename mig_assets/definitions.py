@@ -7,6 +7,7 @@ model library is imported at module level anywhere.
 
 import dagster as dg
 
+from mig_assets.defs.contamination.assets import build_contamination, decontamination_config
 from mig_assets.defs.embeddings.assets import sample_embeddings, tag_embeddings
 from mig_assets.defs.near_duplicates.assets import near_duplicates
 from mig_assets.defs.pool.assets import raw_pool
@@ -28,6 +29,8 @@ resources = build_resources(settings)
 # the tagger and scorer settings decide these assets' code versions: a change shows them stale
 atomic_tags = build_atomic_tags(resources["tagger"].version())
 quality_scores = build_quality_scores(resources["scorer"].version())
+# the benchmark files' bytes, methods and thresholds decide contamination's code version
+contamination = build_contamination(decontamination_config(settings))
 selection_assets = [build_selection_asset(spec) for spec in selection_specs()]
 # GPU work in one process: one engine per run, and a run may cover many shards (single-run backfill)
 tag_job = dg.define_asset_job(
@@ -51,6 +54,13 @@ compare_job = dg.define_asset_job(
     description="Every selection method at one budget (default 10%), measured side by side.",
 )
 
+decontaminate_job = dg.define_asset_job(
+    "decontaminate_job",
+    selection=[contamination],
+    executor_def=dg.in_process_executor,
+    description="Check shards against the registered benchmark files (mig-assets decontaminate); one index per run.",
+)
+
 defs = dg.Definitions(
     # on demand: the comparison, the what-if sweep and the stability report
     assets=[
@@ -58,13 +68,14 @@ defs = dg.Definitions(
         atomic_tags,
         sample_embeddings,
         quality_scores,
+        contamination,
         near_duplicates,
         *global_assets,
         selection_comparison,
         selection_sweep,
         selection_stability,
     ],
-    jobs=[ingest_job, tag_job, reselect_job, compare_job],
+    jobs=[ingest_job, tag_job, reselect_job, compare_job, decontaminate_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=resources,
 )

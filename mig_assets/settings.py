@@ -114,6 +114,36 @@ class ModelSettings(_Section):
     cache_dir: str = Field(default=DEFAULT_MODEL_CACHE, description="where packaged models are converted once (SmolLM2's GGUF)")
 
 
+class DecontaminationSettings(_Section):
+    benchmarks: list[str] = Field(default_factory=list, description="benchmark files the contamination asset checks the pool against (any pool format)")
+    methods: list[str] = Field(default_factory=lambda: ["ngram", "exact"], description="ngram, exact and/or embedding (needs sample_embeddings)")
+    ngram: int = Field(default=8, ge=1, description="word n-gram size (Tulu 3: 8)")
+    threshold: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="flag when more than this share of a benchmark item's words are in shared n-grams (Tulu 3: 0.5)"
+    )
+    embedding_threshold: float = Field(default=0.85, ge=-1.0, le=1.0, description="embedding method: flag at cosine >= this")
+
+    @field_validator("benchmarks", "methods", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        """An environment override is one string: ``a.jsonl,b.jsonl``."""
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        from mig_assets.core.curation.decontamination import METHODS
+
+        unknown = [m for m in value if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; expected some of {', '.join(METHODS)}")
+        return value
+
+    def resolved_benchmarks(self, home: Path) -> list[str]:
+        """The benchmark files as absolute paths (relative ones are under MIG_HOME)."""
+        return [str((home / path).resolve()) for path in self.benchmarks]
+
+
 def _resource_sections() -> dict[str, type]:
     from mig_assets.resources import Embedder, Execution, Scorer, Tagger
 
@@ -126,6 +156,7 @@ PLAIN_SECTIONS: dict[str, type[_Section]] = {
     "automation": AutomationSettings,
     "near_duplicates": NearDuplicateSettings,
     "models": ModelSettings,
+    "decontamination": DecontaminationSettings,
 }
 SECTION_HELP = {
     "tagger": "atomic_tags: backend imported | vllm | openai; changing it re-versions the tags (see README)",
@@ -137,6 +168,7 @@ SECTION_HELP = {
     "automation": "declarative automation",
     "near_duplicates": "near_duplicates: lexical (MinHash LSH) and semantic (embedding cosine) near copies, one representative kept",
     "models": "model files",
+    "decontamination": "the contamination asset: benchmark files and matching (mig-assets decontaminate writes them)",
 }
 
 
@@ -174,6 +206,10 @@ class Settings:
         return NearDuplicateSettings(**self.values["near_duplicates"])
 
     @property
+    def decontamination(self) -> DecontaminationSettings:
+        return DecontaminationSettings(**self.values["decontamination"])
+
+    @property
     def model_cache(self) -> str:
         return self.values["models"]["cache_dir"]
 
@@ -202,7 +238,7 @@ def _all_sections() -> dict[str, type]:
 
 
 def _defaults() -> dict[str, dict[str, Any]]:
-    return {name: {key: info.default for key, info in _section_fields(cls).items()} for name, cls in _all_sections().items()}
+    return {name: {key: info.get_default(call_default_factory=True) for key, info in _section_fields(cls).items()} for name, cls in _all_sections().items()}
 
 
 def _env_overrides(known: dict[str, dict[str, Any]], environ: dict[str, str]) -> dict[str, str]:

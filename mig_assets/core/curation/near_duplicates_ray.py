@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from mig_assets.core.curation.near_duplicate_state import kept_rows, signature_table
 from mig_assets.core.curation.near_duplicates import MinHashParams, range_query
-from mig_assets.core.execution.ray_pipeline import RaySettings, join_uri, open_uri
+from mig_assets.core.execution.pipeline import RaySettings
+from mig_assets.core.execution.storage import join_uri, open_uri
 
 QUERY_CHUNK = 16_384  # query vectors per actor call
 

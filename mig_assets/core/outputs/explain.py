@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from mig_assets.core.curation.exclusions import exclusion_of
 from mig_assets.core.mig.algorithm import (
     MigParams,
     phi,
@@ -236,7 +237,10 @@ def _selection_fate(con, sample_id: str, chosen: dict, inputs: dict, warehouse_d
     if member is not None:
         return fate | {"selected": True} | member
     fate["selected"] = False
-    if not inputs["in_pool_then"]:
+    excluded = exclusion_of(con, chosen["selection"], chosen["version"], sample_id)
+    if excluded is not None:
+        fate["why_not"] = excluded
+    elif not inputs["in_pool_then"]:
         fate["why_not"] = "the sample was ingested after this selection version was made"
     elif inputs["tag_status"] == "failed":
         fate["why_not"] = f"excluded: its tagging failed ({inputs['tag_reason']})"

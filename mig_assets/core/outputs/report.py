@@ -255,8 +255,9 @@ def selection_plots(method: str, pool, outcome, tree=None, target=None) -> dict[
     return plots
 
 
-def selection_report(name: str, method: str, budget: dict, version: int, pool, outcome, score_origin: str, plots, diff, inputs_changed) -> str:
-    """A selection version's HTML page: summary, plots, top tags, changes and changed inputs."""
+def selection_report(name: str, method: str, budget: dict, version: int, pool, outcome, score_origin: str, plots, diff, inputs_changed, exclusions) -> str:
+    """A selection version's HTML page: summary, plots, top tags, changes, changed inputs and what
+    curation left out (``exclusions``: a :class:`~mig_assets.core.curation.exclusions.Exclusions`)."""
     selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     summary = {
         "selection": name,
@@ -267,12 +268,13 @@ def selection_report(name: str, method: str, budget: dict, version: int, pool, o
         "selected": len(outcome.order),
         "selected tokens (est.)": int(pool.tokens[outcome.order].sum()),
         "quality weights": score_origin,
+        **{name.replace("_", " "): n for name, n in exclusions.counts().items()},
     }
     if outcome.kl is not None and len(outcome.kl):
         summary["KL(target || selection), nats"] = round(float(outcome.kl[-1]), 4)
     top = [{"tag": tag, "selected samples": n} for tag, n in selected_tags.most_common(25)]
     changes = [{"change": r["change"], "sample_id": r["sample_id"], "reason": r["reason"]} for r in diff]
-    tables = {"top tags in the selection": top, "changes since the previous version": changes}
+    tables = {"top tags in the selection": top, "changes since the previous version": changes, "excluded before selection": exclusions.report_rows()}
     if inputs_changed is not None:
         tables[f"inputs changed since version {version - 1}"] = inputs_changed
     return html_report(f"{name} v{version}", summary, plots, tables)

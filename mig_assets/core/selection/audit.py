@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mig_assets.core.curation.exclusions import EXCLUSIONS_TABLE
 from mig_assets.core.outputs.export import write_export
 from mig_assets.core.outputs.report import selection_plots, selection_report
 from mig_assets.core.selection.inputs import PoolArrays, SelectionInputs
@@ -104,14 +105,15 @@ def persist_selection(
         "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank",
         [name, version],
     ).fetchall()
-    diff = diff_against_previous(con, name, version, ids, pool, outcome)
+    diff = inputs.exclusions.explain_removals(diff_against_previous(con, name, version, ids, pool, outcome))
     if diff:
         insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
+    insert_table(con, EXCLUSIONS_TABLE, inputs.exclusions.table(name, version), part=part)
     manifest = selection_manifest(name, request, version, inputs, outcome, provenance)
     inputs_changed = record_inputs(con, layout.warehouse_dir, name, request.method, version, inputs, ids, outcome, provenance)
     plots = selection_plots(request.method, pool, outcome, tree, inputs.target)
     budget = {kind: value for kind, value in vars(request.budget).items() if value is not None}
-    report = selection_report(name, request.method, budget, version, pool, outcome, inputs.score_origin, plots, diff, inputs_changed)
+    report = selection_report(name, request.method, budget, version, pool, outcome, inputs.score_origin, plots, diff, inputs_changed, inputs.exclusions)
     export_dir = layout.exports_dir / name / f"v{version:04d}"
     files = write_export(
         export_dir,
@@ -237,7 +239,9 @@ def selection_manifest(name: str, request: SelectionRequest, version: int, input
             "selected": len(outcome.order),
             "excluded_failed_tagging": inputs.failed,
             "selected_tokens_est": int(pool.tokens[outcome.order].sum()),
+            **inputs.exclusions.counts(),
         },
+        "curation": inputs.exclusions.record(),
         "score_origin": inputs.score_origin,
         "settings": provenance.settings,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),

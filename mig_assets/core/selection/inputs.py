@@ -9,13 +9,14 @@ order: every method breaks ties to the earlier row.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from mig_assets.core.curation.exclusions import Exclusions, find_exclusions
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.selection.lineage import SCORED_QUALITY_SQL
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
@@ -32,6 +33,17 @@ class PoolArrays:
     scores: np.ndarray  # quality weight per sample (float64, >= 0)
     tokens: np.ndarray  # estimated tokens per sample (int64)
     embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
+
+    def without(self, excluded: set[str]) -> PoolArrays:
+        """The pool without the ``excluded`` sample ids, input order kept."""
+        keep = np.array([sid not in excluded for sid in self.sample_ids], dtype=bool)
+        return PoolArrays(
+            sample_ids=[sid for sid, k in zip(self.sample_ids, keep) if k],
+            tags=[tags for tags, k in zip(self.tags, keep) if k],
+            scores=self.scores[keep],
+            tokens=self.tokens[keep],
+            embeddings=self.embeddings[keep] if self.embeddings is not None else None,
+        )
 
 
 @dataclass
@@ -52,16 +64,30 @@ class SelectionInputs:
     graph: LabelGraph | None = None
     tree: object | None = None  # core.tags.tree.KnowledgeTree
     target: np.ndarray | None = None  # target leaf distribution over the tree's leaves
+    exclusions: Exclusions = field(default_factory=Exclusions)  # left out of the pool before selection, with the evidence
 
 
 def load_inputs(
-    con, layout: WarehouseLayout, shard_order: Sequence[str], *, embeddings: bool, graph: bool, tree: bool, target_required: bool
+    con,
+    layout: WarehouseLayout,
+    shard_order: Sequence[str],
+    *,
+    embeddings: bool,
+    graph: bool,
+    tree: bool,
+    target_required: bool,
+    exclude_contaminated: bool = True,
+    exclude_near_duplicates: bool = True,
 ) -> SelectionInputs:
-    """The pool (with its sample embeddings when ``embeddings``), the label graph when ``graph``, the
-    knowledge tree and its target profile when ``tree`` (a missing or stale target is an error when
-    ``target_required``, else left out)."""
+    """The pool (with its sample embeddings when ``embeddings``) without the samples curation leaves
+    out (contaminated ones, near-duplicates that are not their cluster's representative: each switch
+    on by default), the label graph when ``graph``, the knowledge tree and its target profile when
+    ``tree`` (a missing or stale target is an error when ``target_required``, else left out)."""
     pool, score_origin, score_fill, failed = load_pool(con, layout if embeddings else None, shard_order)
-    inputs = SelectionInputs(pool, score_origin, score_fill, failed, graph=load_graph(con) if graph else None)
+    exclusions = find_exclusions(con, layout, pool.sample_ids, list(shard_order), contamination=exclude_contaminated, near_duplicates=exclude_near_duplicates)
+    inputs = SelectionInputs(
+        pool.without(exclusions.excluded_ids), score_origin, score_fill, failed, graph=load_graph(con) if graph else None, exclusions=exclusions
+    )
     if tree:
         inputs.tree, tree_info = load_tree(layout.knowledge_tree_dir)
         inputs.target = load_target(con, tree_info["version"], required=target_required)
@@ -79,6 +105,8 @@ def load_request_inputs(con, layout: WarehouseLayout, shard_order: Sequence[str]
         graph=request.method == "mig",
         tree=request.method == "tags",
         target_required=request.tags.align != "none",
+        exclude_contaminated=request.exclude_contaminated,
+        exclude_near_duplicates=request.exclude_near_duplicates,
     )
 
 

@@ -20,6 +20,7 @@ EMBEDDING_METHODS = ("deita", "kcenter")  # the baselines that read the sample e
 METHODS = ("mig", "tags", *BASELINES)
 BUDGET_FIELDS = ("budget_count", "budget_fraction", "budget_tokens")
 MIG_FIELDS = ("prop_weight", "norm", "phi", "phi_a", "phi_b", "phi_alpha", "gain")  # the graph's tau is label_graph's
+REQUEST_FIELDS = ("gamma", "level_weights", "diversity_threshold", "seed", "exclude_contaminated", "exclude_near_duplicates")
 TAGS_FIELDS = ("phi_a", "phi_b", "align", "lam", "eps", "kl_cap", "kl_cap_start", "kl_cap_decay")
 
 
@@ -40,7 +41,8 @@ class Budget:
 class SelectionRequest:
     """What to select: ``method`` within ``budget``, with MIG's and TAGS's parameters, the TAGS path
     vectors' upward decay ``gamma`` and level weights β (``level_weights``), Deita's cosine
-    ``diversity_threshold`` and the ``seed`` of the random and k-center baselines. ``settings`` is the
+    ``diversity_threshold``, the ``seed`` of the random and k-center baselines, and whether samples the
+    ``contamination`` and ``near_duplicates`` assets flag are left out first. ``settings`` is the
     flat mapping it was built from, recorded with the selection."""
 
     method: str
@@ -51,6 +53,8 @@ class SelectionRequest:
     level_weights: str = "uniform"
     diversity_threshold: float = 0.9
     seed: int = 42
+    exclude_contaminated: bool = True  # curation before selection (core/curation/exclusions.py)
+    exclude_near_duplicates: bool = True
     settings: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> SelectionRequest:
@@ -62,7 +66,7 @@ def _defaults() -> dict:
     return (
         {name: getattr(mig, name) for name in MIG_FIELDS}
         | {name: getattr(tags, name) for name in TAGS_FIELDS if name not in MIG_FIELDS}
-        | {name: getattr(request, name) for name in ("gamma", "level_weights", "diversity_threshold", "seed")}
+        | {name: getattr(request, name) for name in REQUEST_FIELDS}
     )
 
 
@@ -82,9 +86,6 @@ def build_request(method: str, settings: dict) -> SelectionRequest:
         budget=Budget(*(settings.get(name) for name in BUDGET_FIELDS)),
         mig=MigParams(**{name: values[name] for name in MIG_FIELDS}),
         tags=TagsParams(**{name: values[name] for name in TAGS_FIELDS}),
-        gamma=values["gamma"],
-        level_weights=values["level_weights"],
-        diversity_threshold=values["diversity_threshold"],
-        seed=values["seed"],
+        **{name: values[name] for name in REQUEST_FIELDS},
         settings=dict(settings),
     )

@@ -17,7 +17,7 @@ import hashlib
 import re
 from pathlib import Path
 
-SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings", "quality_scores")
+SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings", "quality_scores", "contamination")
 CATALOG_VIEWS = {
     # every parsed row, kept or duplicate
     "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
@@ -34,6 +34,8 @@ CATALOG_VIEWS = {
     "atomic_tags": "SELECT * FROM read_parquet({atomic_tags}, hive_partitioning = false, union_by_name = true)",
     "sample_embeddings": "SELECT * FROM read_parquet({sample_embeddings}, hive_partitioning = false, union_by_name = true)",
     "quality_scores": "SELECT * FROM read_parquet({quality_scores}, hive_partitioning = false, union_by_name = true)",
+    # samples overlapping a benchmark item (core/curation/decontamination.py)
+    "contamination": "SELECT * FROM read_parquet({contamination}, hive_partitioning = false, union_by_name = true)",
 }
 # global tables: one folder each; replaced tables hold part-0.parquet, histories one file per append
 TABLES_DIR = "tables"
@@ -44,6 +46,7 @@ VIEW_SOURCES = {
     "atomic_tags": "atomic_tags",
     "sample_embeddings": "sample_embeddings",
     "quality_scores": "quality_scores",
+    "contamination": "contamination",
 }
 
 

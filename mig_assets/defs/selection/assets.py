@@ -51,6 +51,11 @@ class SelectionConfig(dg.Config):
     kl_cap_decay: float = Field(default=DEFAULT["kl_cap_decay"], description="TAGS hard: share of the budget over which the cap decays")
     # baselines
     diversity_threshold: float = Field(default=DEFAULT["diversity_threshold"], description="deita: skip a sample whose cosine to a selected one exceeds this")
+    # curation before selection (core/curation/exclusions.py)
+    exclude_contaminated: bool = Field(default=DEFAULT["exclude_contaminated"], description="leave out samples the contamination asset flagged")
+    exclude_near_duplicates: bool = Field(
+        default=DEFAULT["exclude_near_duplicates"], description="leave out near-duplicates that are not their cluster's representative"
+    )
 
     def request(self, method: str) -> SelectionRequest:
         """The one plain request of this run (the config, flattened, is what the version records)."""

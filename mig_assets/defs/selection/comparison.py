@@ -65,6 +65,8 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
             graph=has_relation(con, "label_graph_labels"),
             tree=(layout.knowledge_tree_dir / "tree.json").exists(),
             target_required=False,
+            exclude_contaminated=request.exclude_contaminated,
+            exclude_near_duplicates=request.exclude_near_duplicates,
         )
     pool = inputs.pool
     table, orders = run_comparison(request, inputs)
@@ -109,6 +111,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
         "budget": request.budget.describe(),
         "pool": len(pool.sample_ids),
         "excluded_failed_tagging": inputs.failed,
+        "curation": inputs.exclusions.record(),
         "score_origin": inputs.score_origin,
         "config": request.settings,
         "run_id": context.run.run_id,
@@ -142,6 +145,7 @@ def selection_comparison(context: dg.AssetExecutionContext, config: ComparisonCo
             "version": version,
             "budget": request.budget.describe(),
             "pool_size": len(pool.sample_ids),
+            **inputs.exclusions.counts(),
             "methods": dg.MetadataValue.md(summary_md),
             "guarantees": dg.MetadataValue.md(claims_md),
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in plots.items())),
