@@ -17,6 +17,7 @@ from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.defs.selection.assets import build_selection_asset, selection_specs
 from mig_assets.defs.selection.comparison import selection_comparison
 from mig_assets.defs.selection.label_graph import label_graph
+from mig_assets.defs.steering.assets import selection_stability, selection_sweep
 from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from mig_assets.defs.tree.assets import knowledge_tree, target_profile
 from mig_assets.orchestration.automation import automation_sensor
@@ -62,6 +63,7 @@ decontaminate_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
+    # on demand: the comparison, the what-if sweep and the stability report
     assets=[
         raw_pool,
         atomic_tags,
@@ -70,7 +72,9 @@ defs = dg.Definitions(
         contamination,
         *global_assets,
         selection_comparison,
-    ],  # comparison: on demand
+        selection_sweep,
+        selection_stability,
+    ],
     jobs=[ingest_job, tag_job, reselect_job, compare_job, decontaminate_job],
     sensors=[incoming_shards_sensor, automation_sensor],
     resources=resources,

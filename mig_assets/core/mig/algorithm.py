@@ -317,7 +317,7 @@ class _ExactGain:
         self.coverage[labels] += values
 
 
-_GAIN_MODELS = {"gradient": _GradientGain, "exact": _ExactGain}
+GAIN_MODELS: dict[str, type[_GradientGain] | type[_ExactGain]] = {"gradient": _GradientGain, "exact": _ExactGain}
 
 
 def _row_entries(Y: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -332,14 +332,14 @@ def _row_entries(Y: sp.csr_array, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return Y.indices[positions], Y.data[positions], offsets, counts
 
 
-def _row_gain(Y: sp.csr_array, model: _GradientGain | _ExactGain, row: int) -> float:
-    """Gain of one row, summed exactly as :func:`_gains` sums it (``reduceat`` over the row's terms)."""
+def gain_of_row(Y: sp.csr_array, model: _GradientGain | _ExactGain, row: int) -> float:
+    """Gain of one row, summed exactly as :func:`gains_of` sums it (``reduceat`` over the row's terms)."""
     entries = slice(Y.indptr[row], Y.indptr[row + 1])
     terms = model.terms(Y.indices[entries], Y.data[entries])
     return float(np.add.reduceat(terms, _ONE_SEGMENT)[0]) if len(terms) else 0.0
 
 
-def _gains(Y: sp.csr_array, model: _GradientGain | _ExactGain, rows: np.ndarray | None = None) -> np.ndarray:
+def gains_of(Y: sp.csr_array, model: _GradientGain | _ExactGain, rows: np.ndarray | None = None) -> np.ndarray:
     """Gains of ``rows`` of Y (all rows when None) in the model's current state.
 
     Every gain, initial or re-evaluated, is summed the same way, by ``np.add.reduceat``, whose
@@ -361,7 +361,7 @@ def _gains(Y: sp.csr_array, model: _GradientGain | _ExactGain, rows: np.ndarray 
     return sums
 
 
-class _LazyFrontier:
+class LazyFrontier:
     """Unpicked rows with their stale gains, for lazy greedy; keys are −gain, so lower is better.
 
     Stale gains are upper bounds of the current ones. The frontier holds the rows whose key is
@@ -377,10 +377,10 @@ class _LazyFrontier:
         gains: np.ndarray,
         evaluate: Callable[[np.ndarray], np.ndarray],
         evaluate_row: Callable[[int], float],
-        size: int,
+        size: int | None = None,
     ):
         self.evaluate, self.evaluate_row = evaluate, evaluate_row
-        self.size = size
+        self.size = size or _FRONTIER_SIZE
         self.all_keys = -gains
         self.all_stamps = np.zeros(len(gains), dtype=np.int64)
         self.evaluations = len(gains)
@@ -391,13 +391,16 @@ class _LazyFrontier:
         self.limit = -np.inf
 
     def pop_best(self, pick: int) -> tuple[int, float]:
-        """Remove and return (row, gain) of the best row at this pick: max gain, then lowest row."""
+        """Remove and return (row, gain) of the best row at this pick: max gain, then lowest row;
+        (−1, nan) when every row is picked or discarded."""
         # Gains only shrink, so a row can only win if its stale key is at least as good as the best
         # fresh key. Re-evaluate the top row; then, while the top is stale, every stale row that is
         # at least as good as the best fresh key, in one batch.
         best_fresh = np.inf
         while True:
             best = int(self.keys.argmin()) if len(self.keys) else -1
+            if self.limit == np.inf and (best < 0 or self.keys[best] == np.inf):
+                return -1, float("nan")  # every row is picked or discarded
             if best < 0 or self.keys[best] > self.limit:
                 self._refill()
             elif self.stamps[best] == pick:
@@ -415,6 +418,13 @@ class _LazyFrontier:
                 self.stamps[stale] = pick
                 self.evaluations += len(stale)
                 best_fresh = min(best_fresh, self.keys[stale].min())
+
+    def discard(self, rows: np.ndarray) -> None:
+        """Take ``rows`` out for good (a constraint made them inadmissible): they get key +inf."""
+        self.all_keys[rows] = np.inf
+        positions = np.searchsorted(self.rows, rows)
+        positions = positions[positions < len(self.rows)]
+        self.keys[positions[np.isin(self.rows[positions], rows)]] = np.inf
 
     def _refill(self) -> None:
         """Put the frontier back and rebuild it from about the ``size`` best keys, and at least its best row."""
@@ -454,8 +464,8 @@ def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3)
     Y = propagated_matrix(Y)
     n_samples, n_labels = Y.shape
     k = check_budget(n_samples, k)
-    model = _GAIN_MODELS[params.gain](n_labels, params)
-    frontier = _LazyFrontier(_gains(Y, model), lambda rows: _gains(Y, model, rows), lambda row: _row_gain(Y, model, row), _FRONTIER_SIZE)
+    model = GAIN_MODELS[params.gain](n_labels, params)
+    frontier = LazyFrontier(gains_of(Y, model), lambda rows: gains_of(Y, model, rows), lambda row: gain_of_row(Y, model, row))
     order = np.empty(k, dtype=np.int64)
     gains = np.empty(k, dtype=np.float64)
     for pick in range(k):
@@ -463,11 +473,11 @@ def select(Y, k: int, params: MigParams = MigParams(), *, n_top_labels: int = 3)
         order[pick] = row
         entries = slice(Y.indptr[row], Y.indptr[row + 1])
         model.add(Y.indices[entries], Y.data[entries])
-    objective, top_labels = _replay(Y, order, model, n_top_labels)
+    objective, top_labels = replay(Y, order, model, n_top_labels)
     return MigSelection(order, gains, objective, model.coverage.copy(), top_labels, frontier.evaluations)
 
 
-def _replay(Y: sp.csr_array, order: np.ndarray, model: _GradientGain | _ExactGain, n_top_labels: int) -> tuple[np.ndarray, np.ndarray]:
+def replay(Y: sp.csr_array, order: np.ndarray, model: _GradientGain | _ExactGain, n_top_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """E(S) after each pick, and each pick's top contributing labels, recomputed after the greedy loop.
 
     Per label, a running sum in pick order and in the coverage dtype reproduces s exactly as the

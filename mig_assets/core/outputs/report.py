@@ -14,7 +14,8 @@ from collections import Counter
 import numpy as np
 
 
-def _figure():
+def new_figure():
+    """A matplotlib module (Agg backend) and a fresh (figure, axes) pair of the report size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +24,8 @@ def _figure():
     return plt, plt.subplots(figsize=(6.4, 3.2), dpi=80)
 
 
-def _png(plt, fig) -> bytes:
+def png_bytes(plt, fig) -> bytes:
+    """The figure as PNG bytes, without a version string (stable bytes); closes it."""
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png", metadata={"Software": None})  # no version string: stable bytes
@@ -33,7 +35,7 @@ def _png(plt, fig) -> bytes:
 
 def curve_plot(objective: np.ndarray, gains: np.ndarray) -> bytes:
     """Objective E(S) and the gain at pick time against the pick rank."""
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     ranks = np.arange(1, len(objective) + 1)
     ax.plot(ranks, objective, color="tab:blue", label="objective E(S)")
     ax.set_xlabel("pick")
@@ -42,12 +44,12 @@ def curve_plot(objective: np.ndarray, gains: np.ndarray) -> bytes:
     twin.plot(ranks, gains, color="tab:orange", label="gain at pick")
     twin.set_ylabel("gain", color="tab:orange")
     ax.set_title("objective and gain curves")
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def distribution_plot(pool: Counter, selected: Counter, top: int = 20, title: str = "tag frequency") -> bytes:
     """Share of samples carrying each of the pool's most frequent tags, pool vs selection."""
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     names = [name for name, _ in pool.most_common(top)]
     pool_total, selected_total = max(sum(pool.values()), 1), max(sum(selected.values()), 1)
     positions = np.arange(len(names))
@@ -57,23 +59,23 @@ def distribution_plot(pool: Counter, selected: Counter, top: int = 20, title: st
     ax.set_ylabel("share of tag assignments")
     ax.set_title(f"{title}: pool vs selected")
     ax.legend(fontsize=7)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def score_plot(pool: np.ndarray, selected: np.ndarray) -> bytes:
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     bins = np.histogram_bin_edges(pool, bins=30) if len(pool) else 10
     ax.hist(pool, bins=bins, alpha=0.6, density=True, label="pool")
     ax.hist(selected, bins=bins, alpha=0.6, density=True, label="selected")
     ax.set_xlabel("quality weight")
     ax.set_title("quality: pool vs selected")
     ax.legend(fontsize=7)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def level_coverage_plot(coverage: dict[int, float], pool_coverage: dict[int, float] | None = None) -> bytes:
     """Share of tree nodes of each level (1 = leaves) that the selection (and the pool) covers."""
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     levels = sorted(coverage)
     positions = np.arange(len(levels))
     if pool_coverage is not None:
@@ -86,7 +88,7 @@ def level_coverage_plot(coverage: dict[int, float], pool_coverage: dict[int, flo
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("share of nodes covered")
     ax.set_title("knowledge tree coverage by level")
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def kl_plot(kl: np.ndarray, target: np.ndarray, selected: np.ndarray, pool: np.ndarray, names: list[str], top: int = 15) -> bytes:
@@ -115,18 +117,18 @@ def kl_plot(kl: np.ndarray, target: np.ndarray, selected: np.ndarray, pool: np.n
     right.set_ylabel("share of leaf mass")
     right.set_title("target's top leaves")
     right.legend(fontsize=7)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def target_plot(share: np.ndarray, names: list[str], top: int = 20) -> bytes:
     """The target distribution's largest leaves."""
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     leaves = np.argsort(-share, kind="stable")[:top]
     ax.bar(np.arange(len(leaves)), share[leaves])
     ax.set_xticks(np.arange(len(leaves)), [names[v][:18] for v in leaves], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("target share")
     ax.set_title("target profile: top leaves")
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 COMPARED_METRICS = (
@@ -167,12 +169,12 @@ def comparison_plot(table: list[dict]) -> bytes:
     ax.set_ylabel("relative to the best method")
     ax.set_title("methods compared at one budget")
     ax.legend(fontsize=7, ncol=4)
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def overlap_plot(methods: list[str], jaccard: dict[tuple[str, str], float]) -> bytes:
     """Jaccard overlap between the methods' selections."""
-    plt, (fig, ax) = _figure()
+    plt, (fig, ax) = new_figure()
     matrix = np.array([[jaccard.get((a, b), 1.0 if a == b else 0.0) for b in methods] for a in methods])
     image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
     ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
@@ -182,7 +184,7 @@ def overlap_plot(methods: list[str], jaccard: dict[tuple[str, str], float]) -> b
             ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white" if matrix[i, j] < 0.6 else "black")
     fig.colorbar(image, ax=ax)
     ax.set_title("overlap (Jaccard)")
-    return _png(plt, fig)
+    return png_bytes(plt, fig)
 
 
 def format_figure(value, digits: int = 4) -> str:

@@ -142,7 +142,9 @@ def persist_selection(
 
 
 def diff_against_previous(con, name: str, version: int, ids: list[str], pool: PoolArrays, outcome: SelectionOutcome) -> list[dict]:
-    """Samples added and removed since the previous version, each with the reason."""
+    """Samples added and removed since the previous version, each with the reason (the exact one a
+    constraint or the warm start gave, ``outcome.reasons``, where there is one)."""
+    reasons = {pool.sample_ids[row]: reason for row, reason in outcome.reasons.items()}
     previous = con.execute("SELECT created_at FROM selections WHERE selection = ? AND version = ?", [name, version - 1]).fetchall()
     if not previous:
         return []
@@ -162,7 +164,9 @@ def diff_against_previous(con, name: str, version: int, ids: list[str], pool: Po
     for sid in ids:
         if sid in set(before):
             continue
-        if shard_of.get(sid) in new_shards:
+        if sid in reasons:
+            reason = reasons[sid]
+        elif shard_of.get(sid) in new_shards:
             reason = f"new sample: shard {shard_of[sid]} was ingested after version {version - 1}"
         else:
             gain = outcome.gains[rank_of[sid] - 1]
@@ -177,6 +181,8 @@ def diff_against_previous(con, name: str, version: int, ids: list[str], pool: Po
         reason = (
             "no longer in the pool (its shard changed or its tagging failed)"
             if sid not in in_pool
+            else reasons[sid]
+            if sid in reasons
             else f"displaced: its gain fell below the last pick's ({last_gain:.4g}) as new samples covered its labels"
         )
         rows.append({"selection": name, "version": version, "previous_version": version - 1, "sample_id": sid, "change": "removed", "reason": reason})
@@ -223,6 +229,7 @@ def selection_manifest(name: str, request: SelectionRequest, version: int, input
         "version": version,
         "method": request.method,
         "config": request.settings,
+        **outcome.steering,  # constraints and stability option of the spec, when it has them
         "code_version": provenance.code_version,
         "run_id": provenance.run_id,
         "inputs": provenance.upstream,

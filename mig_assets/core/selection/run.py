@@ -23,10 +23,14 @@ from mig_assets.core.mig.algorithm import (
     sample_label_matrix,
     select,
 )
+from mig_assets.core.mig.constrained import select_constrained, warm_select
 from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
+from mig_assets.core.selection.constraint_spec import constraint_reasons
+from mig_assets.core.selection.constraints import Constraints
 from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
 from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
+from mig_assets.core.selection.stability import WarmResult, WarmStart, warm_reasons
 
 
 @dataclass
@@ -42,6 +46,9 @@ class SelectionOutcome:
     pool_leaf_mass: np.ndarray | None = None  # TAGS: the whole pool's mass per leaf
     sample_matrix: sp.csr_array | None = None  # rows summed into coverage (MIG: Y, TAGS: U)
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
+    stability: dict | None = None  # warm re-selection: churn against the previous version and a fresh greedy
+    reasons: dict[int, str] = field(default_factory=dict)  # pool row -> why a constraint or the warm start added or dropped it
+    steering: dict = field(default_factory=dict)  # the spec's constraints and stability option, as plain values (for the manifest)
 
 
 def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +63,9 @@ def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndar
     return indptr, column.filter(is_label).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def run_selection(request: SelectionRequest, inputs: SelectionInputs) -> SelectionOutcome:
+def run_selection(
+    request: SelectionRequest, inputs: SelectionInputs, *, constraints: Constraints | None = None, warm: WarmStart | None = None
+) -> SelectionOutcome:
     """Pick samples of ``inputs.pool`` by ``request.method`` within ``request.budget``: "mig" (over
     ``inputs.graph``), "tags", or a baseline of :data:`BASELINES` (random; top_quality; deita, the
     score-first filter at cosine ``request.diversity_threshold``; instag, complexity-first tag
@@ -67,6 +76,10 @@ def run_selection(request: SelectionRequest, inputs: SelectionInputs) -> Selecti
 
     A token budget takes the longest prefix of the method's order whose tokens fit (greedy order is
     preserved; a later, cheaper sample never jumps ahead of a better one).
+
+    ``constraints`` (pins, bans, caps, label bounds; ``core/selection/constraints.py``) act inside the
+    MIG and TAGS greedy; ``warm`` re-selects from the previous version's picks with bounded churn
+    (``core/selection/stability.py``). Both need a count or fraction budget.
     """
     pool, budget, method = inputs.pool, request.budget, request.method
     n_pool = len(pool.sample_ids)
@@ -76,10 +89,13 @@ def run_selection(request: SelectionRequest, inputs: SelectionInputs) -> Selecti
         k = picks_for_tokens(pool.tokens, budget.tokens)
     else:
         k = resolve_count(n_pool, budget.count, budget.fraction)
+    constrained = constraints is not None and constraints.active
+    if (constrained or warm is not None) and (method not in ("mig", "tags") or budget.tokens is not None):
+        raise ValueError(f"constraints and warm starts steer the mig and tags greedy under a count or fraction budget; not {method} with {budget.describe()}")
     if method == "mig":
-        outcome = _mig(pool, inputs.graph, k, request.mig)
+        outcome = _mig(pool, inputs.graph, k, request.mig, constraints if constrained else None, warm)
     elif method == "tags":
-        outcome = _tags(pool, inputs.tree, k, request, inputs.target)
+        outcome = _tags(pool, inputs.tree, k, request, inputs.target, constraints if constrained else None, warm)
     elif method in BASELINES:
         order = _baseline(method, pool, k, request.seed, request.diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
@@ -121,12 +137,29 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
 
-def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams) -> SelectionOutcome:
+def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
     assert graph is not None  # mig_matrix refuses a missing graph
-    result = select(Y, k, params)
+    report, how = None, None
+    if warm is not None:
+        result, how, report = warm_select(Y, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
+    elif constraints is not None:
+        result = select_constrained(Y, k, constraints, params)
+    else:
+        result = select(Y, k, params)
+    reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
-    return SelectionOutcome(result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y)
+    return SelectionOutcome(
+        result.order, result.gains, result.objective, top, result.coverage, result.gain_evaluations, sample_matrix=Y, stability=report, reasons=reasons
+    )
+
+
+def steering_reasons(constraints: Constraints | None, warm: WarmStart | None, how: WarmResult | None, order: np.ndarray) -> dict[int, str]:
+    """The exact reasons a constraint (:func:`constraint_reasons`) or the warm start (:func:`warm_reasons`, which take precedence) gave rows."""
+    reasons = constraint_reasons(constraints, order) if constraints is not None else {}
+    if warm is not None and how is not None:
+        reasons |= warm_reasons(how, warm.spec.margin, constraints.pinned if constraints is not None else np.empty(0, np.int64))
+    return reasons
 
 
 def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, level_weights: str = SelectionRequest.level_weights):
@@ -142,16 +175,25 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target) -> SelectionOutcome:
+def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
-    ``target`` by ``request.tags.align`` (with align "none" a target only adds the KL curve)."""
+    ``target`` by ``request.tags.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
+    from mig_assets.core.tags.constrained import select_constrained as tags_select_constrained
+    from mig_assets.core.tags.constrained import warm_select as tags_warm_select
     from mig_assets.core.tags.modes import select as tags_select
 
     params = request.tags
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     problem = tags_problem(pool, tree, request.gamma, request.level_weights)
-    result = tags_select(problem, k, params, target)
+    report, how = None, None
+    if warm is not None:
+        result, how, report = tags_warm_select(problem, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)
+    elif constraints is not None:
+        result = tags_select_constrained(problem, k, constraints, params, target)
+    else:
+        result = tags_select(problem, k, params, target)
+    reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(
         result.order,
@@ -165,4 +207,6 @@ def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target) -> 
         pool_leaf_mass=np.asarray(problem.leaves.sum(axis=0)).ravel(),
         sample_matrix=problem.paths,
         leaf_matrix=problem.leaves,
+        stability=report,
+        reasons=reasons,
     )

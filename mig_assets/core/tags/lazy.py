@@ -129,6 +129,19 @@ class Frontier:
         self.parked[positions[live]] = self.all_h[positions[live]]
         self.all_h[positions] = -np.inf
 
+    def retire(self, rows: np.ndarray) -> None:
+        """Rows stop being candidates for good (a constraint retired them); rows of other groups are ignored."""
+        rows = np.asarray(rows, dtype=np.int64)
+        positions = self._positions(rows)
+        inside = positions < len(self.group_rows)
+        positions = positions[inside][self.group_rows[positions[inside]] == rows[inside]]
+        if len(self.pos) and len(positions):
+            at = np.minimum(np.searchsorted(self.pos, positions), len(self.pos) - 1)
+            self.h[at[self.pos[at] == positions]] = -np.inf
+        self.all_h[positions] = -np.inf
+        self.parked[positions] = np.nan
+        self.last = -1
+
     def activate_all(self) -> None:
         """Parked rows become candidates again, with their stale h."""
         self._sync()

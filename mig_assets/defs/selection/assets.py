@@ -7,10 +7,12 @@ import dagster as dg
 from pydantic import Field
 
 from mig_assets.core.selection.audit import Provenance, persist_selection
+from mig_assets.core.selection.constraint_spec import constraint_report
 from mig_assets.core.selection.inputs import load_request_inputs
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SELECTION_DEFAULTS, SelectionRequest, build_request
 from mig_assets.core.selection.run import run_selection
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
+from mig_assets.core.selection.stability import steering_inputs
 from mig_assets.defs.selection.metadata import selection_metadata
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.partitions import pool_shards
@@ -99,19 +101,27 @@ def build_selection_asset(spec: SelectionSpec) -> dg.AssetsDefinition:
     )
     def selection_asset(context: dg.AssetExecutionContext, config: config_class, warehouse: Warehouse) -> dg.MaterializeResult:  # type: ignore[valid-type]
         record_settings(context)
-        return materialize_selection(context, spec.name, config.request(spec.method), warehouse)
+        return materialize_selection(context, spec.name, config.request(spec.method), warehouse, spec)
 
     return selection_asset
 
 
-def materialize_selection(context: dg.AssetExecutionContext, name: str, request: SelectionRequest, warehouse: Warehouse) -> dg.MaterializeResult:
-    """Load what ``request`` reads, select, persist the outcome once, describe it."""
+def materialize_selection(
+    context: dg.AssetExecutionContext, name: str, request: SelectionRequest, warehouse: Warehouse, spec: SelectionSpec | None = None
+) -> dg.MaterializeResult:
+    """Load what ``request`` reads, select (under the spec's constraints and warm start, if any),
+    persist the outcome once, describe it."""
     started = time.perf_counter()
     shard_order = context.instance.get_dynamic_partitions(pool_shards.name)
     with warehouse.connect() as con:
         inputs = load_request_inputs(con, warehouse.layout, shard_order, request)
+        constraints, warm = (
+            (None, None) if spec is None else steering_inputs(con, warehouse.layout.warehouse_dir, name, spec.constraints, spec.stability, inputs)
+        )
     loaded = time.perf_counter()
-    outcome = run_selection(request, inputs)
+    outcome = run_selection(request, inputs, constraints=constraints, warm=warm)
+    if spec is not None:
+        outcome.steering = spec.steering()
     selected = time.perf_counter()
     with warehouse.connect() as con:
         saved = persist_selection(con, warehouse.layout, name, request, inputs, outcome, provenance(context, request.method, shard_order))
@@ -119,8 +129,14 @@ def materialize_selection(context: dg.AssetExecutionContext, name: str, request:
         f"{name} v{saved.version}: {len(saved.sample_ids):,} of {len(inputs.pool.sample_ids):,} samples "
         f"(load {loaded - started:.2f}s, select {selected - loaded:.2f}s, persist {time.perf_counter() - selected:.2f}s)"
     )
+    steering = {}
+    if constraints is not None:
+        steering["constraints"] = dg.MetadataValue.json({"spec": outcome.steering["constraints"], "selection": constraint_report(constraints, outcome.order)})
+    if outcome.stability is not None:
+        steering["stability"] = dg.MetadataValue.json(outcome.stability)
     return dg.MaterializeResult(
         metadata=selection_metadata(request, inputs, outcome, saved)
+        | steering
         | {"seconds_select": round(selected - loaded, 3), "seconds_total": round(time.perf_counter() - started, 3)}
     )
 

@@ -1,0 +1,243 @@
+"""Bounded churn on re-selection: a warm start from the previous version's picks.
+
+    stability: {mode: warm, max_churn: 0.05, margin: 0.1}
+
+A fresh greedy re-run after the pool grows reshuffles far more than the new data explains: one new
+sample covering a label changes every later gain, and old samples displace old samples down the
+line (the cascade). With ``mode: warm`` (:func:`warm_reselect`) the previous picks stay, free
+slots are filled by the method's constrained greedy, and a new sample replaces a member only when
+its gain beats that member's contribution by more than ``margin`` (relative); the picks from
+outside the previous version stay within ``max_churn`` of the budget. The constraints keep holding
+(the previous picks are pinned through them). The objective lost against a fresh greedy (same
+constraints, no warm start) is reported by :func:`churn_report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from mig_assets.core.selection.constraints import Constraints, InfeasibleConstraints, violations
+from mig_assets.core.selection.lineage import inputs_path
+from mig_assets.core.store.catalog import has_relation
+
+SWAP_SCAN = 256  # members of least loss a new sample may replace, per swap
+
+
+@dataclass(frozen=True)
+class StabilitySpec:
+    mode: str = "fresh"  # fresh: the plain greedy; warm: start from the previous version
+    max_churn: float = 0.05  # picks from outside the previous version, as a share of the budget
+    margin: float = 0.1  # how much a candidate's gain must beat a previous pick's (relative)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("fresh", "warm"):
+            raise ValueError(f"stability.mode: expected fresh or warm, got {self.mode!r}")
+        if not 0 <= self.max_churn <= 1:
+            raise ValueError(f"stability.max_churn: a share in [0, 1], got {self.max_churn!r}")
+        if not self.margin >= 0:
+            raise ValueError(f"stability.margin: expected >= 0, got {self.margin!r}")
+
+
+def parse_stability(value, where: str) -> StabilitySpec:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a mapping, got {value!r}")
+    unknown = set(value) - {"mode", "max_churn", "margin"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; expected ['margin', 'max_churn', 'mode']")
+    try:
+        return StabilitySpec(**value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from error
+
+
+@dataclass
+class WarmResult:
+    """The warm re-selection's set and how it was reached (rows of the current pool)."""
+
+    rows: np.ndarray  # the selected rows (unordered: the method orders them)
+    filled: np.ndarray  # rows the greedy added into free slots (previous picks gone, budget grown, pins)
+    dropped: np.ndarray  # previous picks left out to make room (a smaller budget, new must_include samples)
+    swaps: list[tuple[int, int, float, float]]  # (removed row, added row, added's gain, removed's loss), in order
+    fallback: str = ""  # why the warm start could not be used (then rows is the fresh greedy's)
+
+
+def _deltas(M: sp.csr_array, rows: np.ndarray, coverage: np.ndarray, phi: Callable, weights: np.ndarray, sign: int) -> np.ndarray:
+    """Exact change of E = Σ_l w_l φ(s_l) when each row is added (sign +1) or removed (sign -1), for each row."""
+    picked = M[rows]
+    counts = np.diff(picked.indptr)
+    before = coverage[picked.indices]
+    terms = weights[picked.indices] * (phi(before + sign * picked.data) - phi(before))
+    out = np.zeros(len(rows))
+    nonempty = counts > 0
+    if terms.size:
+        out[nonempty] = np.add.reduceat(terms, picked.indptr[:-1][nonempty])
+    return out
+
+
+def warm_reselect(
+    M,
+    k: int,
+    previous_rows: np.ndarray,
+    new_rows: np.ndarray,
+    constraints: Constraints,
+    stability: StabilitySpec,
+    fill: Callable[[Constraints], np.ndarray],
+    phi: Callable[[np.ndarray], np.ndarray],
+    weights: np.ndarray | None = None,
+) -> WarmResult:
+    """Re-select k rows starting from the previous version's picks, under ``constraints``.
+
+    1. Keep the previous picks that are still admissible, in their previous rank order, as many as
+       the budget holds beside the must_include samples from outside them.
+    2. Fill the free slots with ``fill(constraints with the kept picks pinned)``, the method's own
+       constrained greedy (returns the full set, pins included).
+    3. Swap, while the churn allows: the new sample j of largest gain replaces the member i of least
+       loss (among the SWAP_SCAN least) whose slot it earns: j's gain in S − i beats i's loss,
+       E(S) − E(S − i), by more than ``margin`` (relative), and the swapped set still satisfies the
+       constraints. It stops when the best new sample earns no slot. Gains and losses are exact
+       changes of E(S) = Σ_l w_l φ(s_l), s = Σ_{i∈S} M_i. Churn (picks from outside the previous
+       version, fills included) stays within floor(max_churn · k); forced fills may exceed it.
+    """
+    M = sp.csr_array(M, dtype=np.float64)
+    n = M.shape[0]
+    weights = np.ones(M.shape[1]) if weights is None else np.asarray(weights, np.float64)
+    previous = np.asarray(previous_rows, np.int64)
+    admissible = previous[~constraints.banned[previous]]
+    kept = admissible[: max(0, k - len(np.setdiff1d(constraints.pinned, admissible)))]  # room for new pins
+    dropped = np.setdiff1d(admissible, kept)
+    pins = np.union1d(kept, constraints.pinned)
+    try:
+        rows = np.asarray(fill(dataclasses.replace(constraints, pinned=pins)), np.int64)
+    except InfeasibleConstraints as error:
+        nothing = np.empty(0, np.int64)
+        return WarmResult(np.asarray(fill(constraints), np.int64), nothing, nothing, [], f"the previous picks cannot all stay: {error}")
+    filled = np.setdiff1d(rows, kept)
+    member = np.zeros(n, bool)
+    member[rows] = True
+    swappable = member.copy()
+    swappable[constraints.pinned] = False
+    candidates = np.zeros(n, bool)
+    candidates[np.asarray(new_rows, np.int64)] = True
+    candidates &= ~member & ~constraints.banned
+    coverage = np.asarray(M[rows].sum(axis=0)).ravel()
+    churn_left = int(np.floor(stability.max_churn * k + 1e-9)) - len(np.setdiff1d(rows, previous))
+    swaps: list[tuple[int, int, float, float]] = []
+    while churn_left > 0 and candidates.any():
+        new = np.flatnonzero(candidates)
+        gains = _deltas(M, new, coverage, phi, weights, +1)
+        j = int(new[int(np.argmax(gains))])
+        members = np.flatnonzero(swappable)
+        losses = -_deltas(M, members, coverage, phi, weights, -1)
+        weakest = np.argsort(losses, kind="stable")[:SWAP_SCAN]
+        members, losses = members[weakest], losses[weakest]
+        # j's gain in S − i for each of these members i, from j's labels only
+        entries = slice(M.indptr[j], M.indptr[j + 1])
+        labels, values = M.indices[entries], M.data[entries]
+        without = coverage[labels] - M[members][:, labels].toarray()
+        gains_without = (weights[labels] * (phi(without + values) - phi(without))).sum(axis=1)
+        swap = None
+        for position in np.flatnonzero(gains_without > (1 + stability.margin) * losses).tolist():
+            i = int(members[position])
+            trial = np.append(np.flatnonzero(member & (np.arange(n) != i)), j)
+            if not violations(constraints, trial, k):
+                swap = (i, j, float(gains_without[position]), float(losses[position]))
+                break
+        if swap is None:
+            break
+        i = swap[0]
+        member[i], member[j], swappable[i], swappable[j], candidates[j] = False, True, False, True, False
+        coverage += M[[j]].toarray().ravel() - M[[i]].toarray().ravel()
+        swaps.append(swap)
+        churn_left -= 1
+    return WarmResult(np.flatnonzero(member), filled, dropped, swaps)
+
+
+def churn_report(previous_rows: np.ndarray, new_rows: np.ndarray, order: np.ndarray, fresh_order: np.ndarray, objective: float, fresh_objective: float) -> dict:
+    """How a re-selection moved: previous picks kept and dropped, picks added from the new data and
+    from old samples (the cascade), for the selection and for a fresh greedy, and the objective lost."""
+    previous, new = set(np.asarray(previous_rows).tolist()), set(np.asarray(new_rows).tolist())
+
+    def moves(rows) -> dict:
+        rows = set(np.asarray(rows).tolist())
+        added = rows - previous
+        return {
+            "kept": len(rows & previous),
+            "removed": len(previous - rows),
+            "added_new_samples": len(added & new),
+            "added_old_samples": len(added - new),
+        }
+
+    loss = (fresh_objective - objective) / abs(fresh_objective) if fresh_objective else 0.0
+    return {
+        "selection": moves(order),
+        "fresh_greedy": moves(fresh_order),
+        "objective": objective,
+        "fresh_objective": fresh_objective,
+        "objective_loss_vs_fresh": loss,
+    }
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a warm re-selection starts from: the previous version's picks and the pool's new rows."""
+
+    previous_rows: np.ndarray  # rows of the current pool picked by the previous version, in its rank order
+    new_rows: np.ndarray  # rows that were not in the previous version's pool
+    spec: StabilitySpec
+
+
+def warm_reasons(warm: WarmResult, margin: float, pinned: np.ndarray) -> dict[int, str]:
+    """The exact reason of each row a warm re-selection added or dropped, by row."""
+    reasons = {
+        int(row): "filled a free slot (previous picks left the pool or were excluded, or the budget grew): the best admissible gain"
+        for row in np.setdiff1d(warm.filled, pinned).tolist()
+    }
+    for row in warm.dropped.tolist():
+        reasons[int(row)] = "dropped to make room (a smaller budget or new must_include samples): the lowest-ranked previous picks go first"
+    for removed, added, gain, loss in warm.swaps:
+        reasons[removed] = f"displaced by a new sample: its gain {gain:.4g} beat this sample's contribution {loss:.4g} by more than the margin {margin:g}"
+        reasons[added] = f"new sample: its gain {gain:.4g} beat the contribution {loss:.4g} of the sample it replaced by more than the margin {margin:g}"
+    return reasons
+
+
+def previous_version_start(con, warehouse_dir: Path, selection: str, sample_ids: list[str], spec: StabilitySpec) -> WarmStart | None:
+    """The warm start of ``selection``'s next version from the catalog: its latest version's members
+    (those still in the pool, in rank order) and the pool rows its input snapshot did not hold
+    (without a snapshot, every row outside its members). None when there is no previous version."""
+    if spec.mode != "warm" or not has_relation(con, "selections"):
+        return None
+    latest = con.execute("SELECT max(version) FROM selections WHERE selection = ?", [selection]).fetchall()[0][0]
+    if latest is None:
+        return None
+    members = con.execute("SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [selection, latest]).fetchall()
+    row_of = {sid: i for i, sid in enumerate(sample_ids)}
+    previous = np.array([row_of[sid] for (sid,) in members if sid in row_of], np.int64)
+    snapshot = inputs_path(warehouse_dir, selection, latest)
+    known = set(pq.read_table(snapshot, columns=["sample_id"]).column(0).to_pylist()) if snapshot.exists() else {sid for (sid,) in members}
+    new = np.array([i for i, sid in enumerate(sample_ids) if sid not in known], np.int64)
+    return WarmStart(previous, new, spec)
+
+
+def steering_inputs(
+    con, warehouse_dir: Path, selection: str, constraints_spec, stability_spec: StabilitySpec | None, inputs
+) -> tuple[Constraints | None, WarmStart | None]:
+    """A spec's constraints resolved over the catalog (bounds on tags for MIG, on tree leaves for
+    TAGS) and its warm start from the previous version, for :func:`~mig_assets.core.selection.run.run_selection`."""
+    from mig_assets.core.selection.constraint_spec import leaf_membership, resolve_constraints, tag_membership
+
+    pool, tree = inputs.pool, inputs.tree
+    constraints = None
+    if constraints_spec is not None:
+        if tree is not None:
+            constraints = resolve_constraints(con, constraints_spec, pool.sample_ids, lambda names: leaf_membership(tree, pool.tags, names), "leaf")
+        else:
+            constraints = resolve_constraints(con, constraints_spec, pool.sample_ids, lambda names: tag_membership(pool.tags, names), "tag")
+    warm = previous_version_start(con, warehouse_dir, selection, pool.sample_ids, stability_spec) if stability_spec is not None else None
+    return constraints, warm
