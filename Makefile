@@ -37,6 +37,7 @@ test: setup browser lint
 lint: setup
 	$(VENV)/bin/ruff check mig_assets tests benchmarks
 	$(VENV)/bin/ruff format --check mig_assets tests benchmarks
+	$(VENV)/bin/mypy
 
 # the developer loop: everything but the slow, real-LLM, Ray and browser tests (about 2 minutes here)
 FAST_MARKERS := not slow and not llm and not ray and not browser

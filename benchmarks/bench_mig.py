@@ -29,13 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.mig_synthetic import synthetic_paths  # noqa: E402
-from mig_assets.core.mig.algorithm import (  # noqa: E402
-    MigParams,
-    build_problem,
-    embedding_lookup,
-    select,
-    select_dense,
-)
+from mig_assets.core.mig.algorithm import select, select_dense  # noqa: E402
+from mig_assets.core.mig.problem import MigParams, build_problem, embedding_lookup  # noqa: E402
 from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool  # noqa: E402
 from mig_assets.core.mig.sample import load_label_embeddings, run_sample  # noqa: E402
 

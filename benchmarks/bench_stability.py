@@ -25,8 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_tags import synthetic_tree  # noqa: E402
-from mig_assets.core.mig.algorithm import MigParams, build_problem, select  # noqa: E402
+from mig_assets.core.mig.algorithm import select
 from mig_assets.core.mig.constrained import warm_select  # noqa: E402
+from mig_assets.core.mig.problem import MigParams, build_problem  # noqa: E402
 from mig_assets.core.selection.stability import StabilitySpec  # noqa: E402
 from mig_assets.core.tags.constrained import warm_select as tags_warm_select  # noqa: E402
 from mig_assets.core.tags.modes import select as tags_select  # noqa: E402

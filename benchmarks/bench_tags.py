@@ -37,7 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mig_assets.core.mig import algorithm as mig  # noqa: E402
+from mig_assets.core.mig import algorithm as mig
+from mig_assets.core.mig import problem as mig_problem  # noqa: E402
 from mig_assets.core.tags.build import build_tree  # noqa: E402
 from mig_assets.core.tags.dense import select_dense  # noqa: E402
 from mig_assets.core.tags.information import coverage_by_level, leaf_entropy  # noqa: E402
@@ -212,7 +213,7 @@ def main() -> None:
             f"ratio {dense_s / lazy_s:.0f}x; identical order: {bool((lazy_order == dense_order).all())}"
         )
         started = time.perf_counter()
-        mig_selection = mig.select(problem.paths, size.picks, mig.MigParams(gain="exact"))
+        mig_selection = mig.select(problem.paths, size.picks, mig_problem.MigParams(gain="exact"))
         mig_s = time.perf_counter() - started
         if "none" in selections:
             unaligned_s = next(s for name, s, *_ in timer.phases if name.startswith("select unaligned"))

@@ -25,12 +25,8 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.bench_mig import SIZES, ensure_pool  # noqa: E402
 from benchmarks.mig_synthetic import SyntheticPool, synthetic_paths  # noqa: E402
-from mig_assets.core.mig.algorithm import (  # noqa: E402
-    MigParams,
-    build_problem,
-    embedding_lookup,
-    select,
-)
+from mig_assets.core.mig.algorithm import select  # noqa: E402
+from mig_assets.core.mig.problem import MigParams, build_problem, embedding_lookup  # noqa: E402
 from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool  # noqa: E402
 from mig_assets.core.mig.sample import load_label_embeddings  # noqa: E402
 

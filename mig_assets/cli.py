@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL
-from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.mig.problem import MigParams
 from mig_assets.core.selection.compare import COMPARISON_FRACTION
 from mig_assets.core.selection.request import SELECTION_DEFAULTS
 from mig_assets.core.store.catalog import open_catalog, publish_catalog

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from mig_assets.cli import build_parser
-from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.mig.problem import MigParams
 from mig_assets.core.selection.request import SELECTION_DEFAULTS, Budget, build_request
 from mig_assets.core.tags.params import TagsParams
 from mig_assets.defs.selection.assets import SelectionConfig

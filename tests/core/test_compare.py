@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, select
+from mig_assets.core.mig.algorithm import select
+from mig_assets.core.mig.problem import MigParams
 from mig_assets.core.selection.compare import (
     compare_selections,
     embedding_diversity,

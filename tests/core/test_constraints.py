@@ -9,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 
 from mig_assets.core.mig import algorithm as mig
-from mig_assets.core.mig.algorithm import MigParams, phi, select
+from mig_assets.core.mig.algorithm import select
 from mig_assets.core.mig.constrained import select_constrained, select_dense_constrained
+from mig_assets.core.mig.problem import MigParams, phi
 from mig_assets.core.selection.constraints import Constraints, InfeasibleConstraints, violations
 
 EXACT = MigParams(gain="exact")

@@ -13,20 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from mig_assets.core.mig import algorithm as mig
-from mig_assets.core.mig.algorithm import (
-    MigParams,
-    build_label_graph,
-    build_problem,
-    embedding_lookup,
-    mig_from_labels,
-    phi,
-    phi_prime,
-    propagation_matrix,
-    random_select,
-    sample_label_matrix,
-    select,
-    select_dense,
-)
+from mig_assets.core.mig.algorithm import mig_from_labels, random_select, select, select_dense
+from mig_assets.core.mig.problem import MigParams, build_label_graph, build_problem, embedding_lookup, phi, phi_prime, propagation_matrix, sample_label_matrix
 from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool
 from mig_assets.core.mig.sample import run_sample
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, phi, select
+from mig_assets.core.mig.algorithm import select
 from mig_assets.core.mig.constrained import warm_select
+from mig_assets.core.mig.problem import MigParams, phi
 from mig_assets.core.selection.constraints import Constraints, violations
 from mig_assets.core.selection.stability import StabilitySpec, parse_stability, warm_reasons
 

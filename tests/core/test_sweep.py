@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, phi, select
+from mig_assets.core.mig.algorithm import select
+from mig_assets.core.mig.problem import MigParams, phi
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.sweep import METRICS, SweepGrid, pareto_flags, sweep_mig, sweep_tags
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, phi, phi_prime
+from mig_assets.core.mig.problem import MigParams, phi, phi_prime
 from mig_assets.core.tags import lazy as lazy_greedy
 from mig_assets.core.tags import modes, pull_order
 from mig_assets.core.tags.dense import select_dense

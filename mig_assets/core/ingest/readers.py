@@ -9,10 +9,8 @@ damaged part: it becomes one quarantined record, and one line in ``ReadStats.con
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,10 +20,11 @@ import pyarrow as pa
 
 from mig_assets.core.ingest.parts import JsonlPart
 from mig_assets.core.ingest.records import RecordError
+from mig_assets.core.ingest.streams import open_binary
+from mig_assets.core.store.layout import SUPPORTED_SUFFIXES, is_supported
 
 BOM = b"\xef\xbb\xbf"
 DEFAULT_MAX_RECORD_BYTES = 32 * 1024 * 1024
-SUPPORTED_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".jsonl.gz", ".ndjson.gz", ".json.gz")
 PARQUET_BATCH_ROWS = 2048
 OVERSIZED_PREVIEW_BYTES = 64 * 1024  # what an over-limit record keeps in quarantine (the file keeps all)
 # what a damaged compressed stream or Parquet file raises while being read
@@ -51,11 +50,6 @@ class ReadStats:
     container_errors: list[str] = field(default_factory=list)
 
 
-def is_supported(path: Path) -> bool:
-    name = path.name.lower()
-    return any(name.endswith(suffix) for suffix in SUPPORTED_SUFFIXES)
-
-
 def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
     """Yield every record of ``path`` in order, parse errors included."""
     name = path.name.lower()
@@ -66,7 +60,7 @@ def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_M
     if not is_supported(path):
         raise ValueError(f"{path}: unsupported file type; expected one of {', '.join(SUPPORTED_SUFFIXES)}")
     try:
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             head = handle.read1(4096).lstrip(BOM).lstrip()  # one raw read: a damaged stream still shows its start
     except CONTAINER_ERRORS:
         head = b""  # a damaged stream: the JSONL reader keeps what it can and quarantines the rest
@@ -79,68 +73,6 @@ def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_M
     else:
         stats.container = "jsonl"
         yield from _read_jsonl(path, stats, max_record_bytes)
-
-
-def _open_binary(path: Path) -> io.BufferedReader:
-    return io.BufferedReader(_GzipStream(path)) if path.name.lower().endswith(".gz") else open(path, "rb")
-
-
-class _GzipStream(io.RawIOBase):
-    """The decompressed bytes of a gzip file (every member), as a raw stream that hands out all the
-    bytes that can be decompressed before it reports damage: a truncated stream raises EOFError,
-    and corrupt or non-gzip data OSError, only once everything before the damage has been read.
-    (``gzip.open`` raises as soon as its read-ahead meets the damage, losing the bytes before it.)"""
-
-    def __init__(self, path: Path):
-        self._file: io.BufferedReader | None = open(path, "rb")
-        self._inflater = zlib.decompressobj(wbits=31)
-        self._pending, self._offset = b"", 0
-        self._fed = False  # whether the current member has received input
-        self._error: Exception | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        while self._offset == len(self._pending) and self._file is not None:
-            self._pending, self._offset = self._inflate_more(), 0
-        n = min(len(buffer), len(self._pending) - self._offset)
-        if n == 0 and self._error is not None:
-            raise self._error
-        buffer[:n] = self._pending[self._offset : self._offset + n]
-        self._offset += n
-        return n
-
-    def _inflate_more(self) -> bytes:
-        assert self._file is not None  # readinto stops asking once the file is closed
-        chunk = self._inflater.unused_data if self._inflater.eof else self._file.read(1 << 16)
-        if self._inflater.eof:
-            if not chunk:
-                chunk = self._file.read(1 << 16)
-            if not chunk:
-                return self._finish(None)
-            self._inflater, self._fed = zlib.decompressobj(wbits=31), False  # the next member
-        if not chunk:
-            truncated = EOFError("the compressed stream ends before its end-of-stream marker (a truncated file)")
-            return self._finish(truncated if self._fed else None)
-        self._fed = True
-        try:
-            return self._inflater.decompress(chunk)
-        except zlib.error as exc:
-            return self._finish(OSError(f"not a valid gzip stream ({exc})"))
-
-    def _finish(self, error: Exception | None) -> bytes:
-        self._error = error
-        if self._file is not None:
-            self._file.close()
-        self._file = None
-        return b""
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        super().close()
 
 
 def read_jsonl_part(path: Path, part: JsonlPart, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
@@ -157,7 +89,7 @@ def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: Jsonl
     the line and byte offset where it broke."""
     first_line, offset, end = (part.first_line_no, part.start, part.end) if part else (1, 0, None)
     line_no = first_line - 1  # offset: bytes of (decompressed) content before the current line
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         if offset:
             handle.seek(offset)
         while True:
@@ -263,7 +195,7 @@ def _read_all(path: Path) -> tuple[bytes, str | None]:
     """The file's (decompressed) bytes, up to where a damaged stream broke, and the damage if any."""
     chunks = []
     try:
-        with _open_binary(path) as handle:
+        with open_binary(path) as handle:
             while chunk := handle.read1(1 << 20):  # one raw read at a time: nothing read is lost to an error
                 chunks.append(chunk)
     except CONTAINER_ERRORS as exc:

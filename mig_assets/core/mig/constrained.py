@@ -10,19 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import (
-    GAIN_MODELS,
-    LazyFrontier,
-    MigParams,
-    MigSelection,
-    gain_of_row,
-    gains_of,
-    phi,
-    phi_prime,
-    propagated_matrix,
-    replay,
-    select,
-)
+from mig_assets.core.mig.algorithm import GAIN_MODELS, LazyFrontier, MigSelection, gain_of_row, gains_of, replay, select
+from mig_assets.core.mig.problem import MigParams, phi, phi_prime, propagated_matrix
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, admissible_rows
 from mig_assets.core.selection.stability import StabilitySpec, WarmResult, churn_report, warm_reselect
 from mig_assets.core.validation import check_budget

@@ -11,13 +11,8 @@ from typing import Literal
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import (
-    MigParams,
-    build_problem,
-    embedding_lookup,
-    random_select,
-    select,
-)
+from mig_assets.core.mig.algorithm import random_select, select
+from mig_assets.core.mig.problem import MigParams, build_problem, embedding_lookup
 from mig_assets.core.mig.reference_jsonl import load_valid_tags, read_pool, write_selected
 
 

@@ -20,14 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from mig_assets.core.curation.exclusions import exclusion_of
-from mig_assets.core.mig.algorithm import (
-    MigParams,
-    phi,
-    phi_prime,
-    propagate,
-    propagation_matrix,
-    sample_label_matrix,
-)
+from mig_assets.core.mig.problem import MigParams, phi, phi_prime, propagate, propagation_matrix, sample_label_matrix
 from mig_assets.core.selection.inputs import PoolArrays
 from mig_assets.core.selection.lineage import (
     current_inputs,

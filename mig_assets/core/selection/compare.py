@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, phi, propagated_matrix
+from mig_assets.core.mig.problem import MigParams, phi, propagated_matrix
 from mig_assets.core.selection.baselines import unit_rows
 from mig_assets.core.selection.inputs import SelectionInputs
 from mig_assets.core.selection.request import SelectionRequest

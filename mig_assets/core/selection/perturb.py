@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from mig_assets.core.embedding.encoder import arrow_to_vectors
-from mig_assets.core.mig.algorithm import build_label_graph
+from mig_assets.core.mig.problem import build_label_graph
 from mig_assets.core.selection.inputs import LabelGraph
 
 

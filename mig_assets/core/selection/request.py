@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.mig.problem import MigParams
 from mig_assets.core.tags.params import TagsParams
 
 BASELINES = ("random", "top_quality", "deita", "instag", "kcenter")

@@ -15,15 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import (
-    MigParams,
-    propagate,
-    propagation_matrix,
-    random_select,
-    sample_label_matrix,
-    select,
-)
+from mig_assets.core.mig.algorithm import random_select, select
 from mig_assets.core.mig.constrained import select_constrained, warm_select
+from mig_assets.core.mig.problem import MigParams, propagate, propagation_matrix, sample_label_matrix
 from mig_assets.core.selection import baselines
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
 from mig_assets.core.selection.constraint_spec import constraint_reasons

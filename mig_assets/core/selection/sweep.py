@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import MigParams, phi, select
+from mig_assets.core.mig.algorithm import select
+from mig_assets.core.mig.problem import MigParams, phi
 from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
 
 METRICS = {"objective": True, "coverage": True, "mean_quality": True, "kl": False}  # metric -> higher is better

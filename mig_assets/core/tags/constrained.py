@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import phi
+from mig_assets.core.mig.problem import phi
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, admissible_rows
 from mig_assets.core.selection.stability import StabilitySpec, WarmResult, churn_report, warm_reselect
 from mig_assets.core.tags.greedy import GreedyRun, finish_selection

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import phi
+from mig_assets.core.mig.problem import phi
 from mig_assets.core.tags.information import ScoreTerms, SelectionState, kl_divergence, leaf_quotas, primary_leaves, row_entries, row_mass
 from mig_assets.core.tags.params import TagsParams, TagsSelection
 from mig_assets.core.tags.problem import TagsProblem, canonical_matrix
@@ -48,6 +48,7 @@ class GreedyRun:
         self.node_terms = ScoreTerms(self.state, self.w, None, self.phi, params.eps)
         self.kl_now = kl_divergence(self.target, self.state.m, params.eps) if self.target is not None else 0.0
         if self.align == "penalty":
+            assert self.target is not None  # select() refuses an aligned mode without a target
             column_totals = np.asarray(self.U.sum(axis=0)).ravel()
             e_pool = float(np.sum(self.w * (phi(column_totals, self.phi) - phi(np.zeros(self.V), self.phi))))
             self.e_scale = e_pool if e_pool > 0 else 1.0
@@ -152,6 +153,7 @@ def _replay_nodes(run: GreedyRun, order: np.ndarray, n_top: int):
 def _replay_kl(run: GreedyRun, order: np.ndarray) -> np.ndarray:
     """KL(t ‖ p_S) after each pick: Σ t ln t − Σ_ℓ t_ℓ ln(m_ℓ + ε) + ln(M + εL), with running m and M."""
     t, eps, n_picks = run.target, run.params.eps, len(order)
+    assert t is not None  # replayed only when there is a target
     if not n_picks:
         return np.empty(0)
     leaves, values, _, counts = row_entries(run.A, order)

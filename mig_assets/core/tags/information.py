@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from mig_assets.core.mig.algorithm import MigParams, phi, phi_function
+from mig_assets.core.mig.problem import MigParams, phi, phi_function
 from mig_assets.core.tags.problem import TagsProblem, canonical_matrix
 
 _BLOCK_ROWS = 1 << 16  # rows per block when every row is evaluated
@@ -219,19 +219,15 @@ class Scorer:
 
     def __call__(self, rows: np.ndarray | None = None) -> np.ndarray:
         self.evaluations += self.parts[0][0].shape[0] if rows is None else len(rows)
-        total = None
-        for matrix, terms in self.parts:
-            sums = row_sums(matrix, terms, rows)
-            total = sums if total is None else total + sums
+        (matrix, terms), *others = self.parts
+        total = row_sums(matrix, terms, rows)
+        for matrix, terms in others:
+            total = total + row_sums(matrix, terms, rows)
         return total
 
     def one(self, row: int) -> float:
         self.evaluations += 1
-        total = None
-        for matrix, terms in self.parts:
-            value = row_sum(matrix, terms, row)
-            total = value if total is None else total + value
-        return total
+        return sum((row_sum(matrix, terms, row) for matrix, terms in self.parts[1:]), row_sum(*self.parts[0], row))
 
 
 def row_mass(A: sp.csr_array) -> np.ndarray:

@@ -3,12 +3,20 @@ exact because no row's score grows as the selection grows (see :class:`Frontier`
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Protocol
 
-from mig_assets.core.tags.information import Scorer
+import numpy as np
 
 _FRONTIER_SIZE = 4096  # rows per group whose stale scores the lazy greedy keeps at hand
 _FRONTIER_SAMPLE = 1 << 16  # values sampled to choose the frontier limit at a refill
+
+
+class RowScorer(Protocol):
+    """Scores of rows, as :class:`~mig_assets.core.tags.information.Scorer` gives them: of some rows, or of one."""
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def one(self, row: int) -> float: ...
 
 
 class Frontier:
@@ -20,10 +28,10 @@ class Frontier:
     at most fl(prev(hlim) − c), since rounding is monotone. A pick re-evaluates the frontier rows
     whose bound fl(h_stale − c) can reach the best fresh score, and refills the frontier from
     ``all_h`` (O(group)) when rows outside might reach it. Among fresh rows with the best score, the
-    lowest row wins. ``scorer`` is a :class:`Scorer` or anything called the same way.
+    lowest row wins. ``scorer`` is a :class:`RowScorer`.
     """
 
-    def __init__(self, rows: np.ndarray, h: np.ndarray, scorer: Scorer, size: int | None = None):
+    def __init__(self, rows: np.ndarray, h: np.ndarray, scorer: RowScorer, size: int | None = None):
         self.group_rows = np.asarray(rows, dtype=np.int64)  # sorted
         self.scorer, self.size = scorer, size or _FRONTIER_SIZE
         self.all_h = np.asarray(h, dtype=np.float64).copy()

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from mig_assets.core.mig.algorithm import MigParams
+from mig_assets.core.mig.problem import MigParams
 
 Align = Literal["none", "penalty", "hard", "quota"]
 

@@ -191,7 +191,8 @@ class _SortedRows:
 def _merge_sorted(a: tuple[np.ndarray, np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Two (rows, keys, values) lists sorted by key (descending) merged into one, stably (a first)."""
     at = np.searchsorted(-a[1], -b[1], side="right")
-    return tuple(np.insert(x, at, y) for x, y in zip(a, b))
+    rows, keys, values = (np.insert(x, at, y) for x, y in zip(a, b))
+    return rows, keys, values
 
 
 class PullOrderedGain:

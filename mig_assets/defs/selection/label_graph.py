@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from mig_assets.core.embedding.encoder import arrow_to_vectors
-from mig_assets.core.mig.algorithm import MigParams, build_label_graph
+from mig_assets.core.mig.problem import MigParams, build_label_graph
 from mig_assets.core.mig.reference_jsonl import load_valid_tags
 from mig_assets.core.selection.inputs import tag_policies, valid_labels
 from mig_assets.core.store.catalog import replace_table

@@ -11,7 +11,8 @@ import tracemalloc
 import dagster as dg
 from pydantic import Field
 
-from mig_assets.core.mig.algorithm import MigParams, select
+from mig_assets.core.mig.algorithm import select
+from mig_assets.core.mig.problem import MigParams
 from mig_assets.core.outputs.report import html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.budget import resolve_count
