@@ -10,7 +10,7 @@ from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.resources import Embedder, Execution, Scorer, Tagger, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
+SHARED = (REPO_ROOT.parent / "shared").resolve()  # resolved: what the project records of a path it reads (../shared may be a link)
 REAL_DATA = SHARED / "data" / "real"
 MIG_FIXTURES = SHARED / "fixtures" / "mig_reference"
 

@@ -111,9 +111,11 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[s
                    CASE WHEN q.score IS NOT NULL THEN 'quality_scores (' || q.scorer || ')'
                         WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
                    e.model_id AS embedding_model,
-                   s.source_format, s.original_id, CASE WHEN s.sample_id IN (SELECT unnest($raw_for)) THEN s.raw END AS raw
+                   s.source_format, s.original_id, r.raw
             FROM samples s LEFT JOIN shards st USING (shard) LEFT JOIN {tags} t USING (sample_id)
                  LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)
+                 -- the raw records of raw_for only: a CASE over s.raw would read the whole pool's raw column
+                 LEFT JOIN (SELECT sample_id, raw FROM samples WHERE sample_id IN (SELECT unnest($raw_for))) r USING (sample_id)
             {where} ORDER BY s.sample_id""",
         params={"raw_for": list(raw_for)} | ({"ids": list(sample_ids)} if sample_ids is not None else {}),
     ).to_arrow_table()
