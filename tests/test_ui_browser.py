@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REAL_DATA, REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]  # the real `dagster dev` and Chromium
 
@@ -36,7 +36,13 @@ def dagster_dev(tmp_path_factory):
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text((REPO_ROOT / "mig_assets" / "dagster.yaml").read_text())
     port = free_port()
-    env = {**os.environ, "MIG_HOME": str(home / "mig"), "DAGSTER_HOME": str(dagster_home), "MIG_TAGGER_BACKEND": "imported"}
+    env = {
+        **os.environ,
+        "MIG_HOME": str(home / "mig"),
+        "DAGSTER_HOME": str(dagster_home),
+        "MIG_TAGGER_BACKEND": "imported",
+        "MIG_DECONTAMINATION_BENCHMARKS": str(REAL_DATA / "mt_bench_questions.jsonl"),
+    }
     log = open(home / "dagster_dev.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(port)],
@@ -108,16 +114,21 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
     client = DagsterGraphQLClient("127.0.0.1", port_number=int(url.rsplit(":", 1)[1]))
     for key in keys:
         run_and_wait(client, "ingest_job", {"dagster/partition": key})
-    run_and_wait(client, "tag_job", {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    every_shard = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+    run_and_wait(client, "tag_job", every_shard)
+    run_and_wait(client, "decontaminate_job", every_shard)
     run_and_wait(client, "reselect_job")
     run_and_wait(client, "compare_job")
 
     nodes = graphql(url, ASSETS)["assetNodes"]
-    assert all(n["assetMaterializations"] for n in nodes), [n for n in nodes if not n["assetMaterializations"]]
+    on_demand = {"selection_sweep", "selection_stability"}  # the what-ifs (group steering): asked for, never scheduled
+    made = [n for n in nodes if "/".join(n["assetKey"]["path"]) not in on_demand]
+    assert all(n["assetMaterializations"] for n in made), [n for n in made if not n["assetMaterializations"]]
+    assert {n["groupName"] for n in nodes if "/".join(n["assetKey"]["path"]) in on_demand} == {"steering"}
     groups: dict[str, list[str]] = {}
-    for node in nodes:
+    for node in made:
         groups.setdefault(node["groupName"], []).append("/".join(node["assetKey"]["path"]))
-    assert sorted(groups) == ["embeddings", "pool", "quality", "selection", "tagging", "tree"]
+    assert sorted(groups) == ["curation", "embeddings", "pool", "quality", "selection", "tagging", "tree"]
 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -136,7 +147,7 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1800,3000",
+        "--window-size=1800,4000",
         f"--user-data-dir={mig_home / 'chrome-profile'}",
     ):
         options.add_argument(flag)
@@ -146,7 +157,7 @@ def test_asset_graph_shows_every_asset_and_its_latest_materialization(dagster_de
         for group, names in sorted(groups.items()):
             driver.get(f"{url}/locations/{LOCATION['repositoryLocationName']}/asset-groups/{group}")
 
-            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings", "quality_scores") for name in names)
+            partitioned = sum(name in ("raw_pool", "atomic_tags", "sample_embeddings", "quality_scores", "contamination") for name in names)
 
             def rendered(d):  # every node of the group, each with its latest materialization loaded
                 text = d.find_element(By.TAG_NAME, "body").text
