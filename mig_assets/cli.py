@@ -23,11 +23,11 @@ from mig_assets.core.store.layout import ShardPathError, WarehouseLayout
 from mig_assets.launch import (
     CLI_LOGGING,
     StepsFailed,
-    contiguous_ranges,
     dagster_instance,
     ingest_files,
     log_file,
     output_to_log,
+    run_over_ranges,
     run_pipeline,
     shards_needing,
 )
@@ -281,15 +281,7 @@ def cmd_decontaminate(args: argparse.Namespace) -> int:
         raise ValueError(f"nothing ingested in {layout.home}: `mig-assets ingest FILE...` first")
     needed, _ = shards_needing(instance, contamination, ordered, retag=True)
     with output_to_log(layout) as say:
-        for first, last in contiguous_ranges(ordered, set(needed)):
-            say(f"contamination: shards {first} .. {last} (decontaminate_job) ...")
-            defs.resolve_job_def("decontaminate_job").execute_in_process(
-                instance=instance,
-                run_config=CLI_LOGGING,
-                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
-            )
-        if not needed:
-            say("contamination: up to date")
+        run_over_ranges(defs.resolve_job_def("decontaminate_job"), instance, ordered, needed, "contamination", say)
     summary = summarize({shard: layout.shard_file("contamination", shard) for shard in ordered}, [str(p) for p in files])
     print(json.dumps({**summary, "shards_checked_now": len(needed)}, indent=2))
     return 0

@@ -170,6 +170,25 @@ def contiguous_ranges(ordered: list[str], chosen: set[str]) -> list[tuple[str, s
     return ranges
 
 
+def run_over_ranges(job, instance, ordered: list[str], needed: list[str], name: str, say, asset_selection=None) -> None:
+    """Run ``job`` once per contiguous block of the ``needed`` shards (in registration order ``ordered``),
+    as one partition-range run each, so each model or index loads once per block."""
+    import time
+
+    for first, last in contiguous_ranges(ordered, set(needed)):
+        started = time.perf_counter()
+        say(f"{name}: shards {first} .. {last} ({job.name}) ...")
+        job.execute_in_process(
+            instance=instance,
+            run_config=CLI_LOGGING,
+            asset_selection=asset_selection,
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
+        )
+        say(f"{name}: done in {time.perf_counter() - started:.1f}s")
+    if not needed:
+        say(f"{name}: up to date")
+
+
 def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) -> dict:
     """Tag, embed and score the shards that need it (``tag_job``, one range run per block of shards:
     each model loads once), then the global chain and every selection (``reselect_job``)."""
@@ -195,18 +214,7 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
                 f"{name}: {len(other)} shard(s) were made by another configuration and are kept; "
                 "`mig-assets run --retag` re-makes them with the current settings"
             )
-        for first, last in contiguous_ranges(ordered, set(needed)):
-            started = time.perf_counter()
-            say(f"{name}: shards {first} .. {last} (tag_job) ...")
-            job.execute_in_process(
-                instance=instance,
-                run_config=CLI_LOGGING,
-                asset_selection=[asset_key],
-                tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
-            )
-            say(f"{name}: done in {time.perf_counter() - started:.1f}s")
-        if not needed:
-            say(f"{name}: up to date")
+        run_over_ranges(job, instance, ordered, needed, name, say, asset_selection=[asset_key])
     started = time.perf_counter()
     say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
     result = defs.resolve_job_def("reselect_job").execute_in_process(
