@@ -187,3 +187,21 @@ def test_scorer_from_settings_overrides(tmp_path):
         "deita-chat-v1",
     )
     assert scorer.version() != FakeScorer().version()
+
+
+def test_imported_range_run_in_threads_writes_what_one_shard_runs_write(layout, instance, resources):
+    """An imported range run does two shards at a time: each shard's rows and the run's data
+    version are those of one run per shard."""
+    lines = (REAL_DATA / "xsample_example.jsonl").read_text().splitlines()
+    shards = [ingest(layout, instance, resources, f"x{i}.jsonl", lines[3 * i : 3 * i + 3]) for i in range(3)]
+    scorer = Scorer()  # backend imported
+    range_tags = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
+    result = dg.materialize([build_quality_scores(scorer.version())], instance=instance, resources={**resources, "scorer": scorer}, tags=range_tags)
+    assert result.success and sorted(m.partition for m in result.asset_materializations_for_node("quality_scores")) == sorted(shards)
+    in_range = {s: pq.read_table(layout.shard_file("quality_scores", s)) for s in shards}
+    assert sum(table.num_rows for table in in_range.values()) == 9  # the 9 kept samples, each scored once
+    assert all(set(table.column("shard").to_pylist()) == {s} for s, table in in_range.items())
+    for shard in shards:
+        single = materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer)
+        assert pq.read_table(layout.shard_file("quality_scores", shard)).equals(in_range[shard])
+        assert single.asset_materializations_for_node("quality_scores")[0].metadata["statuses"].value == {"ok": in_range[shard].num_rows}

@@ -4,6 +4,7 @@ judge parser, and the OpenAI backend's log-probability requests against a stub s
 
 import math
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -11,7 +12,7 @@ from mig_assets.core.llm.backends import OpenAIBackend
 from mig_assets.core.quality.cache import BACKEND_ERROR, QualityCache
 from mig_assets.core.quality.parsing import DIGITS, DigitTokenError, digit_token_ids, expected_score, parse_judge_output
 from mig_assets.core.quality.prompts import PROMPTS
-from mig_assets.core.quality.rows import degenerate, histogram_markdown
+from mig_assets.core.quality.rows import deita_lists, degenerate, histogram_markdown, imported_quality_rows
 from mig_assets.core.quality.scoring import sample_score, score_samples, turn_pairs
 from tests.fakes import JsonApiHandler, json_api_server
 from tests.fakes_quality import TOKEN_OFFSET, ScriptedScorerBackend
@@ -88,6 +89,30 @@ def test_degenerate_detection_both_ways():
     assert degenerate([1.0 + i for i in range(48)], 2, 0.02) == "failure rate 4.0% (2/50) above 2.0%"
     assert degenerate([], 3, 0.5) == "failure rate 100.0% (3/3) above 50.0%"
     assert degenerate([4.2], 0, 0.02) is None and degenerate([], 0, 0.02) is None  # nothing to judge
+
+
+def test_imported_per_turn_lists_from_the_raw_records():
+    """The per-turn lists come out of raw JSON in DuckDB; anything that is not a list of finite
+    numbers (numeric strings count, as for float()) on either side leaves both absent."""
+    deita = '{{"annotation": {{"deita": {{"quality_scores": {q}, "complexity_scores": {c}}}}}}}'
+    raws = [
+        deita.format(q="[2.5, 1]", c='[4, "3.5", 9]'),  # complexity cut to the quality list's length
+        deita.format(q='[1, "x"]', c="[3, 3]"),
+        deita.format(q="[1, null]", c="[3, 3]"),
+        deita.format(q="[1]", c="[1e400]"),
+        deita.format(q="3", c="[3]"),
+        deita.format(q="[]", c="[]"),
+        '{"annotation": {"deita": {"quality_scores": [1.5]}}}',
+        "not json",
+        None,
+    ]
+    complexity, quality = deita_lists(pa.array(raws, pa.string()))
+    assert quality.to_pylist() == [[2.5, 1.0], None, None, None, None, [], None, None, None]
+    assert complexity.to_pylist() == [[4.0, 3.5], None, None, None, None, [], None, None, None]
+    samples = pa.table({"sample_id": [f"s{i}" for i in range(len(raws))], "raw": raws, "imported_quality": [7.0] * 6 + [None] * 3})
+    rows = imported_quality_rows(samples, "shard-a")
+    assert rows.column("n_turns").to_pylist() == [2, None, None, None, None, None, None, None, None]  # no turn: null, not 0
+    assert rows.column("status").to_pylist() == ["ok"] * 6 + ["no_annotation"] * 3
 
 
 def test_histogram_markdown():

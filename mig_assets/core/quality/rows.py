@@ -3,7 +3,10 @@ scoring results), the degenerate-scores verdict and the score histogram shown in
 
 from __future__ import annotations
 
-import orjson
+from collections.abc import Sequence
+
+import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -31,13 +34,13 @@ QUALITY_ROW_SCHEMA = pa.schema(
 def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
     """Rows from the shard's kept samples (columns sample_id, imported_quality, raw): the Deita
     score the pool carries, with its per-turn lists when the raw record still has them. Column by
-    column: only the per-turn lists need each raw record parsed (orjson: ingestion parsed it with it)."""
+    column: DuckDB's JSON functions read the per-turn lists out of the raw records (vectorized, no
+    Python object per record); lists that are not all numbers count as absent."""
     n = samples.num_rows
-    raws = samples.column("raw").to_pylist() if "raw" in samples.column_names else [None] * n
-    lists = [_deita_lists(raw) for raw in raws]
-    quality = [q for _, q in lists]
+    complexity, quality = deita_lists(samples.column("raw") if "raw" in samples.column_names else pa.nulls(n, pa.string()))
     score = samples.column("imported_quality")
     present = pc.is_valid(score)
+    turns = pc.list_value_length(quality)
 
     def repeat(value, type_: pa.DataType) -> pa.Array:
         return pa.repeat(pa.scalar(value, type_), n)
@@ -46,9 +49,9 @@ def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
         "sample_id": samples.column("sample_id"),
         "shard": repeat(shard, pa.string()),
         "score": score,
-        "complexity": pa.array([c for c, _ in lists], pa.list_(pa.float64())),
-        "quality": pa.array(quality, pa.list_(pa.float64())),
-        "n_turns": pa.array([len(q) if q else None for q in quality], pa.int32()),
+        "complexity": complexity,
+        "quality": quality,
+        "n_turns": pc.if_else(pc.greater(turns, 0), turns, pa.scalar(None, turns.type)).cast(pa.int32()),
         "status": pc.if_else(present, "ok", "no_annotation"),
         "reason": pc.if_else(present, "", "the record carries no annotation.deita"),
         "backend": repeat("imported", pa.string()),
@@ -60,16 +63,24 @@ def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
     return pa.table(columns, schema=QUALITY_ROW_SCHEMA)
 
 
-def _deita_lists(raw: str | None) -> tuple[list[float] | None, list[float] | None]:
-    if raw is None:
-        return None, None
-    try:
-        deita = orjson.loads(raw)["annotation"]["deita"]
-        quality = [float(v) for v in deita["quality_scores"]]
-        complexity = [float(v) for v in deita["complexity_scores"]][: len(quality)]
-        return complexity, quality
-    except (TypeError, KeyError, ValueError):  # orjson.JSONDecodeError is a ValueError
-        return None, None
+def deita_lists(raw: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """The per-turn complexity and quality lists of each raw record's ``annotation.deita``
+    (complexity cut to the quality list's length); both null where either is missing, or is not a
+    list of numbers, or the record is not JSON."""
+    with duckdb.connect() as con:  # a private in-memory connection: the rows live in this Arrow table
+        con.register("records", pa.table({"raw": raw}))
+        # a list of finite numbers (JSON's numbers or numeric strings, as Python's float() reads them)
+        con.execute("CREATE MACRO numbers(v) AS v IS NOT NULL AND len(list_filter(v, lambda x: x IS NULL OR NOT isfinite(x))) = 0")
+        lists = con.sql(
+            """
+            SELECT CASE WHEN numbers(q) AND numbers(c) THEN list_slice(c, 1, len(q)) END AS complexity,
+                   CASE WHEN numbers(q) AND numbers(c) THEN q END AS quality
+            FROM (SELECT TRY_CAST(json_extract(doc, '$.annotation.deita.quality_scores') AS DOUBLE[]) AS q,
+                         TRY_CAST(json_extract(doc, '$.annotation.deita.complexity_scores') AS DOUBLE[]) AS c
+                  FROM (SELECT TRY_CAST(raw AS JSON) AS doc FROM records))
+            """
+        ).to_arrow_table()
+    return lists.column("complexity").combine_chunks(), lists.column("quality").combine_chunks()
 
 
 def quality_rows(results: dict[str, dict], sample_ids: list[str], shard: str, backend: str, model: str, prompt_version: str) -> pa.Table:
@@ -81,17 +92,16 @@ def quality_rows(results: dict[str, dict], sample_ids: list[str], shard: str, ba
     return pa.Table.from_pylist(rows, schema=QUALITY_ROW_SCHEMA)
 
 
-def score_histogram(scores: list[float], lo: float = SCORE_RANGE[0], hi: float = SCORE_RANGE[1], bins: int = 7) -> list[tuple[float, float, int]]:
+def score_histogram(scores: Sequence[float], lo: float = SCORE_RANGE[0], hi: float = SCORE_RANGE[1], bins: int = 7) -> list[tuple[float, float, int]]:
     """Counts over ``bins`` equal bins of [lo, hi] (the last bin closed); values outside go to the edges."""
     width = (hi - lo) / bins
-    counts = [0] * bins
-    for score in scores:
-        counts[min(bins - 1, max(0, int((score - lo) // width)))] += 1
-    return [(lo + i * width, lo + (i + 1) * width, n) for i, n in enumerate(counts)]
+    bin_of = np.clip(np.floor_divide(np.asarray(scores, np.float64) - lo, width), 0, bins - 1).astype(np.int64)
+    counts = np.bincount(bin_of, minlength=bins)
+    return [(lo + i * width, lo + (i + 1) * width, int(n)) for i, n in enumerate(counts)]
 
 
-def histogram_markdown(scores: list[float]) -> str:
-    if not scores:
+def histogram_markdown(scores: Sequence[float]) -> str:
+    if not len(scores):
         return "_no scores_"
     histogram = score_histogram(scores)
     top = max(n for _, _, n in histogram) or 1
@@ -99,23 +109,22 @@ def histogram_markdown(scores: list[float]) -> str:
     for i, (a, b, n) in enumerate(histogram):
         bracket = "]" if i == len(histogram) - 1 else ")"
         lines.append(f"| [{a:g}, {b:g}{bracket} | {n} | {'█' * round(20 * n / top)} |")
-    ordered = sorted(scores)
-    median = ordered[len(ordered) // 2] if len(ordered) % 2 else (ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    values = np.asarray(scores, np.float64)
     lines.append("")
     lines.append(
-        f"min {ordered[0]:.3g}, median {median:.3g}, mean {sum(ordered) / len(ordered):.3g}, max {ordered[-1]:.3g}, "
-        f"{len(set(ordered))} distinct values over {len(ordered)} samples"
+        f"min {values.min():.3g}, median {np.median(values):.3g}, mean {values.mean():.3g}, max {values.max():.3g}, "
+        f"{len(np.unique(values))} distinct values over {len(values)} samples"
     )
     return "\n".join(lines)
 
 
-def degenerate(scores: list[float], failures: int, max_failure_rate: float, *, tolerance: float = 1e-9) -> str | None:
+def degenerate(scores: Sequence[float], failures: int, max_failure_rate: float, *, tolerance: float = 1e-9) -> str | None:
     """Why a shard's scores are unusable, or None: the failure rate (failures over scored + failed)
     above ``max_failure_rate``, or two or more scores that are all equal (a constant scorer, like
     Deita's silent 3.0). Samples without anything to score (no response, no annotation) don't count."""
     attempted = len(scores) + failures
     if attempted and failures / attempted > max_failure_rate:
         return f"failure rate {failures / attempted:.1%} ({failures}/{attempted}) above {max_failure_rate:.1%}"
-    if len(scores) >= 2 and max(scores) - min(scores) <= tolerance:
+    if len(scores) >= 2 and np.ptp(scores) <= tolerance:
         return f"all {len(scores)} scores equal {scores[0]:.6g}"
     return None

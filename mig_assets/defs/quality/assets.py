@@ -1,10 +1,11 @@
 """``quality_scores[shard]``: a Deita-style quality score per kept sample, with a blocking check
 that refuses degenerate scores (all equal, or too many failures)."""
 
-import json
+import hashlib
 from collections import Counter
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -17,7 +18,7 @@ from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.orchestration.automation import refuse_to_replace_other_configuration
 from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
+from mig_assets.orchestration.shard_runs import IMPORTED_SHARD_THREADS, SHARD_MODEL_WORK, each_shard, range_run_metadata
 from mig_assets.resources import Scorer, Warehouse
 
 CHECK_NAME = "quality_scores_not_degenerate"
@@ -59,7 +60,11 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
     def quality_scores(context: dg.AssetExecutionContext, config: QualityConfig, warehouse: Warehouse, scorer: Scorer):
         record_settings(context)
         refuse_to_replace_other_configuration(context)
-        shards = {shard: score_shard(context, warehouse, scorer, shard) for shard in context.partition_keys}
+        shards = each_shard(
+            lambda shard: score_shard(context, warehouse, scorer, shard),
+            context.partition_keys,
+            threads=IMPORTED_SHARD_THREADS if scorer.backend == "imported" else 1,  # a model scores one shard at a time
+        )
         verdicts = {shard: degenerate(r["scores"], r["failures"], config.max_failure_rate) for shard, r in shards.items()}
         metadata = range_run_metadata(
             {shard: result["metadata"] for shard, result in shards.items()}, summed=("newly_scored_calls", "calls_from_cache"), shared=("backend", "origin")
@@ -67,7 +72,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
         bad = {shard: reason for shard, reason in verdicts.items() if reason}
         attempted = {shard: len(r["scores"]) + r["failures"] for shard, r in shards.items()}
         failure_rate = max((r["failures"] / attempted[s] if attempted[s] else 0.0) for s, r in shards.items())
-        all_scores = [score for r in shards.values() for score in r["scores"]]
+        all_scores = np.concatenate([r["scores"] for r in shards.values()])
         return dg.MaterializeResult(
             metadata=metadata,
             data_version=dg.DataVersion(text_hash("|".join(f"{s}:{r['digest']}" for s, r in sorted(shards.items())))[:16]),
@@ -80,7 +85,7 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
                         "failure_rate": round(failure_rate, 4),
                         "max_failure_rate": config.max_failure_rate,
                         "scored": len(all_scores),
-                        "distinct_scores": len(set(all_scores)),
+                        "distinct_scores": len(np.unique(all_scores)),
                         "shards": len(shards),
                         "failure_examples": dg.MetadataValue.json([e for r in shards.values() for e in r["examples"]][:5]),
                     },
@@ -141,7 +146,7 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
                 extra["mean_digit_mass"] = round(sum(masses) / len(masses), 4)
     path = write_parquet_atomic(table, layout.shard_file("quality_scores", shard))
     statuses = Counter(table.column("status").to_pylist())
-    scores = [s for s in table.filter(pc.equal(table.column("status"), "ok")).column("score").to_pylist() if s is not None]
+    scores = table.filter(pc.equal(table.column("status"), "ok")).column("score").drop_null().to_numpy()
     failed = table.filter(pc.equal(table.column("status"), "failed"))
     reasons = Counter(failed.column("reason").to_pylist())
     examples = [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed.slice(0, 5).to_pylist()]
@@ -160,6 +165,12 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
 
 
 def _digest(table: pa.Table) -> str:
-    """What downstream reads: sample, score, status (same rows, same data version)."""
-    rows = zip(*(table.column(c).to_pylist() for c in ("sample_id", "score", "status")))
-    return text_hash(json.dumps(sorted(rows, key=lambda r: r[0])))[:16]
+    """What downstream reads: sample, score, status (same rows, same data version), one line per
+    sample in sample_id order, hashed from the Arrow buffers."""
+    rows = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+    score = pc.cast(rows.column("score"), pa.string())
+    lines = pc.binary_join_element_wise(rows.column("sample_id"), score, rows.column("status"), "\t", null_handling="replace").combine_chunks()
+    digest = hashlib.sha256()
+    for buffer in lines.buffers()[1:]:  # the offsets, then the characters
+        digest.update(buffer)
+    return digest.hexdigest()[:16]

@@ -28,7 +28,7 @@ from mig_assets.orchestration.automation import (
 )
 from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.orchestration.shard_runs import SHARD_MODEL_WORK, range_run_metadata
+from mig_assets.orchestration.shard_runs import IMPORTED_SHARD_THREADS, SHARD_MODEL_WORK, each_shard, range_run_metadata
 from mig_assets.orchestration.tagging import tag_on_ray, tag_through_cache
 from mig_assets.resources import Execution, Tagger, Warehouse
 
@@ -88,7 +88,11 @@ def build_atomic_tags(tagger_version: str) -> dg.AssetsDefinition:
             figures, cluster_extra = tag_on_ray(texts, tagger, execution, warehouse.layout, include_response=tagger.include_response, log=context.log.info)
         else:
             figures, cluster_extra = {}, {}
-        shards = {shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)) for shard in context.partition_keys}
+        shards = each_shard(
+            lambda shard: tag_shard(context, warehouse, tagger, shard, figures.get(shard)),
+            context.partition_keys,
+            threads=IMPORTED_SHARD_THREADS if tagger.backend == "imported" else 1,  # a model tags one shard at a time
+        )
         per_shard = {shard: result[0] for shard, result in shards.items()}
         metadata = range_run_metadata(per_shard, summed=("newly_tagged", "from_cache"))
         if len(shards) > 1 and any("generate_seconds" in m for m in per_shard.values()):
