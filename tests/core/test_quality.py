@@ -12,7 +12,7 @@ from mig_assets.core.llm.backends import OpenAIBackend
 from mig_assets.core.quality.cache import BACKEND_ERROR, QualityCache
 from mig_assets.core.quality.parsing import DIGITS, DigitTokenError, digit_token_ids, expected_score, parse_judge_output
 from mig_assets.core.quality.prompts import PROMPTS
-from mig_assets.core.quality.rows import deita_lists, degenerate, histogram_markdown, imported_quality_rows
+from mig_assets.core.quality.rows import degenerate, deita_lists, histogram_markdown, imported_quality_rows
 from mig_assets.core.quality.scoring import sample_score, score_samples, turn_pairs
 from tests.fakes import JsonApiHandler, json_api_server
 from tests.fakes_quality import TOKEN_OFFSET, ScriptedScorerBackend
