@@ -12,6 +12,8 @@ import io
 from collections import Counter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def new_figure():
@@ -235,14 +237,21 @@ def html_report(title: str, summary: dict, plots: dict[str, bytes], tables: dict
     return "\n".join(parts)
 
 
+def tag_counts(tags: pa.ListArray, rows: np.ndarray | None = None) -> Counter:
+    """Occurrences of each tag over the samples (over ``rows`` only, in that order, when given), in
+    first-seen order as a Counter of the lists would have them (ties of most_common keep it). In
+    Arrow: a hash count of the flattened lists."""
+    counts = pc.value_counts(pc.list_flatten(tags if rows is None else tags.take(pa.array(rows, pa.int64()))))
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+
+
 def selection_plots(method: str, pool, outcome, tree=None, target=None) -> dict[str, bytes]:
     """A selection version's plots: tag distribution and quality of the selection against the pool,
     the objective and gain curves (MIG, TAGS), coverage per tree level and KL to the target (TAGS)."""
     from mig_assets.core.tags.information import coverage_by_level
 
-    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
     plots = {
-        "tag_distribution": distribution_plot(Counter(t for tags in pool.tags for t in tags), selected_tags),
+        "tag_distribution": distribution_plot(tag_counts(pool.tag_array), tag_counts(pool.tag_array, outcome.order)),
         "quality": score_plot(pool.scores, pool.scores[outcome.order]),
     }
     if method in ("mig", "tags") and len(outcome.order):
@@ -258,7 +267,7 @@ def selection_plots(method: str, pool, outcome, tree=None, target=None) -> dict[
 def selection_report(name: str, method: str, budget: dict, version: int, pool, outcome, score_origin: str, plots, diff, inputs_changed, exclusions) -> str:
     """A selection version's HTML page: summary, plots, top tags, changes, changed inputs and what
     curation left out (``exclusions``: a :class:`~mig_assets.core.curation.exclusions.Exclusions`)."""
-    selected_tags = Counter(t for i in outcome.order for t in pool.tags[i])
+    selected_tags = tag_counts(pool.tag_array, outcome.order)
     summary = {
         "selection": name,
         "version": version,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mig_assets.core.curation.exclusions import EXCLUSIONS_TABLE
@@ -32,6 +33,7 @@ from mig_assets.core.selection.lineage import (
     read_facts,
     upstream_changes,
     version_inputs,
+    with_raw_records,
     write_graph,
     write_inputs,
 )
@@ -158,11 +160,11 @@ def diff_against_previous(con, name: str, version: int, ids: list[str], pool: Po
         con.execute("SELECT sample_id, shard FROM samples WHERE sample_id IN (SELECT unnest($ids))", {"ids": sorted(set(ids) ^ set(before))}).fetchall()
     )
     rank_of = {sid: rank for rank, sid in enumerate(ids, start=1)}
-    in_pool = set(pool.sample_ids)
+    in_pool, was_member = set(pool.sample_ids), set(before)
     last_gain = float(outcome.gains[-1]) if len(outcome.gains) else float("nan")
     rows = []
     for sid in ids:
-        if sid in set(before):
+        if sid in was_member:
             continue
         if sid in reasons:
             reason = reasons[sid]
@@ -198,8 +200,10 @@ def record_inputs(
     previous_path = inputs_path(warehouse_dir, name, version - 1)
     previous = pq.read_table(previous_path) if previous_path.exists() else None
     previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
-    current = current_inputs(con, raw_for=sorted(set(ids) | set(previous_members)))
-    shards = sorted(set(current.column("shard").to_pylist()))
+    raw_for = sorted(set(ids) | set(previous_members))
+    # the inputs as the selection loaded them (the same query as current_inputs), with the raw records of members old and new
+    current = with_raw_records(con, inputs.lineage, raw_for) if inputs.lineage is not None else current_inputs(con, raw_for=raw_for)
+    shards = sorted(pc.unique(current.column("shard")).to_pylist())
     facts = {
         "selection": name,
         "version": version,

@@ -227,8 +227,8 @@ def run_comparison(request: SelectionRequest, inputs: SelectionInputs) -> tuple[
     Y = label_matrix = problem = None
     if graph is not None:
         Y = mig_matrix(pool, graph, request.mig)
-        indptr, indices = label_matrix_rows(pool.tags, graph.labels)
-        label_matrix = sp.csr_array((np.ones(len(indices)), indices, indptr), shape=(len(pool.tags), len(graph.labels)))
+        indptr, indices = label_matrix_rows(pool.tag_array, graph.labels)
+        label_matrix = sp.csr_array((np.ones(len(indices)), indices, indptr), shape=(len(pool.sample_ids), len(graph.labels)))
     if tree is not None:
         problem = tags_problem(pool, tree, request.gamma, request.level_weights)
     table = compare_selections(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 
 from mig_assets.core.curation.exclusions import Exclusions, find_exclusions
 from mig_assets.core.embedding.encoder import arrow_to_vectors
-from mig_assets.core.selection.lineage import SCORED_QUALITY_SQL
+from mig_assets.core.selection.lineage import INPUTS_SCHEMA, inputs_sql
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
 from mig_assets.core.store.catalog import has_relation
 from mig_assets.core.store.layout import WarehouseLayout
@@ -30,17 +31,28 @@ from mig_assets.core.tags.tree import load_tree
 @dataclass
 class PoolArrays:
     sample_ids: list[str]
-    tags: list[list[str]]  # canonical tags per sample
+    tag_array: pa.ListArray  # canonical tags per sample (list<string>; given as lists, converted): Arrow, no Python object per tag
     scores: np.ndarray  # quality weight per sample (float64, >= 0)
     tokens: np.ndarray  # estimated tokens per sample (int64)
     embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
 
+    def __post_init__(self):
+        if not isinstance(self.tag_array, pa.Array):
+            self.tag_array = pa.array(self.tag_array, pa.list_(pa.string()))
+
+    @cached_property
+    def tags(self) -> list[list[str]]:
+        """The tags as Python lists, for the methods that walk them sample by sample."""
+        return self.tag_array.to_pylist()
+
     def without(self, excluded: set[str]) -> PoolArrays:
         """The pool without the ``excluded`` sample ids, input order kept."""
+        if not excluded:
+            return self
         keep = np.array([sid not in excluded for sid in self.sample_ids], dtype=bool)
         return PoolArrays(
             sample_ids=[sid for sid, k in zip(self.sample_ids, keep) if k],
-            tags=[tags for tags, k in zip(self.tags, keep) if k],
+            tag_array=self.tag_array.filter(pa.array(keep)),
             scores=self.scores[keep],
             tokens=self.tokens[keep],
             embeddings=self.embeddings[keep] if self.embeddings is not None else None,
@@ -66,6 +78,7 @@ class SelectionInputs:
     tree: object | None = None  # core.tags.tree.KnowledgeTree
     target: np.ndarray | None = None  # target leaf distribution over the tree's leaves
     exclusions: Exclusions = field(default_factory=Exclusions)  # left out of the pool before selection, with the evidence
+    lineage: pa.Table | None = None  # every sample's inputs as loaded (lineage.INPUTS_SCHEMA, no raw record); None: read them when persisting
 
 
 def load_inputs(
@@ -84,10 +97,16 @@ def load_inputs(
     out (contaminated ones, near-duplicates that are not their cluster's representative: each switch
     on by default), the label graph when ``graph``, the knowledge tree and its target profile when
     ``tree`` (a missing or stale target is an error when ``target_required``, else left out)."""
-    pool, score_origin, score_fill, failed = load_pool(con, layout if embeddings else None, shard_order)
+    pool, score_origin, score_fill, failed, lineage = load_pool(con, layout if embeddings else None, shard_order)
     exclusions = find_exclusions(con, layout, pool.sample_ids, list(shard_order), contamination=exclude_contaminated, near_duplicates=exclude_near_duplicates)
     inputs = SelectionInputs(
-        pool.without(exclusions.excluded_ids), score_origin, score_fill, failed, graph=load_graph(con) if graph else None, exclusions=exclusions
+        pool.without(exclusions.excluded_ids),
+        score_origin,
+        score_fill,
+        failed,
+        graph=load_graph(con) if graph else None,
+        exclusions=exclusions,
+        lineage=lineage,
     )
     if tree:
         inputs.tree, tree_info = load_tree(layout.knowledge_tree_dir)
@@ -111,66 +130,59 @@ def load_request_inputs(con, layout: WarehouseLayout, shard_order: Sequence[str]
     )
 
 
-def quality_scores(imported: list[float | None], scored: list[float | None] | None = None, scorers: Sequence[str] = ()) -> tuple[np.ndarray, str, float]:
+def quality_scores(
+    imported: pa.Array | pa.ChunkedArray, scored: pa.Array | pa.ChunkedArray | None = None, scorers: Sequence[str] = ()
+) -> tuple[np.ndarray, str, float]:
     """Sample weights: the ``quality_scores`` asset's score where it has one, else the imported Deita
     score, else the median of those present; 1.0 everywhere when no sample has either. Returns the
     weights, a description of their origin and the weight given to samples without a score."""
-    scored = scored or [None] * len(imported)
-    values = [s if s is not None else q for s, q in zip(scored, imported)]
-    present = [v for v in values if v is not None]
-    if not present:
-        return np.ones(len(imported)), "uniform (no sample carries a quality score)", 1.0
-    fill = float(np.median(present))
-    scores = np.array([fill if v is None else v for v in values], dtype=np.float64)
-    n_scored = sum(s is not None for s in scored)
+    imported = pa.chunked_array([imported]) if isinstance(imported, pa.Array) else imported
+    scored = pa.nulls(len(imported), pa.float64()) if scored is None else scored
+    values = pc.coalesce(scored, imported).to_numpy(zero_copy_only=False).astype(np.float64)  # NaN: neither
+    present = ~np.isnan(values)
+    n_present, n_scored = int(present.sum()), len(scored) - scored.null_count
+    if not n_present:
+        return np.ones(len(values)), "uniform (no sample carries a quality score)", 1.0
+    fill = float(np.median(values[present]))
+    scores = np.where(present, values, fill)
     parts = []
     if n_scored:
         parts.append(f"{n_scored} scored by quality_scores ({', '.join(scorers)})")
-    if len(present) > n_scored:
-        parts.append(f"{len(present) - n_scored} imported Deita scores")
-    if len(values) > len(present):
-        parts.append(f"{len(values) - len(present)} without a score get the median {fill:.4g}")
+    if n_present > n_scored:
+        parts.append(f"{n_present - n_scored} imported Deita scores")
+    if len(values) > n_present:
+        parts.append(f"{len(values) - n_present} without a score get the median {fill:.4g}")
     return scores, "quality x complexity (mean over turns): " + "; ".join(parts), fill
 
 
-def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[str] = ()) -> tuple[PoolArrays, str, float, int]:
+def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[str] = ()) -> tuple[PoolArrays, str, float, int, pa.Table]:
     """Kept samples in input order (shards in ``shard_order``, the partitions' registration order, then
     any other shard by key; lines in file order) with their tags and weights (and embeddings, given
     ``layout``); samples whose tagging failed are left out. Input order is the MIG reference's: its
     greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
-    the weight given to samples without one, and the number left out."""
-    tags_sql = (
-        "LEFT JOIN atomic_tags t USING (sample_id)"
-        if has_relation(con, "atomic_tags")
-        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status) t USING (sample_id)"
-    )
-    scored_sql = (
-        f"LEFT JOIN ({SCORED_QUALITY_SQL}) q USING (sample_id)"
-        if has_relation(con, "quality_scores")
-        else "LEFT JOIN (SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer) q USING (sample_id)"
-    )
+    the weight given to samples without one, the number left out, and every sample's inputs as the
+    lineage records them (:data:`~mig_assets.core.selection.lineage.INPUTS_SCHEMA`, no raw record)."""
     table = con.sql(  # column by column: Arrow, not a Python tuple per sample
-        f"""
-        SELECT s.sample_id, coalesce(t.tags, []::VARCHAR[]) AS tags, s.imported_quality, s.n_tokens_est, t.status, q.score, q.scorer
-        FROM samples s {tags_sql} {scored_sql}
+        f"""{inputs_sql(con, ", coalesce(t.tags, []::VARCHAR[]) AS pool_tags, s.imported_quality, s.n_tokens_est, q.score")}
         ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
         """,
         params={"shard_order": list(shard_order)},
     ).to_arrow_table()
-    is_failed = pc.fill_null(pc.equal(table.column("status"), "failed"), False)
+    lineage = table.select(INPUTS_SCHEMA.names).cast(INPUTS_SCHEMA)
+    is_failed = pc.fill_null(pc.equal(table.column("tag_status"), "failed"), False)
     failed = pc.sum(is_failed).as_py() or 0
     table = table.filter(pc.invert(is_failed))
     scorers = sorted(s for s in pc.unique(table.column("scorer")).to_pylist() if s)
-    scores, origin, fill = quality_scores(table.column("imported_quality").to_pylist(), table.column("score").to_pylist(), scorers)
+    scores, origin, fill = quality_scores(table.column("imported_quality"), table.column("score"), scorers)
     pool = PoolArrays(
         sample_ids=table.column("sample_id").to_pylist(),
-        tags=table.column("tags").to_pylist(),
+        tag_array=table.column("pool_tags").combine_chunks(),
         scores=scores,
         tokens=table.column("n_tokens_est").to_numpy().astype(np.int64),
     )
     if layout is not None:
         pool.embeddings = load_embeddings(layout, pool.sample_ids)
-    return pool, origin, fill, failed
+    return pool, origin, fill, failed, lineage
 
 
 def load_embeddings(layout: WarehouseLayout, sample_ids: list[str]) -> np.ndarray:

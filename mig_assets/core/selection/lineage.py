@@ -80,10 +80,11 @@ def raw_sha256(raw: str | None) -> str | None:
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest() if raw is not None else None
 
 
-def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[str] = ()) -> pa.Table:
-    """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
-    :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
-    (null: neither); the raw record for ``raw_for`` only."""
+def inputs_sql(con, extra_columns: str = "") -> str:
+    """The SELECT of every sample's present inputs in :data:`INPUTS_SCHEMA`'s columns (a null rank,
+    no raw record), with ``extra_columns`` after them, FROM ``samples s`` and its joins (the tag
+    row ``t``, the scored quality ``q``): the pool a selection loads and the lineage it records
+    come from this one query."""
     tags = (
         "atomic_tags"
         if has_relation(con, "atomic_tags")
@@ -102,24 +103,34 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[s
         if has_relation(con, "sample_embeddings")
         else "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_id)"
     )
-    where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
-    table = con.sql(
-        f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
+    return f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
                    t.tags, t.status AS tag_status, t.reason AS tag_reason,
                    CASE WHEN coalesce(t.model, '') = '' THEN t.backend ELSE t.backend || ':' || t.model || ' ' || t.prompt_version END AS tagger,
                    q.scorer, coalesce(q.score, s.imported_quality) AS weight,
                    CASE WHEN q.score IS NOT NULL THEN 'quality_scores (' || q.scorer || ')'
                         WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
                    e.model_id AS embedding_model,
-                   s.source_format, s.original_id, r.raw
+                   s.source_format, s.original_id, NULL::VARCHAR AS raw{extra_columns}
             FROM samples s LEFT JOIN shards st USING (shard) LEFT JOIN {tags} t USING (sample_id)
-                 LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)
-                 -- the raw records of raw_for only: a CASE over s.raw would read the whole pool's raw column
-                 LEFT JOIN (SELECT sample_id, raw FROM samples WHERE sample_id IN (SELECT unnest($raw_for))) r USING (sample_id)
-            {where} ORDER BY s.sample_id""",
-        params={"raw_for": list(raw_for)} | ({"ids": list(sample_ids)} if sample_ids is not None else {}),
-    ).to_arrow_table()
-    return table.cast(INPUTS_SCHEMA)
+                 LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)"""
+
+
+def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[str] = ()) -> pa.Table:
+    """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
+    :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
+    (null: neither); the raw record for ``raw_for`` only."""
+    where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
+    table = con.sql(f"{inputs_sql(con)} {where} ORDER BY s.sample_id", params={"ids": list(sample_ids)} if sample_ids is not None else None).to_arrow_table()
+    return with_raw_records(con, table.cast(INPUTS_SCHEMA), raw_for)
+
+
+def with_raw_records(con, inputs: pa.Table, raw_for: Sequence[str]) -> pa.Table:
+    """``inputs`` (:data:`INPUTS_SCHEMA`) with the raw record of the samples in ``raw_for`` (only
+    theirs: the pool's whole raw column is the bulk of its Parquet)."""
+    raw = con.sql("SELECT sample_id, raw FROM samples WHERE sample_id IN (SELECT unnest($ids))", params={"ids": list(raw_for)}).to_arrow_table()
+    position = pc.index_in(inputs.column("sample_id"), value_set=raw.column("sample_id"))
+    records = pc.take(raw.column("raw"), position)
+    return inputs.set_column(INPUTS_SCHEMA.get_field_index("raw"), "raw", records.cast(pa.string()))
 
 
 def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:

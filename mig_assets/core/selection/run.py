@@ -45,10 +45,10 @@ class SelectionOutcome:
     steering: dict = field(default_factory=dict)  # the spec's constraints and stability option, as plain values (for the manifest)
 
 
-def label_matrix_rows(tags: list[list[str]], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR offsets and column ids of each sample's tags that are graph labels (others are ignored;
-    order and repeats kept). In Arrow: the tags flattened, looked up in ``labels``, counted per sample."""
-    per_sample = pa.array(tags, pa.list_(pa.string()))
+def label_matrix_rows(tags: pa.ListArray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets and column ids of each sample's tags (list<string>) that are graph labels (others
+    are ignored; order and repeats kept). In Arrow: the tags flattened, looked up in ``labels``, counted per sample."""
+    per_sample = tags
     column = pc.index_in(pc.list_flatten(per_sample), value_set=pa.array(labels, pa.string()))
     is_label = pc.is_valid(column)
     owner = pc.list_parent_indices(per_sample).filter(is_label).to_numpy()
@@ -126,7 +126,7 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     """Y = X·P: the samples' label weights (quality-weighted) propagated over the label graph (spec of MIG)."""
     if graph is None:
         raise ValueError("MIG needs the label graph: materialize label_graph first")
-    indptr, indices = label_matrix_rows(pool.tags, graph.labels)
+    indptr, indices = label_matrix_rows(pool.tag_array, graph.labels)
     X = sample_label_matrix(indptr, indices, pool.scores, len(graph.labels), params.norm)
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
@@ -163,8 +163,8 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, 
 
     if tree is None:
         raise ValueError("TAGS needs the knowledge tree: materialize knowledge_tree first")
-    leaf_ids = tree.leaf_of([t for tags in pool.tags for t in tags])  # -1: a tag newer than the tree
-    indptr = np.concatenate([[0], np.cumsum([len(tags) for tags in pool.tags])]).astype(np.int64)
+    leaf_ids = tree.leaf_of(pc.list_flatten(pool.tag_array))  # -1: a tag newer than the tree
+    indptr = np.concatenate([[0], np.cumsum(pc.list_value_length(pool.tag_array).to_numpy())]).astype(np.int64)
     A = leaf_weights(indptr, leaf_ids, tree.n_leaves)
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 

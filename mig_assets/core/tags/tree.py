@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mig_assets.core.embedding.encoder import arrow_to_vectors
@@ -74,16 +76,22 @@ class KnowledgeTree:
             path.append(int(self.parents[path[-1]]))
         return np.array(path, dtype=np.int64)
 
-    def leaf_of(self, tags: Sequence[str]) -> np.ndarray:
-        """Leaf of each known tag, −1 for tags not in the tree (see ``core/tags/grounding.py`` for those)."""
-        index = self._tag_index()
-        return np.array([self.tag2leaf[index[t]] if t in index else -1 for t in tags], dtype=np.int64)
+    def leaf_of(self, tags: Sequence[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Leaf of each known tag, −1 for tags not in the tree (see ``core/tags/grounding.py`` for those).
+        Looked up in Arrow (a hash of the tree's tag names, which are distinct), no Python object per tag."""
+        tags = tags if isinstance(tags, (pa.Array, pa.ChunkedArray)) else pa.array(list(tags), pa.string())
+        position = pc.fill_null(pc.index_in(tags, value_set=self._tag_names()), -1).to_numpy().astype(np.int64)
+        return (
+            np.where(position >= 0, np.asarray(self.tag2leaf, np.int64)[np.maximum(position, 0)], -1)
+            if len(self.tag_names)
+            else np.full(len(position), -1, np.int64)
+        )
 
-    def _tag_index(self) -> dict[str, int]:
-        cached = self.__dict__.get("_tag_index_cache")
+    def _tag_names(self) -> pa.Array:
+        cached = self.__dict__.get("_tag_names_cache")
         if cached is None:
-            cached = {t: i for i, t in enumerate(self.tag_names)}
-            object.__setattr__(self, "_tag_index_cache", cached)
+            cached = pa.array(list(self.tag_names), pa.string())
+            object.__setattr__(self, "_tag_names_cache", cached)
         return cached
 
     def nodes_table(self) -> dict[str, list]:
