@@ -30,13 +30,15 @@ from mig_assets.core.tags.lazy import Frontier, groups_by_value
 from mig_assets.core.tags.params import TagsSelection
 
 
-def quota_plan(run: GreedyRun, constraints: Constraints) -> tuple[np.ndarray, np.ndarray]:
+def quota_plan(run: GreedyRun, constraints: Constraints, check_pins: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Each row's primary leaf and the leaf quotas B_ℓ over the grounded rows not excluded (as
-    ``quota_setup`` over all rows); raises when the pins alone exceed a leaf's quota."""
+    ``quota_setup`` over all rows); raises when the pins alone exceed a leaf's quota (``check_pins``)."""
     assert run.target is not None  # aligned modes have a target
     primary = primary_leaves(run.A)
     allowed = run.grounded[~constraints.banned[run.grounded]]
     quotas = leaf_quotas(min(run.k, len(allowed)), run.target, np.bincount(primary[allowed], minlength=run.L))
+    if not check_pins:
+        return primary, quotas
     pinned_leaves = primary[constraints.pinned]
     pinned_per_leaf = np.bincount(pinned_leaves[pinned_leaves >= 0], minlength=run.L)
     for leaf in np.flatnonzero(pinned_per_leaf > quotas).tolist()[:1]:
@@ -85,13 +87,14 @@ class _Picks:
         return self.state.admit(row)
 
 
-def select_with_rule(run: GreedyRun, constraints: Constraints, n_top_nodes: int) -> TagsSelection:
-    """Lazy greedy in hard or quota mode under ``constraints`` (see the module notes)."""
+def select_with_rule(run: GreedyRun, constraints: Constraints, n_top_nodes: int, check_pins: bool = True) -> TagsSelection:
+    """Lazy greedy in hard or quota mode under ``constraints`` (see the module notes). Without
+    ``check_pins`` pins that break the rule enter anyway (a warm start's previous picks)."""
     state = ConstraintState(constraints, run.k)
     if run.align == "hard":
-        picks, info, evaluations = _select_hard(run, constraints, state)
+        picks, info, evaluations = _select_hard(run, constraints, state, check_pins)
     else:
-        picks, info, evaluations = _select_quota(run, constraints, state)
+        picks, info, evaluations = _select_quota(run, constraints, state, check_pins)
     return finish_selection(run, picks.order, picks.scores, evaluations, {"constrained": True, **info}, n_top_nodes)
 
 
@@ -102,14 +105,14 @@ def _ungrounded_or_stuck(run: GreedyRun, state: ConstraintState, pick: int) -> i
     return int(rest[0])
 
 
-def _select_hard(run: GreedyRun, constraints: Constraints, state: ConstraintState) -> tuple[_Picks, dict, int]:
+def _select_hard(run: GreedyRun, constraints: Constraints, state: ConstraintState, check_pins: bool) -> tuple[_Picks, dict, int]:
     picks = _Picks(run, state, None)
     free = run.grounded[state.alive[run.grounded]]
     search = HardSearch(run, free) if len(free) else None  # built before the pins: it tells whether one breaks the cap
     pending = constraints.pinned
     for pick in range(len(constraints.pinned)):
         row, gain, dkl, within = hard_pick_among(run, pending, pick)
-        if not within and search is not None:
+        if check_pins and not within and search is not None:
             search.begin(pick)
             least, least_row = search.least_dkl(pick)
             if least_row >= 0 and -least <= search.room:
@@ -142,8 +145,8 @@ def _select_hard(run: GreedyRun, constraints: Constraints, state: ConstraintStat
     return picks, {"fallback_picks": picks.fallbacks}, search.evaluations if search is not None else 0
 
 
-def _select_quota(run: GreedyRun, constraints: Constraints, state: ConstraintState) -> tuple[_Picks, dict, int]:
-    primary, quotas = quota_plan(run, constraints)
+def _select_quota(run: GreedyRun, constraints: Constraints, state: ConstraintState, check_pins: bool) -> tuple[_Picks, dict, int]:
+    primary, quotas = quota_plan(run, constraints, check_pins)
     picks = _Picks(run, state, primary)
     pending = constraints.pinned
     for pick in range(len(constraints.pinned)):
