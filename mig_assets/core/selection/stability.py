@@ -6,8 +6,9 @@ A fresh greedy re-run after the pool grows reshuffles far more than the new data
 sample covering a label changes every later gain, and old samples displace old samples down the
 line (the cascade). With ``mode: warm`` (:func:`warm_reselect`) the previous picks stay, free
 slots are filled by the method's constrained greedy, and a new sample replaces a member only when
-its gain beats that member's contribution by more than ``margin`` (relative); the picks from
-outside the previous version stay within ``max_churn`` of the budget. The constraints keep holding
+its gain beats that member's contribution by more than ``margin`` (relative), both measured on the
+objective the method's greedy maximises (:class:`SeparableObjective`) and within the method's own
+rule (:class:`SwapRule`); the picks from outside the previous version stay within ``max_churn`` of the budget. The constraints keep holding
 (the previous picks are pinned through them). The objective lost against a fresh greedy (same
 constraints, no warm start) is reported by :func:`churn_report`.
 """
