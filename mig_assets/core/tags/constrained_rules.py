@@ -23,20 +23,18 @@ import dataclasses
 import numpy as np
 
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, InfeasibleConstraints, admissible_rows
-from mig_assets.core.tags.greedy import GreedyRun, finish_selection
+from mig_assets.core.tags.greedy import GreedyRun, finish_selection, quota_setup
 from mig_assets.core.tags.hard_search import HardSearch, hard_pick_among
-from mig_assets.core.tags.information import Scorer, leaf_quotas, primary_leaves, row_sums
+from mig_assets.core.tags.information import Scorer, row_sums
 from mig_assets.core.tags.lazy import Frontier, groups_by_value
 from mig_assets.core.tags.params import TagsSelection
 
 
 def quota_plan(run: GreedyRun, constraints: Constraints, check_pins: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's primary leaf and the leaf quotas B_ℓ over the grounded rows not excluded (as
-    ``quota_setup`` over all rows); raises when the pins alone exceed a leaf's quota (``check_pins``)."""
+    """Each row's primary leaf and the leaf quotas B_ℓ over the grounded rows not excluded
+    (``quota_setup``); raises when the pins alone exceed a leaf's quota (``check_pins``)."""
     assert run.target is not None  # aligned modes have a target
-    primary = primary_leaves(run.A)
-    allowed = run.grounded[~constraints.banned[run.grounded]]
-    quotas = leaf_quotas(min(run.k, len(allowed)), run.target, np.bincount(primary[allowed], minlength=run.L))
+    primary, quotas = quota_setup(run, constraints.banned)
     if not check_pins:
         return primary, quotas
     pinned_leaves = primary[constraints.pinned]

@@ -131,7 +131,7 @@ def _select_hard(run: GreedyRun, order, scores, info) -> int:
 
 def _select_quota(run: GreedyRun, order, scores, info) -> int:
     scorer = Scorer((run.U, run.node_terms))
-    primary, _, quotas = quota_setup(run)
+    primary, quotas = quota_setup(run)
     rows = run.grounded
     frontier = Frontier(rows, scorer(rows), scorer)
     by_leaf = groups_by_value(primary, rows)
