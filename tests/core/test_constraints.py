@@ -290,19 +290,20 @@ def test_tags_lazy_equals_dense_and_constraints_hold_on_every_budget(align, seed
         np.testing.assert_array_equal(lazy.order, tags_dense(problem, k, c, params, target if align != "none" else None))
 
 
-def test_tags_without_constraints_is_the_plain_greedy_and_other_modes_are_refused():
+def test_tags_without_constraints_is_the_plain_greedy_in_every_mode():
+    # hard and quota were refused with constraints before they were built in (tests/core/test_constraints_aligned.py)
     from mig_assets.core.tags.constrained import select_constrained as tags_constrained
     from mig_assets.core.tags.modes import select as tags_select
     from mig_assets.core.tags.params import TagsParams
 
     problem, target, _ = tags_problem(0)
-    for align in ("none", "penalty"):
+    for align in ("none", "penalty", "hard", "quota"):
         params = TagsParams(align=align)
         plain, constrained = tags_select(problem, 50, params, target), tags_constrained(problem, 50, Constraints(problem.n_samples), params, target)
         np.testing.assert_array_equal(plain.order, constrained.order)
         np.testing.assert_allclose(plain.objective, constrained.objective)
-    with pytest.raises(ValueError, match="constraints combine with TAGS align none or penalty, not 'quota'"):
-        tags_constrained(problem, 10, Constraints(problem.n_samples), TagsParams(align="quota"), target)
+        if align != "none":
+            np.testing.assert_allclose(plain.kl, constrained.kl)
 
 
 def test_tags_brute_force_best_completable_candidate_under_caps():

@@ -9,8 +9,8 @@ import pytest
 import scipy.sparse as sp
 
 from mig_assets.core.mig.problem import MigParams, phi, phi_prime
+from mig_assets.core.tags import hard_search, modes, pull_order
 from mig_assets.core.tags import lazy as lazy_greedy
-from mig_assets.core.tags import modes, pull_order
 from mig_assets.core.tags.dense import select_dense
 from mig_assets.core.tags.information import (
     coverage_by_level,
@@ -222,7 +222,7 @@ def test_lazy_equals_dense_with_a_tiny_frontier(config, monkeypatch):
     monkeypatch.setattr(lazy_greedy, "_FRONTIER_SAMPLE", 16)
     monkeypatch.setattr(pull_order, "_PULL_BLOCK", 4)
     monkeypatch.setattr(pull_order, "_OVERFLOW_MIN", 2)
-    monkeypatch.setattr(modes, "_GIVE_UP", 3)
+    monkeypatch.setattr(hard_search, "GIVE_UP", 3)
     monkeypatch.setattr(pull_order, "_RECENT_MAX", 2)
     config = dict(CONFIGS[config])
     params = config.pop("params")
@@ -415,7 +415,7 @@ def _tiny_hard_structures(monkeypatch):
     monkeypatch.setattr(pull_order, "_PULL_BLOCK", 4)
     monkeypatch.setattr(pull_order, "_OVERFLOW_MIN", 2)
     monkeypatch.setattr(pull_order, "_RECENT_MAX", 2)
-    monkeypatch.setattr(modes, "_GIVE_UP", 3)
+    monkeypatch.setattr(hard_search, "GIVE_UP", 3)
     monkeypatch.setattr(lazy_greedy, "_FRONTIER_SIZE", 8)
     monkeypatch.setattr(lazy_greedy, "_FRONTIER_SAMPLE", 16)
 

@@ -13,7 +13,7 @@ import numpy as np
 from mig_assets.core.mig.algorithm import GAIN_MODELS, LazyFrontier, MigSelection, gain_of_row, gains_of, replay, select
 from mig_assets.core.mig.problem import MigParams, phi, phi_prime, propagated_matrix
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, admissible_rows
-from mig_assets.core.selection.stability import StabilitySpec, WarmResult, churn_report, warm_reselect
+from mig_assets.core.selection.stability import SeparableObjective, StabilitySpec, WarmResult, churn_report, warm_reselect
 from mig_assets.core.validation import check_budget
 
 
@@ -113,8 +113,8 @@ def warm_select(
     """
     Y = propagated_matrix(Y)
     constraints = constraints if constraints is not None else Constraints(Y.shape[0])
-    information = lambda x: phi(x, params)  # noqa: E731
-    warm = warm_reselect(Y, k, previous_rows, new_rows, constraints, stability, lambda c: select_constrained(Y, k, c, params).order, information)
+    information = SeparableObjective([(Y, lambda x: phi(x, params), None)])
+    warm = warm_reselect(k, previous_rows, new_rows, constraints, stability, lambda c: select_constrained(Y, k, c, params).order, information)
     within = select(Y[warm.rows], len(warm.rows), params, n_top_labels=n_top_labels)
     ordered = MigSelection(warm.rows[within.order], within.gains, within.objective, within.coverage, within.top_labels, within.gain_evaluations)
     fresh = select_constrained(Y, k, constraints, params) if constraints.active else select(Y, k, params)

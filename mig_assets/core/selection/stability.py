@@ -6,8 +6,9 @@ A fresh greedy re-run after the pool grows reshuffles far more than the new data
 sample covering a label changes every later gain, and old samples displace old samples down the
 line (the cascade). With ``mode: warm`` (:func:`warm_reselect`) the previous picks stay, free
 slots are filled by the method's constrained greedy, and a new sample replaces a member only when
-its gain beats that member's contribution by more than ``margin`` (relative); the picks from
-outside the previous version stay within ``max_churn`` of the budget. The constraints keep holding
+its gain beats that member's contribution by more than ``margin`` (relative), both measured on the
+objective the method's greedy maximises (:class:`SeparableObjective`) and within the method's own
+rule (:class:`SwapRule`); the picks from outside the previous version stay within ``max_churn`` of the budget. The constraints keep holding
 (the previous picks are pinned through them). The objective lost against a fresh greedy (same
 constraints, no warm start) is reported by :func:`churn_report`.
 """
@@ -18,6 +19,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -68,29 +70,77 @@ class WarmResult:
     fallback: str = ""  # why the warm start could not be used (then rows is the fresh greedy's)
 
 
-def _deltas(M: sp.csr_array, rows: np.ndarray, coverage: np.ndarray, phi: Callable, weights: np.ndarray, sign: int) -> np.ndarray:
-    """Exact change of E = Σ_l w_l φ(s_l) when each row is added (sign +1) or removed (sign -1), for each row."""
-    picked = M[rows]
-    counts = np.diff(picked.indptr)
-    before = coverage[picked.indices]
-    terms = weights[picked.indices] * (phi(before + sign * picked.data) - phi(before))
-    out = np.zeros(len(rows))
-    nonempty = counts > 0
-    if terms.size:
-        out[nonempty] = np.add.reduceat(terms, picked.indptr[:-1][nonempty])
-    return out
+class SeparableObjective:
+    """F(S) = Σ over parts of Σ_l w_l·f(c_l(S)), c(S) = Σ_{i∈S} M_i: the objective a warm re-selection's
+    swaps are judged by, kept with the current set's column totals so that every change is exact.
+
+    One part (M, φ, w) is the information E(S) of MIG (M = Y) and TAGS (M = the path vectors, w = β);
+    aligned TAGS adds −λ·KL(t ‖ p_S), itself separable up to a constant: λ·Σ_ℓ t_ℓ ln(m_ℓ + ε) over
+    the leaves and −λ·ln(M + εL) over the one column of row masses (``core/tags/warm_rules.py``).
+    """
+
+    def __init__(self, parts: list[tuple[sp.csr_array, Callable[[np.ndarray], np.ndarray], np.ndarray | None]]):
+        self.parts = [(sp.csr_array(M, dtype=np.float64), f, np.ones(M.shape[1]) if w is None else np.asarray(w, np.float64)) for M, f, w in parts]
+        self.totals = [np.zeros(M.shape[1]) for M, _, _ in self.parts]
+
+    def start(self, rows: np.ndarray) -> None:
+        self.totals = [np.asarray(M[rows].sum(axis=0)).ravel() for M, _, _ in self.parts]
+
+    def _changes(self, rows: np.ndarray, sign: int) -> np.ndarray:
+        """Exact change of F when each row is added (sign +1) or removed (sign −1), for each row."""
+        out = np.zeros(len(rows))
+        for (M, f, w), total in zip(self.parts, self.totals):
+            picked = M[rows]
+            counts = np.diff(picked.indptr)
+            before = total[picked.indices]
+            terms = w[picked.indices] * (f(before + sign * picked.data) - f(before))
+            nonempty = counts > 0
+            if terms.size:
+                out[nonempty] += np.add.reduceat(terms, picked.indptr[:-1][nonempty])
+        return out
+
+    def gains(self, rows: np.ndarray) -> np.ndarray:
+        """F(S + j) − F(S) for each row j."""
+        return self._changes(rows, +1)
+
+    def losses(self, members: np.ndarray) -> np.ndarray:
+        """F(S) − F(S − i) for each member i."""
+        return -self._changes(members, -1)
+
+    def gains_without(self, j: int, members: np.ndarray) -> np.ndarray:
+        """F(S − i + j) − F(S − i) for each member i, from j's columns only."""
+        out = np.zeros(len(members))
+        for (M, f, w), total in zip(self.parts, self.totals):
+            entries = slice(M.indptr[j], M.indptr[j + 1])
+            columns, values = M.indices[entries], M.data[entries]
+            without = total[columns] - M[members][:, columns].toarray()
+            out += (w[columns] * (f(without + values) - f(without))).sum(axis=1)
+        return out
+
+    def swap(self, i: int, j: int) -> None:
+        for (M, _, _), total in zip(self.parts, self.totals):
+            total += M[[j]].toarray().ravel() - M[[i]].toarray().ravel()
+
+
+class SwapRule(Protocol):
+    """A method's own per-pick feasibility rule, as a warm re-selection's swaps must keep it (TAGS hard and quota)."""
+
+    def start(self, rows: np.ndarray) -> None: ...
+
+    def admits(self, i: int, j: int) -> bool: ...
+
+    def swap(self, i: int, j: int) -> None: ...
 
 
 def warm_reselect(
-    M,
     k: int,
     previous_rows: np.ndarray,
     new_rows: np.ndarray,
     constraints: Constraints,
     stability: StabilitySpec,
     fill: Callable[[Constraints], np.ndarray],
-    phi: Callable[[np.ndarray], np.ndarray],
-    weights: np.ndarray | None = None,
+    objective: SeparableObjective,
+    rule: SwapRule | None = None,
 ) -> WarmResult:
     """Re-select k rows starting from the previous version's picks, under ``constraints``.
 
@@ -100,14 +150,14 @@ def warm_reselect(
        constrained greedy (returns the full set, pins included).
     3. Swap, while the churn allows: the new sample j of largest gain replaces the member i of least
        loss (among the SWAP_SCAN least) whose slot it earns: j's gain in S − i beats i's loss,
-       E(S) − E(S − i), by more than ``margin`` (relative), and the swapped set still satisfies the
-       constraints. It stops when the best new sample earns no slot. Gains and losses are exact
-       changes of E(S) = Σ_l w_l φ(s_l), s = Σ_{i∈S} M_i. Churn (picks from outside the previous
-       version, fills included) stays within floor(max_churn · k); forced fills may exceed it.
+       F(S) − F(S − i), by more than ``margin`` relative to |loss| (gain − loss > margin·|loss|), the
+       swapped set still satisfies the constraints and ``rule`` admits it. It stops when the best new
+       sample earns no slot (with a ``rule``: when it earns none by its gain; one whose earned slots
+       the rule or the constraints refuse leaves the candidates, and the next best is tried). Gains and losses are exact changes of ``objective``, the one the
+       method's greedy maximises. Churn (picks from outside the previous version, fills included)
+       stays within floor(max_churn · k); forced fills may exceed it.
     """
-    M = sp.csr_array(M, dtype=np.float64)
-    n = M.shape[0]
-    weights = np.ones(M.shape[1]) if weights is None else np.asarray(weights, np.float64)
+    n = constraints.n_samples
     previous = np.asarray(previous_rows, np.int64)
     admissible = previous[~constraints.banned[previous]]
     kept = admissible[: max(0, k - len(np.setdiff1d(constraints.pinned, admissible)))]  # room for new pins
@@ -126,34 +176,40 @@ def warm_reselect(
     candidates = np.zeros(n, bool)
     candidates[np.asarray(new_rows, np.int64)] = True
     candidates &= ~member & ~constraints.banned
-    coverage = np.asarray(M[rows].sum(axis=0)).ravel()
+    objective.start(rows)
+    if rule is not None:
+        rule.start(rows)
     churn_left = int(np.floor(stability.max_churn * k + 1e-9)) - len(np.setdiff1d(rows, previous))
     swaps: list[tuple[int, int, float, float]] = []
     while churn_left > 0 and candidates.any():
         new = np.flatnonzero(candidates)
-        gains = _deltas(M, new, coverage, phi, weights, +1)
-        j = int(new[int(np.argmax(gains))])
+        j = int(new[int(np.argmax(objective.gains(new)))])
         members = np.flatnonzero(swappable)
-        losses = -_deltas(M, members, coverage, phi, weights, -1)
+        losses = objective.losses(members)
         weakest = np.argsort(losses, kind="stable")[:SWAP_SCAN]
         members, losses = members[weakest], losses[weakest]
-        # j's gain in S − i for each of these members i, from j's labels only
-        entries = slice(M.indptr[j], M.indptr[j + 1])
-        labels, values = M.indices[entries], M.data[entries]
-        without = coverage[labels] - M[members][:, labels].toarray()
-        gains_without = (weights[labels] * (phi(without + values) - phi(without))).sum(axis=1)
+        gains_without = objective.gains_without(j, members)
+        # loss + margin·|loss|, as (1 + margin)·loss where the loss is not negative (information alone)
+        threshold = np.where(losses >= 0, (1 + stability.margin) * losses, (1 - stability.margin) * losses)
         swap = None
-        for position in np.flatnonzero(gains_without > (1 + stability.margin) * losses).tolist():
+        earned = np.flatnonzero(gains_without > threshold)
+        any_earned = len(earned) > 0
+        for position in earned.tolist():
             i = int(members[position])
             trial = np.append(np.flatnonzero(member & (np.arange(n) != i)), j)
-            if not violations(constraints, trial, k):
+            if not violations(constraints, trial, k) and (rule is None or rule.admits(i, j)):
                 swap = (i, j, float(gains_without[position]), float(losses[position]))
                 break
+        if swap is None and rule is not None and any_earned:
+            candidates[j] = False  # its slots break the method's rule: the next best new sample may still earn one
+            continue
         if swap is None:
             break
         i = swap[0]
         member[i], member[j], swappable[i], swappable[j], candidates[j] = False, True, False, True, False
-        coverage += M[[j]].toarray().ravel() - M[[i]].toarray().ravel()
+        objective.swap(i, j)
+        if rule is not None:
+            rule.swap(i, j)
         swaps.append(swap)
         churn_left -= 1
     return WarmResult(np.flatnonzero(member), filled, dropped, swaps)

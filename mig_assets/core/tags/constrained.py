@@ -4,10 +4,10 @@ As for MIG (``core/mig/constrained.py``), every pick is the best *admissible* ro
 score, ties to the lowest row: pinned rows first, greedily among themselves; rows a pick retires
 (its group or one of its leaves at the cap) leave the lazy frontiers for good; when no slack is left
 for the leaf minimums, the best admissible row carrying an owed leaf. Modes ``none`` (gain) and
-``penalty`` (gain/E(pool) − λ·ΔKL, one frontier per row mass) run lazily; ``hard`` and ``quota``
-keep their own per-pick feasibility rules and are not combined with constraints (a clear error).
-In ``penalty`` mode rows without a grounded tag come after the grounded ones, in row order, as in
-the unconstrained greedy.
+``penalty`` (gain/E(pool) − λ·ΔKL, one frontier per row mass) run lazily here; ``hard`` and
+``quota`` keep their own per-pick feasibility rule beside the constraints
+(``core/tags/constrained_rules.py``). In aligned modes rows without a grounded tag come after the
+grounded ones, in row order, as in the unconstrained greedy.
 """
 
 from __future__ import annotations
@@ -16,29 +16,33 @@ import dataclasses
 
 import numpy as np
 
-from mig_assets.core.mig.problem import phi
 from mig_assets.core.selection.constraints import Constraints, ConstraintState, admissible_rows
 from mig_assets.core.selection.stability import StabilitySpec, WarmResult, churn_report, warm_reselect
+from mig_assets.core.tags.constrained_rules import select_dense_with_rule, select_with_rule
 from mig_assets.core.tags.greedy import GreedyRun, finish_selection
 from mig_assets.core.tags.information import Scorer
 from mig_assets.core.tags.lazy import Frontier, groups_by_value
 from mig_assets.core.tags.modes import select
 from mig_assets.core.tags.params import TagsParams, TagsSelection
 from mig_assets.core.tags.problem import TagsProblem
+from mig_assets.core.tags.warm_rules import selection_objective, swap_terms
 
-CONSTRAINED_MODES = ("none", "penalty")
+RULE_MODES = ("hard", "quota")  # modes with their own per-pick feasibility rule
 
 
-def _run(problem: TagsProblem, k: int, constraints: Constraints, params: TagsParams, target) -> tuple[GreedyRun, Scorer, np.ndarray]:
+def _checked_run(problem: TagsProblem, k: int, constraints: Constraints, params: TagsParams, target) -> GreedyRun:
     run = GreedyRun(problem, k, params, target)
-    if run.align not in CONSTRAINED_MODES:
-        raise ValueError(f"constraints combine with TAGS align none or penalty, not {run.align!r} (which has its own per-pick feasibility rule)")
     if constraints.n_samples != run.N:
         raise ValueError(f"the constraints are over {constraints.n_samples} rows but the TAGS problem has {run.N}")
+    return run
+
+
+def _scoring(run: GreedyRun) -> tuple[Scorer, np.ndarray]:
+    """Modes none and penalty: the row scorer and the rows it ranks (aligned: grounded ones; the rest come last)."""
     scorer = Scorer((run.U, run.node_terms)) if run.align == "none" else Scorer(*run.score_parts)
-    ranked = np.zeros(run.N, bool)  # rows the greedy scores (aligned: grounded ones; the rest come last)
+    ranked = np.zeros(run.N, bool)
     ranked[run.grounded if run.align == "penalty" else np.arange(run.N)] = True
-    return run, scorer, ranked
+    return scorer, ranked
 
 
 def _fresh(run: GreedyRun, scorer: Scorer, rows: np.ndarray) -> np.ndarray:
@@ -48,10 +52,21 @@ def _fresh(run: GreedyRun, scorer: Scorer, rows: np.ndarray) -> np.ndarray:
 
 
 def select_constrained(
-    problem: TagsProblem, k: int, constraints: Constraints, params: TagsParams = TagsParams(), target=None, *, n_top_nodes: int = 3
+    problem: TagsProblem,
+    k: int,
+    constraints: Constraints,
+    params: TagsParams = TagsParams(),
+    target=None,
+    *,
+    n_top_nodes: int = 3,
+    check_pins: bool = True,
 ) -> TagsSelection:
-    """Lazy greedy TAGS selection of k rows under ``constraints`` (see the module notes)."""
-    run, scorer, ranked = _run(problem, k, constraints, params, target)
+    """Lazy greedy TAGS selection of k rows under ``constraints`` (see the module notes). Hard and
+    quota modes refuse pins that break their rule unless ``check_pins`` is off (a warm start's previous picks)."""
+    run = _checked_run(problem, k, constraints, params, target)
+    if run.align in RULE_MODES:
+        return select_with_rule(run, constraints, n_top_nodes, check_pins)
+    scorer, ranked = _scoring(run)
     state = ConstraintState(constraints, run.k)
     order, scores = np.empty(run.k, dtype=np.int64), np.empty(run.k)
     pending = list(constraints.pinned.tolist())
@@ -103,7 +118,10 @@ def select_constrained(
 def select_dense_constrained(problem: TagsProblem, k: int, constraints: Constraints, params: TagsParams = TagsParams(), target=None) -> np.ndarray:
     """The reference for :func:`select_constrained`: every admissible row's score recomputed at every
     pick, the admissible rows recomputed from scratch (``admissible_rows``). Returns the picks in order."""
-    run, scorer, ranked = _run(problem, k, constraints, params, target)
+    run = _checked_run(problem, k, constraints, params, target)
+    if run.align in RULE_MODES:
+        return select_dense_with_rule(run, constraints)
+    scorer, ranked = _scoring(run)
     constraints.validate(run.k)
     order: list[int] = []
     for _ in range(run.k):
@@ -133,19 +151,32 @@ def warm_select(
     target=None,
 ) -> tuple[TagsSelection, WarmResult, dict]:
     """TAGS re-selection warm-started from ``previous_rows`` (``core/selection/stability.py``): fills by
-    :func:`select_constrained`, swaps judged on the information E(S) = Σ_v β_v φ(x_v) over the path
-    vectors; the set is then ordered by the TAGS greedy among its own rows. Also returns how the set
-    was reached and the churn report against a fresh greedy under the same constraints."""
+    :func:`select_constrained` (the previous picks pinned, entering even where they break the hard or
+    quota rule), swaps judged by the objective the align mode's greedy maximises and kept within its
+    rule (``core/tags/warm_rules.py``: E(S); penalty E(S)/E(pool) − λ·KL); the set is then ordered by
+    the TAGS greedy among its own rows. Also returns how the set was reached and the churn report
+    against a fresh greedy under the same constraints, on that objective."""
     constraints = constraints if constraints is not None else Constraints(problem.n_samples)
-    information = lambda x: phi(x, params.phi_params)  # noqa: E731
-    fill = lambda c: select_constrained(problem, k, c, params, target).order  # noqa: E731
-    warm = warm_reselect(problem.paths, k, previous_rows, new_rows, constraints, stability, fill, information, problem.node_weights)
+    run = _checked_run(problem, k, constraints, params, target)
+    objective, rule = swap_terms(run, constraints)
+
+    def fill(c: Constraints) -> np.ndarray:
+        return select_constrained(problem, k, c, params, target, check_pins=False).order
+
+    warm = warm_reselect(run.k, previous_rows, new_rows, constraints, stability, fill, objective, rule)
     members = TagsProblem(problem.paths[warm.rows], problem.leaves[warm.rows], problem.node_weights, problem.levels)
     within = select(members, len(warm.rows), params, target)
     ordered = dataclasses.replace(within, order=warm.rows[within.order])
     fresh = select_constrained(problem, k, constraints, params, target) if constraints.active else select(problem, k, params, target)
-    report = churn_report(previous_rows, new_rows, ordered.order, fresh.order, float(ordered.objective[-1]), float(fresh.objective[-1]))
+    report = churn_report(previous_rows, new_rows, ordered.order, fresh.order, selection_objective(run, ordered), selection_objective(run, fresh))
     report |= {"swaps": len(warm.swaps), "filled": len(warm.filled), "max_churn": stability.max_churn, "margin": stability.margin}
+    if run.target is not None and ordered.kl is not None and fresh.kl is not None and len(fresh.kl):
+        report |= {
+            "information": float(ordered.objective[-1]),
+            "fresh_information": float(fresh.objective[-1]),
+            "kl": float(ordered.kl[-1]),
+            "fresh_kl": float(fresh.kl[-1]),
+        }
     if warm.fallback:
         report["fallback"] = warm.fallback
     return ordered, warm, report

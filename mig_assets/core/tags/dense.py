@@ -30,7 +30,7 @@ def greedy_dense(run: GreedyRun) -> tuple[np.ndarray, np.ndarray, int]:
     deferred = align != "none"
     candidates_all = run.grounded if deferred else np.arange(run.N)
     if align == "quota":
-        primary, _, quotas = quota_setup(run)
+        primary, quotas = quota_setup(run)
         used = np.zeros(run.L, dtype=np.int64)
         global_fill = False
     n_picks = min(run.k, len(candidates_all))

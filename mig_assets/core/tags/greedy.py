@@ -86,12 +86,13 @@ def append_ungrounded(run: GreedyRun, order: np.ndarray, scores: np.ndarray, sta
         run.add(row)
 
 
-def quota_setup(run: GreedyRun) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quota mode's primary leaf of each row, the rows available per leaf and the leaf quotas B_ℓ (:func:`leaf_quotas`)."""
+def quota_setup(run: GreedyRun, banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Quota mode's primary leaf of each row and the leaf quotas B_ℓ (:func:`leaf_quotas`) over the
+    grounded rows (those not ``banned``, a mask, when given)."""
     primary = primary_leaves(run.A)
-    capacity = np.bincount(primary[primary >= 0], minlength=run.L)
-    quotas = leaf_quotas(min(run.k, len(run.grounded)), run.target, capacity)
-    return primary, capacity, quotas
+    available = run.grounded if banned is None else run.grounded[~banned[run.grounded]]
+    quotas = leaf_quotas(min(run.k, len(available)), run.target, np.bincount(primary[available], minlength=run.L))
+    return primary, quotas
 
 
 def finish_selection(run: GreedyRun, order, scores, evaluations, info, n_top_nodes) -> TagsSelection:

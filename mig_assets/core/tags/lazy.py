@@ -156,6 +156,8 @@ class Frontier:
         parked = ~np.isnan(self.parked)
         self.all_h[parked] = self.parked[parked]
         self.parked[:] = np.nan
+        # empty the frontier, or the next refill's sync would write its −inf back over the restored rows
+        self.pos, self.h, self.stamps = self.pos[:0], self.h[:0], self.stamps[:0]
         self.hlim = np.inf
 
 

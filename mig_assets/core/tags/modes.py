@@ -34,13 +34,12 @@ import numpy as np
 
 from mig_assets.core.tags.dense import greedy_dense
 from mig_assets.core.tags.greedy import GreedyRun, append_ungrounded, finish_selection, quota_setup
+from mig_assets.core.tags.hard_search import HardSearch
 from mig_assets.core.tags.information import Scorer
 from mig_assets.core.tags.lazy import Frontier, groups_by_value
 from mig_assets.core.tags.params import TagsParams, TagsSelection
 from mig_assets.core.tags.problem import TagsProblem
-from mig_assets.core.tags.pull_order import ClassPulls, GainMemo, GaveUp, PullOrderedGain
 
-_GIVE_UP = 2048  # hard mode asks for the least ΔKL after refreshing this many infeasible rows
 _MAX_MASS_GROUPS = 64  # more distinct row masses than this: aligned modes re-scan instead of lazy greedy
 
 
@@ -109,75 +108,30 @@ def _select_penalty(run: GreedyRun, order, scores, info) -> int:
 
 
 def _select_hard(run: GreedyRun, order, scores, info) -> int:
-    gain_scorer = Scorer((run.U, run.node_terms))
     rows = run.grounded
     n_picks = min(run.k, len(rows))
     if n_picks == 0:
         append_ungrounded(run, order, scores, 0)
         info["fallback_picks"] = 0
         return 0
-    masses, group_rows = groups_by_value(run.mass_key, rows)
-    owner = np.empty(run.N, dtype=np.int64)
-    for g, g_rows in enumerate(group_rows):
-        owner[g_rows] = g
-    pulls = ClassPulls(run.A, run.pull_terms, run.N, rows)
-    gains = GainMemo(gain_scorer, run.N, rows)
-    kl_frontiers = [Frontier(g_rows, pulls.bound(g_rows), pulls) for g_rows in group_rows]
-    searches = [PullOrderedGain(g_rows, gains, pulls) for g_rows in group_rows]
-    fallbacks = 0
+    search = HardSearch(run, rows)
     for pick in range(n_picks):
-        pulls.pick = pick
-        room = run.params.kl_cap_at(pick, run.k) - run.kl_now
-        shifts = [run.shift(float(mass)) for mass in masses]  # as run.shifts computes them
-
-        def least_dkl() -> tuple[float, int]:
-            """The least ΔKL (lazily, per mass group), as (−ΔKL, row)."""
-            least, least_row = -np.inf, -1
-            for g, frontier in enumerate(kl_frontiers):
-                s, r = frontier.best(pick, shifts[g])
-                frontier.shrink()
-                if r >= 0 and (s > least or (s == least and r < least_row)):
-                    least, least_row = s, r
-            return least, least_row
-
-        def search(give_up: int | None) -> tuple[float, int]:
-            score, row = -np.inf, -1
-            for g, group_search in enumerate(searches):
-                s, r = group_search.best(pick, shifts[g], room, floor=score, give_up=give_up)
-                if r >= 0 and (s > score or (s == score and r < row)):
-                    score, row = s, r
-            return score, row
-
-        least = None
-        try:
-            # by gain, in each group's pull order; when many rows turn out infeasible, the least ΔKL
-            # tells whether any row is feasible (else the search would have to look at all of them)
-            score, row = search(_GIVE_UP)
-        except GaveUp:
-            least = least_dkl()
-            score, row = search(None) if -least[0] <= room else (-np.inf, -1)
-        if row >= 0:
-            dkl = float(shifts[owner[row]] - pulls.one(row))
-        else:
-            fallbacks += 1
-            least_value, row = least if least is not None else least_dkl()
-            dkl = -least_value
-            score = float(gain_scorer.one(row))
+        search.begin(pick)
+        row, score, dkl = search.best(pick)
         order[pick], scores[pick] = row, score
-        gains.h[row] = -np.inf
-        kl_frontiers[owner[row]].remove(row)
+        search.remove(row)
         run.add(row)
         run.kl_now += dkl
     append_ungrounded(run, order, scores, n_picks)
-    info["fallback_picks"] = fallbacks
-    info["merges"] = sum(s.merges for s in searches)
-    info["pull_evaluations"] = pulls.evaluations
-    return gain_scorer.evaluations + pulls.evaluations
+    info["fallback_picks"] = search.fallbacks
+    info["merges"] = sum(s.merges for s in search.searches)
+    info["pull_evaluations"] = search.pulls.evaluations
+    return search.evaluations
 
 
 def _select_quota(run: GreedyRun, order, scores, info) -> int:
     scorer = Scorer((run.U, run.node_terms))
-    primary, _, quotas = quota_setup(run)
+    primary, quotas = quota_setup(run)
     rows = run.grounded
     frontier = Frontier(rows, scorer(rows), scorer)
     by_leaf = groups_by_value(primary, rows)
