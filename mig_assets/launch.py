@@ -93,7 +93,9 @@ def place_in_pool(layout: WarehouseLayout, path: Path) -> tuple[str, Path]:
 
 
 def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_config: dict | None = None) -> dict:
-    """Register ``files`` as pool_shards partitions, run ``ingest_job`` for each, return totals."""
+    """Register ``files`` as pool_shards partitions and run ``ingest_job`` over them: one range run
+    per block of consecutive partitions (its shards read in parallel, put in place in registration
+    order, so the first registered shard wins a duplicate); returns the totals, per shard in that order."""
     from mig_assets.definitions import defs
     from mig_assets.defs.pool.assets import raw_pool
     from mig_assets.orchestration.partitions import pool_shards
@@ -104,29 +106,29 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_
     new = [k for k in dict.fromkeys(keys) if k not in known]
     if new:
         instance.add_dynamic_partitions(pool_shards.name, new)
+    ordered = list(instance.get_dynamic_partitions(pool_shards.name))
     totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
-    unique = list(dict.fromkeys(keys))
     job = defs.resolve_job_def("ingest_job")
-    for done, key in enumerate(unique, start=1):
+    for first, last in contiguous_ranges(ordered, set(keys)):
         wait_for_pool(instance, raw_pool.op.pool, report=say)
         result = job.execute_in_process(
-            partition_key=key,
             instance=instance,
             run_config=(run_config or {}) | CLI_LOGGING,
-            tags={"mig/launched_by": "cli"},
+            tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
         )
-        metadata = result.asset_materializations_for_node("raw_pool")[0].metadata
-        shard = {
-            "shard": key,
-            **{name: metadata[name].value for name in TOTALS},
-            "run_id": result.run_id,
-            "source_file": metadata["source_file"].value,
-            "container_errors": metadata["container_errors"].value,
-        }
-        totals["shards"].append(shard)
-        for name in TOTALS:
-            totals[name] += shard[name]
-        say(f"{progress_bar(done, len(unique))} {key}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept")
+        for event in sorted(result.asset_materializations_for_node("raw_pool"), key=lambda m: ordered.index(m.partition)):
+            metadata = event.metadata
+            shard = {
+                "shard": event.partition,
+                **{name: metadata[name].value for name in TOTALS},
+                "run_id": result.run_id,
+                "source_file": metadata["source_file"].value,
+                "container_errors": metadata["container_errors"].value,
+            }
+            totals["shards"].append(shard)
+            for name in TOTALS:
+                totals[name] += shard[name]
+            say(f"{progress_bar(len(totals['shards']), len(set(keys)))} {shard['shard']}: {shard['rows_read']:,} rows read, {shard['rows_kept']:,} kept")
     return totals
 
 

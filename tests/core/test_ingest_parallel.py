@@ -105,3 +105,33 @@ def test_shards_read_in_parts_keep_first_ingested_shard_wins(layout, monkeypatch
     assert all(marked[n] is None for n in range(21, 61))
     again = ingest_shard(layout, "b_first.jsonl", first, workers=2)  # the winner re-ingested stays the winner
     assert again.duplicates_of_other_shards == 0 and again.rows_kept == 60
+
+
+def test_a_range_of_shards_read_in_parallel_is_one_shard_after_another_in_order(tmp_path):
+    """Shards read two at a time and committed in the range's order give the files that ingesting
+    them one by one in that order gives: the same rows, the same duplicates of earlier shards (the
+    first in the order wins, whichever worker finished first), the same quarantine and counts."""
+    from mig_assets.core.ingest.shard_range import ingest_shard_range
+
+    lines = mixed_lines()
+    files = {f"{name}.jsonl": b"\n".join(lines[i::3]) + b"\n" for i, name in enumerate(["c", "a", "b"])}  # registered c, a, b
+    layouts = {}
+    for mode in ("one_by_one", "range"):
+        layout = layouts[mode] = WarehouseLayout(tmp_path / mode).ensure()
+        for name, content in files.items():
+            (layout.incoming_dir / name).write_bytes(content)
+        shards = [(name, layout.incoming_dir / name) for name in files]
+        if mode == "one_by_one":
+            every = [ingest_shard(layout, name, path, run_id="test", max_record_bytes=2048) for name, path in shards]
+        else:
+            committed = []
+            every = ingest_shard_range(layout, shards, run_id="test", max_record_bytes=2048, workers=2, on_commit=lambda s: committed.append(s.shard))
+            assert committed == list(files)  # put in place in the range's order
+        assert [s.shard for s in every] == list(files)
+    assert sum(s.duplicates_of_other_shards for s in every) > 0  # the case is exercised
+    for name in files:
+        for asset in ("raw_pool", "quarantine"):
+            assert parquet_rows(layouts["range"], asset, name) == parquet_rows(layouts["one_by_one"], asset, name)
+        stats = {mode: parquet_rows(layout, "shard_stats", name)[0] for mode, layout in layouts.items()}
+        assert all(stats["range"][k] == stats["one_by_one"][k] for k in stats["range"] if k not in ("ingested_at", "seconds"))
+    assert not [p for p in (tmp_path / "range").rglob(".staging-*")]  # nothing left behind

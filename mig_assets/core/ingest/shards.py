@@ -151,21 +151,35 @@ def ingest_shard(
     Outputs replace the previous version of the shard atomically; stats are written last, so
     their presence marks a complete shard. An uncompressed JSONL file is read by ``workers``
     processes, one part each; the rows come back in file order, so duplicates are marked exactly
-    as one process marks them.
+    as one process marks them. :func:`stage_shard`, then :func:`commit_shard`.
     """
-    started = time.perf_counter()
-    path = Path(path)
+    context = ShardContext(shard, layout.relative_source(path), run_id, source_format, max_record_bytes)
+    return commit_shard(layout, stage_shard(layout, Path(path), context, workers=workers))
+
+
+@dataclass
+class StagedShard:
+    """A shard read into its staging files (in-shard duplicates marked), not yet in place."""
+
+    stats: ShardStats
+    samples: Path  # staging file of raw_pool
+    quarantine: Path  # staging file of quarantine
+    started: float  # time.time() when reading began (the shard's seconds run from it)
+
+
+def stage_shard(layout: WarehouseLayout, path: Path, context: ShardContext, *, workers: int = 1, owner_pid: int | None = None) -> StagedShard:
+    """Read ``path`` into staging files next to the shard's outputs: its samples (duplicates within
+    the shard marked) and its quarantine. Looks at no other shard, so shards stage in parallel.
+    The staging files carry ``owner_pid`` (default: this process), the process that commits them."""
+    started = time.time()
+    shard = context.shard
     stats = ShardStats(
-        shard=shard,
-        source_file=layout.relative_source(path),
-        file_sha256=file_sha256(path),
-        file_bytes=path.stat().st_size,
-        ingest_run_id=run_id,
+        shard=shard, source_file=context.source_file, file_sha256=file_sha256(path), file_bytes=path.stat().st_size, ingest_run_id=context.run_id
     )
-    samples_out = layout.shard_file("raw_pool", shard)
-    quarantine_out = layout.shard_file("quarantine", shard)
-    staging = samples_out.with_name(f".staging-{os.getpid()}.parquet")
-    quarantine_staging = quarantine_out.with_name(f".staging-{os.getpid()}.parquet")
+    samples_out, quarantine_out = layout.shard_file("raw_pool", shard), layout.shard_file("quarantine", shard)
+    owner = os.getpid() if owner_pid is None else owner_pid
+    staging = samples_out.with_name(f".staging-{owner}.parquet")
+    quarantine_staging = quarantine_out.with_name(f".staging-{owner}.parquet")
     for target in (staging, quarantine_staging):
         target.parent.mkdir(parents=True, exist_ok=True)
     for folder in (samples_out.parent, quarantine_out.parent, layout.shard_file("shard_stats", shard).parent):
@@ -173,29 +187,41 @@ def ingest_shard(
 
     samples_writer = pq.ParquetWriter(staging, SAMPLE_SCHEMA, compression="zstd")  # the staging file marks a write in progress
     try:
-        parts = _read_parts(path, ShardContext(shard, stats.source_file, run_id, source_format, max_record_bytes), workers)
+        parts = _read_parts(path, context, workers)
         samples = _mark_in_shard_duplicates(pa.concat_tables(part.samples for part in parts), shard)
         stats.duplicates_in_shard = samples.num_rows - samples.column("duplicate_of").null_count
-        samples, stats.duplicates_of_other_shards = _mark_cross_shard_duplicates(layout, samples, samples_out)
         samples_writer.write_table(samples, row_group_size=BATCH_ROWS)
     finally:
         samples_writer.close()
     pq.write_table(pa.concat_tables(part.quarantine for part in parts), quarantine_staging, compression="zstd", row_group_size=BATCH_ROWS)
-
     for part in parts:
         stats.rows_read += part.rows_read
         stats.rows_quarantined += part.quarantine.num_rows
         stats.blank_lines += part.read_stats.blank_lines
         stats.container_errors += part.read_stats.container_errors
-    stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
     stats.container = parts[0].read_stats.container
     stats.formats = dict(sum((part.formats for part in parts), Counter()))
     stats.quarantine_reasons = dict(sum((part.reasons for part in parts), Counter()))
-    _check_accounting(stats, staging, quarantine_staging)
+    return StagedShard(stats, staging, quarantine_staging, started)
 
-    os.replace(staging, samples_out)
-    os.replace(quarantine_staging, quarantine_out)
-    stats.seconds = time.perf_counter() - started
+
+def commit_shard(layout: WarehouseLayout, staged: StagedShard) -> ShardStats:
+    """Mark the staged rows kept in another, already ingested shard as its duplicates (the first
+    ingested shard wins), check the accounting, move the staging files into place, write the stats
+    (last: they mark a complete shard)."""
+    stats = staged.stats
+    samples_out = layout.shard_file("raw_pool", stats.shard)
+    ids = pq.read_table(staged.samples, columns=["sample_id", "duplicate_of"])
+    marked, stats.duplicates_of_other_shards = _mark_cross_shard_duplicates(layout, ids, samples_out)
+    if stats.duplicates_of_other_shards:  # rare: rewrite the staging file with the marks
+        samples = pq.read_table(staged.samples)
+        samples = samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked.column("duplicate_of"))
+        pq.write_table(samples, staged.samples, compression="zstd", row_group_size=BATCH_ROWS)
+    stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
+    _check_accounting(stats, staged.samples, staged.quarantine)
+    os.replace(staged.samples, samples_out)
+    os.replace(staged.quarantine, layout.shard_file("quarantine", stats.shard))
+    stats.seconds = time.time() - staged.started
     _write_stats(layout, stats)
     return stats
 
@@ -368,7 +394,7 @@ def _mark_cross_shard_duplicates(layout: WarehouseLayout, samples: pa.Table, own
     current = samples.column("duplicate_of")
     owner = pc.take(owners.column("owner"), pc.index_in(samples.column("sample_id"), value_set=owners.column("sample_id")))
     marked = pc.if_else(pc.is_null(current), owner, current)
-    return samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked), owners.num_rows
+    return samples.set_column(samples.schema.get_field_index("duplicate_of"), "duplicate_of", marked), owners.num_rows
 
 
 def _check_accounting(stats: ShardStats, samples: Path, quarantine: Path) -> None:

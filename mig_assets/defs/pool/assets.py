@@ -8,7 +8,8 @@ from pydantic import Field
 
 from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
 from mig_assets.core.ingest.records import FORMATS
-from mig_assets.core.ingest.shards import SAMPLE_SCHEMA, ShardStats, ingest_shard
+from mig_assets.core.ingest.shard_range import ingest_shard_range
+from mig_assets.core.ingest.shards import SAMPLE_SCHEMA, ShardStats
 from mig_assets.defs.pool.checks import RAW_POOL_CHECK_SPECS, raw_pool_check_results
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
@@ -33,6 +34,7 @@ RAW_POOL_SCHEMA = _arrow_to_dagster_schema(SAMPLE_SCHEMA)
 
 @dg.asset(
     partitions_def=pool_shards,
+    backfill_policy=dg.BackfillPolicy.single_run(),  # a range in one run: its shards are read in parallel processes
     group_name="pool",
     kinds={"parquet", "duckdb"},
     code_version=INGEST_CODE_VERSION,
@@ -41,22 +43,37 @@ RAW_POOL_SCHEMA = _arrow_to_dagster_schema(SAMPLE_SCHEMA)
     metadata={"dagster/column_schema": RAW_POOL_SCHEMA, "partition_expr": "shard"},
     description=(
         "Instruction samples of one shard file: canonical messages, content-addressed sample_id, "
-        "cross-shard duplicates marked, bad rows quarantined with a reason."
+        "cross-shard duplicates marked (the first shard in registration order wins), bad rows quarantined with a reason."
     ),
 )
 def raw_pool(context: dg.AssetExecutionContext, config: IngestConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+    """One shard, or a range of shards in one run (read two at a time, put in place in
+    registration order); each shard's materialization carries its own figures."""
     record_settings(context)
     layout = warehouse.layout
-    shard = context.partition_key
-    path = layout.shard_path(shard)
-    stats = ingest_shard(
+    shards = list(context.partition_keys)
+    every = ingest_shard_range(
         layout,
-        shard,
-        path,
+        [(shard, layout.shard_path(shard)) for shard in shards],
         run_id=context.run.run_id,
         source_format=config.source_format,
         max_record_bytes=config.max_record_bytes,
+        on_commit=lambda stats: log_shard(context, stats),
     )
+    with warehouse.connect() as con:
+        check_results = raw_pool_check_results(con, layout, every, config.max_quarantine_rate)
+    versions = [_data_version(stats, config) for stats in every]
+    if len(every) == 1:
+        return dg.MaterializeResult(
+            metadata=_metadata(layout.shard_file("raw_pool", shards[0]), every[0]), check_results=check_results, data_version=dg.DataVersion(versions[0])
+        )
+    for stats in every:
+        context.add_asset_metadata(_metadata(layout.shard_file("raw_pool", stats.shard), stats), partition_key=stats.shard)
+    # Dagster records one data version per run: a range's is that of its shards' versions together
+    return dg.MaterializeResult(check_results=check_results, data_version=dg.DataVersion(hashlib.sha256("|".join(versions).encode()).hexdigest()[:16]))
+
+
+def log_shard(context: dg.AssetExecutionContext, stats: ShardStats) -> None:
     context.log.info(
         f"{stats.source_file}: read {stats.rows_read:,} rows in {stats.seconds:.1f}s "
         f"({stats.rows_read / max(stats.seconds, 1e-9):,.0f} rows/s): kept {stats.rows_kept:,}, "
@@ -68,13 +85,6 @@ def raw_pool(context: dg.AssetExecutionContext, config: IngestConfig, warehouse:
         context.log.warning(f"removed {removed}, a staging file left behind by a crashed earlier run")
     for damage in stats.container_errors:
         context.log.warning(f"{stats.source_file} is damaged: {damage} (quarantined; every readable record kept)")
-    with warehouse.connect() as con:
-        check_results = raw_pool_check_results(con, layout, stats, config.max_quarantine_rate)
-    return dg.MaterializeResult(
-        metadata=_metadata(layout.shard_file("raw_pool", shard), stats),
-        check_results=check_results,
-        data_version=dg.DataVersion(_data_version(stats, config)),
-    )
 
 
 def _data_version(stats: ShardStats, config: IngestConfig) -> str:

@@ -1,0 +1,54 @@
+"""Ingest a range of shards in one step: read in parallel processes, put in place in order.
+
+Reading a shard (parsing, canonicalizing, marking duplicates within it, writing its staging files:
+:func:`~mig_assets.core.ingest.shards.stage_shard`) looks at no other shard, so ``workers``
+processes read one shard each. Committing it (marking the rows another shard already keeps, moving
+the files into place, writing its stats: :func:`~mig_assets.core.ingest.shards.commit_shard`) is done
+by the calling process alone, one shard at a time in the range's order, while the workers read the
+next shards. So "the first ingested shard wins" means the first in the range's order (the
+partitions' registration order), exactly as one run per shard in that order, and there is still a
+single writer. Memory is bounded by a shard per worker: a worker sends back only the shard's figures.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
+from mig_assets.core.ingest.shards import DEFAULT_WORKERS, ShardContext, ShardStats, StagedShard, commit_shard, stage_shard
+from mig_assets.core.store.layout import WarehouseLayout
+
+
+def ingest_shard_range(
+    layout: WarehouseLayout,
+    shards: Sequence[tuple[str, Path]],
+    *,
+    run_id: str = "",
+    source_format: str = "auto",
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    workers: int = DEFAULT_WORKERS,
+    on_commit: Callable[[ShardStats], None] = lambda stats: None,
+) -> list[ShardStats]:
+    """Ingest each ``(shard key, file)`` of ``shards``, committed in that order; returns their stats.
+
+    One shard alone is read by ``workers`` processes (its parts); a range, by ``workers`` processes
+    reading one shard each. ``on_commit`` is called with each shard's stats as it is put in place.
+    """
+    contexts = [(Path(path), ShardContext(shard, layout.relative_source(path), run_id, source_format, max_record_bytes)) for shard, path in shards]
+    if len(contexts) < 2 or workers < 2:
+        staged_one_by_one = (stage_shard(layout, path, context, workers=workers) for path, context in contexts)
+        return [_commit(layout, staged, on_commit) for staged in staged_one_by_one]
+    # fork: a worker needs nothing but its arguments, and starts at once
+    with ProcessPoolExecutor(min(workers, len(contexts)), mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(stage_shard, layout, path, context, workers=1, owner_pid=os.getpid()) for path, context in contexts]
+        return [_commit(layout, future.result(), on_commit) for future in futures]
+
+
+def _commit(layout: WarehouseLayout, staged: StagedShard, on_commit: Callable[[ShardStats], None]) -> ShardStats:
+    stats = commit_shard(layout, staged)
+    on_commit(stats)
+    return stats
