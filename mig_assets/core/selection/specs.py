@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from mig_assets.core.selection.constraint_spec import ConstraintSpec, parse_constraints
-from mig_assets.core.selection.request import METHODS
+from mig_assets.core.selection.request import METHODS, SelectionRequest, build_request
 from mig_assets.core.selection.stability import StabilitySpec, parse_stability
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
@@ -41,6 +41,14 @@ class SelectionSpec:
     description: str = ""
     constraints: ConstraintSpec | None = None
     stability: StabilitySpec | None = None
+
+    def settings(self) -> dict:
+        """The flat settings the spec declares: its budget as ``budget_<kind>``, its params and its seed."""
+        return {f"budget_{kind}": value for kind, value in self.budget.items()} | dict(self.params) | {"seed": self.seed}
+
+    def request(self) -> SelectionRequest:
+        """The selection request of the spec as declared (no run config on top): what its asset runs by default."""
+        return build_request(self.method, self.settings())
 
     def steering(self) -> dict:
         """The constraints and the stability option as plain values (manifest, metadata)."""
