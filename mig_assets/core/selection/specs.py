@@ -90,14 +90,12 @@ def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path("
         if entry.get("constraints"):
             if method not in ("mig", "tags"):
                 raise ValueError(f"{where}.constraints: constraints steer the mig and tags greedy, not {method!r}")
-            if "tokens" in budget:
-                raise ValueError(f"{where}.constraints: constraints need a count or fraction budget (a token budget cuts the greedy order afterwards)")
             constraints = parse_constraints(entry["constraints"], f"{where}.constraints", base_dir)
         stability = None
         if entry.get("stability"):
             stability = parse_stability(entry["stability"], f"{where}.stability")
-            if stability.mode == "warm" and (method not in ("mig", "tags") or "tokens" in budget):
-                raise ValueError(f"{where}.stability: a warm start steers the mig and tags greedy under a count or fraction budget")
+            if stability.mode == "warm" and method not in ("mig", "tags"):
+                raise ValueError(f"{where}.stability: a warm start steers the mig and tags greedy, not {method!r}")
         seed, description = int(entry.get("seed", 42)), str(entry.get("description", ""))
         specs.append(SelectionSpec(name, method, dict(budget), dict(params), seed, description, constraints, stability))
     return specs
