@@ -127,26 +127,33 @@ def test_group_caps_hold_on_the_kept_prefix_not_on_the_starting_count():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_warm_reselection_under_a_token_budget_caps_churn_on_the_kept_picks(seed):
+    from mig_assets.core.selection.run import steered_run
+    from mig_assets.core.selection.stability import WarmStart, previous_first
+
     Y, n_old = grown_pool(seed, n_old=600, n_new=60, n_labels=80)
     n = Y.shape[0]
     tokens = np.random.default_rng(seed).integers(20, 200, n)
     previous = select(Y[:n_old], 60).order
     new_rows = np.arange(n_old, n)
     spec = StabilitySpec("warm", max_churn=0.1, margin=0.05)
-    pins = Constraints(n, pinned=new_rows[:2])
-    for c in (Constraints(n), pins):
-        budget = int(tokens[previous].sum() * 0.7)  # the budget shrank: fewer picks fit
-        run = fit_token_budget(lambda k: warm_select(Y, k, previous, new_rows, spec, c, MigParams()), lambda r: r[0].order, tokens, budget, c)
-        selection, warm, report = run
-        m = len(selection.order)
-        assert tokens[selection.order].sum() <= budget and m < 60
-        assert set(c.pinned.tolist()) <= set(selection.order.tolist()) and violations(c, selection.order, m) == []
-        outside = set(selection.order.tolist()) - set(previous.tolist()) - set(c.pinned.tolist())
-        assert len(outside) <= int(np.floor(0.1 * m + 1e-9))  # the churn cap, measured on the kept picks
-        assert outside <= set(new_rows.tolist())  # no old sample displaced an old one
-        again = warm_select(Y, m, previous, new_rows, spec, c, MigParams())[0].order
-        np.testing.assert_array_equal(selection.order, again)  # the warm start at the kept count
-        assert report["selection"]["kept"] + report["selection"]["added_new_samples"] + report["selection"]["added_old_samples"] == m
+    warm_start = WarmStart(previous, new_rows, spec)
+    for c in (Constraints(n), Constraints(n, pinned=new_rows[:2])):
+        for budget in (int(tokens[previous].sum() * 0.7), int(tokens[previous].sum()) + 300):  # the budget shrank; it holds the previous picks
+            run_at = lambda k: warm_select(Y, k, previous, new_rows, spec, c, MigParams())  # noqa: E731
+            selection, warm, report = steered_run(run_at, 0, tokens, budget, c, warm_start)  # what run_selection runs
+            m = len(selection.order)
+            assert tokens[selection.order].sum() <= budget and "fallback" not in report
+            assert set(c.pinned.tolist()) <= set(selection.order.tolist()) and violations(c, selection.order, m) == []
+            outside = set(selection.order.tolist()) - set(previous.tolist())
+            assert len(outside - set(c.pinned.tolist())) <= int(np.floor(0.1 * m + 1e-9))  # the churn cap, measured on the kept picks
+            assert outside <= set(new_rows.tolist())  # no old sample displaced an old one
+            again = warm_select(Y, m, previous, new_rows, spec, c, MigParams())[0].order
+            np.testing.assert_array_equal(selection.order, again)  # the warm start at the kept count
+            kept_first = previous_first(selection.order, previous)
+            assert set(kept_first[: report["selection"]["kept"]].tolist()) <= set(previous.tolist())
+            if budget > tokens[previous].sum():  # room for the previous picks: only swaps and room for the pins remove one
+                assert len(warm.dropped) == max(0, 60 + len(c.pinned) - m) and report["selection"]["added_old_samples"] == 0
+                assert report["selection"]["removed"] == len(warm.swaps) + len(warm.dropped)
 
 
 def test_run_selection_takes_token_budgets_with_constraints_and_warm_starts():
@@ -194,3 +201,17 @@ def test_tags_token_budget_under_constraints_holds_them_on_the_kept_picks():
         dense = fit_token_budget(lambda k: tags_dense(problem, k, c, TagsParams()), lambda order: order, tokens, budget, c)
         assert tokens[lazy].sum() <= budget and violations(c, lazy, len(lazy)) == [] and set(c.pinned.tolist()) == set(lazy[:3].tolist())
         np.testing.assert_array_equal(lazy, dense)
+
+
+def test_a_warm_fit_starts_from_the_previous_picks_that_fit_and_keeps_them_first():
+    from mig_assets.core.selection.stability import previous_first, warm_token_picks
+
+    tokens = np.array([50, 40, 30, 20, 10, 5, 5, 100])
+    banned = np.zeros(8, bool)
+    banned[6] = True
+    c = Constraints(8, pinned=np.array([7]), banned=banned)
+    # pin 7 (100) first, then previous 0 (50), 1 (40): 190; 2 (30) would pass 200; then the cheapest left that fit 10: row 5
+    assert warm_token_picks(c, np.array([0, 1, 2, 6]), tokens, 200) == 4
+    with pytest.raises(InfeasibleConstraints, match="above the token budget of 99"):
+        warm_token_picks(c, np.array([0, 1]), tokens, 99)
+    np.testing.assert_array_equal(previous_first(np.array([4, 1, 7, 0]), np.array([0, 1, 2])), [0, 1, 4, 7])

@@ -55,11 +55,16 @@ def pinned_token_prefix(order: np.ndarray, tokens: np.ndarray, token_budget: int
 
 
 def fit_token_budget(
-    run_at: Callable[[int], Run], order_of: Callable[[Run], np.ndarray], tokens: np.ndarray, token_budget: int, constraints: Constraints
+    run_at: Callable[[int], Run],
+    order_of: Callable[[Run], np.ndarray],
+    tokens: np.ndarray,
+    token_budget: int,
+    constraints: Constraints,
+    start: int | None = None,
 ) -> Run:
     """A steered (constrained or warm) greedy under a token budget: the run at count m whose whole
     order fits. It starts at :meth:`Constraints.token_picks` (pins first, then the cheapest admissible
-    samples), keeps :func:`pinned_token_prefix`'s m picks of the run and, while m is short of the
+    samples), or at ``start`` when that is lower (a warm start's own count), keeps :func:`pinned_token_prefix`'s m picks of the run and, while m is short of the
     run, runs again at m (caps, minimums and churn are shares or counts of the picks, so they are
     enforced on the count that is kept; a count the max_share caps cannot fill comes down to one
     they can, :meth:`Constraints.fillable`). A run stuck after p picks (the constraints cannot
@@ -67,6 +72,7 @@ def fit_token_budget(
     fits and every constraint holds at its count. An InfeasibleConstraints on the way names the
     token budget and the count."""
     k = constraints.token_picks(tokens, token_budget)
+    k = min(k, start) if start is not None else k
     while True:
         try:
             run = run_at(k)

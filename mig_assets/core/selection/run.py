@@ -24,7 +24,7 @@ from mig_assets.core.selection.constraint_spec import constraint_reasons
 from mig_assets.core.selection.constraints import Constraints
 from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
 from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
-from mig_assets.core.selection.stability import WarmResult, WarmStart, warm_reasons
+from mig_assets.core.selection.stability import WarmResult, WarmStart, previous_first, warm_reasons, warm_token_picks
 
 
 @dataclass
@@ -135,11 +135,17 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
 
-def steered_run(run_at, k: int, tokens: np.ndarray, token_budget: int | None, constraints: Constraints | None):
-    """``run_at(k)`` (a count budget), or the run :func:`fit_token_budget` fits to ``token_budget``."""
+def steered_run(run_at, k: int, tokens: np.ndarray, token_budget: int | None, constraints: Constraints | None, warm: WarmStart | None):
+    """``run_at(k)`` (a count budget), or the run :func:`fit_token_budget` fits to ``token_budget``; a
+    warm start counts from :func:`warm_token_picks` (the previous picks that fit, not the cheapest
+    samples) and keeps its picks :func:`previous_first` (after the pins)."""
     if token_budget is None:
         return run_at(k)
-    return fit_token_budget(run_at, lambda run: run[0].order, tokens, token_budget, constraints if constraints is not None else Constraints(len(tokens)))
+    constraints = constraints if constraints is not None else Constraints(len(tokens))
+    if warm is None:
+        return fit_token_budget(run_at, lambda run: run[0].order, tokens, token_budget, constraints)
+    start = warm_token_picks(constraints, warm.previous_rows, tokens, token_budget)
+    return fit_token_budget(run_at, lambda run: previous_first(run[0].order, warm.previous_rows), tokens, token_budget, constraints, start)
 
 
 def _mig(
@@ -161,7 +167,7 @@ def _mig(
             return select_constrained(Y, count, constraints, params), None, None
         return select(Y, count, params), None, None
 
-    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints)
+    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints, warm)
     reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(
@@ -218,7 +224,7 @@ def _tags(
             return tags_select_constrained(problem, count, constraints, params, target), None, None
         return tags_select(problem, count, params, target), None, None
 
-    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints)
+    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints, warm)
     reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(
