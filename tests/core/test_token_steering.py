@@ -215,3 +215,14 @@ def test_a_warm_fit_starts_from_the_previous_picks_that_fit_and_keeps_them_first
     with pytest.raises(InfeasibleConstraints, match="above the token budget of 99"):
         warm_token_picks(c, np.array([0, 1]), tokens, 99)
     np.testing.assert_array_equal(previous_first(np.array([4, 1, 7, 0]), np.array([0, 1, 2])), [0, 1, 4, 7])
+
+
+def test_fillable_is_the_largest_count_the_caps_can_fill_by_brute_force():
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        n, groups = 40, int(rng.integers(1, 5))
+        banned = rng.random(n) < 0.2
+        c = Constraints(n, banned=banned, group_ids=rng.integers(groups, size=n), group_share=rng.uniform(0.05, 0.9, groups))
+        available = np.bincount(c.group_ids[~banned], minlength=groups)
+        for k in range(n + 1):
+            assert c.fillable(k) == max(m for m in range(k + 1) if np.minimum(c.group_caps(m), available).sum() >= m)

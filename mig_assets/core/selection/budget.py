@@ -63,11 +63,12 @@ def fit_token_budget(
     start: int | None = None,
 ) -> Run:
     """A steered (constrained or warm) greedy under a token budget: the run at count m whose whole
-    order fits. It starts at :meth:`Constraints.token_picks` (pins first, then the cheapest admissible
-    samples), or at ``start`` when that is lower (a warm start's own count), keeps :func:`pinned_token_prefix`'s m picks of the run and, while m is short of the
-    run, runs again at m (caps, minimums and churn are shares or counts of the picks, so they are
-    enforced on the count that is kept; a count the max_share caps cannot fill comes down to one
-    they can, :meth:`Constraints.fillable`). A run stuck after p picks (the constraints cannot
+    order fits. It starts at :meth:`Constraints.token_picks` (pins first, then the cheapest
+    admissible samples), or at ``start`` when that is lower (a warm start's own count), keeps
+    :func:`pinned_token_prefix`'s m picks of the run and, while m is short of the run, runs again
+    at m (caps, minimums and churn are shares or counts of the picks, so they are enforced on the
+    count that is kept; a count the max_share caps cannot fill comes down to one they can,
+    :meth:`Constraints.fillable`). A run stuck after p picks (the constraints cannot
     complete it) is retried at p. Each step lowers the count, so it ends; every pick of the result
     fits and every constraint holds at its count. An InfeasibleConstraints on the way names the
     token budget and the count."""

@@ -123,14 +123,15 @@ class Constraints:
         return self.fillable(len(self.pinned) + int(np.searchsorted(cheapest, token_budget - pinned_tokens, side="right")))
 
     def fillable(self, k: int) -> int:
-        """The largest count m <= k the max_share caps can fill: Σ_g min(floor(share_g · m), n_g) >= m,
-        n_g the group's samples not excluded (k itself without caps)."""
+        """The largest count m <= k the max_share caps can fill: fill(m) = Σ_g min(floor(share_g · m), n_g) >= m,
+        n_g the group's samples not excluded (k itself without caps). fill never decreases with m, so
+        the answer is at most fill(k): m <- fill(m) from k reaches it without passing it."""
         if self.group_ids is None:
             return k
         available = np.bincount(self.group_ids[~self.banned], minlength=len(self.group_share))
-        counts = np.arange(k + 1)
-        fill = np.minimum(np.floor(np.outer(counts, self.group_share) + 1e-9).astype(np.int64), available).sum(axis=1)
-        return int(counts[fill >= counts].max())
+        while (fill := int(np.minimum(self.group_caps(k), available).sum())) < k:
+            k = fill
+        return k
 
     def validate(self, k: int) -> None:
         """Raise :class:`InfeasibleConstraints` when no selection of k rows can satisfy the constraints.

@@ -144,6 +144,7 @@ def tags_perturbed_runs(
 
 
 def embedding_note(stored: TagVectors, alternate: TagVectors | None) -> dict:
+    """The report's line on the embedding-model perturbation: applied with which model, or why not."""
     if alternate is None:
         return {"perturbation": "embedding model", "applied": NO_ALTERNATE_MODEL}
     return {"perturbation": "embedding model", "applied": f"yes: the tags re-embedded with {alternate.model_id} (the stored vectors are {stored.model_id})"}
