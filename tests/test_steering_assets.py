@@ -155,13 +155,12 @@ def test_bad_constraint_specs_name_the_key(constraints, message):
         parse_specs({"selections": [{"name": "a", "budget": {"count": 5}, "constraints": constraints}]}, "selections.yaml")
 
 
-def test_constraints_refused_for_token_budgets_and_baselines():
-    for entry, message in (
-        ({"name": "a", "budget": {"tokens": 500}}, "need a count or fraction budget"),
-        ({"name": "a", "method": "random"}, "not 'random'"),
-    ):
-        with pytest.raises(ValueError, match=message):
-            parse_specs({"selections": [entry | {"constraints": {"must_exclude": {"where": "true"}}}]}, "selections.yaml")
+def test_constraints_refused_for_baselines_and_taken_with_token_budgets():
+    with pytest.raises(ValueError, match="not 'random'"):
+        parse_specs({"selections": [{"name": "a", "method": "random", "constraints": {"must_exclude": {"where": "true"}}}]}, "selections.yaml")
+    steered = {"name": "a", "budget": {"tokens": 500}, "constraints": {"must_exclude": {"where": "true"}}, "stability": {"mode": "warm"}}
+    [spec] = parse_specs({"selections": [steered]}, "selections.yaml")  # token budgets are fitted under constraints (core/selection/budget.py)
+    assert spec.constraints is not None and spec.stability is not None and spec.stability.mode == "warm"
     assert json.dumps(parse_specs({"selections": [{"name": "a"}]})[0].constraints) == "null"
 
 

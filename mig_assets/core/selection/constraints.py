@@ -28,7 +28,13 @@ from mig_assets.core.validation import first_few
 
 
 class InfeasibleConstraints(ValueError):
-    """A constraint set no selection of the budget can satisfy (the message names the constraint and the numbers)."""
+    """A constraint set no selection of the budget can satisfy (the message names the constraint and the numbers).
+
+    ``picks_made``: when the greedy got stuck mid-way, the picks it had made (None when refused before selecting)."""
+
+    def __init__(self, message: str, picks_made: int | None = None):
+        super().__init__(message)
+        self.picks_made = picks_made
 
 
 def _int_array(values, dtype=np.int64) -> np.ndarray:
@@ -101,6 +107,31 @@ class Constraints:
     def group_caps(self, k: int) -> np.ndarray:
         """Most picks per group at budget k: floor(share_g · k) (a tiny tolerance absorbs 0.3 · 10 = 2.999...)."""
         return np.floor(self.group_share * k + 1e-9).astype(np.int64)
+
+    def token_picks(self, tokens: np.ndarray, token_budget: int) -> int:
+        """The most picks a token budget can hold under these constraints, where a token-budgeted greedy
+        starts: the must_include samples (their tokens count first: InfeasibleConstraints when they
+        alone exceed the budget), then the cheapest other samples not excluded that fit in the rest,
+        no more than the max_share caps can fill (:meth:`fillable`)."""
+        tokens = np.asarray(tokens, np.int64)
+        pinned_tokens = int(tokens[self.pinned].sum())
+        if pinned_tokens > token_budget:
+            raise InfeasibleConstraints(f"must_include pins {len(self.pinned)} samples of {pinned_tokens:,} tokens, above the token budget of {token_budget:,}")
+        free = ~self.banned
+        free[self.pinned] = False
+        cheapest = np.cumsum(np.sort(tokens[free]))
+        return self.fillable(len(self.pinned) + int(np.searchsorted(cheapest, token_budget - pinned_tokens, side="right")))
+
+    def fillable(self, k: int) -> int:
+        """The largest count m <= k the max_share caps can fill: fill(m) = Σ_g min(floor(share_g · m), n_g) >= m,
+        n_g the group's samples not excluded (k itself without caps). fill never decreases with m, so
+        the answer is at most fill(k): m <- fill(m) from k reaches it without passing it."""
+        if self.group_ids is None:
+            return k
+        available = np.bincount(self.group_ids[~self.banned], minlength=len(self.group_share))
+        while (fill := int(np.minimum(self.group_caps(k), available).sum())) < k:
+            k = fill
+        return k
 
     def validate(self, k: int) -> None:
         """Raise :class:`InfeasibleConstraints` when no selection of k rows can satisfy the constraints.
@@ -242,7 +273,7 @@ class ConstraintState:
             full = [c.group_names[g] for g in np.flatnonzero(self.group_counts >= self.group_caps).tolist()]
             parts.append(f"max_share by {c.group_by}: {len(full)} of {len(self.group_caps)} groups at their cap {first_few(full)}")
         parts.append(f"{int(self.alive.sum())} samples left admissible, {int(c.banned.sum())} excluded")
-        return InfeasibleConstraints(f"no sample satisfies the constraints at pick {pick + 1} of {k}: {'; '.join(parts)}")
+        return InfeasibleConstraints(f"no sample satisfies the constraints at pick {pick + 1} of {k}: {'; '.join(parts)}", picks_made=pick)
 
 
 def admissible_rows(constraints: Constraints, picked: np.ndarray, k: int) -> np.ndarray:

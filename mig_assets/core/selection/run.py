@@ -19,12 +19,12 @@ from mig_assets.core.mig.algorithm import random_select, select
 from mig_assets.core.mig.constrained import select_constrained, warm_select
 from mig_assets.core.mig.problem import MigParams, propagate, propagation_matrix, sample_label_matrix
 from mig_assets.core.selection import baselines
-from mig_assets.core.selection.budget import picks_for_tokens, resolve_count, token_prefix
+from mig_assets.core.selection.budget import fit_token_budget, picks_for_tokens, resolve_count, token_prefix
 from mig_assets.core.selection.constraint_spec import constraint_reasons
 from mig_assets.core.selection.constraints import Constraints
 from mig_assets.core.selection.inputs import LabelGraph, PoolArrays, SelectionInputs
 from mig_assets.core.selection.request import BASELINES, EMBEDDING_METHODS, METHODS, SelectionRequest
-from mig_assets.core.selection.stability import WarmResult, WarmStart, warm_reasons
+from mig_assets.core.selection.stability import WarmResult, WarmStart, previous_first, warm_reasons, warm_token_picks
 
 
 @dataclass
@@ -73,23 +73,27 @@ def run_selection(
 
     ``constraints`` (pins, bans, caps, label bounds; ``core/selection/constraints.py``) act inside the
     MIG and TAGS greedy; ``warm`` re-selects from the previous version's picks with bounded churn
-    (``core/selection/stability.py``). Both need a count or fraction budget.
+    (``core/selection/stability.py``). Under a token budget either is fitted by
+    :func:`~mig_assets.core.selection.budget.fit_token_budget`: the pins' tokens count first, the
+    kept picks are the longest prefix that fits, and the constraints and the churn cap hold on them.
     """
     pool, budget, method = inputs.pool, request.budget, request.method
     n_pool = len(pool.sample_ids)
     if n_pool == 0:
         raise ValueError("the pool is empty: ingest shards before selecting")
-    if budget.tokens is not None:
-        k = picks_for_tokens(pool.tokens, budget.tokens)
-    else:
+    active = constraints if constraints is not None and constraints.active else None  # an empty set is the plain greedy
+    steered = active is not None or warm is not None
+    if steered and method not in ("mig", "tags"):
+        raise ValueError(f"constraints and warm starts steer the mig and tags greedy; not {method}")
+    if budget.tokens is None:
         k = resolve_count(n_pool, budget.count, budget.fraction)
-    constrained = constraints is not None and constraints.active
-    if (constrained or warm is not None) and (method not in ("mig", "tags") or budget.tokens is not None):
-        raise ValueError(f"constraints and warm starts steer the mig and tags greedy under a count or fraction budget; not {method} with {budget.describe()}")
+    else:  # an upper bound (a steered token budget is fitted inside the method, from its own bound)
+        k = picks_for_tokens(pool.tokens, budget.tokens)
+    fitted_tokens = budget.tokens if steered else None
     if method == "mig":
-        outcome = _mig(pool, inputs.graph, k, request.mig, constraints if constrained else None, warm)
+        outcome = _mig(pool, inputs.graph, k, request.mig, active, warm, fitted_tokens)
     elif method == "tags":
-        outcome = _tags(pool, inputs.tree, k, request, inputs.target, constraints if constrained else None, warm)
+        outcome = _tags(pool, inputs.tree, k, request, inputs.target, active, warm, fitted_tokens)
     elif method in BASELINES:
         order = _baseline(method, pool, k, request.seed, request.diversity_threshold)
         outcome = SelectionOutcome(order, np.full(len(order), np.nan), np.full(len(order), np.nan))
@@ -131,16 +135,39 @@ def mig_matrix(pool: PoolArrays, graph: LabelGraph | None, params: MigParams = M
     return propagate(X, propagation_matrix(graph.weights, params.prop_weight)) if graph.labels else X
 
 
-def _mig(pool: PoolArrays, graph: LabelGraph | None, k: int, params: MigParams, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
+def steered_run(run_at, k: int, tokens: np.ndarray, token_budget: int | None, constraints: Constraints | None, warm: WarmStart | None):
+    """``run_at(k)`` (a count budget), or the run :func:`fit_token_budget` fits to ``token_budget``; a
+    warm start counts from :func:`warm_token_picks` (the previous picks that fit, not the cheapest
+    samples) and keeps its picks :func:`previous_first` (after the pins)."""
+    if token_budget is None:
+        return run_at(k)
+    constraints = constraints if constraints is not None else Constraints(len(tokens))
+    if warm is None:
+        return fit_token_budget(run_at, lambda run: run[0].order, tokens, token_budget, constraints)
+    start = warm_token_picks(constraints, warm.previous_rows, tokens, token_budget)
+    return fit_token_budget(run_at, lambda run: previous_first(run[0].order, warm.previous_rows), tokens, token_budget, constraints, start)
+
+
+def _mig(
+    pool: PoolArrays,
+    graph: LabelGraph | None,
+    k: int,
+    params: MigParams,
+    constraints: Constraints | None,
+    warm: WarmStart | None,
+    token_budget: int | None = None,
+) -> SelectionOutcome:
     Y = mig_matrix(pool, graph, params)
     assert graph is not None  # mig_matrix refuses a missing graph
-    report, how = None, None
-    if warm is not None:
-        result, how, report = warm_select(Y, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
-    elif constraints is not None:
-        result = select_constrained(Y, k, constraints, params)
-    else:
-        result = select(Y, k, params)
+
+    def run_at(count: int):
+        if warm is not None:
+            return warm_select(Y, count, warm.previous_rows, warm.new_rows, warm.spec, constraints, params)
+        if constraints is not None:
+            return select_constrained(Y, count, constraints, params), None, None
+        return select(Y, count, params), None, None
+
+    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints, warm)
     reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[graph.labels[j] for j in row if j >= 0] for row in result.top_labels.tolist()]
     return SelectionOutcome(
@@ -169,7 +196,16 @@ def tags_problem(pool: PoolArrays, tree, gamma: float = SelectionRequest.gamma, 
     return build_problem(A, pool.scores, tree.parents, tree.levels, gamma=gamma, beta=level_weights)
 
 
-def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target, constraints: Constraints | None, warm: WarmStart | None) -> SelectionOutcome:
+def _tags(
+    pool: PoolArrays,
+    tree,
+    k: int,
+    request: SelectionRequest,
+    target,
+    constraints: Constraints | None,
+    warm: WarmStart | None,
+    token_budget: int | None = None,
+) -> SelectionOutcome:
     """TAGS: tree-level information gain over the samples' leaves and their ancestors, aligned to
     ``target`` by ``request.tags.align`` (with align "none" a target only adds the KL curve), under ``constraints``."""
     from mig_assets.core.tags.constrained import select_constrained as tags_select_constrained
@@ -180,13 +216,15 @@ def _tags(pool: PoolArrays, tree, k: int, request: SelectionRequest, target, con
     if params.align != "none" and target is None:
         raise ValueError(f"TAGS align={params.align!r} needs a target profile: materialize target_profile first")
     problem = tags_problem(pool, tree, request.gamma, request.level_weights)
-    report, how = None, None
-    if warm is not None:
-        result, how, report = tags_warm_select(problem, k, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)
-    elif constraints is not None:
-        result = tags_select_constrained(problem, k, constraints, params, target)
-    else:
-        result = tags_select(problem, k, params, target)
+
+    def run_at(count: int):
+        if warm is not None:
+            return tags_warm_select(problem, count, warm.previous_rows, warm.new_rows, warm.spec, constraints, params, target)
+        if constraints is not None:
+            return tags_select_constrained(problem, count, constraints, params, target), None, None
+        return tags_select(problem, count, params, target), None, None
+
+    result, how, report = steered_run(run_at, k, pool.tokens, token_budget, constraints, warm)
     reasons = steering_reasons(constraints, warm, how, result.order)
     top = [[tree.names[v] for v in row if v >= 0] for row in result.top_nodes.tolist()]
     return SelectionOutcome(

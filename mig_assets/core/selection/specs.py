@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from mig_assets.core.selection.constraint_spec import ConstraintSpec, parse_constraints
-from mig_assets.core.selection.request import METHODS
+from mig_assets.core.selection.request import METHODS, SelectionRequest, build_request
 from mig_assets.core.selection.stability import StabilitySpec, parse_stability
 
 BUDGET_KINDS = ("count", "fraction", "tokens")
@@ -41,6 +41,14 @@ class SelectionSpec:
     description: str = ""
     constraints: ConstraintSpec | None = None
     stability: StabilitySpec | None = None
+
+    def settings(self) -> dict:
+        """The flat settings the spec declares: its budget as ``budget_<kind>``, its params and its seed."""
+        return {f"budget_{kind}": value for kind, value in self.budget.items()} | dict(self.params) | {"seed": self.seed}
+
+    def request(self) -> SelectionRequest:
+        """The selection request of the spec as declared (no run config on top): what its asset runs by default."""
+        return build_request(self.method, self.settings())
 
     def steering(self) -> dict:
         """The constraints and the stability option as plain values (manifest, metadata)."""
@@ -82,14 +90,12 @@ def parse_specs(document: dict, source: str = "<specs>", base_dir: Path = Path("
         if entry.get("constraints"):
             if method not in ("mig", "tags"):
                 raise ValueError(f"{where}.constraints: constraints steer the mig and tags greedy, not {method!r}")
-            if "tokens" in budget:
-                raise ValueError(f"{where}.constraints: constraints need a count or fraction budget (a token budget cuts the greedy order afterwards)")
             constraints = parse_constraints(entry["constraints"], f"{where}.constraints", base_dir)
         stability = None
         if entry.get("stability"):
             stability = parse_stability(entry["stability"], f"{where}.stability")
-            if stability.mode == "warm" and (method not in ("mig", "tags") or "tokens" in budget):
-                raise ValueError(f"{where}.stability: a warm start steers the mig and tags greedy under a count or fraction budget")
+            if stability.mode == "warm" and method not in ("mig", "tags"):
+                raise ValueError(f"{where}.stability: a warm start steers the mig and tags greedy, not {method!r}")
         seed, description = int(entry.get("seed", 42)), str(entry.get("description", ""))
         specs.append(SelectionSpec(name, method, dict(budget), dict(params), seed, description, constraints, stability))
     return specs

@@ -240,6 +240,36 @@ def churn_report(previous_rows: np.ndarray, new_rows: np.ndarray, order: np.ndar
     }
 
 
+def previous_first(order: np.ndarray, previous_rows: np.ndarray) -> np.ndarray:
+    """A warm set's rows with the previous picks that stayed first, in their previous rank order, then
+    the others (new samples swapped in, fills) in ``order``: the order a token budget keeps a warm
+    re-selection's picks in (after the pins), so room is cut from what the warm start added, never
+    from the picks it kept."""
+    previous = np.asarray(previous_rows, np.int64)
+    stayed = previous[np.isin(previous, order)]
+    return np.concatenate([stayed, order[~np.isin(order, stayed)]])
+
+
+def warm_token_picks(constraints: Constraints, previous_rows: np.ndarray, tokens: np.ndarray, token_budget: int) -> int:
+    """Where a warm re-selection under a token budget starts counting: the must_include samples and the
+    previous picks still admissible, in their rank order, as many as fit (the pins' tokens first),
+    then as many of the cheapest other admissible samples as fit in the tokens left (room the pool's
+    changes freed); no more than :meth:`Constraints.token_picks`. Starting from the cheapest-samples
+    bound instead would fill most slots with samples from outside the previous version and cut
+    previous picks from the order the greedy gives the larger set."""
+    from mig_assets.core.selection.budget import pinned_token_prefix
+
+    most = constraints.token_picks(tokens, token_budget)  # refuses pins whose tokens alone exceed the budget
+    previous = np.asarray(previous_rows, np.int64)
+    previous = previous[~constraints.banned[previous] & ~np.isin(previous, constraints.pinned)]
+    kept = pinned_token_prefix(np.concatenate([constraints.pinned, previous]), tokens, token_budget, constraints.pinned)
+    free = ~constraints.banned
+    free[kept] = False
+    room = np.cumsum(np.sort(tokens[free]))
+    extra = int(np.searchsorted(room, token_budget - int(tokens[kept].sum()), side="right"))
+    return min(constraints.fillable(len(kept) + extra), most)
+
+
 @dataclass(frozen=True)
 class WarmStart:
     """What a warm re-selection starts from: the previous version's picks and the pool's new rows."""

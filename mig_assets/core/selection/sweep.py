@@ -4,7 +4,8 @@ MIG runs once per ``phi_b`` (TAGS once per ``lam``) at the largest budget; every
 order (the unconstrained greedy is prefix-consistent), so a grid of B budgets × P values costs P
 greedy runs. Each point reports, against the tokens it selects: the objective E(S) under the
 spec's own parameters (so points of different ``phi_b`` are compared on one scale), the share of
-labels (TAGS: leaves) covered, the mean quality weight, and (TAGS with a target) KL(target || S).
+labels (TAGS: leaves) covered, the mean quality weight, and (TAGS with a target) KL(target || S);
+and under ``rows`` the pool rows it picks, in greedy order.
 :func:`pareto_flags` marks, per metric, the points no cheaper-or-equal point beats.
 """
 
@@ -66,6 +67,7 @@ def prefix_points(order: np.ndarray, Y, scores: np.ndarray, tokens: np.ndarray, 
                 "objective": float(phi(coverage, params).sum()),
                 "coverage": float((coverage > 0).mean()) if len(coverage) else 0.0,
                 "mean_quality": float(scores[picked].mean()) if k else 0.0,
+                "rows": picked,  # the pool rows picked, in order (a view of the greedy order)
             }
         )
     return points
@@ -123,6 +125,7 @@ def sweep_tags(problem, scores: np.ndarray, tokens: np.ndarray, grid: SweepGrid,
                     "coverage": float((leaf_mass > 0).mean()) if len(leaf_mass) else 0.0,
                     "mean_quality": float(scores[picked].mean()) if n else 0.0,
                     "kl": kl_divergence(target, leaf_mass, params.eps) if target is not None else None,
+                    "rows": picked,  # the pool rows picked, in order (a view of the greedy order)
                 }
             )
     return pareto_flags(points)

@@ -64,7 +64,7 @@ class SelectionConfig(dg.Config):
 
 def config_class_for(spec: SelectionSpec) -> type[SelectionConfig]:
     """A SelectionConfig subclass whose defaults are the spec's budget, params and seed."""
-    defaults = {f"budget_{kind}": value for kind, value in spec.budget.items()} | dict(spec.params) | {"seed": spec.seed}
+    defaults = spec.settings()
     unknown = set(defaults) - set(SelectionConfig.model_fields)
     if unknown:
         raise ValueError(f"selection {spec.name!r}: unknown parameters {sorted(unknown)}")

