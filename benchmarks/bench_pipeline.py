@@ -9,7 +9,8 @@ In a fresh ``MIG_HOME`` (set before the project loads its settings) the benchmar
 runs: ``mig-assets ingest``'s ingestion, one range run of ``atomic_tags`` and of ``quality_scores``
 (the imported backends), then ``tag_vocabulary`` -> ``tag_embeddings`` (the generator's label vectors)
 -> ``label_graph`` (its valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget) with its export,
-and last the knowledge tree and a TAGS selection on the same pool. The pick order of the assets is
+then ``mig_selection`` once more (version 2, as a scheduled re-selection: the diff against version 1
+and its members' input changes), and last the knowledge tree and a TAGS selection on the same pool. The pick order of the assets is
 checked against the drop-in's.
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
@@ -256,6 +257,8 @@ def main() -> None:
         meta = result.asset_materializations_for_node("mig_selection")[0].metadata
         notes.append(f"selection asset {meta['seconds_total'].value:.1f} s of which select {meta['seconds_select'].value:.1f} s")
         actual = asset_pick_ids(layout, "mig_selection")
+        with phases.phase("mig_selection again (version 2: diff, input changes)", []):  # what a scheduled re-selection runs
+            materialize(defs, instance, ("mig_selection",), {"ops": {"mig_selection": run_config["ops"]["mig_selection"]}})
         with phases.phase("knowledge_tree, target_profile, tags_5pct", []):
             materialize(defs, instance, TREE_AND_TAGS, {})
 

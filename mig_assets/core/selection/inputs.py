@@ -162,23 +162,25 @@ def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[
     greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
     the weight given to samples without one, the number left out, and every sample's inputs as the
     lineage records them (:data:`~mig_assets.core.selection.lineage.INPUTS_SCHEMA`, no raw record)."""
-    table = con.sql(  # column by column: Arrow, not a Python tuple per sample
-        f"""{inputs_sql(con, ", coalesce(t.tags, []::VARCHAR[]) AS pool_tags, s.imported_quality, s.n_tokens_est, q.score")}
-        ORDER BY coalesce(list_position($shard_order::VARCHAR[], s.shard), 2147483647), s.shard, s.line_no
-        """,
-        params={"shard_order": list(shard_order)},
-    ).to_arrow_table()
+    # one query, no ORDER BY: DuckDB would sort every wide row (its peak memory and a second); the
+    # pool's columns are put in input order in Arrow below, the lineage rows need no order
+    table = con.sql(f"{inputs_sql(con, ', s.imported_quality, s.n_tokens_est, q.score')}").to_arrow_table()
     lineage = table.select(INPUTS_SCHEMA.names).cast(INPUTS_SCHEMA)
-    is_failed = pc.fill_null(pc.equal(table.column("tag_status"), "failed"), False)
+    pool_rows = table.select(["sample_id", "shard", "line_no", "tags", "tag_status", "scorer", "imported_quality", "score", "n_tokens_est"])
+    del table
+    shard_rank = pc.fill_null(pc.index_in(pool_rows.column("shard"), value_set=pa.array(list(shard_order), pa.string())), len(shard_order))
+    in_order = pc.sort_indices(pool_rows.append_column("shard_rank", shard_rank), [("shard_rank", "ascending"), ("shard", "ascending"), ("line_no", "ascending")])
+    is_failed = pc.fill_null(pc.equal(pool_rows.column("tag_status"), "failed"), False)
     failed = pc.sum(is_failed).as_py() or 0
-    table = table.filter(pc.invert(is_failed))
-    scorers = sorted(s for s in pc.unique(table.column("scorer")).to_pylist() if s)
-    scores, origin, fill = quality_scores(table.column("imported_quality"), table.column("score"), scorers)
+    pool_rows = pool_rows.take(in_order.filter(pc.invert(pc.take(is_failed, in_order))))
+    scorers = sorted(s for s in pc.unique(pool_rows.column("scorer")).to_pylist() if s)
+    scores, origin, fill = quality_scores(pool_rows.column("imported_quality"), pool_rows.column("score"), scorers)
+    tags = pool_rows.column("tags").combine_chunks()
     pool = PoolArrays(
-        sample_ids=table.column("sample_id").to_pylist(),
-        tag_array=table.column("pool_tags").combine_chunks(),
+        sample_ids=pool_rows.column("sample_id").to_pylist(),
+        tag_array=pc.if_else(pc.is_valid(tags), tags, pa.scalar([], tags.type)),  # not tagged yet: no tags
         scores=scores,
-        tokens=table.column("n_tokens_est").to_numpy().astype(np.int64),
+        tokens=pool_rows.column("n_tokens_est").to_numpy().astype(np.int64),
     )
     if layout is not None:
         pool.embeddings = load_embeddings(layout, pool.sample_ids)
