@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +113,11 @@ def persist_selection(
         insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
     insert_table(con, EXCLUSIONS_TABLE, inputs.exclusions.table(name, version), part=part)
     manifest = selection_manifest(name, request, version, inputs, outcome, provenance)
-    inputs_changed = record_inputs(con, layout.warehouse_dir, name, request.method, version, inputs, ids, outcome, provenance)
-    plots = selection_plots(request.method, pool, outcome, tree, inputs.target)
+    # the plots draw (Python, matplotlib) while the input snapshot is built and written (Arrow, Parquet: no GIL held)
+    with ThreadPoolExecutor(1) as drawing:
+        plots_drawn = drawing.submit(selection_plots, request.method, pool, outcome, tree, inputs.target)
+        inputs_changed = record_inputs(con, layout.warehouse_dir, name, request.method, version, inputs, ids, outcome, provenance)
+        plots = plots_drawn.result()
     budget = {kind: value for kind, value in vars(request.budget).items() if value is not None}
     report = selection_report(name, request.method, budget, version, pool, outcome, inputs.score_origin, plots, diff, inputs_changed, inputs.exclusions)
     export_dir = layout.exports_dir / name / f"v{version:04d}"
