@@ -169,7 +169,9 @@ def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[
     pool_rows = table.select(["sample_id", "shard", "line_no", "tags", "tag_status", "scorer", "imported_quality", "score", "n_tokens_est"])
     del table
     shard_rank = pc.fill_null(pc.index_in(pool_rows.column("shard"), value_set=pa.array(list(shard_order), pa.string())), len(shard_order))
-    in_order = pc.sort_indices(pool_rows.append_column("shard_rank", shard_rank), [("shard_rank", "ascending"), ("shard", "ascending"), ("line_no", "ascending")])
+    in_order = pc.sort_indices(
+        pool_rows.append_column("shard_rank", shard_rank), [("shard_rank", "ascending"), ("shard", "ascending"), ("line_no", "ascending")]
+    )
     is_failed = pc.fill_null(pc.equal(pool_rows.column("tag_status"), "failed"), False)
     failed = pc.sum(is_failed).as_py() or 0
     pool_rows = pool_rows.take(in_order.filter(pc.invert(pc.take(is_failed, in_order))))
