@@ -33,9 +33,33 @@ def test_ingest_prints_totals_and_is_idempotent(tmp_path):
     }
     with duckdb.connect(str(home / "warehouse" / "mig.duckdb"), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM samples").fetchone()[0] == 89
-    # runs are recorded in the persistent instance the UI reads
+    # runs are recorded in the persistent instance the UI reads: one range run per ingest here
     runs = list((home / "dagster" / "storage").iterdir())
-    assert len(runs) >= 4
+    assert len(runs) >= 2 and len({shard["run_id"] for shard in totals["shards"]}) == 1
+
+
+def test_ingest_of_a_block_of_shards_is_one_range_run_the_first_registered_winning(tmp_path):
+    """Several files: one raw_pool run over their range (read in parallel), each shard's
+    materialization with its own figures, repeats won by the first registered shard."""
+    home = tmp_path / "home"
+    lines = (REAL_DATA / "xsample_example.jsonl").read_text().splitlines()
+    files = []
+    for i, chunk in enumerate([lines[:6], lines[3:], lines[:2]]):  # the later files repeat samples of the first
+        files.append(tmp_path / f"z{i}.jsonl")
+        files[-1].write_text("\n".join(chunk) + "\n")
+    done = run_cli(["ingest", *map(str, files)], home)
+    assert done.returncode == 0, done.stderr
+    totals = json.loads(done.stdout)
+    shards = [shard["shard"] for shard in totals["shards"]]
+    assert len({shard["run_id"] for shard in totals["shards"]}) == 1  # one run for the block
+    assert [shard["rows_read"] for shard in totals["shards"]] == [6, len(lines) - 3, 2]  # each shard its own figures
+    assert totals["rows_read"] == totals["rows_kept"] + totals["rows_quarantined"] + totals["duplicates"]
+    with duckdb.connect(str(home / "warehouse" / "mig.duckdb"), read_only=True) as con:
+        owners = {
+            owner for (owner,) in con.execute("SELECT DISTINCT split_part(duplicate_of, ':', 1) FROM raw_pool_rows WHERE duplicate_of IS NOT NULL").fetchall()
+        }
+    assert owners == {shards[0]}  # repeats of the first file's samples are its duplicates
+    assert totals["shards"][2]["duplicates"] == 2
 
 
 def test_ingest_reports_a_missing_file_clearly(tmp_path):

@@ -94,26 +94,3 @@ def test_unknown_partition_fails_clearly(layout, instance, resources):
     instance.add_dynamic_partitions("pool_shards", ["ghost.jsonl"])
     with pytest.raises(Exception, match="no file under .* has shard key 'ghost.jsonl'"):
         dg.materialize([raw_pool], partition_key="ghost.jsonl", instance=instance, resources=resources)
-
-
-def test_the_cli_ingests_a_block_of_shards_in_one_range_run(layout, instance):
-    """`mig-assets ingest` of several files: one raw_pool run over their range, read in parallel,
-    each shard's materialization with its own figures, duplicates won by the first registered shard."""
-    from mig_assets.launch import ingest_files
-
-    lines = (REAL_DATA / "xsample_example.jsonl").read_text().splitlines()
-    files = []
-    for i, chunk in enumerate([lines[:6], lines[3:], lines[:2]]):  # the later files repeat samples of the first
-        files.append(layout.home / f"z{i}.jsonl")
-        files[-1].write_text("\n".join(chunk) + "\n")
-    totals = ingest_files(layout, files, instance, say=lambda line: None)
-    assert len({shard["run_id"] for shard in totals["shards"]}) == 1  # one run for the block
-    assert [shard["shard"] for shard in totals["shards"]] == instance.get_dynamic_partitions("pool_shards")
-    assert [shard["rows_read"] for shard in totals["shards"]] == [6, len(lines) - 3, 2]  # each shard its own figures
-    assert totals["rows_read"] == totals["rows_kept"] + totals["rows_quarantined"] + totals["duplicates"]
-    with duckdb.connect(str(layout.duckdb_path), read_only=True) as con:
-        owners = con.execute("SELECT DISTINCT split_part(duplicate_of, ':', 1) FROM raw_pool_rows WHERE duplicate_of IS NOT NULL").fetchall()
-    assert {owner for (owner,) in owners} <= {totals["shards"][0]["shard"]}  # repeats of z0 are z0's duplicates
-    assert totals["shards"][1]["duplicates"] >= 3 and totals["shards"][2]["duplicates"] == 2
-    checks = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(dg.AssetKey("raw_pool"), "rows_accounted"))
-    assert checks is not None and checks.event.asset_check_evaluation.passed
