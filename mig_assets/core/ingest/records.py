@@ -323,7 +323,7 @@ def _annotations(record: dict) -> tuple[list[str] | None, float | None]:
 def deita_score(quality_scores: Any, complexity_scores: Any) -> float:
     """Deita score = (1/R) sum_t quality_t * complexity_t over the R turns of ``quality_scores``."""
     base = "annotation.deita"
-    if not (_plain_scores(quality_scores) and _plain_scores(complexity_scores)):
+    if not _plain_scores(quality_scores, complexity_scores):
         _check_scores(quality_scores, f"{base}.quality_scores")
         _check_scores(complexity_scores, f"{base}.complexity_scores")
     if len(complexity_scores) < len(quality_scores):
@@ -335,18 +335,16 @@ def deita_score(quality_scores: Any, complexity_scores: Any) -> float:
     return sum(map(mul, quality_scores, complexity_scores)) / len(quality_scores)
 
 
-def _plain_scores(values: Any) -> bool:
-    """The valid case, checked in C: a non-empty list of plain floats and ints, all >= 0 and finite.
+def _plain_scores(quality_scores: Any, complexity_scores: Any) -> bool:
+    """The valid case, checked in C over both lists at once: non-empty lists of plain floats and
+    ints, all >= 0 and finite.
 
-    False only sends ``values`` to :func:`_check_scores`, which finds the offending value. (min()
-    first: a negative value is reported before a too-large int makes isfinite raise.)"""
-    return (
-        type(values) is list
-        and bool(values)
-        and NUMBER_TYPES.issuperset(map(type, values))
-        and min(values) >= 0
-        and all(map(math.isfinite, values))
-    )
+    False only sends the lists to :func:`_check_scores`, which finds the offending value. (min()
+    first: a negative value is reported before a too-large int makes isfinite raise, as there.)"""
+    if not (type(quality_scores) is list and type(complexity_scores) is list and quality_scores and complexity_scores):
+        return False
+    values = quality_scores + complexity_scores  # in the order _check_scores visits them
+    return NUMBER_TYPES.issuperset(map(type, values)) and min(values) >= 0 and all(map(math.isfinite, values))
 
 
 def _check_scores(values: Any, path: str) -> None:
@@ -361,6 +359,8 @@ def _check_scores(values: Any, path: str) -> None:
 def _source(record: dict) -> str:
     for key in ("source", "dataset"):
         value = record.get(key)
+        if value is None:  # the usual miss, decided without the type checks
+            continue
         if isinstance(value, str):
             return value
         if isinstance(value, list):
@@ -374,7 +374,7 @@ def _source(record: dict) -> str:
 def _original_id(record: dict) -> str:
     for key in ID_FIELDS:
         value = record.get(key)
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
+        if value is not None and isinstance(value, (str, int)) and not isinstance(value, bool):  # None: the usual miss
             return str(value)
     return ""
 
