@@ -339,8 +339,9 @@ def _plain_scores(quality_scores: Any, complexity_scores: Any) -> bool:
     """The valid case, checked in C over both lists at once: non-empty lists of plain floats and
     ints, all >= 0 and finite.
 
-    False only sends the lists to :func:`_check_scores`, which finds the offending value. (min()
-    first: a negative value is reported before a too-large int makes isfinite raise, as there.)"""
+    False only sends the lists to :func:`_check_scores`, which finds the offending value. min()
+    runs before isfinite so that with any negative value the full checks decide, in their order,
+    whether a RecordError or the OverflowError of a too-large int comes first."""
     if not (type(quality_scores) is list and type(complexity_scores) is list and quality_scores and complexity_scores):
         return False
     values = quality_scores + complexity_scores  # in the order _check_scores visits them
