@@ -64,6 +64,15 @@ def test_blank_lines_bom_and_crlf(layout):
     assert not rows[0]["raw"].startswith("\ufeff") and not rows[1]["raw"].endswith("\r")
 
 
+def test_lines_of_ascii_whitespace_only_are_blank_and_others_are_records(layout):
+    # blank: what bytes.strip() removes (space, \t, \v, \f, \r); a no-break space byte is a record
+    content = line(GOOD).encode() + b"\n \t\x0b\x0c\n\r\n\x0c\n\xa0\n \x00 \n" + line(GOOD).encode() + b"  \n"
+    stats = ingest(layout, "whitespace.jsonl", content)
+    assert (stats.rows_read, stats.rows_kept, stats.duplicates, stats.rows_quarantined, stats.blank_lines) == (4, 1, 1, 2, 3)
+    assert [(q["line_no"], q["field"]) for q in quarantine(layout, stats)] == [(5, "(line)"), (6, "(line)")]
+    assert [r["raw"] for r in samples(layout, stats)] == [line(GOOD), line(GOOD) + "  "]
+
+
 def test_bad_records_are_quarantined_with_field_and_line(layout):
     records = [
         line(GOOD),

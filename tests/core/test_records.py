@@ -122,3 +122,148 @@ def test_sample_id_ignores_line_endings_and_edge_whitespace_but_not_indentation(
     sharegpt = canonicalize({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]})
     alpaca = canonicalize({"instruction": "Q", "output": "A"})
     assert sharegpt.sample_id == alpaca.sample_id
+
+
+# The valid case takes cheap checks written in C; anything else goes through the checks that name
+# the offending value. These cases pin both paths: the same scores, the same fields and messages.
+MIG_TURNS = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
+def with_deita(quality, complexity) -> dict:
+    return {"dialogs": MIG_TURNS, "annotation": {"deita": {"quality_scores": quality, "complexity_scores": complexity}}}
+
+
+class Number(float):
+    """A float subclass: valid, but not a type the fast check accepts."""
+
+
+class Count(int):
+    """An int subclass: valid, but not a type the fast check accepts."""
+
+
+@pytest.mark.parametrize(
+    "quality, complexity, expected",
+    [
+        ([3, 2.5], [1, 2.0, 7], (3 * 1 + 2.5 * 2.0) / 2),  # ints and floats; extra complexity scores ignored
+        ([0, 0.0], [0.0, 0], 0.0),
+        ([1e16, 1.0, 1.0], [1, 1, 1], ((1e16 * 1 + 1.0 * 1) + 1.0 * 1) / 3),  # left to right: fsum would give 1e16 + 2
+        ([1.7976931348623157e308], [1.7976931348623157e308], float("inf")),  # finite scores, an overflowing product
+        ([Number(1.5), Count(2)], [Count(3), Number(0.5)], (1.5 * 3 + 2 * 0.5) / 2),  # the full checks accept subclasses
+    ],
+)
+def test_deita_score_of_valid_scores_is_the_mean_product_in_order(quality, complexity, expected):
+    score = canonicalize(with_deita(quality, complexity)).imported_quality
+    assert type(score) is float and score == expected
+
+
+@pytest.mark.parametrize(
+    "quality, complexity, field, reason",
+    [
+        ([], [1.0], "quality_scores", "expected a non-empty list of numbers"),
+        ("4.0", [1.0], "quality_scores", "expected a non-empty list of numbers"),
+        ((4.0,), [1.0], "quality_scores", "expected a non-empty list of numbers"),
+        ([4.0], None, "complexity_scores", "expected a non-empty list of numbers"),
+        ([4.0], [], "complexity_scores", "expected a non-empty list of numbers"),
+        ([1.0, True], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got True"),
+        ([1.0, "2"], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got '2'"),
+        ([1.0, None], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got None"),
+        ([float("nan")], [1.0], "quality_scores[0]", "expected a finite non-negative number, got nan"),
+        ([1.0, float("nan")], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got nan"),
+        ([float("inf")], [1.0], "quality_scores[0]", "expected a finite non-negative number, got inf"),
+        ([1.0], [2.0, float("-inf")], "complexity_scores[1]", "expected a finite non-negative number, got -inf"),
+        ([1.0, -0.5], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got -0.5"),
+        ([1.0, -1], [-2, 1.0], "quality_scores[1]", "expected a finite non-negative number, got -1"),  # quality first
+        ([1.0], [1.0, False], "complexity_scores[1]", "expected a finite non-negative number, got False"),
+        ([1.0, 2.0], [1.0], "complexity_scores", "has 1 scores for 2 quality scores"),
+    ],
+)
+def test_bad_deita_scores_name_the_first_offending_value(quality, complexity, field, reason):
+    with pytest.raises(RecordError) as err:
+        canonicalize(with_deita(quality, complexity))
+    assert (err.value.field, err.value.reason) == (f"annotation.deita.{field}", reason)
+    with pytest.raises(RecordError) as direct:
+        deita_score(quality, complexity)
+    assert str(direct.value) == str(err.value)
+
+
+class Tag(str):
+    """A str subclass: a valid tag, but not a type the fast check accepts."""
+
+
+@pytest.mark.parametrize(
+    "content, tags",
+    [(["math", "logic"], ["math", "logic"]), ([], []), ([Tag("math")], ["math"])],
+)
+def test_imported_tags_lists_of_strings_are_kept(content, tags):
+    record = {"dialogs": MIG_TURNS, "annotation": {"instag": {"content": content}}}
+    assert canonicalize(record).imported_tags == tags
+
+
+@pytest.mark.parametrize("content", ["math", ("math",), ["math", 1], ["math", None], [b"math"], None])
+def test_imported_tags_that_are_not_a_list_of_strings_are_rejected(content):
+    record = {"dialogs": MIG_TURNS, "annotation": {"instag": {"content": content}}}
+    with pytest.raises(RecordError) as err:
+        canonicalize(record)
+    assert (err.value.field, err.value.reason) == ("annotation.instag.content", "expected a list of strings")
+
+
+@pytest.mark.parametrize(
+    "fields, source",
+    [
+        ({"source": "tulu"}, "tulu"),
+        ({"source": ["tulu", "sharegpt"]}, "tulu,sharegpt"),
+        ({"source": [Tag("tulu")]}, "tulu"),
+        ({"source": []}, ""),
+        ({"source": ["tulu", 1], "dataset": "d"}, "d"),  # not all strings: the next key is read
+        ({"source": None, "dataset": ["d1", "d2"]}, "d1,d2"),
+        ({"source": 3, "dataset": ["d", 2]}, ""),
+        ({}, ""),
+    ],
+)
+def test_source_is_the_first_string_or_list_of_strings(fields, source):
+    assert canonicalize({"dialogs": MIG_TURNS, **fields}).source == source
+
+
+@pytest.mark.parametrize(
+    "fields, original_id",
+    [
+        ({"_id": "s1", "id": 2}, "s1"),
+        ({"_id": None, "id": 7}, "7"),
+        ({"id": True, "uid": "u"}, "u"),  # a boolean is not an id
+        ({"id": 2.5, "idx": 9}, "9"),
+        ({"question_id": Count(4)}, "4"),
+        ({}, ""),
+    ],
+)
+def test_original_id_is_the_first_string_or_integer_id_field(fields, original_id):
+    assert canonicalize({"dialogs": MIG_TURNS, **fields}).original_id == original_id
+
+
+@pytest.mark.parametrize(
+    "record, field",
+    [
+        ({"dialogs": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}, "dialogs"),
+        ({"conversations": [{"from": "gpt", "value": "a"}]}, "conversations"),
+        ({"turns": [{"role": "assistant", "content": "a"}]}, "(record)"),
+    ],
+)
+def test_a_conversation_without_a_user_turn_names_its_turn_list(record, field):
+    with pytest.raises(RecordError) as err:
+        canonicalize(record)
+    assert (err.value.field, err.value.reason) == (field, "conversation has no non-empty user turn")
+
+
+def test_an_unknown_format_override_is_a_config_error():
+    with pytest.raises(RecordError) as err:
+        canonicalize({"prompt": "p"}, "csv")
+    assert err.value.field == "(config)"
+    assert err.value.reason == "unknown format 'csv'; expected auto or one of mig, sharegpt, openai, alpaca, turns, prompt"
+
+
+def test_sample_id_hashes_the_sorted_key_compact_json_of_the_normalized_turns():
+    import hashlib
+
+    canonical = canonicalize({"conversations": [{"from": "human", "value": " Q\r\n"}, {"from": "gpt", "value": "caf\u0065\u0301 "}]})
+    expected = '[{"content":"Q","role":"user"},{"content":"caf\u00e9","role":"assistant"}]'.encode()
+    assert canonical.sample_id == hashlib.sha256(expected).hexdigest()
+    assert canonical.n_chars == len(" Q\r\n") + len("caf\u0065\u0301 ")
