@@ -136,3 +136,15 @@ def test_tags_runs_add_the_tree_over_the_second_model():
     tree = build_tree(tags, alternate.vectors, np.array([counts[t] for t in tags], np.float64), branching=4, top_size=5, seed=0)
     assert np.array_equal(with_model[name], select(tags_problem(pool, tree), 30, request.tags).order)
     assert "yes: the tags re-embedded with model-b (the stored vectors are model-a)" in [n["applied"] for n in notes]
+
+
+def test_a_token_budget_keeps_each_runs_longest_fitting_prefix():
+    """The stability report of a spec with a token budget: each perturbed run keeps what a
+    selection with that budget keeps, the longest prefix of its order within the tokens."""
+    from mig_assets.core.selection.perturb import within_token_budget
+
+    tokens = np.array([5, 1, 4, 2, 8, 3])
+    runs = {"base": np.array([0, 1, 2, 3]), "tau 0.88": np.array([4, 1, 0]), "tau 0.92": np.array([3, 5, 1, 2])}
+    kept = within_token_budget(runs, tokens, 7)
+    assert {name: order.tolist() for name, order in kept.items()} == {"base": [0, 1], "tau 0.88": [], "tau 0.92": [3, 5, 1]}
+    assert all(tokens[order].sum() <= 7 for order in kept.values())

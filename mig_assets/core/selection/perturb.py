@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from mig_assets.core.embedding.encoder import arrow_to_vectors
 from mig_assets.core.mig.algorithm import select
 from mig_assets.core.mig.problem import MigParams, build_label_graph
+from mig_assets.core.selection.budget import token_prefix
 from mig_assets.core.selection.inputs import LabelGraph, PoolArrays
 from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.selection.run import mig_matrix, tags_problem
@@ -49,6 +50,12 @@ def read_tag_vectors(tag_embeddings_file) -> TagVectors:
     table = pq.read_table(tag_embeddings_file, columns=["tag", "model_id", "embedding"])
     model_ids = sorted(set(table.column("model_id").to_pylist()))
     return TagVectors(table.column("tag").to_pylist(), arrow_to_vectors(table.column("embedding")), ", ".join(model_ids))
+
+
+def within_token_budget(selections: dict[str, np.ndarray], tokens: np.ndarray, budget: int) -> dict[str, np.ndarray]:
+    """Each run's picks under a token budget: the longest prefix of its order whose tokens fit, as a
+    selection with that budget keeps them (:func:`~mig_assets.core.selection.budget.token_prefix`)."""
+    return {name: order[: len(token_prefix(order, tokens, budget))] for name, order in selections.items()}
 
 
 def jaccard_matrix(selections: dict[str, np.ndarray]) -> tuple[list[str], np.ndarray]:

@@ -15,9 +15,17 @@ from pydantic import Field
 from mig_assets.core.embedding.encoder import EmbeddingCache, SentenceEmbedder
 from mig_assets.core.outputs.report import html_report, markdown_image, markdown_table, overlap_plot
 from mig_assets.core.outputs.sweep_page import sweep_html, sweep_pngs
-from mig_assets.core.selection.budget import resolve_count
+from mig_assets.core.selection.budget import picks_for_tokens, resolve_count
 from mig_assets.core.selection.inputs import SelectionInputs, load_request_inputs
-from mig_assets.core.selection.perturb import TagVectors, jaccard_matrix, mig_perturbed_runs, read_tag_vectors, stable_share, tags_perturbed_runs
+from mig_assets.core.selection.perturb import (
+    TagVectors,
+    jaccard_matrix,
+    mig_perturbed_runs,
+    read_tag_vectors,
+    stable_share,
+    tags_perturbed_runs,
+    within_token_budget,
+)
 from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.selection.run import mig_matrix, tags_problem
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
@@ -166,14 +174,17 @@ def alternate_vectors(warehouse: Warehouse, embedder: Embedder, model: str, tags
 def selection_stability(context: dg.AssetExecutionContext, config: StabilityConfig, warehouse: Warehouse, embedder: Embedder) -> dg.MaterializeResult:
     record_settings(context)
     spec = spec_named(config.selection, ("mig", "tags"))
-    if "tokens" in spec.budget:
-        raise ValueError(f"selection {spec.name!r} has a token budget; the stability report needs a count or fraction budget")
     request = spec.request()
     if spec.method == "tags":  # every TAGS run is unaligned: no target needed
         request = request.replace(tags=dataclasses.replace(request.tags, align="none"))
     inputs = curated_inputs(context, warehouse, request)
     pool, stored = inputs.pool, read_tag_vectors(warehouse.layout.tag_embeddings_file)
-    k = resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
+    tokens = spec.budget.get("tokens")  # each run then keeps its longest prefix that fits
+    k = (
+        picks_for_tokens(pool.tokens, tokens)
+        if tokens is not None
+        else resolve_count(len(pool.sample_ids), spec.budget.get("count"), spec.budget.get("fraction"))
+    )
     model = config.alternate_embedding_model
     if spec.method == "mig":
         assert inputs.graph is not None  # load_request_inputs loads it for MIG
@@ -197,6 +208,8 @@ def selection_stability(context: dg.AssetExecutionContext, config: StabilityConf
             seed=config.tree_seed,
             alternate=alternate,
         )
+    if tokens is not None:
+        selections = within_token_budget(selections, pool.tokens, tokens)
     names, matrix = jaccard_matrix(selections)
     share = stable_share(selections, names[0])
     plot = overlap_plot(names, {(a, b): float(matrix[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)})
