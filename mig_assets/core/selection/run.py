@@ -38,7 +38,7 @@ class SelectionOutcome:
     kl: np.ndarray | None = None  # TAGS with a target: KL(target || selection) after each pick
     leaf_mass: np.ndarray | None = None  # TAGS: the selection's mass per leaf
     pool_leaf_mass: np.ndarray | None = None  # TAGS: the whole pool's mass per leaf
-    sample_matrix: sp.csr_array | None = None  # rows summed into coverage (MIG: Y, TAGS: U)
+    sample_matrix: sp.csr_array | None = None  # rows summed into coverage (TAGS: U; MIG's Y is dropped once the picks are made)
     leaf_matrix: sp.csr_array | None = None  # TAGS: A, rows summed into leaf_mass
     stability: dict | None = None  # warm re-selection: churn against the previous version and a fresh greedy
     reasons: dict[int, str] = field(default_factory=dict)  # pool row -> why a constraint or the warm start added or dropped it
@@ -109,6 +109,8 @@ def run_selection(
             outcome.coverage = np.asarray(outcome.sample_matrix[outcome.order].sum(axis=0)).ravel()
         if outcome.leaf_matrix is not None:
             outcome.leaf_mass = np.asarray(outcome.leaf_matrix[outcome.order].sum(axis=0)).ravel()
+    if method == "mig":
+        outcome.sample_matrix = None  # Y, the largest array of the run: only TAGS's tree plot reads its matrix later
     return outcome
 
 
