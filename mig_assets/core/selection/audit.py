@@ -32,8 +32,8 @@ from mig_assets.core.selection.lineage import (
     inputs_path,
     member_changes,
     read_facts,
+    snapshot_rows,
     upstream_changes,
-    version_inputs,
     with_raw_records,
     write_graph,
     write_inputs,
@@ -202,11 +202,12 @@ def record_inputs(
     what changed in the previous version's members' inputs since, summarized (None: the previous
     version has no snapshot)."""
     previous_path = inputs_path(warehouse_dir, name, version - 1)
-    previous = pq.read_table(previous_path) if previous_path.exists() else None
+    # its members only (the first rows: the other row groups are skipped by their statistics)
+    previous = pq.read_table(previous_path, filters=pc.is_valid(pc.field("rank"))) if previous_path.exists() else None
     previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
     raw_for = sorted(set(ids) | set(previous_members))
     # the inputs as the selection loaded them (the same query as current_inputs), with the raw records of members old and new
-    current = with_raw_records(con, inputs.lineage, raw_for) if inputs.lineage is not None else current_inputs(con, raw_for=raw_for)
+    current = with_raw_records(con, inputs.lineage.by_sample_id(), raw_for) if inputs.lineage is not None else current_inputs(con, raw_for=raw_for)
     shards = sorted(pc.unique(current.column("shard")).to_pylist())
     facts = {
         "selection": name,
@@ -219,8 +220,8 @@ def record_inputs(
         if has_relation(con, "label_graph_info")
         else None,
     }
-    snapshot = version_inputs(current, inputs.pool.sample_ids, inputs.pool.scores, inputs.score_fill, ids)
-    write_inputs(inputs_path(warehouse_dir, name, version), snapshot, facts)
+    snapshot, order = snapshot_rows(current, inputs.pool.sample_ids, inputs.pool.scores, inputs.score_fill, ids)
+    write_inputs(inputs_path(warehouse_dir, name, version), snapshot, facts, order)
     if inputs.graph is not None and outcome.coverage is not None:
         write_graph(graph_path(warehouse_dir, name, version), inputs.graph.labels, inputs.graph.weights, outcome.coverage)
     if previous is None:

@@ -20,7 +20,7 @@ import scipy.sparse as sp
 
 from mig_assets.core.curation.exclusions import Exclusions, find_exclusions
 from mig_assets.core.embedding.encoder import arrow_to_vectors
-from mig_assets.core.selection.lineage import INPUTS_SCHEMA, inputs_sql
+from mig_assets.core.selection.lineage import INPUTS_SCHEMA, LineageRows, inputs_sql
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
 from mig_assets.core.store.catalog import has_relation
 from mig_assets.core.store.layout import WarehouseLayout
@@ -78,7 +78,7 @@ class SelectionInputs:
     tree: object | None = None  # core.tags.tree.KnowledgeTree
     target: np.ndarray | None = None  # target leaf distribution over the tree's leaves
     exclusions: Exclusions = field(default_factory=Exclusions)  # left out of the pool before selection, with the evidence
-    lineage: pa.Table | None = None  # every sample's inputs as loaded (lineage.INPUTS_SCHEMA, no raw record); None: read them when persisting
+    lineage: LineageRows | None = None  # every sample's inputs as loaded; None: read them when persisting
 
 
 def load_inputs(
@@ -106,7 +106,7 @@ def load_inputs(
         failed,
         graph=load_graph(con) if graph else None,
         exclusions=exclusions,
-        lineage=lineage,
+        lineage=LineageRows(lineage),
     )
     if tree:
         inputs.tree, tree_info = load_tree(layout.knowledge_tree_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mig_assets.core.store.catalog import has_relation
-from mig_assets.core.store.parquet import write_parquet_atomic
+from mig_assets.core.store.parquet import write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
 METADATA_KEY = b"mig.selection_inputs"
@@ -138,6 +139,12 @@ def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, 
     order, each pool sample with the weight the selection used and its origin; raw record, format
     and original id of members only. Samples left out of the pool (failed tagging) keep their own
     score, which the selection did not use (their tag status says so)."""
+    table, order = snapshot_rows(current, pool_ids, weights, fill, selected_ids)
+    return table.take(order)
+
+
+def snapshot_rows(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> tuple[pa.Table, pa.Array]:
+    """:func:`version_inputs` as its rows (in ``current``'s order) and the order to write them in."""
     ids = current.column("sample_id")
     in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
     used = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
@@ -148,20 +155,61 @@ def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, 
         current.column("weight_origin"),
     )
     rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
-    member = pc.is_valid(rank)
+    member = pc.is_valid(rank).combine_chunks()
     table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
     for name in ("source_format", "original_id", "raw"):
         column = table.column(name)
         table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, pc.if_else(member, column, pa.nulls(len(column), pa.string())))
-    return table.sort_by([("rank", "ascending", "at_end"), ("sample_id", "ascending")]).cast(INPUTS_SCHEMA)
+    # members by rank, then the others by sample_id: the others keep their order when ``current`` is
+    # already sorted by sample_id (current_inputs, LineageRows.by_sample_id), else they are sorted
+    members = pc.indices_nonzero(member)
+    members = members.take(pc.sort_indices(pc.take(rank, members)))
+    others = pc.indices_nonzero(pc.invert(member))
+    if not is_sorted(ids):
+        others = others.take(pc.sort_indices(pc.take(ids, others)))
+    return table.cast(INPUTS_SCHEMA), pa.concat_arrays([members, others])
 
 
-def write_inputs(path: Path, table: pa.Table, facts: dict) -> Path:
-    """The snapshot with the version-level ``facts`` (JSON) in the file's key-value metadata."""
-    metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()}
-    return write_parquet_atomic(table.replace_schema_metadata(metadata), path)
+def is_sorted(values: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether ``values`` are in strictly ascending order (sample ids: distinct)."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return len(values) < 2 or bool(pc.all(pc.less(values.slice(0, len(values) - 1), values.slice(1))).as_py())
+
+
+def by_sample_id(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+
+
+class LineageRows:
+    """Every sample's inputs as a selection loaded them (:data:`INPUTS_SCHEMA`, no raw record), to be
+    read in sample_id order: sorted in a thread once :meth:`sort_in_background` is called (Arrow's
+    sort and take hold no GIL, so the sort runs on a second core while the greedy runs). Only the
+    sorted copy is kept."""
+
+    def __init__(self, table: pa.Table):
+        self._table: pa.Table | None = table
+        self._sorted: Future[pa.Table] | None = None
+
+    def sort_in_background(self) -> None:
+        if self._sorted is None:
+            table, self._table = self._table, None  # the sorted copy replaces it
+            executor = ThreadPoolExecutor(1)
+            self._sorted = executor.submit(by_sample_id, table)
+            executor.shutdown(wait=False)
+
+    def by_sample_id(self) -> pa.Table:
+        self.sort_in_background()
+        assert self._sorted is not None
+        return self._sorted.result()
+
+
+def write_inputs(path: Path, table: pa.Table, facts: dict, order: pa.Array | None = None) -> Path:
+    """The snapshot (its rows in ``order``, when given: reordered a batch at a time) with the
+    version-level ``facts`` (JSON) in the file's key-value metadata."""
+    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()})
+    return write_parquet_atomic(table, path) if order is None else write_rows_atomic(table, order, path)
 
 
 def read_facts(path: Path) -> dict:

@@ -20,6 +20,19 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def write_rows_atomic(table: pa.Table, rows: pa.Array, path: Path, batch_rows: int = 131072) -> Path:
+    """Write ``table``'s ``rows`` (indices, in that order) to ``path`` as :func:`write_parquet_atomic`
+    does, ``batch_rows`` at a time: only one batch of the reordered rows is ever in memory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".staging-{os.getpid()}-{path.name}")
+    with pq.ParquetWriter(staging, table.schema, compression="zstd") as writer:
+        for start in range(0, len(rows), batch_rows):
+            writer.write_table(table.take(rows.slice(start, batch_rows)), row_group_size=batch_rows)
+    os.replace(staging, path)
+    return path
+
+
 _STAGING_PID = re.compile(r"^\.staging-(\d+)")
 
 

@@ -119,6 +119,8 @@ def materialize_selection(
             (None, None) if spec is None else steering_inputs(con, warehouse.layout.warehouse_dir, name, spec.constraints, spec.stability, inputs)
         )
     loaded = time.perf_counter()
+    if inputs.lineage is not None:
+        inputs.lineage.sort_in_background()  # for the input snapshot, on the second core while the greedy runs
     outcome = run_selection(request, inputs, constraints=constraints, warm=warm)
     if spec is not None:
         outcome.steering = spec.steering()

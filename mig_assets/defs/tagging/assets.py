@@ -243,9 +243,8 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
     with warehouse.connect() as con:
         vocabulary = con.sql(
             """
-            SELECT tag, count(DISTINCT t.sample_id) AS n_samples
-            FROM (SELECT sample_id, unnest(tags) AS tag FROM atomic_tags WHERE status <> 'failed') AS t
-            JOIN samples USING (sample_id)
+            SELECT tag, count(*) AS n_samples  -- each sample's distinct tags, once each: no distinct count over pairs
+            FROM (SELECT unnest(list_distinct(t.tags)) AS tag FROM atomic_tags t SEMI JOIN samples USING (sample_id) WHERE t.status <> 'failed')
             GROUP BY tag ORDER BY n_samples DESC, tag
             """
         ).to_arrow_table()
