@@ -297,3 +297,32 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
     edited = current.to_pylist()[0] | {"raw": '{"id": "s1", "new": 1}', "line_no": 7}
     assert set(input_changes(rows[1], edited)) == {"raw_record"}
     assert input_changes(rows[1], None) == {"removed_from_pool": "shard a.jsonl no longer holds this sample"}
+
+
+def test_snapshot_order_does_not_depend_on_the_order_rows_come_in(tmp_path):
+    """Members by rank, then the others by sample_id, whether the rows come sorted (current_inputs,
+    LineageRows) or in a query's order; written a batch of rows at a time, the file holds the same
+    rows in the same order as the table; LineageRows sorts once and keeps only the sorted copy."""
+    from mig_assets.core.selection.lineage import INPUTS_SCHEMA, LineageRows, snapshot_rows, version_inputs, write_inputs
+
+    rng = np.random.default_rng(0)
+    ids = [f"s{i:04d}" for i in range(500)]
+    base = {name: None for name in INPUTS_SCHEMA.names}
+    rows = [base | {"sample_id": sid, "shard": "a.jsonl", "tags": ["x"], "weight": float(i), "raw": sid} for i, sid in enumerate(ids)]
+    in_order = pa.Table.from_pylist(rows, schema=INPUTS_SCHEMA)
+    shuffled = in_order.take(pa.array(rng.permutation(len(ids))))
+    selected = [ids[i] for i in rng.choice(len(ids), 40, replace=False)]
+    expected = version_inputs(in_order, ids, np.arange(500.0), 0.0, selected)
+    assert expected.column("sample_id").to_pylist() == selected + sorted(set(ids) - set(selected))
+    assert version_inputs(shuffled, ids, np.arange(500.0), 0.0, selected).equals(expected)
+    lineage = LineageRows(shuffled)
+    lineage.sort_in_background()
+    assert lineage.by_sample_id().equals(in_order)
+    table, order = snapshot_rows(lineage.by_sample_id(), ids, np.arange(500.0), 0.0, selected)
+    path = write_inputs(tmp_path / "v0002.parquet", table, {"shards": {}}, order)
+    written = pq.read_table(path)
+    assert written.equals(expected.replace_schema_metadata(written.schema.metadata))
+    from mig_assets.core.store.parquet import write_rows_atomic
+
+    small_batches = pq.ParquetFile(write_rows_atomic(table, order, tmp_path / "batched.parquet", batch_rows=64))
+    assert small_batches.num_row_groups == 8 and small_batches.read().equals(expected.cast(table.schema))
