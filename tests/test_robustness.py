@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -74,6 +75,19 @@ def wait_for(condition, timeout: float, what: str):
 
 
 @pytest.mark.slow
+def processes_running(argument: str) -> list[int]:
+    """Pids of the live processes with ``argument`` on their command line (forked workers keep their
+    parent's; a dead, unreaped one has an empty command line)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and argument.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # it ended meanwhile
+            continue
+    return pids
+
+
 def test_a_killed_ingest_does_not_block_the_next_one(tmp_path):
     """kill -9 mid-ingest left the `duckdb` pool slot taken for good: the re-run never returned."""
     home = tmp_path / "home"
@@ -81,8 +95,10 @@ def test_a_killed_ingest_does_not_block_the_next_one(tmp_path):
     shard_dir = home / "warehouse" / "raw_pool" / "shard=big.jsonl"
     first = start_cli(["ingest", big], home, stderr=subprocess.DEVNULL)
     wait_for(lambda: any(shard_dir.glob(".staging-*")), 120, "the first ingest to start writing")
+    wait_for(lambda: len(processes_running(big)) >= 3, 60, "its two worker processes to start reading")
     first.send_signal(signal.SIGKILL)  # mid-ingest: its run holds the pool slot and a staging file
     first.wait()
+    wait_for(lambda: not processes_running(big), 10, "the killed ingest's worker processes to die with it")
     assert any(shard_dir.glob(".staging-*")) and not (shard_dir / "part-0.parquet").exists()
 
     again = run_cli(["ingest", big], home, timeout=180)

@@ -6,8 +6,14 @@ A part is a byte range of whole lines with the number of its first line, so a pa
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,13 @@ def _count_newlines(handle, n_bytes: int) -> int:
         count += chunk.count(b"\n")
         n_bytes -= len(chunk)
     return count
+
+
+def end_with_parent(parent_pid: int) -> None:
+    """Initializer of an ingestion worker: on Linux the kernel kills it when the process that forked
+    it dies (kill -9 included), so a killed ingestion leaves no orphan reading or writing staging
+    files; it exits at once if that process is already gone."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from mig_assets.core.ingest.parts import end_with_parent
 from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
 from mig_assets.core.ingest.shards import DEFAULT_WORKERS, ShardContext, ShardStats, StagedShard, commit_shard, stage_shard
 from mig_assets.core.store.layout import WarehouseLayout
@@ -44,8 +45,11 @@ def ingest_shard_range(
         staged_one_by_one = (stage_shard(layout, path, context, workers=workers) for path, context in contexts)
         return [_commit(layout, staged, on_commit) for staged in staged_one_by_one]
     # fork: a worker needs nothing but its arguments, and starts at once
-    with ProcessPoolExecutor(min(workers, len(contexts)), mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(stage_in_worker, layout, path, context, os.getpid()) for path, context in contexts]
+    parent = os.getpid()
+    with ProcessPoolExecutor(
+        min(workers, len(contexts)), mp_context=multiprocessing.get_context("fork"), initializer=end_with_parent, initargs=(parent,)
+    ) as pool:
+        futures = [pool.submit(stage_in_worker, layout, path, context, parent) for path, context in contexts]
         return [_commit(layout, future.result(), on_commit) for future in futures]
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mig_assets.core.ingest.parts import JsonlPart, is_splittable, jsonl_parts
+from mig_assets.core.ingest.parts import JsonlPart, end_with_parent, is_splittable, jsonl_parts
 from mig_assets.core.ingest.readers import (
     DEFAULT_MAX_RECORD_BYTES,
     RawRecord,
@@ -255,8 +255,8 @@ def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRow
     if workers < 2 or not is_splittable(path) or path.stat().st_size < PARALLEL_MIN_BYTES:
         return [read_part(path, None, context)]
     parts = jsonl_parts(path, workers)
-    # forkserver: the workers fork from a clean server process, never from this (threaded) one
-    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork")) as pool:
+    # fork: a worker needs only its arguments; it dies with this process (end_with_parent)
+    with ProcessPoolExecutor(len(parts), mp_context=multiprocessing.get_context("fork"), initializer=end_with_parent, initargs=(os.getpid(),)) as pool:
         return list(pool.map(read_part, [path] * len(parts), parts, [context] * len(parts)))
 
 
