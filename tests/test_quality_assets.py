@@ -207,3 +207,27 @@ def test_imported_range_run_in_threads_writes_what_one_shard_runs_write(layout, 
         single = materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer)
         assert pq.read_table(layout.shard_file("quality_scores", shard)).equals(in_range[shard])
         assert single.asset_materializations_for_node("quality_scores")[0].metadata["statuses"].value == {"ok": in_range[shard].num_rows}
+
+
+def test_imported_scores_read_the_per_turn_lists_ingestion_kept_and_older_shards_from_raw(layout, instance, resources):
+    """Ingestion keeps annotation.deita's per-turn lists in columns, so imported scoring reads them
+    instead of the raw records; a shard ingested before it did (no such columns) gives the same rows
+    from its raw records."""
+    import pyarrow.parquet as pq
+
+    path = layout.incoming_dir / "xsample_example.jsonl"
+    path.write_bytes((REAL_DATA / "xsample_example.jsonl").read_bytes())
+    materialize_shards(instance, resources, layout, [path])
+    shard, scorer = "xsample_example.jsonl", Scorer()
+    samples = layout.shard_file("raw_pool", shard)
+    kept = pq.read_table(samples)
+    for row in kept.to_pylist():
+        deita = json.loads(row["raw"])["annotation"]["deita"]
+        assert row["imported_quality_turns"] == deita["quality_scores"]
+        assert row["imported_complexity_turns"] == deita["complexity_scores"][: len(deita["quality_scores"])]
+    assert materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer).success
+    from_columns = pq.read_table(layout.shard_file("quality_scores", shard))
+    pq.write_table(kept.drop_columns(["imported_quality_turns", "imported_complexity_turns"]), samples)  # as an older ingestion wrote it
+    assert materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer).success
+    from_raw = pq.read_table(layout.shard_file("quality_scores", shard))
+    assert from_raw.equals(from_columns) and from_raw.column("quality").null_count == 0

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from operator import mul
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import orjson
 
@@ -64,6 +64,7 @@ class CanonicalRecord:
     imported_tags: list[str] | None = None
     imported_quality: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    deita_turns: tuple[list, list] | None = None  # annotation.deita's quality and complexity lists, complexity cut to quality's length
 
     @property
     def sample_id(self) -> str:
@@ -141,10 +142,10 @@ def canonicalize(record: Any, source_format: str = "auto") -> CanonicalRecord:
             break
     else:
         raise RecordError(_messages_field(fmt), "conversation has no non-empty user turn")
-    imported_tags, imported_quality = _annotations(record)
+    imported_tags, imported_quality, deita_turns = _annotations(record)
     # positional, in field order (messages, source_format, source, original_id, imported_tags,
-    # imported_quality, extra): keywords cost a measurable share of the per-record time
-    return CanonicalRecord(messages, fmt, _source(record), _original_id(record), imported_tags, imported_quality, extra)
+    # imported_quality, extra, deita_turns): keywords cost a measurable share of the per-record time
+    return CanonicalRecord(messages, fmt, _source(record), _original_id(record), imported_tags, imported_quality, extra, deita_turns)
 
 
 def _messages_field(fmt: str) -> str:
@@ -301,11 +302,12 @@ def _string_field(record: dict, key: str, *, required: bool, prefix: str = "") -
     return value
 
 
-def _annotations(record: dict) -> tuple[list[str] | None, float | None]:
-    """Imported InsTag tags and the Deita score (mean over turns of quality x complexity)."""
+def _annotations(record: dict) -> tuple[list[str] | None, float | None, tuple[list, list] | None]:
+    """Imported InsTag tags, the Deita score (mean over turns of quality x complexity) and its
+    per-turn lists (complexity cut to the quality list's length)."""
     annotation = record.get("annotation")
     if not isinstance(annotation, dict):
-        return None, None
+        return None, None, None
     tags = None
     instag = annotation.get("instag")
     if isinstance(instag, dict) and "content" in instag:
@@ -313,11 +315,13 @@ def _annotations(record: dict) -> tuple[list[str] | None, float | None]:
         plain = type(tags) is list and STRING_TYPES.issuperset(map(type, tags))  # the common case, checked in C
         if not plain and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
             raise RecordError("annotation.instag.content", "expected a list of strings")
-    quality = None
+    quality = turns = None
     deita = annotation.get("deita")
     if isinstance(deita, dict) and "quality_scores" in deita:
-        quality = deita_score(deita.get("quality_scores"), deita.get("complexity_scores"))
-    return tags, quality
+        per_turn, complexity = deita.get("quality_scores"), deita.get("complexity_scores")
+        quality = deita_score(per_turn, complexity)  # validates both: lists of numbers, complexity at least as long
+        turns = (cast(list, per_turn), cast(list, complexity)[: len(cast(list, per_turn))])
+    return tags, quality, turns
 
 
 def deita_score(quality_scores: Any, complexity_scores: Any) -> float:

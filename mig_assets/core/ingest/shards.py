@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mig_assets.core.ingest.columns import SAMPLE_SCHEMA, SampleColumns
 from mig_assets.core.ingest.parts import JsonlPart, end_with_parent, is_splittable, jsonl_parts
 from mig_assets.core.ingest.readers import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -33,31 +34,10 @@ from mig_assets.core.ingest.readers import (
     read_jsonl_part,
     read_records,
 )
-from mig_assets.core.ingest.records import CHARS_PER_TOKEN, CanonicalRecord, RecordError, canonicalize
+from mig_assets.core.ingest.records import CanonicalRecord, RecordError, canonicalize
 from mig_assets.core.store.catalog import WarehouseLayout
 from mig_assets.core.store.parquet import remove_stale_staging, write_parquet_atomic
 
-MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("shard", pa.string()),
-        ("line_no", pa.int64()),
-        ("source_file", pa.string()),
-        ("source_format", pa.string()),
-        ("messages", pa.list_(MESSAGE_TYPE)),
-        ("n_turns", pa.int32()),
-        ("n_chars", pa.int64()),
-        ("n_tokens_est", pa.int64()),
-        ("source", pa.string()),
-        ("original_id", pa.string()),
-        ("imported_tags", pa.list_(pa.string())),
-        ("imported_quality", pa.float64()),
-        ("raw", pa.string()),
-        ("duplicate_of", pa.string()),
-        ("ingest_run_id", pa.string()),
-    ]
-)
 QUARANTINE_SCHEMA = pa.schema(
     [
         ("shard", pa.string()),
@@ -264,7 +244,7 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
     """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
     read_stats = ReadStats()
     records = read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
-    columns = _SampleColumns()
+    columns = SampleColumns()
     quarantined: list[dict] = []
     formats: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -288,57 +268,6 @@ def _canonical(raw: RawRecord, source_format: str) -> CanonicalRecord | RecordEr
         return canonicalize(raw.value, source_format)
     except RecordError as exc:
         return exc
-
-
-class _SampleColumns:
-    """SAMPLE_SCHEMA's per-row columns as Python lists (messages flattened into roles and contents
-    with list offsets), turned into one Arrow table at the end: no per-row dict."""
-
-    def __init__(self):
-        self.sample_id, self.line_no, self.source_format, self.n_chars = [], [], [], []
-        self.source, self.original_id, self.imported_tags, self.imported_quality, self.raw = [], [], [], [], []
-        self.roles, self.contents, self.offsets = [], [], [0]
-
-    def add(self, raw: RawRecord, record: CanonicalRecord) -> None:
-        self.sample_id.append(record.sample_id)
-        self.line_no.append(raw.line_no)
-        self.source_format.append(record.source_format)
-        self.n_chars.append(record.n_chars)
-        self.source.append(record.source)
-        self.original_id.append(record.original_id)
-        self.imported_tags.append(record.imported_tags)
-        self.imported_quality.append(record.imported_quality)
-        self.raw.append(raw.raw_text)
-        for role, content in record.messages:
-            self.roles.append(role)
-            self.contents.append(content)
-        self.offsets.append(len(self.roles))
-
-    def table(self, context: ShardContext) -> pa.Table:
-        n = len(self.sample_id)
-        offsets = pa.array(self.offsets, pa.int32())
-        turns = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())], fields=list(MESSAGE_TYPE))
-        n_chars = pa.array(self.n_chars, pa.int64())
-        messages = pa.ListArray.from_arrays(offsets, turns)
-        columns = {
-            "sample_id": pa.array(self.sample_id, pa.string()),
-            "shard": pa.array([context.shard] * n, pa.string()),
-            "line_no": pa.array(self.line_no, pa.int64()),
-            "source_file": pa.array([context.source_file] * n, pa.string()),
-            "source_format": pa.array(self.source_format, pa.string()),
-            "messages": messages,
-            "n_turns": pc.list_value_length(messages).cast(pa.int32()),
-            "n_chars": n_chars,
-            "n_tokens_est": pc.ceil(pc.divide(n_chars.cast(pa.float64()), float(CHARS_PER_TOKEN))).cast(pa.int64()),
-            "source": pa.array(self.source, pa.string()),
-            "original_id": pa.array(self.original_id, pa.string()),
-            "imported_tags": pa.array(self.imported_tags, pa.list_(pa.string())),
-            "imported_quality": pa.array(self.imported_quality, pa.float64()),
-            "raw": pa.array(self.raw, pa.string()),
-            "duplicate_of": pa.nulls(n, pa.string()),
-            "ingest_run_id": pa.array([context.run_id] * n, pa.string()),
-        }
-        return pa.table(columns, schema=SAMPLE_SCHEMA)
 
 
 def _quarantine_row(raw: RawRecord, error: RecordError, context: ShardContext) -> dict:

@@ -32,12 +32,16 @@ QUALITY_ROW_SCHEMA = pa.schema(
 
 
 def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
-    """Rows from the shard's kept samples (columns sample_id, imported_quality, raw): the Deita
-    score the pool carries, with its per-turn lists when the raw record still has them. Column by
-    column: DuckDB's JSON functions read the per-turn lists out of the raw records (vectorized, no
-    Python object per record); lists that are not all numbers count as absent."""
+    """Rows from the shard's kept samples (columns sample_id, imported_quality, and the per-turn
+    lists imported_quality_turns and imported_complexity_turns, or raw for a shard ingested before
+    ingestion kept them): the Deita score the pool carries, with its per-turn lists. Column by
+    column: from raw, DuckDB's JSON functions read the lists (vectorized, no Python object per
+    record); lists that are not all numbers count as absent."""
     n = samples.num_rows
-    complexity, quality = deita_lists(samples.column("raw") if "raw" in samples.column_names else pa.nulls(n, pa.string()))
+    if "imported_quality_turns" in samples.column_names:  # ingestion kept the per-turn lists
+        complexity, quality = samples.column("imported_complexity_turns").combine_chunks(), samples.column("imported_quality_turns").combine_chunks()
+    else:  # a shard ingested before it did: read them out of the raw records
+        complexity, quality = deita_lists(samples.column("raw") if "raw" in samples.column_names else pa.nulls(n, pa.string()))
     score = samples.column("imported_quality")
     present = pc.is_valid(score)
     turns = pc.list_value_length(quality)

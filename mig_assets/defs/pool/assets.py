@@ -6,10 +6,11 @@ import dagster as dg
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from mig_assets.core.ingest.columns import SAMPLE_SCHEMA
 from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
 from mig_assets.core.ingest.records import FORMATS
 from mig_assets.core.ingest.shard_range import ingest_shard_range
-from mig_assets.core.ingest.shards import SAMPLE_SCHEMA, ShardStats
+from mig_assets.core.ingest.shards import ShardStats
 from mig_assets.defs.pool.checks import RAW_POOL_CHECK_SPECS, raw_pool_check_results
 from mig_assets.orchestration.partitions import pool_shards
 from mig_assets.orchestration.provenance import record_settings

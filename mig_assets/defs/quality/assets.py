@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from mig_assets.core.quality.cache import QualityCache
@@ -100,8 +101,12 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
     """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
     count, a few failure examples and a digest of the written rows."""
     layout = warehouse.layout
-    text_columns = ["raw"] if scorer.backend == "imported" else ["messages"]  # the imported scorer reads the per-turn lists in raw
-    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", *text_columns, "imported_quality"])
+    samples = layout.shard_file("raw_pool", shard)
+    text_columns = ["messages"]
+    if scorer.backend == "imported":  # the per-turn lists: kept by ingestion, or still only in raw (older shards)
+        kept_turns = "imported_quality_turns" in pq.read_schema(samples).names
+        text_columns = ["imported_quality_turns", "imported_complexity_turns"] if kept_turns else ["raw"]
+    kept = read_kept_rows(samples, ["sample_id", *text_columns, "imported_quality"])
     extra = {}
     if scorer.backend == "imported":
         table = imported_quality_rows(kept, shard)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from mig_assets.core.embedding.encoder import EmbeddingCache, arrow_to_vectors, text_hash, vectors_to_arrow
-from mig_assets.core.ingest.shards import MESSAGE_TYPE
+from mig_assets.core.ingest.columns import MESSAGE_TYPE
 from mig_assets.core.outputs.report import markdown_image, target_plot
 from mig_assets.core.store.catalog import WarehouseLayout, drop_table, replace_table
 from mig_assets.core.store.parquet import write_parquet_atomic
