@@ -107,6 +107,7 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_
     if new:
         instance.add_dynamic_partitions(pool_shards.name, new)
     ordered = list(instance.get_dynamic_partitions(pool_shards.name))
+    position = {key: i for i, key in enumerate(ordered)}
     totals: dict = {name: 0 for name in TOTALS} | {"shards": []}
     job = defs.resolve_job_def("ingest_job")
     for first, last in contiguous_ranges(ordered, set(keys)):
@@ -116,7 +117,7 @@ def ingest_files(layout: WarehouseLayout, files: list[Path], instance, say, run_
             run_config=(run_config or {}) | CLI_LOGGING,
             tags={"dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last, "mig/launched_by": "cli"},
         )
-        for event in sorted(result.asset_materializations_for_node("raw_pool"), key=lambda m: ordered.index(m.partition)):
+        for event in sorted(result.asset_materializations_for_node("raw_pool"), key=lambda m: position[m.partition]):
             metadata = event.metadata
             shard = {
                 "shard": event.partition,

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mig_assets.core.ingest.columns import MESSAGE_TYPE
 from mig_assets.core.ingest.readers import ReadStats, read_records
 from mig_assets.core.ingest.records import RecordError, canonicalize
 
@@ -48,7 +49,6 @@ CONTAMINATION_SCHEMA = pa.schema(
         ("score", pa.float64()),
     ]
 )
-MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 _NOT_WORD = r"[^\p{L}\p{N}]+"
 _UNSPACED_SCRIPT = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # written without spaces: each character is a word
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the polynomial n-gram hash

@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mig_assets.core.tagging.rows import value_counter
+
 
 def new_figure():
     """A matplotlib module (Agg backend) and a fresh (figure, axes) pair of the report size."""
@@ -241,8 +243,7 @@ def tag_counts(tags: pa.ListArray, rows: np.ndarray | None = None) -> Counter:
     """Occurrences of each tag over the samples (over ``rows`` only, in that order, when given), in
     first-seen order as a Counter of the lists would have them (ties of most_common keep it). In
     Arrow: a hash count of the flattened lists."""
-    counts = pc.value_counts(pc.list_flatten(tags if rows is None else tags.take(pa.array(rows, pa.int64()))))
-    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+    return value_counter(pc.list_flatten(tags if rows is None else tags.take(pa.array(rows, pa.int64()))))
 
 
 def selection_plots(method: str, pool, outcome, tree=None, target=None) -> dict[str, bytes]:

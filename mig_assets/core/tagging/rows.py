@@ -8,6 +8,7 @@ none after normalization), ``no_annotation`` (imported backend, the record carri
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -266,3 +267,10 @@ def kept_text_hashes(layout, shards, include_response: bool = False) -> dict[str
         hashes = [text_hash(query_text(m, include_response)) for m in kept.column("messages").to_pylist()]
         out[shard] = (path.relative_to(layout.warehouse_dir).as_posix(), list(zip(kept.column("sample_id").to_pylist(), hashes)))
     return out
+
+
+def value_counter(values: pa.ChunkedArray | pa.Array) -> Counter:
+    """A Counter of ``values`` (Arrow's value_counts, a hash count), its keys in the order they first
+    appear: as a Counter fed the values one by one, so most_common breaks ties the same way."""
+    counts = pc.value_counts(values)
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))

@@ -21,6 +21,7 @@ from mig_assets.core.tagging.rows import (
     imported_tag_rows,
     kept_text_hashes,
     query_text,
+    value_counter,
 )
 from mig_assets.orchestration.automation import (
     re_select,
@@ -165,9 +166,9 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "engine_load_seconds": round(load_seconds, 3),
         }
     path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
-    statuses = _value_counts(table.column("status"))
-    tag_counts = _value_counts(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
-    per_sample = _value_counts(pc.list_value_length(table.column("tags")))
+    statuses = value_counter(table.column("status"))
+    tag_counts = value_counter(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
+    per_sample = value_counter(pc.list_value_length(table.column("tags")))
     failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
     failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
     junk = junk_figures(table)
@@ -206,12 +207,6 @@ def junk_figures(table: pa.Table) -> dict:
         "by_reason": dict(by_reason.most_common()),
         "examples": examples,
     }
-
-
-def _value_counts(values: pa.ChunkedArray | pa.Array) -> Counter:
-    """A Counter of ``values`` (Arrow's value_counts), its keys in the order they first appear."""
-    counts = pc.value_counts(values)
-    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def _columns(con, relation: str) -> set[str]:
