@@ -5,22 +5,27 @@ against the drop-in ``mig-assets sample`` on the same pool, in the same process.
 
 The pool is ``bench_mig.py``'s (``mig_synthetic.py``: the MIG reference schema with InsTag tags and
 Deita scores, cached under benchmarks/.cache/), cut into ``--shards`` JSONL files registered in order.
-In a fresh ``MIG_HOME`` (set before the project loads its settings) the benchmark runs what a user
-runs: ``mig-assets ingest``'s ingestion, one range run of ``atomic_tags`` and of ``quality_scores``
-(the imported backends), then ``tag_vocabulary`` -> ``tag_embeddings`` (the generator's label vectors)
--> ``label_graph`` (its valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget) with its export,
-then ``mig_selection`` once more (version 2, as a scheduled re-selection: the diff against version 1
-and its members' input changes), and last the knowledge tree and a TAGS selection on the same pool. The pick order of the assets is
-checked against the drop-in's.
+In a fresh ``MIG_HOME`` the benchmark runs what a user runs: ``mig-assets ingest``'s ingestion, one
+range run of ``atomic_tags`` and of ``quality_scores`` (the imported backends), then
+``tag_vocabulary`` -> ``tag_embeddings`` (the generator's label vectors) -> ``label_graph`` (its
+valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget) with its export, then
+``mig_selection`` once more (version 2, as a scheduled re-selection: the diff against version 1 and
+its members' input changes), and last the knowledge tree and a TAGS selection on the same pool. The
+pick order of the assets is checked against the drop-in's.
+
+Each of these runs in a process of its own, as Dagster launches each run (and as each ``mig-assets``
+command is one): its figures are measured inside that process, from the start of the run, so a run
+does not carry the memory an earlier run left behind. The drop-in runs in this process.
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
 (the times then include the profiler's overhead). Each phase prints its wall time, its CPU time
-(this process and its finished children, the ingestion workers: on a busy machine the figure that
-does not depend on the neighbours), its own peak RSS (the kernel's high-water mark, reset before
-the phase through /proc/self/clear_refs) and the largest peak of any child process so far (a
-forked worker's RSS counts the pages it shares with this process). The ingestion figure for mixed
-formats (``bench_ingest.py``'s generator: ShareGPT, OpenAI and Alpaca JSONL with bad rows and
-duplicates, ``--mixed-records``) runs in a child process with its own fresh MIG_HOME.
+(its process and that process's finished children, the ingestion workers: on a busy machine the
+figure that does not depend on the neighbours), the RSS of its process when the phase starts (the
+imports and the Dagster instance), its peak RSS (the kernel's high-water mark, reset at the start
+through /proc/self/clear_refs) and the largest peak of a child of its process (a forked worker's
+RSS counts the pages it shares with its parent). The ingestion figure for mixed formats
+(``bench_ingest.py``'s generator: ShareGPT, OpenAI and Alpaca JSONL with bad rows and duplicates,
+``--mixed-records``) has a fresh MIG_HOME of its own.
 """
 
 from __future__ import annotations
@@ -68,42 +73,64 @@ def children_peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+@contextmanager
+def measured(figures: dict, profile_top: int = 0):
+    """Fills ``figures`` with the block's wall and CPU seconds, the RSS at its start, its own peak
+    RSS (the kernel's high-water mark, reset at the start through /proc/self/clear_refs) and the
+    largest peak of a child process so far; under cProfile, printing its ``profile_top`` functions."""
+    profiler = cProfile.Profile() if profile_top else None
+    reset_peak()
+    start_rss, started, cpu = peak_rss_mib(), time.perf_counter(), cpu_seconds()
+    if profiler:
+        profiler.enable()
+    yield
+    if profiler:
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(profile_top)
+    figures.update(
+        seconds=time.perf_counter() - started,
+        cpu_seconds=cpu_seconds() - cpu,
+        start_mib=start_rss,
+        peak_mib=peak_rss_mib(),
+        children_peak_mib=children_peak_mib(),
+    )
+
+
 class Phases:
-    """Times each phase and keeps its own peak RSS; prints the table at the end."""
+    """Each phase's figures (from :func:`measured`) and notes; prints the table at the end."""
 
     def __init__(self, profile_top: int = 0):
-        self.rows: list[tuple[str, float, float, float, float, list[str]]] = []
+        self.rows: list[tuple[str, dict, list[str]]] = []
         self.profile_top = profile_top
 
     @contextmanager
     def phase(self, name: str, notes: list[str]):
-        profiler = cProfile.Profile() if self.profile_top else None
-        reset_peak()
-        started, cpu = time.perf_counter(), cpu_seconds()
-        if profiler:
-            profiler.enable()
-        yield
-        if profiler:
-            profiler.disable()
-            print(f"\n--- cProfile of {name}: the {self.profile_top} functions with the most own time")
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(self.profile_top)
-        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        self.rows.append((name, seconds, cpu, peak_rss_mib(), children_peak_mib(), notes))  # notes may grow after
-        print(f"  {name}: {seconds:.2f} s", flush=True)
+        """A phase run in this process."""
+        figures: dict = {}
+        with measured(figures, self.profile_top):
+            yield
+        self.add(name, figures, notes)
+
+    def add(self, name: str, figures: dict, notes: list[str]) -> None:
+        self.rows.append((name, figures, notes))
+        print(f"  {name}: {figures['seconds']:.2f} s", flush=True)
 
     def seconds(self, *names: str) -> float:
-        return sum(row[1] for row in self.rows if row[0] in names)
+        return sum(figures["seconds"] for name, figures, _ in self.rows if name in names)
 
     def cpu(self, *names: str) -> float:
-        return sum(row[2] for row in self.rows if row[0] in names)
+        return sum(figures["cpu_seconds"] for name, figures, _ in self.rows if name in names)
 
     def peak(self, *names: str) -> float:
-        return max(row[3] for row in self.rows if row[0] in names)
+        return max(figures["peak_mib"] for name, figures, _ in self.rows if name in names)
 
     def print(self) -> None:
-        print("\n| phase | time | CPU | peak RSS | children's peak | notes |\n| --- | --- | --- | --- | --- | --- |")
-        for name, seconds, cpu, peak, children, notes in self.rows:
-            print(f"| {name} | {seconds:.2f} s | {cpu:.2f} s | {peak:,.0f} MiB | {children:,.0f} MiB | {'; '.join(notes)} |")
+        print("\n| phase | time | CPU | RSS at start | peak RSS | children's peak | notes |\n| --- | --- | --- | --- | --- | --- | --- |")
+        for name, f, notes in self.rows:
+            print(
+                f"| {name} | {f['seconds']:.2f} s | {f['cpu_seconds']:.2f} s | {f['start_mib']:,.0f} MiB | {f['peak_mib']:,.0f} MiB "
+                f"| {f['children_peak_mib']:,.0f} MiB | {'; '.join(notes)} |"
+            )
 
 
 def split_into_shards(pool_file: Path, folder: Path, n_shards: int) -> list[Path]:
@@ -150,14 +177,13 @@ def step_seconds(instance, run_id: str, step_key: str) -> float:
 
 
 def arrow_tags_floor(layout, shards: list[str]) -> float:
-    """Seconds to read the kept samples' annotation column of every shard with Arrow: the floor of the imported tagger."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    """Seconds to read the kept samples' annotation column of every shard with Arrow (the read the
+    imported tagger does, one shard after another): the floor of the imported tagger."""
+    from mig_assets.core.store.parquet import read_kept_rows
 
     started = time.perf_counter()
     for shard in shards:
-        table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "imported_tags", "duplicate_of"])
-        table.filter(pc.is_null(table.column("duplicate_of")))
+        read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "imported_tags"])
     return time.perf_counter() - started
 
 
@@ -175,8 +201,8 @@ def drop_in_ids(selected: Path) -> list[str]:
     return [orjson.loads(line)["_id"] for line in selected.read_bytes().splitlines()]
 
 
-def run_mixed_ingest(n_records: int, n_shards: int) -> dict:
-    """Child process: ``mig-assets ingest`` of bench_ingest's mixed-format pool in a fresh MIG_HOME."""
+def run_mixed_ingest(n_records: int, n_shards: int, profile_top: int) -> dict:
+    """``mig-assets ingest`` of bench_ingest's mixed-format pool in a fresh MIG_HOME."""
     from benchmarks.bench_ingest import CACHE, generate_pool
 
     files = generate_pool(CACHE / f"pool_{n_records}_{n_shards}", n_records, n_shards)
@@ -187,16 +213,80 @@ def run_mixed_ingest(n_records: int, n_shards: int) -> dict:
 
         layout = WarehouseLayout(Path(home)).ensure()
         instance = dagster_instance(layout)
-        reset_peak()
-        started, cpu = time.perf_counter(), cpu_seconds()
-        totals = ingest_files(layout, files, instance, say=lambda line: None)
-        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    return {k: totals[k] for k in ("rows_read", "rows_kept", "rows_quarantined", "duplicates")} | {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "peak_mib": peak_rss_mib(),
-        "children_peak_mib": children_peak_mib(),
+        figures: dict = {}
+        with measured(figures, profile_top):
+            totals = ingest_files(layout, files, instance, say=lambda line: None)
+    rate = totals["rows_read"] / figures["seconds"]
+    figures["notes"] = [f"{rate:,.0f} rows/s; kept {totals['rows_kept']:,}, quarantined {totals['rows_quarantined']:,}, duplicates {totals['duplicates']:,}"]
+    return figures
+
+
+def run_asset_phase(phase: str, job: dict) -> dict:
+    """One phase of the asset path in ``job["home"]``, in this process of its own (as Dagster runs
+    each run, and as each ``mig-assets`` command does): its figures, notes and what the parent needs."""
+    os.environ["MIG_HOME"] = job["home"]  # before the project reads its settings
+    from mig_assets.cli import dagster_instance, ingest_files
+    from mig_assets.core.store.catalog import WarehouseLayout
+    from mig_assets.definitions import atomic_tags, defs, quality_scores
+
+    layout = WarehouseLayout(Path(job["home"])).ensure()
+    instance = dagster_instance(layout)
+    tag_job = defs.resolve_job_def("tag_job")
+    size, paths = SIZES[job["size"]], synthetic_paths(Path(job["pool_dir"]))
+    run_config = {
+        "ops": {
+            "tag_embeddings": {"config": {"label_embeddings_prefix": str(paths.label_embeddings_prefix)}},
+            "label_graph": {"config": {"tau": 0.9, "valid_tag_path": str(paths.valid_tags)}},
+            "mig_selection": {"config": {"budget_count": size.picks, "budget_fraction": None}},
+        }
     }
+    shards, figures, out = job.get("shards", []), {}, {"notes": []}
+    with measured(figures, job["profile"]):
+        if phase == "ingest":
+            totals = ingest_files(layout, [Path(f) for f in job["files"]], instance, say=lambda line: None)
+        elif phase == "atomic_tags":
+            run = range_run(tag_job, instance, atomic_tags.key, shards)
+        elif phase == "quality_scores":
+            range_run(tag_job, instance, quality_scores.key, shards)
+        elif phase == "mig_chain":
+            result = materialize(defs, instance, MIG_CHAIN, run_config)
+        elif phase == "reselect":  # what a scheduled re-selection runs
+            materialize(defs, instance, ("mig_selection",), {"ops": {"mig_selection": run_config["ops"]["mig_selection"]}})
+        elif phase == "tree_and_tags":
+            materialize(defs, instance, TREE_AND_TAGS, {})
+    if phase == "ingest":
+        out["shards"] = [s["shard"] for s in totals["shards"]]
+        out["notes"].append(f"{len(out['shards'])} shards, {totals['rows_read'] / figures['seconds']:,.0f} rows/s")
+    elif phase == "atomic_tags":
+        floor, step = arrow_tags_floor(layout, shards), step_seconds(instance, run.run_id, "atomic_tags")
+        out["notes"].append(f"the step {step:.2f} s, {step / floor:.1f}x the Arrow read of the annotation column ({floor:.2f} s)")
+    elif phase == "mig_chain":
+        meta = result.asset_materializations_for_node("mig_selection")[0].metadata
+        out["notes"].append(f"selection asset {meta['seconds_total'].value:.1f} s of which select {meta['seconds_select'].value:.1f} s")
+        out["picks"] = asset_pick_ids(layout, "mig_selection")
+    return figures | out
+
+
+def in_child(phase: str, job: dict) -> dict:
+    """:func:`run_asset_phase` (or the mixed-format ingestion) in a child process; its printed lines
+    (Dagster's log, a profile) pass through, its last line is the result."""
+    child = subprocess.run([sys.executable, __file__, "--child", phase, json.dumps(job)], stdout=subprocess.PIPE, text=True)
+    if child.returncode:
+        sys.exit(f"phase {phase} failed (exit {child.returncode})")
+    *printed, last = child.stdout.strip().splitlines()
+    if printed:
+        print("\n".join(printed))
+    return json.loads(last)
+
+
+ASSET_PHASES = {
+    "ingest": "ingest",
+    "atomic_tags": "atomic_tags (imported)",
+    "quality_scores": "quality_scores (imported)",
+    "mig_chain": "vocabulary, vectors, graph, mig_selection + export",
+    "reselect": "mig_selection again (version 2: diff, input changes)",
+    "tree_and_tags": "knowledge_tree, target_profile, tags_5pct",
+}
 
 
 def main() -> None:
@@ -206,10 +296,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-records", type=int, help="records of the mixed-format ingestion figure (default by size)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile each phase, print its top N functions (times grow)")
-    parser.add_argument("--mixed-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, metavar=("PHASE", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.mixed_child:
-        print(json.dumps(run_mixed_ingest(args.mixed_child, args.shards)))
+    if args.child:
+        phase, job = args.child[0], json.loads(args.child[1])
+        result = run_mixed_ingest(job["records"], job["shards"], job["profile"]) if phase == "mixed" else run_asset_phase(phase, job)
+        print(json.dumps(result))
         return
     size = SIZES[args.size]
     directory = ensure_pool(args.size, size, args.seed)
@@ -224,66 +316,23 @@ def main() -> None:
         notes.append(", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items()))
     expected = drop_in_ids(selected)
 
-    with tempfile.TemporaryDirectory() as home:
-        os.environ["MIG_HOME"] = home  # before the project reads its settings: a fresh home
-        from mig_assets.cli import dagster_instance, ingest_files
-        from mig_assets.core.store.catalog import WarehouseLayout
-        from mig_assets.definitions import atomic_tags, defs, quality_scores
-
-        layout = WarehouseLayout(Path(home)).ensure()
-        instance = dagster_instance(layout)
+    with tempfile.TemporaryDirectory() as home:  # a fresh MIG_HOME
         files = split_into_shards(paths.pool, Path(home) / "raw", args.shards)
-        with phases.phase("ingest", notes := []):
-            totals = ingest_files(layout, files, instance, say=lambda line: None)
-        shards = [s["shard"] for s in totals["shards"]]
-        notes.append(f"{args.shards} shards, {totals['rows_read'] / phases.rows[-1][1]:,.0f} rows/s")
-        tag_job = defs.resolve_job_def("tag_job")
-        with phases.phase("atomic_tags (imported)", notes := []):
-            run = range_run(tag_job, instance, atomic_tags.key, shards)
-        floor = arrow_tags_floor(layout, shards)
-        step = step_seconds(instance, run.run_id, "atomic_tags")
-        notes.append(f"the step {step:.2f} s, {step / floor:.1f}x the Arrow read of the annotation column ({floor:.2f} s)")
-        with phases.phase("quality_scores (imported)", []):
-            range_run(tag_job, instance, quality_scores.key, shards)
-        run_config = {
-            "ops": {
-                "tag_embeddings": {"config": {"label_embeddings_prefix": str(paths.label_embeddings_prefix)}},
-                "label_graph": {"config": {"tau": 0.9, "valid_tag_path": str(paths.valid_tags)}},
-                "mig_selection": {"config": {"budget_count": size.picks, "budget_fraction": None}},
-            }
-        }
-        with phases.phase("vocabulary, vectors, graph, mig_selection + export", notes := []):
-            result = materialize(defs, instance, MIG_CHAIN, run_config)
-        meta = result.asset_materializations_for_node("mig_selection")[0].metadata
-        notes.append(f"selection asset {meta['seconds_total'].value:.1f} s of which select {meta['seconds_select'].value:.1f} s")
-        actual = asset_pick_ids(layout, "mig_selection")
-        with phases.phase("mig_selection again (version 2: diff, input changes)", []):  # what a scheduled re-selection runs
-            materialize(defs, instance, ("mig_selection",), {"ops": {"mig_selection": run_config["ops"]["mig_selection"]}})
-        with phases.phase("knowledge_tree, target_profile, tags_5pct", []):
-            materialize(defs, instance, TREE_AND_TAGS, {})
+        job: dict = {"home": home, "size": args.size, "pool_dir": str(directory), "profile": args.profile, "files": [str(f) for f in files]}
+        actual: list[str] = []
+        for phase, name in ASSET_PHASES.items():
+            result = in_child(phase, job)
+            job["shards"] = result.get("shards", job.get("shards"))  # ingestion's, in registration order
+            actual = result.get("picks", actual)
+            phases.add(name, result, result["notes"])
 
     mixed_records = args.mixed_records or MIXED_RECORDS[args.size]
-    child = subprocess.run([sys.executable, __file__, "--mixed-child", str(mixed_records), "--shards", str(args.shards)], capture_output=True, text=True)
-    if child.returncode:
-        sys.exit(f"mixed-format ingestion failed:\n{child.stderr[-3000:]}")
-    mixed = json.loads(child.stdout.strip().splitlines()[-1])
-    phases.rows.append(
-        (
-            f"ingest, {mixed_records:,} mixed-format records (child)",
-            mixed["seconds"],
-            mixed["cpu_seconds"],
-            mixed["peak_mib"],
-            mixed["children_peak_mib"],
-            [
-                f"{mixed['rows_read'] / mixed['seconds']:,.0f} rows/s; kept {mixed['rows_kept']:,}, "
-                f"quarantined {mixed['rows_quarantined']:,}, duplicates {mixed['duplicates']:,}"
-            ],
-        )
-    )
+    mixed = in_child("mixed", {"records": mixed_records, "shards": args.shards, "profile": args.profile})
+    phases.add(f"ingest, {mixed_records:,} mixed-format records (child)", mixed, mixed["notes"])
 
     print(f"\n{args.size}: {size.records:,} records x {size.labels:,} labels, {size.picks:,} picks, {args.shards} shards")
     phases.print()
-    to_export = ("ingest", "atomic_tags (imported)", "quality_scores (imported)", "vocabulary, vectors, graph, mig_selection + export")
+    to_export = tuple(ASSET_PHASES[p] for p in ("ingest", "atomic_tags", "quality_scores", "mig_chain"))
     drop_in = phases.seconds("drop-in `sample`")
     total = phases.seconds(*to_export)
     print(f"\nraw files -> exported MIG subset through the assets: {total:.1f} s ({phases.cpu(*to_export):.1f} s CPU), peak {phases.peak(*to_export):,.0f} MiB")

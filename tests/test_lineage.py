@@ -302,7 +302,8 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
 def test_snapshot_order_does_not_depend_on_the_order_rows_come_in(tmp_path):
     """Members by rank, then the others by sample_id, whether the rows come sorted (current_inputs,
     LineageRows) or in a query's order; written a batch of rows at a time, the file holds the same
-    rows in the same order as the table; LineageRows sorts once and keeps only the sorted copy."""
+    rows in the same order as the table; LineageRows' order by sample_id (a permutation, no sorted
+    copy of the rows) gives the same file."""
     from mig_assets.core.selection.lineage import INPUTS_SCHEMA, LineageRows, snapshot_rows, version_inputs, write_inputs
 
     rng = np.random.default_rng(0)
@@ -317,11 +318,16 @@ def test_snapshot_order_does_not_depend_on_the_order_rows_come_in(tmp_path):
     assert version_inputs(shuffled, ids, np.arange(500.0), 0.0, selected).equals(expected)
     lineage = LineageRows(shuffled)
     lineage.sort_in_background()
-    assert lineage.by_sample_id().equals(in_order)
-    table, order = snapshot_rows(lineage.by_sample_id(), ids, np.arange(500.0), 0.0, selected)
+    assert lineage.table is shuffled and shuffled.take(lineage.by_sample_id()).equals(in_order)
+    table, order = snapshot_rows(lineage.table, ids, np.arange(500.0), 0.0, selected, by_sample_id=lineage.by_sample_id())
     path = write_inputs(tmp_path / "v0002.parquet", table, {"shards": {}}, order)
     written = pq.read_table(path)
     assert written.equals(expected.replace_schema_metadata(written.schema.metadata))
+    # given where each pool sample and member is (as a selection knows from its load), no id is looked up
+    where = {sid: row for row, sid in enumerate(shuffled.column("sample_id").to_pylist())}
+    rows = (np.array([where[sid] for sid in ids]), np.array([where[sid] for sid in selected]))
+    by_rows, by_rows_order = snapshot_rows(lineage.table, ids, np.arange(500.0), 0.0, selected, by_sample_id=lineage.by_sample_id(), rows=rows)
+    assert by_rows.take(by_rows_order).cast(INPUTS_SCHEMA).equals(expected)
     from mig_assets.core.store.parquet import write_rows_atomic
 
     small_batches = pq.ParquetFile(write_rows_atomic(table, order, tmp_path / "batched.parquet", batch_rows=64))

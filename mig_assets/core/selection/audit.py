@@ -40,7 +40,7 @@ from mig_assets.core.selection.lineage import (
 )
 from mig_assets.core.selection.request import SelectionRequest
 from mig_assets.core.selection.run import SelectionOutcome
-from mig_assets.core.store.catalog import has_relation, insert_table
+from mig_assets.core.store.catalog import has_relation, insert_table, sample_copies
 from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.core.store.schema import SELECTION_TABLES
 
@@ -103,11 +103,8 @@ def persist_selection(
             }
         )
         insert_table(con, "selection_coverage", coverage, part=part)
-    messages = con.execute(
-        "SELECT m.rank, s.sample_id, s.messages FROM selection_members m JOIN samples s USING (sample_id) "
-        "WHERE m.selection = ? AND m.version = ? ORDER BY m.rank",
-        [name, version],
-    ).fetchall()
+    copies = sample_copies(con, ids, "sample_id, messages")
+    messages_of = dict(zip(copies.column("sample_id").to_pylist(), copies.column("messages").to_pylist()))
     diff = inputs.exclusions.explain_removals(diff_against_previous(con, name, version, ids, pool, outcome))
     if diff:
         insert_table(con, "selection_diffs", pa.Table.from_pylist(diff), part=part)
@@ -123,7 +120,7 @@ def persist_selection(
     export_dir = layout.exports_dir / name / f"v{version:04d}"
     files = write_export(
         export_dir,
-        [{"rank": r, "sample_id": i, "messages": m} for r, i, m in messages],
+        [{"rank": rank, "sample_id": sid, "messages": messages_of[sid]} for rank, sid in enumerate(ids, start=1)],
         manifest,
         name,
         extra_files={"report.html": report.encode(), **{f"{plot}.png": png for plot, png in plots.items()}},
@@ -160,9 +157,8 @@ def diff_against_previous(con, name: str, version: int, ids: list[str], pool: Po
         for (sid,) in con.execute("SELECT sample_id FROM selection_members WHERE selection = ? AND version = ? ORDER BY rank", [name, version - 1]).fetchall()
     ]
     new_shards = {shard for (shard,) in con.execute("SELECT shard FROM shards WHERE ingested_at > ?", [since]).fetchall()}
-    shard_of = dict(
-        con.execute("SELECT sample_id, shard FROM samples WHERE sample_id IN (SELECT unnest($ids))", {"ids": sorted(set(ids) ^ set(before))}).fetchall()
-    )
+    added = sample_copies(con, sorted(set(ids) - set(before)), "sample_id, shard")
+    shard_of = dict(zip(added.column("sample_id").to_pylist(), added.column("shard").to_pylist()))
     rank_of = {sid: rank for rank, sid in enumerate(ids, start=1)}
     in_pool, was_member = set(pool.sample_ids), set(before)
     last_gain = float(outcome.gains[-1]) if len(outcome.gains) else float("nan")
@@ -207,7 +203,12 @@ def record_inputs(
     previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
     raw_for = sorted(set(ids) | set(previous_members))
     # the inputs as the selection loaded them (the same query as current_inputs), with the raw records of members old and new
-    current = with_raw_records(con, inputs.lineage.by_sample_id(), raw_for) if inputs.lineage is not None else current_inputs(con, raw_for=raw_for)
+    pool = inputs.pool
+    if inputs.lineage is not None and pool.lineage_rows is not None:
+        current, by_sample_id = with_raw_records(con, inputs.lineage.table, raw_for), inputs.lineage.by_sample_id()
+        rows = (pool.lineage_rows, pool.lineage_rows[outcome.order])
+    else:
+        current, by_sample_id, rows = current_inputs(con, raw_for=raw_for), None, None
     shards = sorted(pc.unique(current.column("shard")).to_pylist())
     facts = {
         "selection": name,
@@ -220,7 +221,7 @@ def record_inputs(
         if has_relation(con, "label_graph_info")
         else None,
     }
-    snapshot, order = snapshot_rows(current, inputs.pool.sample_ids, inputs.pool.scores, inputs.score_fill, ids)
+    snapshot, order = snapshot_rows(current, pool.sample_ids, pool.scores, inputs.score_fill, ids, by_sample_id=by_sample_id, rows=rows)
     write_inputs(inputs_path(warehouse_dir, name, version), snapshot, facts, order)
     if inputs.graph is not None and outcome.coverage is not None:
         write_graph(graph_path(warehouse_dir, name, version), inputs.graph.labels, inputs.graph.weights, outcome.coverage)

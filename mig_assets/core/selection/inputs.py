@@ -20,9 +20,9 @@ import scipy.sparse as sp
 
 from mig_assets.core.curation.exclusions import Exclusions, find_exclusions
 from mig_assets.core.embedding.encoder import arrow_to_vectors
-from mig_assets.core.selection.lineage import INPUTS_SCHEMA, LineageRows, inputs_sql
+from mig_assets.core.selection.lineage import LineageRows, compact_lineage, inputs_sql
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SelectionRequest
-from mig_assets.core.store.catalog import has_relation
+from mig_assets.core.store.catalog import fetch_apart, has_relation
 from mig_assets.core.store.layout import WarehouseLayout
 from mig_assets.core.tagging.canonical import normalize_tag, policy_of_backend
 from mig_assets.core.tags.tree import load_tree
@@ -35,6 +35,7 @@ class PoolArrays:
     scores: np.ndarray  # quality weight per sample (float64, >= 0)
     tokens: np.ndarray  # estimated tokens per sample (int64)
     embeddings: np.ndarray | None = None  # (N, D) sample embeddings, for the embedding baselines
+    lineage_rows: np.ndarray | None = None  # each sample's row in the lineage rows loaded with it (SelectionInputs.lineage)
 
     def __post_init__(self):
         if not isinstance(self.tag_array, pa.Array):
@@ -56,6 +57,7 @@ class PoolArrays:
             scores=self.scores[keep],
             tokens=self.tokens[keep],
             embeddings=self.embeddings[keep] if self.embeddings is not None else None,
+            lineage_rows=self.lineage_rows[keep] if self.lineage_rows is not None else None,
         )
 
 
@@ -162,28 +164,34 @@ def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[
     greedy breaks ties to the first sample of the file. Returns the arrays, the origin of the weights,
     the weight given to samples without one, the number left out, and every sample's inputs as the
     lineage records them (:data:`~mig_assets.core.selection.lineage.INPUTS_SCHEMA`, no raw record)."""
-    # one query, no ORDER BY: DuckDB would sort every wide row (its peak memory and a second); the
-    # pool's columns are put in input order in Arrow below, the lineage rows need no order
-    table = con.sql(f"{inputs_sql(con, ', s.imported_quality, s.n_tokens_est, q.score')}").to_arrow_table()
-    lineage = table.select(INPUTS_SCHEMA.names).cast(INPUTS_SCHEMA)
-    pool_rows = table.select(["sample_id", "shard", "line_no", "tags", "tag_status", "scorer", "imported_quality", "score", "n_tokens_est"])
-    del table
-    shard_rank = pc.fill_null(pc.index_in(pool_rows.column("shard"), value_set=pa.array(list(shard_order), pa.string())), len(shard_order))
+    # one query, no ORDER BY (DuckDB would sort every wide row: its peak memory and a second), in a
+    # session of its own, closed once fetched; the pool's columns are put in input order in Arrow
+    # below, the lineage rows need no order and get their shard's facts from a query over the shards
+    table = fetch_apart(con, inputs_sql(con, ", s.imported_quality, s.n_tokens_est, q.score", shard_facts=False))
+    shard_rank = pc.fill_null(pc.index_in(table.column("shard"), value_set=pa.array(list(shard_order), pa.string())), len(shard_order))
     in_order = pc.sort_indices(
-        pool_rows.append_column("shard_rank", shard_rank), [("shard_rank", "ascending"), ("shard", "ascending"), ("line_no", "ascending")]
+        pa.table({"shard_rank": shard_rank, "shard": table.column("shard"), "line_no": table.column("line_no")}),
+        [("shard_rank", "ascending"), ("shard", "ascending"), ("line_no", "ascending")],
     )
-    is_failed = pc.fill_null(pc.equal(pool_rows.column("tag_status"), "failed"), False)
+    is_failed = pc.fill_null(pc.equal(table.column("tag_status"), "failed"), False)
     failed = pc.sum(is_failed).as_py() or 0
-    pool_rows = pool_rows.take(in_order.filter(pc.invert(pc.take(is_failed, in_order))))
-    scorers = sorted(s for s in pc.unique(pool_rows.column("scorer")).to_pylist() if s)
+    scorers = sorted(s for s in pc.unique(table.column("scorer").filter(pc.invert(is_failed))).to_pylist() if s)
+    # only the columns the pool keeps, in input order
+    kept_rows = in_order.filter(pc.invert(pc.take(is_failed, in_order)))
+    pool_rows = table.select(["sample_id", "tags", "imported_quality", "score", "n_tokens_est"]).take(kept_rows)
     scores, origin, fill = quality_scores(pool_rows.column("imported_quality"), pool_rows.column("score"), scorers)
     tags = pool_rows.column("tags").combine_chunks()
     pool = PoolArrays(
         sample_ids=pool_rows.column("sample_id").to_pylist(),
-        tag_array=pc.if_else(pc.is_valid(tags), tags, pa.scalar([], tags.type)),  # not tagged yet: no tags
+        tag_array=pc.if_else(pc.is_valid(tags), tags, pa.scalar([], tags.type)) if tags.null_count else tags,  # not tagged yet: no tags
         scores=scores,
         tokens=pool_rows.column("n_tokens_est").to_numpy().astype(np.int64),
+        lineage_rows=kept_rows.to_numpy().astype(np.int64),
     )
+    del pool_rows
+    lineage = compact_lineage(con, table)
+    del table
+    pa.default_memory_pool().release_unused()  # the copies made on the way (about 190 MB at 939,000 samples) go back to the system
     if layout is not None:
         pool.embeddings = load_embeddings(layout, pool.sample_ids)
     return pool, origin, fill, failed, lineage

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mig_assets.core.store.catalog import has_relation
+from mig_assets.core.store.catalog import has_relation, sample_copies
 from mig_assets.core.store.parquet import write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
@@ -59,6 +59,10 @@ INPUTS_SCHEMA = pa.schema(
         ("raw", pa.string()),  # members only
     ]
 )
+# the inputs that are the same for every row of a shard
+SHARD_FACTS = ("source_file", "file_sha256", "ingest_run_id")
+# inputs with a few distinct values in a whole pool (one tagger, one scorer, ...)
+FEW_VALUES = ("tag_status", "tag_reason", "tagger", "scorer", "weight_origin", "embedding_model")
 GRAPH_SCHEMA = pa.schema([("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
 IMPORTED_ORIGIN = "imported Deita annotation"
 # the scored quality of a sample and who scored it (also what the selections weigh by)
@@ -81,11 +85,12 @@ def raw_sha256(raw: str | None) -> str | None:
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest() if raw is not None else None
 
 
-def inputs_sql(con, extra_columns: str = "") -> str:
+def inputs_sql(con, extra_columns: str = "", *, shard_facts: bool = True) -> str:
     """The SELECT of every sample's present inputs in :data:`INPUTS_SCHEMA`'s columns (a null rank,
     no raw record), with ``extra_columns`` after them, FROM ``samples s`` and its joins (the tag
     row ``t``, the scored quality ``q``): the pool a selection loads and the lineage it records
-    come from this one query."""
+    come from this one query. Without ``shard_facts`` the columns that are the same for every row
+    of a shard (:data:`SHARD_FACTS`) are left out, for :func:`with_shard_facts` to add."""
     tags = (
         "atomic_tags"
         if has_relation(con, "atomic_tags")
@@ -104,7 +109,8 @@ def inputs_sql(con, extra_columns: str = "") -> str:
         if has_relation(con, "sample_embeddings")
         else "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_id)"
     )
-    return f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, s.source_file, st.file_sha256, s.ingest_run_id,
+    facts = "s.source_file, st.file_sha256, s.ingest_run_id," if shard_facts else ""
+    return f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, {facts}
                    t.tags, t.status AS tag_status, t.reason AS tag_reason,
                    CASE WHEN coalesce(t.model, '') = '' THEN t.backend ELSE t.backend || ':' || t.model || ' ' || t.prompt_version END AS tagger,
                    q.scorer, coalesce(q.score, s.imported_quality) AS weight,
@@ -112,8 +118,33 @@ def inputs_sql(con, extra_columns: str = "") -> str:
                         WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
                    e.model_id AS embedding_model,
                    s.source_format, s.original_id, NULL::VARCHAR AS raw{extra_columns}
-            FROM samples s LEFT JOIN shards st USING (shard) LEFT JOIN {tags} t USING (sample_id)
+            FROM samples s {"LEFT JOIN shards st USING (shard)" if shard_facts else ""} LEFT JOIN {tags} t USING (sample_id)
                  LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)"""
+
+
+def compact_lineage(con, table: pa.Table) -> pa.Table:
+    """``table`` (rows of :func:`inputs_sql` without its shard facts) in :data:`INPUTS_SCHEMA`'s
+    columns, as dictionary arrays where the pool holds a few distinct values: the shard facts,
+    added from the shards (ingestion writes one source file and one run per shard file, so a row's
+    facts are its shard's; a shard with more than one is an error), and :data:`FEW_VALUES`. A
+    million rows then hold a few strings, not a copy each (about 330 of 420 MB at the paper's scale)."""
+    facts = con.sql(
+        "SELECT r.shard, r.source_file, st.file_sha256, r.ingest_run_id "
+        "FROM (SELECT DISTINCT shard, source_file, ingest_run_id FROM raw_pool_rows) r LEFT JOIN shards st USING (shard)"
+    ).to_arrow_table()
+    shards = facts.column("shard").combine_chunks()
+    if len(pc.unique(shards)) != len(shards):
+        counts = pc.value_counts(shards)
+        twice = [str(c["values"]) for c in counts.to_pylist() if c["counts"] > 1]
+        raise ValueError(f"shards {twice} hold rows of more than one source file or ingest run: ingest them again")
+    position = pc.index_in(table.column("shard"), value_set=shards)
+    columns = {name: table.column(name) for name in table.column_names}
+    for name in SHARD_FACTS:
+        values = facts.column(name).combine_chunks()
+        columns[name] = pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, values) for chunk in position.chunks], pa.dictionary(pa.int32(), pa.string()))
+    for name in FEW_VALUES:
+        columns[name] = pc.dictionary_encode(columns[name])
+    return pa.table({name: columns[name] for name in INPUTS_SCHEMA.names}).unify_dictionaries()
 
 
 def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[str] = ()) -> pa.Table:
@@ -128,7 +159,7 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[s
 def with_raw_records(con, inputs: pa.Table, raw_for: Sequence[str]) -> pa.Table:
     """``inputs`` (:data:`INPUTS_SCHEMA`) with the raw record of the samples in ``raw_for`` (only
     theirs: the pool's whole raw column is the bulk of its Parquet)."""
-    raw = con.sql("SELECT sample_id, raw FROM samples WHERE sample_id IN (SELECT unnest($ids))", params={"ids": list(raw_for)}).to_arrow_table()
+    raw = sample_copies(con, raw_for, "sample_id, raw")
     position = pc.index_in(inputs.column("sample_id"), value_set=raw.column("sample_id"))
     records = pc.take(raw.column("raw"), position)
     return inputs.set_column(INPUTS_SCHEMA.get_field_index("raw"), "raw", records.cast(pa.string()))
@@ -140,36 +171,76 @@ def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, 
     and original id of members only. Samples left out of the pool (failed tagging) keep their own
     score, which the selection did not use (their tag status says so)."""
     table, order = snapshot_rows(current, pool_ids, weights, fill, selected_ids)
-    return table.take(order)
+    return table.take(order).cast(INPUTS_SCHEMA)
 
 
-def snapshot_rows(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> tuple[pa.Table, pa.Array]:
-    """:func:`version_inputs` as its rows (in ``current``'s order) and the order to write them in."""
-    ids = current.column("sample_id")
-    in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
-    used = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(len(ids), pa.float64())
-    weight = pc.if_else(pc.is_valid(in_pool), used, current.column("weight"))
-    origin = pc.if_else(
-        pc.and_(pc.is_valid(in_pool), pc.is_null(current.column("weight_origin"))),
-        f"no score: the pool median {fill:.6g}",
-        current.column("weight_origin"),
-    )
-    rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
-    member = pc.is_valid(rank).combine_chunks()
+def snapshot_rows(
+    current: pa.Table,
+    pool_ids: list[str],
+    weights: np.ndarray,
+    fill: float,
+    selected_ids: list[str],
+    *,
+    by_sample_id: pa.Array | None = None,
+    rows: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[pa.Table, pa.Array]:
+    """:func:`version_inputs` as its rows (in ``current``'s order; the columns :func:`compact_lineage`
+    made dictionary arrays still so, cast as they are written) and the order to write them in.
+    When known (:class:`LineageRows`): ``by_sample_id``, ``current``'s rows in sample_id order, and
+    ``rows``, the row of ``current`` that holds each pool sample and each member (in rank order),
+    so that no id is looked up."""
+    n = current.num_rows
+    if rows is None:
+        ids = current.column("sample_id")
+        in_pool = pc.index_in(ids, value_set=pa.array(pool_ids, pa.string()))
+        pooled = pc.is_valid(in_pool)
+        used = pc.take(pa.array(np.asarray(weights, np.float64)), in_pool) if len(pool_ids) else pa.nulls(n, pa.float64())
+        rank = pc.add(pc.index_in(ids, value_set=pa.array(selected_ids, pa.string())), 1).cast(pa.int32())
+    else:
+        pool_rows, member_rows = rows
+        pooled_rows, used_weights, ranks = np.zeros(n, bool), np.zeros(n), np.zeros(n, np.int32)
+        pooled_rows[pool_rows], used_weights[pool_rows] = True, weights
+        ranks[member_rows] = np.arange(1, len(member_rows) + 1, dtype=np.int32)
+        pooled, used, rank = pa.array(pooled_rows), pa.array(used_weights), pa.array(ranks, mask=ranks == 0)
+    weight = pc.if_else(pooled, used, current.column("weight"))
+    origin = fill_where(current.column("weight_origin"), pc.and_(pooled, pc.is_null(current.column("weight_origin"))), f"no score: the pool median {fill:.6g}")
+    member = pc.is_valid(rank)
+    member = member.combine_chunks() if isinstance(member, pa.ChunkedArray) else member
     table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
     for name in ("source_format", "original_id", "raw"):
         column = table.column(name)
-        table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, pc.if_else(member, column, pa.nulls(len(column), pa.string())))
-    # members by rank, then the others by sample_id: the others keep their order when ``current`` is
-    # already sorted by sample_id (current_inputs, LineageRows.by_sample_id), else they are sorted
-    members = pc.indices_nonzero(member)
-    members = members.take(pc.sort_indices(pc.take(rank, members)))
-    others = pc.indices_nonzero(pc.invert(member))
-    if not is_sorted(ids):
-        others = others.take(pc.sort_indices(pc.take(ids, others)))
-    return table.cast(INPUTS_SCHEMA), pa.concat_arrays([members, others])
+        table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, fill_where(column, pc.invert(member), None))
+    # members by rank, then the others by sample_id: in the order given, or kept when ``current`` is
+    # already sorted by sample_id (current_inputs), else sorted
+    if rows is not None:
+        members = pa.array(rows[1], pa.uint64())
+    else:
+        members = pc.indices_nonzero(member)
+        members = members.take(pc.sort_indices(pc.take(rank, members)))
+    if by_sample_id is not None:
+        others = by_sample_id.filter(pc.invert(pc.take(member, by_sample_id)))
+    else:
+        others = pc.indices_nonzero(pc.invert(member))
+        if not is_sorted(current.column("sample_id")):
+            others = others.take(pc.sort_indices(pc.take(current.column("sample_id"), others)))
+    return table, pa.concat_arrays([members, others])
+
+
+def fill_where(column: pa.ChunkedArray, where: pa.Array, value: str | None) -> pa.ChunkedArray | pa.Array:
+    """``column`` (strings, or a dictionary of strings) with ``value`` (None: null) where ``where``
+    holds; a dictionary stays one, with ``value`` added to it, instead of becoming a copy of every string."""
+    if not pc.any(where).as_py():
+        return column
+    if not pa.types.is_dictionary(column.type):
+        return pc.if_else(where, pa.scalar(value, pa.string()), column)
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if value is None:
+        indices = pc.if_else(where, pa.scalar(None, column.indices.type), column.indices)
+        return pa.DictionaryArray.from_arrays(indices, column.dictionary)
+    indices = pc.if_else(where, pa.scalar(len(column.dictionary), column.indices.type), column.indices)
+    return pa.DictionaryArray.from_arrays(indices, pa.concat_arrays([column.dictionary, pa.array([value], pa.string())]))
 
 
 def is_sorted(values: pa.ChunkedArray | pa.Array) -> bool:
@@ -178,38 +249,36 @@ def is_sorted(values: pa.ChunkedArray | pa.Array) -> bool:
     return len(values) < 2 or bool(pc.all(pc.less(values.slice(0, len(values) - 1), values.slice(1))).as_py())
 
 
-def by_sample_id(table: pa.Table) -> pa.Table:
-    return table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
-
-
 class LineageRows:
-    """Every sample's inputs as a selection loaded them (:data:`INPUTS_SCHEMA`, no raw record), to be
-    read in sample_id order: sorted in a thread once :meth:`sort_in_background` is called (Arrow's
-    sort and take hold no GIL, so the sort runs on a second core while the greedy runs). Only the
-    sorted copy is kept."""
+    """Every sample's inputs as a selection loaded them (:data:`INPUTS_SCHEMA`, no raw record, in the
+    query's order) and their order by sample_id, which the snapshot is written in: sorted in a
+    thread once :meth:`sort_in_background` is called (Arrow's sort holds no GIL, so it runs on a
+    second core while the greedy runs). Only the permutation is made, not a sorted copy of the rows."""
 
     def __init__(self, table: pa.Table):
-        self._table: pa.Table | None = table
-        self._sorted: Future[pa.Table] | None = None
+        self.table = table
+        self._order: Future[pa.Array] | None = None
 
     def sort_in_background(self) -> None:
-        if self._sorted is None:
-            table, self._table = self._table, None  # the sorted copy replaces it
+        if self._order is None:
             executor = ThreadPoolExecutor(1)
-            self._sorted = executor.submit(by_sample_id, table)
+            self._order = executor.submit(pc.sort_indices, self.table.column("sample_id"))
             executor.shutdown(wait=False)
 
-    def by_sample_id(self) -> pa.Table:
+    def by_sample_id(self) -> pa.Array:
+        """The rows' indices in sample_id order."""
         self.sort_in_background()
-        assert self._sorted is not None
-        return self._sorted.result()
+        assert self._order is not None
+        return self._order.result()
 
 
 def write_inputs(path: Path, table: pa.Table, facts: dict, order: pa.Array | None = None) -> Path:
     """The snapshot (its rows in ``order``, when given: reordered a batch at a time) with the
     version-level ``facts`` (JSON) in the file's key-value metadata."""
-    table = table.replace_schema_metadata({METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()})
-    return write_parquet_atomic(table, path) if order is None else write_rows_atomic(table, order, path)
+    metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()}
+    if order is None:
+        return write_parquet_atomic(table.cast(INPUTS_SCHEMA).replace_schema_metadata(metadata), path)
+    return write_rows_atomic(table, order, path, schema=INPUTS_SCHEMA.with_metadata(metadata))
 
 
 def read_facts(path: Path) -> dict:

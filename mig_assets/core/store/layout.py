@@ -18,14 +18,16 @@ import re
 from pathlib import Path
 
 SHARD_ASSETS = ("raw_pool", "quarantine", "shard_stats", "atomic_tags", "sample_embeddings", "quality_scores", "contamination")
+# which of a sample_id's rows is its copy in ``samples``: the kept one, else the first duplicate
+COPY_ORDER = "duplicate_of IS NOT NULL, shard, line_no"
 CATALOG_VIEWS = {
     # every parsed row, kept or duplicate
     "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
     # one row per sample_id: the kept copy, or a duplicate when the kept copy's shard changed since
-    "samples": """
+    "samples": f"""
         SELECT * EXCLUDE (copy_rank) FROM (
             SELECT *, row_number() OVER (
-                PARTITION BY sample_id ORDER BY duplicate_of IS NOT NULL, shard, line_no) AS copy_rank
+                PARTITION BY sample_id ORDER BY {COPY_ORDER}) AS copy_rank
             FROM raw_pool_rows)
         WHERE copy_rank = 1""",
     "duplicates": "SELECT * FROM raw_pool_rows WHERE duplicate_of IS NOT NULL",

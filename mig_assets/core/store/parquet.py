@@ -20,15 +20,17 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def write_rows_atomic(table: pa.Table, rows: pa.Array, path: Path, batch_rows: int = 131072) -> Path:
+def write_rows_atomic(table: pa.Table, rows: pa.Array, path: Path, batch_rows: int = 131072, schema: pa.Schema | None = None) -> Path:
     """Write ``table``'s ``rows`` (indices, in that order) to ``path`` as :func:`write_parquet_atomic`
-    does, ``batch_rows`` at a time: only one batch of the reordered rows is ever in memory."""
+    does, ``batch_rows`` at a time, each batch cast to ``schema`` (default: the table's): only one
+    batch of the reordered rows is ever in memory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".staging-{os.getpid()}-{path.name}")
-    with pq.ParquetWriter(staging, table.schema, compression="zstd") as writer:
+    schema = table.schema if schema is None else schema
+    with pq.ParquetWriter(staging, schema, compression="zstd") as writer:
         for start in range(0, len(rows), batch_rows):
-            writer.write_table(table.take(rows.slice(start, batch_rows)), row_group_size=batch_rows)
+            writer.write_table(table.take(rows.slice(start, batch_rows)).cast(schema), row_group_size=batch_rows)
     os.replace(staging, path)
     return path
 
@@ -69,4 +71,6 @@ def read_kept_rows(path: Path, columns: list[str]) -> pa.Table:
     import pyarrow.compute as pc
 
     table = pq.read_table(path, columns=[*columns, "duplicate_of"])
+    if table.column("duplicate_of").null_count == table.num_rows:  # no duplicates: no copy of every column
+        return table
     return table.filter(pc.is_null(table.column("duplicate_of")))

@@ -56,11 +56,12 @@ def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
     the tags are the list as written (``as_written_tags``: its string items, order and repeats kept).
     """
     n = samples.num_rows
-    surface = samples.column("imported_tags").combine_chunks()
+    surface = samples.column("imported_tags")
     present = pc.is_valid(surface)
-    surface = pc.if_else(present, surface, pa.scalar([], surface.type))  # no annotation: no surface tags
+    if surface.null_count:  # no annotation: no surface tags (a copy of the column only when some sample lacks one)
+        surface = pc.if_else(present, surface, pa.scalar([], surface.type))
     tags = surface
-    if surface.flatten().null_count:  # items that are not strings: the policy keeps only the strings
+    if pc.list_flatten(surface).null_count:  # items that are not strings: the policy keeps only the strings
         tags = pa.array([as_written_tags(t) for t in surface.to_pylist()], pa.list_(pa.string()))
 
     def repeat(value, type_: pa.DataType) -> pa.Array:

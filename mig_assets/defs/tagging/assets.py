@@ -192,9 +192,9 @@ def junk_figures(table: pa.Table) -> dict:
     share, counts by reason and a few examples of each reason."""
     by_reason: Counter = Counter()
     examples: dict[str, list[str]] = {}
-    counted = table.filter(pc.invert(pc.fill_null(pc.equal(table.column("status"), "failed"), False)))
-    surface = pc.sum(pc.list_value_length(counted.column("surface_tags"))).as_py() or 0
-    for item in pc.list_flatten(counted.column("dropped_tags")).to_pylist():  # only the dropped tags, in row order
+    counted = pc.invert(pc.fill_null(pc.equal(table.column("status"), "failed"), False))  # two columns filtered, not the table
+    surface = pc.sum(pc.list_value_length(table.column("surface_tags").filter(counted))).as_py() or 0
+    for item in pc.list_flatten(table.column("dropped_tags").filter(counted)).to_pylist():  # only the dropped tags, in row order
         by_reason[item["reason"]] += 1
         shown = examples.setdefault(item["reason"], [])
         if len(shown) < JUNK_EXAMPLES and item["surface"] not in shown:
