@@ -9,6 +9,7 @@ from pydantic import Field
 from mig_assets.core.selection.audit import Provenance, persist_selection
 from mig_assets.core.selection.constraint_spec import constraint_report
 from mig_assets.core.selection.inputs import load_request_inputs
+from mig_assets.core.selection.lineage import INPUTS_DIR
 from mig_assets.core.selection.request import EMBEDDING_METHODS, SELECTION_DEFAULTS, SelectionRequest, build_request
 from mig_assets.core.selection.run import run_selection
 from mig_assets.core.selection.specs import SelectionSpec, load_specs
@@ -120,6 +121,7 @@ def materialize_selection(
         )
     loaded = time.perf_counter()
     if inputs.lineage is not None:
+        inputs.lineage.set_aside(warehouse.layout.warehouse_dir / INPUTS_DIR)  # out of memory while the greedy runs
         inputs.lineage.sort_in_background()  # for the input snapshot, on the second core while the greedy runs
     outcome = run_selection(request, inputs, constraints=constraints, warm=warm)
     if spec is not None:
