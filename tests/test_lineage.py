@@ -251,9 +251,9 @@ def test_snapshot_rows_weights_origins_and_changes(tmp_path):
     """The snapshot's own rules on hand-made rows: rank order, the weight the selection used and its
     origin (scored, imported, median fill), left-out samples, raw records of members only, and the
     change report (a median fill is not a score, so staying unscored is no change)."""
+    from mig_assets.core.selection.input_changes import input_changes
     from mig_assets.core.selection.lineage import (
         INPUTS_SCHEMA,
-        input_changes,
         read_inputs_row,
         version_inputs,
         write_inputs,
@@ -330,5 +330,5 @@ def test_snapshot_order_does_not_depend_on_the_order_rows_come_in(tmp_path):
     assert by_rows.take(by_rows_order).cast(INPUTS_SCHEMA).equals(expected)
     from mig_assets.core.store.parquet import write_rows_atomic
 
-    small_batches = pq.ParquetFile(write_rows_atomic(table, order, tmp_path / "batched.parquet", batch_rows=64))
-    assert small_batches.num_row_groups == 8 and small_batches.read().equals(expected.cast(table.schema))
+    small_batches = pq.ParquetFile(write_rows_atomic(table, order, tmp_path / "batched.parquet", batch_rows=64, schema=INPUTS_SCHEMA))
+    assert small_batches.num_row_groups == 8 and small_batches.read().equals(expected)

@@ -21,17 +21,16 @@ import scipy.sparse as sp
 
 from mig_assets.core.curation.exclusions import exclusion_of
 from mig_assets.core.mig.problem import MigParams, phi, phi_prime, propagate, propagation_matrix, sample_label_matrix
+from mig_assets.core.selection.input_changes import input_changes, upstream_changes
 from mig_assets.core.selection.inputs import PoolArrays
 from mig_assets.core.selection.lineage import (
     current_inputs,
     graph_path,
-    input_changes,
     inputs_path,
     raw_sha256,
     read_facts,
     read_graph,
     read_inputs_row,
-    upstream_changes,
 )
 from mig_assets.core.selection.run import tags_problem
 from mig_assets.core.store.catalog import has_relation, warehouse_dir_of

@@ -24,16 +24,14 @@ import pyarrow.parquet as pq
 from mig_assets.core.curation.exclusions import EXCLUSIONS_TABLE
 from mig_assets.core.outputs.export import write_export
 from mig_assets.core.outputs.report import selection_plots, selection_report
+from mig_assets.core.selection.input_changes import changes_summary, member_changes, upstream_changes
 from mig_assets.core.selection.inputs import PoolArrays, SelectionInputs
 from mig_assets.core.selection.lineage import (
-    changes_summary,
     current_inputs,
     graph_path,
     inputs_path,
-    member_changes,
     read_facts,
     snapshot_rows,
-    upstream_changes,
     with_raw_records,
     write_graph,
     write_inputs,
@@ -103,7 +101,9 @@ def persist_selection(
             }
         )
         insert_table(con, "selection_coverage", coverage, part=part)
-    copies = sample_copies(con, ids, "sample_id, messages")
+    previous = previous_members(layout.warehouse_dir, name, version)
+    # the raw records of the members old and new (for the input snapshot) and the messages of the new (for the export), in one scan
+    copies = sample_copies(con, set(ids) | set(previous.column("sample_id").to_pylist() if previous is not None else ()), "sample_id, raw, messages")
     messages_of = dict(zip(copies.column("sample_id").to_pylist(), copies.column("messages").to_pylist()))
     diff = inputs.exclusions.explain_removals(diff_against_previous(con, name, version, ids, pool, outcome))
     if diff:
@@ -113,7 +113,9 @@ def persist_selection(
     # the plots draw (Python, matplotlib) while the input snapshot is built and written (Arrow, Parquet: no GIL held)
     with ThreadPoolExecutor(1) as drawing:
         plots_drawn = drawing.submit(selection_plots, request.method, pool, outcome, tree, inputs.target)
-        inputs_changed = record_inputs(con, layout.warehouse_dir, name, request.method, version, inputs, ids, outcome, provenance)
+        inputs_changed = record_inputs(
+            con, layout.warehouse_dir, name, request.method, version, inputs, ids, outcome, provenance, previous, copies.select(["sample_id", "raw"])
+        )
         plots = plots_drawn.result()
     budget = {kind: value for kind, value in vars(request.budget).items() if value is not None}
     report = selection_report(name, request.method, budget, version, pool, outcome, inputs.score_origin, plots, diff, inputs_changed, inputs.exclusions)
@@ -191,24 +193,40 @@ def diff_against_previous(con, name: str, version: int, ids: list[str], pool: Po
     return rows
 
 
+def previous_members(warehouse_dir: Path, name: str, version: int) -> pa.Table | None:
+    """The members' rows of the previous version's input snapshot (None: it has none); read alone,
+    the other row groups skipped by their statistics."""
+    path = inputs_path(warehouse_dir, name, version - 1)
+    if not path.exists():
+        return None
+    previous = pq.read_table(path, filters=pc.is_valid(pc.field("rank")))
+    return previous.filter(previous.column("rank").is_valid())
+
+
 def record_inputs(
-    con, warehouse_dir: Path, name: str, method: str, version: int, inputs: SelectionInputs, ids: list[str], outcome: SelectionOutcome, provenance: Provenance
+    con,
+    warehouse_dir: Path,
+    name: str,
+    method: str,
+    version: int,
+    inputs: SelectionInputs,
+    ids: list[str],
+    outcome: SelectionOutcome,
+    provenance: Provenance,
+    previous: pa.Table | None,
+    records: pa.Table,
 ) -> list[dict] | None:
     """Write the version's input snapshot (and, for MIG, its label graph and final coverage); returns
-    what changed in the previous version's members' inputs since, summarized (None: the previous
-    version has no snapshot)."""
-    previous_path = inputs_path(warehouse_dir, name, version - 1)
-    # its members only (the first rows: the other row groups are skipped by their statistics)
-    previous = pq.read_table(previous_path, filters=pc.is_valid(pc.field("rank"))) if previous_path.exists() else None
-    previous_members = previous.filter(previous.column("rank").is_valid()).column("sample_id").to_pylist() if previous is not None else []
-    raw_for = sorted(set(ids) | set(previous_members))
+    what changed in the ``previous`` version's members' inputs since (:func:`previous_members`),
+    summarized (None: the previous version has no snapshot). ``records``: the raw records of the
+    members old and new (sample_id, raw)."""
     # the inputs as the selection loaded them (the same query as current_inputs), with the raw records of members old and new
     pool = inputs.pool
     if inputs.lineage is not None and pool.lineage_rows is not None:
-        current, by_sample_id = with_raw_records(con, inputs.lineage.table, raw_for), inputs.lineage.by_sample_id()
+        current, by_sample_id = with_raw_records(inputs.lineage.table, records), inputs.lineage.by_sample_id()
         rows = (pool.lineage_rows, pool.lineage_rows[outcome.order])
     else:
-        current, by_sample_id, rows = current_inputs(con, raw_for=raw_for), None, None
+        current, by_sample_id, rows = with_raw_records(current_inputs(con), records), None, None
     shards = sorted(pc.unique(current.column("shard")).to_pylist())
     facts = {
         "selection": name,
@@ -227,7 +245,7 @@ def record_inputs(
         write_graph(graph_path(warehouse_dir, name, version), inputs.graph.labels, inputs.graph.weights, outcome.coverage)
     if previous is None:
         return None
-    previous_facts = read_facts(previous_path)
+    previous_facts = read_facts(inputs_path(warehouse_dir, name, version - 1))
     return changes_summary(member_changes(previous, previous_facts, current, facts), version - 1, upstream_changes(previous_facts, facts))
 
 

@@ -10,7 +10,8 @@ of every upstream materialization, per shard for the partitioned assets. MIG ver
 ``v0001.graph.parquet``: the label graph and the final coverage s, so that a rejected sample's
 final gain Y_i . phi'(s) is recomputed from the same inputs.
 
-Changes are found by comparing a version's rows with the current ones (or the next version's).
+Changes are found by comparing a version's rows with the current ones (or the next version's):
+core/selection/input_changes.py.
 """
 
 from __future__ import annotations
@@ -35,8 +36,6 @@ INPUTS_DIR = "selection_inputs"
 METADATA_KEY = b"mig.selection_inputs"
 # the partitioned assets whose per-shard materializations a version records (run id, data version)
 SHARD_INPUT_ASSETS = ("raw_pool", "atomic_tags", "quality_scores", "sample_embeddings")
-# the asset whose re-materialization changes each compared field
-CHANGED_BY = {"tags": "atomic_tags", "quality": "quality_scores", "raw_record": "raw_pool", "embedding_model": "sample_embeddings"}
 
 INPUTS_SCHEMA = pa.schema(
     [
@@ -154,16 +153,16 @@ def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[s
     (null: neither); the raw record for ``raw_for`` only."""
     where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
     table = con.sql(f"{inputs_sql(con)} {where} ORDER BY s.sample_id", params={"ids": list(sample_ids)} if sample_ids is not None else None).to_arrow_table()
-    return with_raw_records(con, table.cast(INPUTS_SCHEMA), raw_for)
+    return with_raw_records(table.cast(INPUTS_SCHEMA), sample_copies(con, raw_for, "sample_id, raw"))
 
 
-def with_raw_records(con, inputs: pa.Table, raw_for: Sequence[str]) -> pa.Table:
-    """``inputs`` (:data:`INPUTS_SCHEMA`) with the raw record of the samples in ``raw_for`` (only
-    theirs: the pool's whole raw column is the bulk of its Parquet)."""
-    raw = sample_copies(con, raw_for, "sample_id, raw")
-    position = pc.index_in(inputs.column("sample_id"), value_set=raw.column("sample_id"))
-    records = pc.take(raw.column("raw"), position)
-    return inputs.set_column(INPUTS_SCHEMA.get_field_index("raw"), "raw", records.cast(pa.string()))
+def with_raw_records(inputs: pa.Table, records: pa.Table) -> pa.Table:
+    """``inputs`` (:data:`INPUTS_SCHEMA`) with the raw record of the samples in ``records``
+    (sample_id, raw: :func:`~mig_assets.core.store.catalog.sample_copies` of a few ids; the pool's
+    whole raw column is the bulk of its Parquet)."""
+    position = pc.index_in(inputs.column("sample_id"), value_set=records.column("sample_id"))
+    raw = pc.take(records.column("raw"), position)
+    return inputs.set_column(INPUTS_SCHEMA.get_field_index("raw"), "raw", raw.cast(pa.string()))
 
 
 def version_inputs(current: pa.Table, pool_ids: list[str], weights: np.ndarray, fill: float, selected_ids: list[str]) -> pa.Table:
@@ -210,9 +209,6 @@ def snapshot_rows(
     table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
-    for name in ("source_format", "original_id", "raw"):
-        column = table.column(name)
-        table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, fill_where(column, pc.invert(member), None))
     # members by rank, then the others by sample_id: in the order given, or kept when ``current`` is
     # already sorted by sample_id (current_inputs), else sorted
     if rows is not None:
@@ -220,6 +216,8 @@ def snapshot_rows(
     else:
         members = pc.indices_nonzero(member)
         members = members.take(pc.sort_indices(pc.take(rank, members)))
+    for name in ("source_format", "original_id", "raw"):
+        table = table.set_column(INPUTS_SCHEMA.get_field_index(name), name, members_only(table.column(name), members, n))
     if by_sample_id is not None:
         others = by_sample_id.filter(pc.invert(pc.take(member, by_sample_id)))
     else:
@@ -229,17 +227,27 @@ def snapshot_rows(
     return table, pa.concat_arrays([members, others])
 
 
-def fill_where(column: pa.ChunkedArray, where: pa.Array, value: str | None) -> pa.ChunkedArray | pa.Array:
-    """``column`` (strings, or a dictionary of strings) with ``value`` (None: null) where ``where``
-    holds; a dictionary stays one, with ``value`` added to it, instead of becoming a copy of every string."""
+def members_only(column: pa.ChunkedArray, members: pa.Array, n: int) -> pa.DictionaryArray:
+    """``column``'s values at the rows ``members``, null at the other of its ``n`` rows: a dictionary
+    over the members' values, made from them alone instead of a copy of the whole column."""
+    values = column.take(members)
+    if pa.types.is_dictionary(values.type):
+        values = values.cast(values.type.value_type)
+    indices = np.full(n, -1, np.int32)
+    indices[members.to_numpy()] = np.arange(len(members), dtype=np.int32)
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=indices < 0), values)
+
+
+def fill_where(column: pa.ChunkedArray, where: pa.Array, value: str) -> pa.ChunkedArray | pa.Array:
+    """``column`` (strings, or a dictionary of strings) with ``value`` where ``where`` holds; a
+    dictionary stays one, with ``value`` added to it, instead of becoming a copy of every string.
+    Where ``where`` holds nowhere: ``column`` itself."""
     if not pc.any(where).as_py():
         return column
     if not pa.types.is_dictionary(column.type):
         return pc.if_else(where, pa.scalar(value, pa.string()), column)
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if value is None:
-        indices = pc.if_else(where, pa.scalar(None, column.indices.type), column.indices)
-        return pa.DictionaryArray.from_arrays(indices, column.dictionary)
     indices = pc.if_else(where, pa.scalar(len(column.dictionary), column.indices.type), column.indices)
     return pa.DictionaryArray.from_arrays(indices, pa.concat_arrays([column.dictionary, pa.array([value], pa.string())]))
 
@@ -331,125 +339,3 @@ def read_graph(path: Path) -> tuple[list[str], sp.csr_array, np.ndarray]:
     n = table.num_rows
     W = sp.csr_array((weights.values.to_numpy(), neighbours.values.to_numpy(), neighbours.offsets.to_numpy()), shape=(n, n))
     return table.column("label").to_pylist(), W, table.column("coverage").to_numpy()
-
-
-def _score(row: dict) -> tuple[float | None, str | None]:
-    """A sample's own quality score and its origin (None, None: it had none, whatever fill it got)."""
-    origin = row["weight_origin"] or ""
-    return (row["weight"], origin) if origin.startswith(("quality_scores (", IMPORTED_ORIGIN)) else (None, None)
-
-
-def input_changes(then: dict, now: dict | None, runs_then: dict | None = None, runs_now: dict | None = None) -> dict:
-    """What differs between a sample's inputs at a version (``then``) and now (``now``; None: the
-    sample is no longer in the pool), field by field with before/after, the run that made the
-    current value and the code versions (``runs_*``: {asset: {run_id, data_version, code_version}}
-    of the sample's shard)."""
-    if now is None:
-        return {"removed_from_pool": f"shard {then['shard']} no longer holds this sample"}
-    changes = {}
-    if (then["tags"], then["tag_status"], then["tagger"]) != (now["tags"], now["tag_status"], now["tagger"]):
-        changes["tags"] = {
-            "before": then["tags"],
-            "after": now["tags"],
-            "tagger_before": then["tagger"],
-            "tagger_after": now["tagger"],
-            "status_before": then["tag_status"],
-            "status_after": now["tag_status"],
-        }
-    if _score(then) != _score(now):
-        changes["quality"] = {
-            "score_before": _score(then)[0],
-            "score_after": _score(now)[0],
-            "scorer_before": _score(then)[1],
-            "scorer_after": _score(now)[1],
-        }
-    if then["raw"] is not None and now["raw"] is not None and then["raw"] != now["raw"]:
-        changes["raw_record"] = {
-            "sha256_before": raw_sha256(then["raw"]),
-            "sha256_after": raw_sha256(now["raw"]),
-            "file_sha256_before": then["file_sha256"],
-            "file_sha256_after": now["file_sha256"],
-            "line_before": then["line_no"],
-            "line_after": now["line_no"],
-        }
-    if then["embedding_model"] != now["embedding_model"]:
-        changes["embedding_model"] = {"before": then["embedding_model"], "after": now["embedding_model"]}
-    for field, change in changes.items():
-        asset = CHANGED_BY[field]
-        then_run, now_run = (runs_then or {}).get(asset) or {}, (runs_now or {}).get(asset) or {}
-        change["changed_by_run"] = now["ingest_run_id"] if asset == "raw_pool" else now_run.get("run_id")
-        change["run_at_version"] = then["ingest_run_id"] if asset == "raw_pool" else then_run.get("run_id")
-        # the asset's code version: the tagger's, scorer's or embedder's full version hash
-        change["code_version_before"], change["code_version_after"] = then_run.get("code_version"), now_run.get("code_version")
-    return changes
-
-
-def member_changes(previous: pa.Table, previous_facts: dict, current: pa.Table, current_facts: dict) -> list[dict]:
-    """For each member of a previous version, what changed in its inputs since (empty ones left out)."""
-    then_members = previous.filter(pc.is_valid(previous.column("rank")))
-    now_of = {row["sample_id"]: row for row in current.filter(pc.is_in(current.column("sample_id"), value_set=then_members.column("sample_id"))).to_pylist()}
-    shards_then, shards_now = previous_facts["shards"], current_facts["shards"]
-    out = []
-    for then in then_members.to_pylist():
-        now = now_of.get(then["sample_id"])
-        changes = input_changes(then, now, shards_then.get(then["shard"]), shards_now.get(now["shard"]) if now else None)
-        if changes:
-            out.append({"sample_id": then["sample_id"], "rank": then["rank"], **changes})
-    return out
-
-
-def upstream_changes(previous_facts: dict, current_facts: dict) -> dict:
-    """The global (unpartitioned) upstream assets materialized again between two versions' facts,
-    with the data versions and runs before and after. A run with the same data version is listed
-    too: Dagster's default data version hashes code and inputs, not run config (``label_graph``'s
-    tau), so only the version's own snapshot can say whether the content moved."""
-    then, now = previous_facts["inputs"], current_facts["inputs"]
-    return {
-        asset: {
-            "data_version_before": then[asset]["data_version"],
-            "data_version_after": now[asset]["data_version"],
-            "same_data_version": then[asset]["data_version"] == now[asset]["data_version"],
-            "run_at_version": then[asset]["run_id"],
-            "changed_by_run": now[asset]["run_id"],
-        }
-        for asset in sorted(set(then) & set(now))
-        if asset not in SHARD_INPUT_ASSETS and (then[asset]["run_id"], then[asset]["data_version"]) != (now[asset]["run_id"], now[asset]["data_version"])
-    }
-
-
-def changes_summary(changes: list[dict], previous_version: int, upstream: dict | None = None) -> list[dict]:
-    """One row per (field, before -> after, run) with the number of previous members affected; then
-    one row per global upstream asset that changed (``upstream``, from :func:`upstream_changes`)."""
-    counts: dict[tuple, int] = {}
-    for change in changes:
-        for field in ("tags", "quality", "raw_record", "embedding_model", "removed_from_pool"):
-            if field not in change:
-                continue
-            detail = change[field]
-            if field == "tags":
-                key = (field, f"tagger {detail['tagger_before']} -> {detail['tagger_after']}", detail["changed_by_run"])
-            elif field == "quality":
-                key = (field, f"scorer {detail['scorer_before']} -> {detail['scorer_after']}", detail["changed_by_run"])
-            elif field == "raw_record":
-                key = (field, f"shard file {detail['file_sha256_before'][:12]} -> {detail['file_sha256_after'][:12]}", detail["changed_by_run"])
-            elif field == "embedding_model":
-                key = (field, f"{detail['before']} -> {detail['after']}", detail["changed_by_run"])
-            else:
-                key = (field, detail, None)
-            counts[key] = counts.get(key, 0) + 1
-    members = f"members of v{previous_version}"
-    rows = [
-        {"input": field, "change": what, "changed by run": run or "", members: n}
-        for (field, what, run), n in sorted(counts.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
-    ]
-    return rows + [
-        {
-            "input": asset,
-            "change": "materialized again, same data version"
-            if c["same_data_version"]
-            else f"data version {(c['data_version_before'] or '')[:12]} -> {(c['data_version_after'] or '')[:12]}",
-            "changed by run": c["changed_by_run"],
-            members: "all",
-        }
-        for asset, c in (upstream or {}).items()
-    ]
