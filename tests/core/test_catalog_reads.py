@@ -1,0 +1,149 @@
+"""The catalog's memory-saving reads (issue 18): ``fetch_apart`` (a query in a DuckDB session of its
+own, built with the same views) and ``sample_copies`` (the ``samples`` copy of a few ids, ranked
+among their rows only). Real shards ingested by the project, real Parquet, real DuckDB."""
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from mig_assets.core.ingest.shards import ingest_shard
+from mig_assets.core.quality.rows import imported_quality_rows
+from mig_assets.core.store.catalog import fetch_apart, open_catalog, sample_copies
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
+from mig_assets.core.tagging.rows import imported_tag_rows
+from tests.conftest import MIG_FIXTURES
+
+P2K = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[:40]
+SHARD_ORDER = ["a.jsonl", "b.jsonl", "c.jsonl", "0.jsonl"]  # registration order
+
+
+def sample_id_of(layout, shard: str, line_no: int) -> str:
+    table = pq.read_table(layout.shard_file("raw_pool", shard), columns=["sample_id", "line_no"])
+    return table.filter(pc.equal(table.column("line_no"), line_no)).column("sample_id")[0].as_py()
+
+
+def write_shard(layout, name: str, lines: list[str], run_id: str):
+    path = layout.incoming_dir / name
+    path.write_text("\n".join(lines) + "\n")
+    return ingest_shard(layout, layout.shard_key(path), path, run_id=run_id)
+
+
+def tag_and_score(layout, shard: str, failed: tuple[str, ...] = (), scored: bool = True) -> None:
+    """The shard's imported tags (``failed``: those ids' status set to failed) and, when
+    ``scored``, its imported quality rows, written as the assets write them."""
+    samples = layout.shard_file("raw_pool", shard)
+    tags = imported_tag_rows(read_kept_rows(samples, ["sample_id", "imported_tags"]), shard)
+    if failed:
+        is_failed = pc.is_in(tags.column("sample_id"), value_set=pa.array(failed, pa.string()))
+        tags = tags.set_column(tags.schema.get_field_index("status"), "status", pc.if_else(is_failed, "failed", tags.column("status")))
+    write_parquet_atomic(tags, layout.shard_file("atomic_tags", shard))
+    if scored:
+        columns = ["sample_id", "imported_quality", "imported_quality_turns", "imported_complexity_turns"]
+        write_parquet_atomic(imported_quality_rows(read_kept_rows(samples, columns), shard), layout.shard_file("quality_scores", shard))
+
+
+def build_pool(layout, *, replaced: bool) -> dict[str, str]:
+    """Three shards: ``a`` (P2K 0-9, line 11 a copy of its line 1), ``b`` (P2K 6-13: its first four
+    rows duplicates of ``a``'s), ``c`` (P2K 8, a second duplicate of it, then P2K 20-23); ``a`` and
+    ``b`` tagged and scored, ``c`` tagged only (one tag failed). ``replaced``: ``a`` ingested again
+    without P2K 6-8, so that ``b``'s duplicates of them become their copies (P2K 8: ``b``'s, the
+    first shard of its two duplicates). ``0`` (P2K 2, a duplicate of a's line 3, then P2K 30),
+    ingested last: its name sorts first, but a kept copy goes before a duplicate. Returns a few
+    sample ids by role."""
+    write_shard(layout, "a.jsonl", P2K[0:10] + [P2K[0]], "run-a")
+    write_shard(layout, "b.jsonl", P2K[6:14], "run-b")
+    write_shard(layout, "c.jsonl", P2K[8:9] + P2K[20:24], "run-c")
+    write_shard(layout, "0.jsonl", [P2K[2], P2K[30]], "run-0")
+    ids = {
+        "in_shard_duplicate": sample_id_of(layout, "a.jsonl", 1),
+        "duplicated_in_b": sample_id_of(layout, "a.jsonl", 7),
+        "duplicated_in_b_and_c": sample_id_of(layout, "a.jsonl", 9),
+        "stays_in_a": sample_id_of(layout, "a.jsonl", 10),
+        "only_in_c": sample_id_of(layout, "c.jsonl", 2),
+        "duplicated_in_0": sample_id_of(layout, "a.jsonl", 3),
+    }
+    if replaced:
+        write_shard(layout, "a.jsonl", P2K[0:6] + [P2K[9], P2K[0]], "run-a2")
+    tag_and_score(layout, "a.jsonl")
+    tag_and_score(layout, "b.jsonl")
+    tag_and_score(layout, "c.jsonl", failed=(ids["only_in_c"],), scored=False)
+    tag_and_score(layout, "0.jsonl")
+    return ids
+
+
+def rows_by_id(table: pa.Table) -> list[dict]:
+    return sorted(table.to_pylist(), key=lambda row: row["sample_id"])
+
+
+def test_fetch_apart_returns_what_the_session_returns_for_views_over_views(layout):
+    build_pool(layout, replaced=True)
+    con = open_catalog(layout)
+    # a view over samples, itself over raw_pool_rows: listed before both, so it is created once they are
+    con.execute("CREATE VIEW a_kept_per_shard AS SELECT shard, count(*) AS n FROM samples GROUP BY shard")
+    sql = "SELECT sample_id, shard, line_no, duplicate_of, source_file FROM samples WHERE shard = $shard ORDER BY sample_id"
+    for shard in SHARD_ORDER:
+        apart = fetch_apart(con, sql, {"shard": shard})
+        assert apart.num_rows > 0 and apart.equals(con.sql(sql, params={"shard": shard}).to_arrow_table())
+    counts = "SELECT * FROM a_kept_per_shard ORDER BY shard"
+    assert fetch_apart(con, counts).equals(con.sql(counts).to_arrow_table())
+    # a: 8 lines, one a copy of its first; b: the three P2K rows a gave up, and four of its own; c: four; 0: one
+    assert {row["shard"]: row["n"] for row in fetch_apart(con, counts).to_pylist()} == {"a.jsonl": 7, "b.jsonl": 7, "c.jsonl": 4, "0.jsonl": 1}
+
+
+def test_fetch_apart_closes_its_session_and_leaves_the_catalog_as_it_was(layout, monkeypatch):
+    build_pool(layout, replaced=False)
+    con = open_catalog(layout)
+    views = con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall()
+    opened = []
+    connect = duckdb.connect
+
+    def recording_connect(*args, **kwargs):
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(duckdb, "connect", recording_connect)
+    table = fetch_apart(con, "SELECT count(*) AS n FROM samples")
+    assert table.column("n").to_pylist() == [19]  # 10 in a (11 lines, one a copy of its first), 4 in b (4 more duplicates), 4 in c, 1 in 0
+    assert len(opened) == 1
+    with pytest.raises(duckdb.ConnectionException):
+        opened[0].execute("SELECT 1")  # closed once fetched
+    assert con.execute("SELECT view_name, sql FROM duckdb_views() WHERE NOT internal ORDER BY view_name").fetchall() == views
+
+
+@pytest.mark.timeout(60)
+def test_fetch_apart_raises_duckdbs_error_for_what_no_view_provides(layout):
+    build_pool(layout, replaced=False)
+    con = open_catalog(layout)
+    with pytest.raises(duckdb.CatalogException, match="no_such_view"):
+        fetch_apart(con, "SELECT * FROM no_such_view")
+    # a view over a table the session holds: the table is not copied, so that view can never be
+    # created apart; the retries end with its error instead of going round forever
+    con.execute("CREATE TABLE scratch AS SELECT 1 AS x")
+    con.execute("CREATE VIEW over_scratch AS SELECT * FROM scratch")
+    with pytest.raises(duckdb.CatalogException, match="scratch"):
+        fetch_apart(con, "SELECT count(*) FROM samples")
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["kept copies", "kept copy's shard replaced"])
+def test_sample_copies_are_the_samples_views_rows(layout, replaced):
+    ids = build_pool(layout, replaced=replaced)
+    con = open_catalog(layout)
+    columns = "sample_id, shard, line_no, duplicate_of, raw"
+    wanted = [ids[role] for role in ("in_shard_duplicate", "duplicated_in_b", "duplicated_in_b_and_c", "stays_in_a", "only_in_c", "duplicated_in_0")]
+    copies = sample_copies(con, [*wanted, "not-a-sample-id"], columns)
+    assert copies.column_names == ["sample_id", "shard", "line_no", "duplicate_of", "raw"]
+    expected = con.sql(f"SELECT {columns} FROM samples WHERE sample_id IN (SELECT unnest($ids))", params={"ids": wanted}).to_arrow_table()
+    assert rows_by_id(copies) == rows_by_id(expected) and sorted(copies.column("sample_id").to_pylist()) == sorted(wanted)
+    shard_of = {row["sample_id"]: (row["shard"], row["duplicate_of"] is None) for row in copies.to_pylist()}
+    assert shard_of[ids["stays_in_a"]] == ("a.jsonl", True) and shard_of[ids["in_shard_duplicate"]] == ("a.jsonl", True)
+    assert shard_of[ids["duplicated_in_0"]] == ("a.jsonl", True)  # not 0's duplicate, whose shard sorts first
+    if replaced:  # the duplicates stand in for the copies ``a`` no longer holds: b's, the first shard of two
+        assert shard_of[ids["duplicated_in_b"]] == ("b.jsonl", False) and shard_of[ids["duplicated_in_b_and_c"]] == ("b.jsonl", False)
+    else:
+        assert shard_of[ids["duplicated_in_b"]] == ("a.jsonl", True) and shard_of[ids["duplicated_in_b_and_c"]] == ("a.jsonl", True)
+    # each raw record is its copy's own line of its shard's file
+    for row in copies.to_pylist():
+        assert row["raw"] == (layout.incoming_dir / row["shard"]).read_text().splitlines()[row["line_no"] - 1]
+    assert sample_copies(con, ["not-a-sample-id"], columns).num_rows == 0 and sample_copies(con, [], columns).num_rows == 0
