@@ -42,13 +42,38 @@ def latest_materializations(instance: dg.DagsterInstance, shard: str | None = No
     """Run id, data version and code version (the tagger's, scorer's, embedder's for the per-shard
     assets) of the latest materialization of each per-shard input of ``shard`` (``None``: of each
     global input)."""
+    if shard is not None:
+        return latest_shard_materializations(instance, [shard])[shard]
     found = {}
-    for asset in SHARD_INPUT_ASSETS if shard is not None else GLOBAL_INPUT_ASSETS:
-        record = latest_materialization(instance, dg.AssetKey(asset), shard)
+    for asset in GLOBAL_INPUT_ASSETS:
+        record = latest_materialization(instance, dg.AssetKey(asset))
         if record is not None:
-            found[asset] = {
-                "run_id": record.run_id,
-                "data_version": record.asset_materialization.tags.get("dagster/data_version"),
-                "code_version": code_version_of(record),
-            }
+            found[asset] = materialization_facts(record)
     return found
+
+
+def latest_shard_materializations(instance: dg.DagsterInstance, shards: list[str], page: int = 1000) -> dict[str, dict]:
+    """:func:`latest_materializations` of each of ``shards``: one query per per-shard asset (newest
+    records first, the first seen of a shard is its latest), not one per shard and asset."""
+    found: dict[str, dict] = {shard: {} for shard in shards}
+    for asset in SHARD_INPUT_ASSETS:
+        pending, cursor = set(shards), None
+        while pending:
+            records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=sorted(pending))
+            result = instance.fetch_materializations(records_filter, limit=page, cursor=cursor)
+            for record in result.records:
+                if record.partition_key in pending:
+                    found[record.partition_key][asset] = materialization_facts(record)
+                    pending.discard(record.partition_key)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return found
+
+
+def materialization_facts(record) -> dict:
+    return {
+        "run_id": record.run_id,
+        "data_version": record.asset_materialization.tags.get("dagster/data_version"),
+        "code_version": code_version_of(record),
+    }

@@ -70,13 +70,13 @@ def test_fill_where_gives_the_same_values_for_plain_and_dictionary_columns():
     dictionary = pa.chunked_array([pc.dictionary_encode(pa.array(values[:5], pa.string())), pc.dictionary_encode(pa.array(values[5:], pa.string()))])
     assert not dictionary.chunk(0).dictionary.equals(dictionary.chunk(1).dictionary)
     where = pa.array([True, True, False, False, True, False, True, False])
-    for value in (None, "no score: the pool median 3.5", "ok"):
+    for value in ("no score: the pool median 3.5", "ok"):
         expected = [value if hit else old for hit, old in zip(where.to_pylist(), values)]
         from_plain, from_dictionary = fill_where(plain, where, value), fill_where(dictionary, where, value)
         assert pa.types.is_dictionary(from_dictionary.type) and not pa.types.is_dictionary(from_plain.type)
         assert from_plain.to_pylist() == expected and from_dictionary.cast(pa.string()).to_pylist() == expected, value
     nowhere = pa.array([False] * len(values))
-    assert fill_where(plain, nowhere, "x") is plain and fill_where(dictionary, nowhere, None) is dictionary
+    assert fill_where(plain, nowhere, "x") is plain and fill_where(dictionary, nowhere, "x") is dictionary
 
 
 def test_set_aside_maps_the_same_rows_back_and_leaves_no_file(layout, tmp_path):

@@ -54,7 +54,7 @@ class Provenance:
     upstream: dict
     pool_shards: list[str]
     settings: dict
-    shard_facts: Callable[[str], dict]
+    shard_facts: Callable[[list[str]], dict[str, dict]]  # per shard: {asset: run id, data and code version} of its latest materializations
 
 
 @dataclass
@@ -234,7 +234,7 @@ def record_inputs(
         "method": method,
         "run_id": provenance.run_id,
         "inputs": provenance.upstream,
-        "shards": {shard: provenance.shard_facts(shard) for shard in shards},
+        "shards": provenance.shard_facts(shards),
         "tag_embedding_model": con.execute("SELECT any_value(model_id) FROM label_graph_info").fetchall()[0][0]
         if has_relation(con, "label_graph_info")
         else None,

@@ -94,10 +94,10 @@ def member_changes(previous: pa.Table, previous_facts: dict, current: pa.Table, 
 COMPARED = ("tags", "tag_status", "tagger", "weight", "weight_origin", "raw", "embedding_model")
 
 
-def values_differ(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.Array:
+def values_differ(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Row by row, whether ``a`` and ``b`` hold different values (two nulls are the same; a list
     differs in its length or in an item)."""
-    a, b = a.combine_chunks(), b.combine_chunks()
+    a, b = (x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x for x in (a, b))
     one_null = pc.xor(pc.is_null(a), pc.is_null(b))
     if pa.types.is_list(a.type):
         lengths = pc.fill_null(pc.list_value_length(a), 0).to_numpy(zero_copy_only=False)

@@ -90,7 +90,7 @@ def inputs_sql(con, extra_columns: str = "", *, shard_facts: bool = True) -> str
     no raw record), with ``extra_columns`` after them, FROM ``samples s`` and its joins (the tag
     row ``t``, the scored quality ``q``): the pool a selection loads and the lineage it records
     come from this one query. Without ``shard_facts`` the columns that are the same for every row
-    of a shard (:data:`SHARD_FACTS`) are left out, for :func:`with_shard_facts` to add."""
+    of a shard (:data:`SHARD_FACTS`) are left out, for :func:`compact_lineage` to add."""
     tags = (
         "atomic_tags"
         if has_relation(con, "atomic_tags")

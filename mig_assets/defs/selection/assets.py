@@ -17,7 +17,7 @@ from mig_assets.core.selection.stability import steering_inputs
 from mig_assets.defs.selection.metadata import selection_metadata
 from mig_assets.orchestration.automation import re_select
 from mig_assets.orchestration.partitions import pool_shards
-from mig_assets.orchestration.provenance import latest_materializations, record_settings, settings_record
+from mig_assets.orchestration.provenance import latest_shard_materializations, record_settings, settings_record
 from mig_assets.resources import Warehouse
 from mig_assets.settings import current_settings
 
@@ -162,7 +162,7 @@ def provenance(context: dg.AssetExecutionContext, method: str, shard_order: list
         upstream=upstream,
         pool_shards=list(shard_order),
         settings=settings_record(),
-        shard_facts=lambda shard: latest_materializations(instance, shard),
+        shard_facts=lambda shards: latest_shard_materializations(instance, shards),
     )
 
 
