@@ -239,7 +239,7 @@ def members_only(column: pa.ChunkedArray, members: pa.Array, n: int) -> pa.Dicti
     return pa.DictionaryArray.from_arrays(pa.array(indices, mask=indices < 0), values)
 
 
-def fill_where(column: pa.ChunkedArray, where: pa.Array, value: str) -> pa.ChunkedArray | pa.Array:
+def fill_where(column: pa.ChunkedArray, where: pa.Array | pa.ChunkedArray, value: str) -> pa.ChunkedArray | pa.Array:
     """``column`` (strings, or a dictionary of strings) with ``value`` where ``where`` holds; a
     dictionary stays one, with ``value`` added to it, instead of becoming a copy of every string.
     Where ``where`` holds nowhere: ``column`` itself."""
@@ -248,6 +248,7 @@ def fill_where(column: pa.ChunkedArray, where: pa.Array, value: str) -> pa.Chunk
     if not pa.types.is_dictionary(column.type):
         return pc.if_else(where, pa.scalar(value, pa.string()), column)
     column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where  # from_arrays takes arrays, not chunks
     indices = pc.if_else(where, pa.scalar(len(column.dictionary), column.indices.type), column.indices)
     return pa.DictionaryArray.from_arrays(indices, pa.concat_arrays([column.dictionary, pa.array([value], pa.string())]))
 
