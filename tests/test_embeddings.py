@@ -73,3 +73,18 @@ def test_sample_embeddings_per_shard_with_the_real_model(layout, instance, resou
     assert table.num_rows == 80 and table.schema.field("embedding").type.list_size == 384
     vectors = np.asarray(table.column("embedding").combine_chunks().flatten()).reshape(80, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_precomputed_rows_as_written_first_then_normalized_names():
+    """A tag's row in a precomputed label file: the first row of its name as written; else the first
+    row whose name normalizes to it; else none. Names are normalized only when needed."""
+    from unittest import mock
+
+    from mig_assets.defs.embeddings import assets
+
+    names = ["Data Analysis", "x", "apps", "x", "data analysis"]
+    with mock.patch.object(assets, "normalize_tag", wraps=assets.normalize_tag) as normalize:
+        assert assets.precomputed_rows(names, ["x", "Data Analysis"]) == {"x": 1, "Data Analysis": 0}
+        assert normalize.call_count == 0  # every tag written as in the file: nothing to normalize
+        assert assets.precomputed_rows(names, ["data analysis", "app", "x", "absent"]) == {"data analysis": 4, "app": 2, "x": 1}
+        assert normalize.call_count == len(names)

@@ -37,13 +37,22 @@ class TagEmbeddingConfig(dg.Config):
     )
 
 
-def precomputed_rows(names: list[str]) -> dict[str, int]:
-    """Row of each tag in a precomputed label file: its name as written (imported tags keep their
-    spelling), else the first row whose name normalizes to it (LLM tags are normalized)."""
-    row_of = {}
-    for row, name in enumerate(names):
-        row_of.setdefault(normalize_tag(name) or name, row)
-    return row_of | {name: row for row, name in reversed(list(enumerate(names)))}
+def precomputed_rows(names: list[str], tags: list[str]) -> dict[str, int]:
+    """Row of each of ``tags`` in a precomputed label file (a tag it has no row for left out): the
+    first row of its name as written (imported tags keep their spelling), else the first row whose
+    name normalizes to it (LLM tags are normalized). The names are normalized only when a tag is
+    not in the file as written: the lemmatizer's dictionary takes a quarter of a second to load."""
+    as_written = {name: row for row, name in reversed(list(enumerate(names)))}
+    normalized: dict[str, int] = {}
+    if any(tag not in as_written for tag in tags):
+        for row, name in enumerate(names):
+            normalized.setdefault(normalize_tag(name) or name, row)
+    rows = {}
+    for tag in tags:
+        row = as_written.get(tag, normalized.get(tag))
+        if row is not None:
+            rows[tag] = row
+    return rows
 
 
 @dg.asset(
@@ -64,7 +73,7 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     without_vector: list[str] = []
     if config.label_embeddings_prefix:
         names, matrix = load_label_embeddings(config.label_embeddings_prefix)
-        row_of = precomputed_rows(names)
+        row_of = precomputed_rows(names, tags)
         # tags the file has no vector for are left out here; label_graph fails if it needs one
         without_vector = [t for t in tags if t not in row_of]
         tags = [t for t in tags if t in row_of]
