@@ -16,6 +16,7 @@ from mig_assets.core.quality.rows import QUALITY_ROW_SCHEMA, degenerate, histogr
 from mig_assets.core.quality.scoring import score_samples
 from mig_assets.core.store.batch_cache import QUALITY_CACHE_DIR, text_hash
 from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
+from mig_assets.core.tagging.rows import value_counter
 from mig_assets.orchestration.automation import refuse_to_replace_other_configuration
 from mig_assets.orchestration.column_lineage import column_lineage
 from mig_assets.orchestration.provenance import record_settings
@@ -150,8 +151,8 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
             if masses:
                 extra["mean_digit_mass"] = round(sum(masses) / len(masses), 4)
     path = write_parquet_atomic(table, layout.shard_file("quality_scores", shard))
-    statuses = Counter(table.column("status").to_pylist())
-    scores = table.filter(pc.equal(table.column("status"), "ok")).column("score").drop_null().to_numpy()
+    statuses = value_counter(table.column("status"))
+    scores = table.column("score").filter(pc.equal(table.column("status"), "ok")).drop_null().to_numpy()
     failed = table.filter(pc.equal(table.column("status"), "failed"))
     reasons = Counter(failed.column("reason").to_pylist())
     examples = [{"sample_id": r["sample_id"], "reason": r["reason"]} for r in failed.slice(0, 5).to_pylist()]
@@ -172,7 +173,8 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
 def _digest(table: pa.Table) -> str:
     """What downstream reads: sample, score, status (same rows, same data version), one line per
     sample in sample_id order, hashed from the Arrow buffers."""
-    rows = table.take(pc.sort_indices(table, [("sample_id", "ascending")]))
+    rows = table.select(["sample_id", "score", "status"])
+    rows = rows.take(pc.sort_indices(rows, [("sample_id", "ascending")]))
     score = pc.cast(rows.column("score"), pa.string())
     lines = pc.binary_join_element_wise(rows.column("sample_id"), score, rows.column("status"), "\t", null_handling="replace").combine_chunks()
     digest = hashlib.sha256()

@@ -239,7 +239,8 @@ def tag_vocabulary(context: dg.AssetExecutionContext, warehouse: Warehouse) -> d
         vocabulary = con.sql(
             """
             SELECT tag, count(*) AS n_samples  -- each sample's distinct tags, once each: no distinct count over pairs
-            FROM (SELECT unnest(list_distinct(t.tags)) AS tag FROM atomic_tags t SEMI JOIN samples USING (sample_id) WHERE t.status <> 'failed')
+            -- the pool's ids: those of samples, read from its rows (no window picking each id's copy)
+            FROM (SELECT unnest(list_distinct(t.tags)) AS tag FROM atomic_tags t SEMI JOIN raw_pool_rows USING (sample_id) WHERE t.status <> 'failed')
             GROUP BY tag ORDER BY n_samples DESC, tag
             """
         ).to_arrow_table()
