@@ -127,7 +127,8 @@ def compact_lineage(con, table: pa.Table) -> pa.Table:
     columns, as dictionary arrays where the pool holds a few distinct values: the shard facts,
     added from the shards (ingestion writes one source file and one run per shard file, so a row's
     facts are its shard's; a shard with more than one is an error), and :data:`FEW_VALUES`. A
-    million rows then hold a few strings, not a copy each (about 330 of 420 MB at the paper's scale)."""
+    million rows then hold a few strings, not a copy each (420 MB of rows become about 220 MB at the
+    paper's scale)."""
     facts = con.sql(
         "SELECT r.shard, r.source_file, st.file_sha256, r.ingest_run_id "
         "FROM (SELECT DISTINCT shard, source_file, ingest_run_id FROM raw_pool_rows) r LEFT JOIN shards st USING (shard)"
