@@ -1,7 +1,7 @@
 """The whole pipeline at the paper's scale: raw shard files to an exported MIG subset through the assets,
-against the drop-in ``mig-assets sample`` on the same pool, in the same process.
+against the drop-in ``mig-assets sample`` on the same pool, in the same benchmark run.
 
-    python benchmarks/bench_pipeline.py [--size small|medium|paper] [--shards 10] [--seed 0] [--mixed-records N]
+    python benchmarks/bench_pipeline.py [--size small|medium|paper] [--shards 10] [--seed 0] [--mixed-records N] [--one-process]
 
 The pool is ``bench_mig.py``'s (``mig_synthetic.py``: the MIG reference schema with InsTag tags and
 Deita scores, cached under benchmarks/.cache/), cut into ``--shards`` JSONL files registered in order.
@@ -13,9 +13,12 @@ valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget) with its export, 
 its members' input changes), and last the knowledge tree and a TAGS selection on the same pool. The
 pick order of the assets is checked against the drop-in's.
 
-Each of these runs in a process of its own, as Dagster launches each run (and as each ``mig-assets``
-command is one): its figures are measured inside that process, from the start of the run, so a run
-does not carry the memory an earlier run left behind. The drop-in runs in this process.
+Each of these runs in a child process of its own, as Dagster launches each run (and as
+``mig-assets ingest`` is a command of its own): its figures are measured inside that process, from
+the start of the run, so a run does not carry the memory an earlier run left behind. The drop-in
+runs in the benchmark's own process. ``--one-process`` runs every phase in the benchmark's process
+instead, one after another, as ``mig-assets run`` runs tagging, scoring and the re-selection: each
+phase then starts with what the earlier ones left (the mixed-format ingestion still has a child).
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
 (the times then include the profiler's overhead). Each phase prints its wall time, its CPU time
@@ -296,6 +299,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mixed-records", type=int, help="records of the mixed-format ingestion figure (default by size)")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile each phase, print its top N functions (times grow)")
+    parser.add_argument(
+        "--one-process", action="store_true", help="run every asset phase in this process, one after another (a run carries what the runs before it left)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("PHASE", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -321,7 +327,7 @@ def main() -> None:
         job: dict = {"home": home, "size": args.size, "pool_dir": str(directory), "profile": args.profile, "files": [str(f) for f in files]}
         actual: list[str] = []
         for phase, name in ASSET_PHASES.items():
-            result = in_child(phase, job)
+            result = run_asset_phase(phase, job) if args.one_process else in_child(phase, job)
             job["shards"] = result.get("shards", job.get("shards"))  # ingestion's, in registration order
             actual = result.get("picks", actual)
             phases.add(name, result, result["notes"])
