@@ -245,14 +245,16 @@ def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRow
 
 def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> PartRows:
     """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
-    read_stats = ReadStats()
-    records = read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
-    columns = SampleColumns()
-    quarantined: list[dict] = []
-    formats: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    rows_read = 0
     with cyclic_gc_paused():
+        read_stats = ReadStats()
+        records = (
+            read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
+        )
+        columns = SampleColumns()
+        quarantined: list[dict] = []
+        formats: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        rows_read = 0
         for raw in records:
             rows_read += 1
             record = _canonical(raw, context.source_format)
@@ -262,8 +264,7 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
                 continue
             formats[record.source_format] += 1
             columns.add(raw, record)
-        samples = columns.table(context)
-    return PartRows(samples, pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), rows_read, read_stats, formats, reasons)
+        return PartRows(columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), rows_read, read_stats, formats, reasons)
 
 
 @contextmanager
