@@ -264,7 +264,9 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
                 continue
             formats[record.source_format] += 1
             columns.add(raw, record)
-        return PartRows(columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), rows_read, read_stats, formats, reasons)
+        samples, quarantine = columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)
+        del columns, quarantined  # freed before the collector resumes, so that its first collection finds them gone
+    return PartRows(samples, quarantine, rows_read, read_stats, formats, reasons)
 
 
 @contextmanager
