@@ -1,5 +1,6 @@
 """Shard ingestion on bad inputs: every row accounted for, reasons name file, line and field."""
 
+import gc
 import json
 
 import duckdb
@@ -7,7 +8,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mig_assets.core.ingest.shards import ingest_shard
+from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
+from mig_assets.core.ingest.shards import ShardContext, ingest_shard, read_part
 from mig_assets.core.store.catalog import publish_catalog
 from tests.conftest import REAL_DATA
 
@@ -333,3 +335,37 @@ def test_stale_staging_files_of_dead_writers_are_removed(layout):
     finally:
         live.kill()
         live.wait()
+
+
+def test_reading_a_shard_pauses_the_garbage_collector_and_restores_it(layout):
+    """Every automatic collection would traverse all the rows kept so far (their tag and score
+    lists): read_part runs none, and leaves the collector as it found it, also when reading fails."""
+    rows = [
+        {
+            "messages": [{"role": "user", "content": f"What is {i}+2?"}, {"role": "assistant", "content": str(i + 2)}],
+            "annotation": {"instag": {"content": ["arithmetic"]}, "deita": {"quality_scores": [1.5], "complexity_scores": [2.0, 3.0]}},
+        }
+        for i in range(5000)
+    ]
+    path = layout.incoming_dir / "annotated.jsonl"
+    path.write_text("".join(line(row) + "\n" for row in rows))
+    context = ShardContext("annotated", "annotated.jsonl", "test", "auto", DEFAULT_MAX_RECORD_BYTES)
+    collections = []
+    collect = lambda phase, info: collections.append(info["generation"]) if phase == "start" else None  # noqa: E731
+    gc.callbacks.append(collect)
+    try:
+        part = read_part(path, None, context)
+    finally:
+        gc.callbacks.remove(collect)
+    # at most the one young-generation collection that the paused allocations trigger once it resumes
+    assert collections in ([], [0]) and gc.isenabled()
+    assert part.samples.num_rows == 5000 and part.samples.column("imported_complexity_turns")[0].as_py() == [2.0]
+    with pytest.raises(FileNotFoundError):
+        read_part(path.with_name("missing.jsonl"), None, context)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        read_part(path, None, context)
+        assert not gc.isenabled()  # a caller's paused collector stays paused
+    finally:
+        gc.enable()

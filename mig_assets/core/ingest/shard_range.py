@@ -12,7 +12,6 @@ single writer. Memory is bounded by a shard per worker: a worker sends back only
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from mig_assets.core.ingest.parts import end_with_parent
 from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
-from mig_assets.core.ingest.shards import DEFAULT_WORKERS, ShardContext, ShardStats, StagedShard, commit_shard, stage_shard
+from mig_assets.core.ingest.shards import DEFAULT_WORKERS, ShardContext, ShardStats, StagedShard, commit_shard, cyclic_gc_paused, stage_shard
 from mig_assets.core.store.layout import WarehouseLayout
 
 
@@ -56,12 +55,10 @@ def ingest_shard_range(
 def stage_in_worker(layout: WarehouseLayout, path: Path, context: ShardContext, owner_pid: int) -> StagedShard:
     """:func:`stage_shard` in a worker process, with Python's cyclic garbage collector off: the read
     makes millions of small objects and no cycles, and collecting them cost about 14% of its time.
-    The worker does nothing else, so no other code runs without the collector."""
-    gc.disable()
-    try:
+    The worker does nothing else, so no other code runs without the collector. (:func:`~mig_assets.core.ingest.shards.read_part`
+    pauses it too, wherever a shard is read; here it stays off for the whole staging.)"""
+    with cyclic_gc_paused():
         return stage_shard(layout, path, context, workers=1, owner_pid=owner_pid)
-    finally:
-        gc.enable()
 
 
 def _commit(layout: WarehouseLayout, staged: StagedShard, on_commit: Callable[[ShardStats], None]) -> ShardStats:

@@ -11,12 +11,15 @@ lookup joins this shard's ids against the other shards' Parquet inside DuckDB.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -242,23 +245,46 @@ def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRow
 
 def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> PartRows:
     """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
-    read_stats = ReadStats()
-    records = read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
-    columns = SampleColumns()
-    quarantined: list[dict] = []
-    formats: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    rows_read = 0
-    for raw in records:
-        rows_read += 1
-        record = _canonical(raw, context.source_format)
-        if isinstance(record, RecordError):
-            reasons[record.reason.split(":")[0]] += 1
-            quarantined.append(_quarantine_row(raw, record, context))
-            continue
-        formats[record.source_format] += 1
-        columns.add(raw, record)
-    return PartRows(columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA), rows_read, read_stats, formats, reasons)
+    with cyclic_gc_paused():
+        read_stats = ReadStats()
+        records = (
+            read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
+        )
+        columns = SampleColumns()
+        quarantined: list[dict] = []
+        formats: Counter[str] = Counter()
+        reasons: Counter[str] = Counter()
+        rows_read = 0
+        for raw in records:
+            rows_read += 1
+            record = _canonical(raw, context.source_format)
+            if isinstance(record, RecordError):
+                reasons[record.reason.split(":")[0]] += 1
+                quarantined.append(_quarantine_row(raw, record, context))
+                continue
+            formats[record.source_format] += 1
+            columns.add(raw, record)
+        samples, quarantine = columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)
+        del columns, quarantined  # freed before the collector resumes, so that its first collection finds them gone
+    return PartRows(samples, quarantine, rows_read, read_stats, formats, reasons)
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (the previous state is restored on exit).
+
+    Reading a shard allocates several container objects per record (parsed JSON, the kept tag
+    and score lists) and holds the kept ones to the end, so each automatic collection traverses
+    every row kept so far: about 30% of the reading time on a 93,900-row shard. The loop makes no
+    reference cycles (reference counting frees everything it drops), so nothing waits for the
+    collector; a cycle made elsewhere meanwhile is collected after the block."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _canonical(raw: RawRecord, source_format: str) -> CanonicalRecord | RecordError:
