@@ -85,11 +85,13 @@ def test_set_aside_maps_the_same_rows_back_and_leaves_no_file(layout, tmp_path):
     _, compact = plain_and_compact(con, chunks=2)
     lineage = LineageRows(compact)
     folder = tmp_path / "selection_inputs"
+    folder.mkdir()
+    (folder / ".staging-999999999-lineage-1.arrow").write_bytes(b"left by a killed run")  # no such process
     allocated = pa.total_allocated_bytes()
     lineage.set_aside(folder)
     assert lineage.table is not compact and lineage.table.equals(compact)  # dictionary columns included
     assert lineage.table.schema == compact.schema and pa.types.is_dictionary(lineage.table.schema.field("tagger").type)
-    assert list(folder.iterdir()) == []  # the .staging-* file unlinked at once
+    assert list(folder.iterdir()) == []  # its own .staging-* file unlinked at once, a killed run's removed
     # read back from the mapping, not into Arrow's memory pool
     assert pa.total_allocated_bytes() - allocated < compact.nbytes / 2
     order = lineage.by_sample_id()

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mig_assets.core.store.catalog import has_relation, sample_copies
-from mig_assets.core.store.parquet import write_parquet_atomic, write_rows_atomic
+from mig_assets.core.store.parquet import remove_stale_staging, write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
 METADATA_KEY = b"mig.selection_inputs"
@@ -273,10 +273,12 @@ class LineageRows:
     def set_aside(self, folder: Path) -> None:
         """Hold the rows in a file instead of in memory until the snapshot reads them: written to an
         Arrow IPC file in ``folder`` and mapped back, the file unlinked at once (the mapping keeps
-        it until the rows are dropped, a crash leaves nothing). The kernel pages the rows in as the
-        snapshot reads them and may drop them under pressure, so they do not sit beside the
-        greedy's matrices (about 220 MB at 939,000 samples)."""
+        it until the rows are dropped; a file a killed run left between the write and the unlink
+        is removed by the next). The kernel pages the rows in as the snapshot reads them and may
+        drop them under pressure, so they do not sit beside the greedy's matrices (about 220 MB at
+        939,000 samples)."""
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(folder)
         path = folder / f".staging-{os.getpid()}-lineage-{id(self)}.arrow"
         try:
             with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, self.table.schema) as writer:
