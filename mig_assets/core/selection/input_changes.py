@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mig_assets.core.selection.lineage import IMPORTED_ORIGIN, INPUTS_SCHEMA, SHARD_INPUT_ASSETS, raw_sha256
+from mig_assets.core.selection.lineage import IMPORTED_ORIGIN, INPUTS_SCHEMA, SHARD_INPUT_ASSETS, as_array, raw_sha256
 
 # the asset whose re-materialization changes each compared field
 CHANGED_BY = {"tags": "atomic_tags", "quality": "quality_scores", "raw_record": "raw_pool", "embedding_model": "sample_embeddings"}
@@ -97,7 +97,7 @@ COMPARED = ("tags", "tag_status", "tagger", "weight", "weight_origin", "raw", "e
 def values_differ(a: pa.ChunkedArray | pa.Array, b: pa.ChunkedArray | pa.Array) -> pa.Array:
     """Row by row, whether ``a`` and ``b`` hold different values (two nulls are the same; a list
     differs in its length or in an item)."""
-    a, b = (x.combine_chunks() if isinstance(x, pa.ChunkedArray) else x for x in (a, b))
+    a, b = as_array(a), as_array(b)
     one_null = pc.xor(pc.is_null(a), pc.is_null(b))
     if pa.types.is_list(a.type):
         lengths = pc.fill_null(pc.list_value_length(a), 0).to_numpy(zero_copy_only=False)

@@ -205,8 +205,7 @@ def snapshot_rows(
         pooled, used, rank = pa.array(pooled_rows), pa.array(used_weights), pa.array(ranks, mask=ranks == 0)
     weight = pc.if_else(pooled, used, current.column("weight"))
     origin = fill_where(current.column("weight_origin"), pc.and_(pooled, pc.is_null(current.column("weight_origin"))), f"no score: the pool median {fill:.6g}")
-    member = pc.is_valid(rank)
-    member = member.combine_chunks() if isinstance(member, pa.ChunkedArray) else member
+    member = as_array(pc.is_valid(rank))
     table = current.set_column(INPUTS_SCHEMA.get_field_index("rank"), "rank", rank)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight"), "weight", weight)
     table = table.set_column(INPUTS_SCHEMA.get_field_index("weight_origin"), "weight_origin", origin)
@@ -236,8 +235,7 @@ def members_only(column: pa.ChunkedArray, members: pa.Array, n: int) -> pa.Dicti
         values = values.cast(values.type.value_type)
     indices = np.full(n, -1, np.int32)
     indices[members.to_numpy()] = np.arange(len(members), dtype=np.int32)
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=indices < 0), values)
+    return pa.DictionaryArray.from_arrays(pa.array(indices, mask=indices < 0), as_array(values))
 
 
 def fill_where(column: pa.ChunkedArray, where: pa.Array | pa.ChunkedArray, value: str) -> pa.ChunkedArray | pa.Array:
@@ -248,15 +246,19 @@ def fill_where(column: pa.ChunkedArray, where: pa.Array | pa.ChunkedArray, value
         return column
     if not pa.types.is_dictionary(column.type):
         return pc.if_else(where, pa.scalar(value, pa.string()), column)
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    where = where.combine_chunks() if isinstance(where, pa.ChunkedArray) else where  # from_arrays takes arrays, not chunks
+    column, where = as_array(column), as_array(where)  # from_arrays takes arrays, not chunks
     indices = pc.if_else(where, pa.scalar(len(column.dictionary), column.indices.type), column.indices)
     return pa.DictionaryArray.from_arrays(indices, pa.concat_arrays([column.dictionary, pa.array([value], pa.string())]))
 
 
+def as_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``values`` as one array (a chunked array's chunks combined)."""
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def is_sorted(values: pa.ChunkedArray | pa.Array) -> bool:
     """Whether ``values`` are in strictly ascending order (sample ids: distinct)."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    values = as_array(values)
     return len(values) < 2 or bool(pc.all(pc.less(values.slice(0, len(values) - 1), values.slice(1))).as_py())
 
 
