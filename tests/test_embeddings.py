@@ -76,8 +76,9 @@ def test_sample_embeddings_per_shard_with_the_real_model(layout, instance, resou
 
 
 def test_precomputed_rows_as_written_first_then_normalized_names():
-    """A tag's row in a precomputed label file: the first row of its name as written; else the first
-    row whose name normalizes to it; else none. Names are normalized only when needed."""
+    """A tag's row in a precomputed label file: the first row of its name as written; else, for
+    normalized (LLM) tags, the first row whose name normalizes to it; else none. Names are
+    normalized only when needed."""
     from unittest import mock
 
     from mig_assets.defs.embeddings import assets
@@ -87,4 +88,7 @@ def test_precomputed_rows_as_written_first_then_normalized_names():
         assert assets.precomputed_rows(names, ["x", "Data Analysis"]) == {"x": 1, "Data Analysis": 0}
         assert normalize.call_count == 0  # every tag written as in the file: nothing to normalize
         assert assets.precomputed_rows(names, ["data analysis", "app", "x", "absent"]) == {"data analysis": 4, "app": 2, "x": 1}
+        assert normalize.call_count == len(names)
+        # imported tags (no normalized tag policy in the pool) are looked up as written only, as the reference does
+        assert assets.precomputed_rows(names, ["data analysis", "app", "x", "absent"], normalized=False) == {"data analysis": 4, "x": 1}
         assert normalize.call_count == len(names)

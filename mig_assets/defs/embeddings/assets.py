@@ -11,6 +11,7 @@ from pydantic import Field
 from mig_assets.core.embedding.encoder import DEFAULT_EMBEDDING_MODEL, EmbeddingCache, vectors_to_arrow
 from mig_assets.core.execution.pipeline import NoLocalModel
 from mig_assets.core.mig.sample import load_label_embeddings
+from mig_assets.core.selection.inputs import tag_policies
 from mig_assets.core.store.batch_cache import EMBEDDING_CACHE_DIR, text_hash
 from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
 from mig_assets.core.tagging.canonical import normalize_tag
@@ -37,19 +38,21 @@ class TagEmbeddingConfig(dg.Config):
     )
 
 
-def precomputed_rows(names: list[str], tags: list[str]) -> dict[str, int]:
+def precomputed_rows(names: list[str], tags: list[str], normalized: bool = True) -> dict[str, int]:
     """Row of each of ``tags`` in a precomputed label file (a tag it has no row for left out): the
-    first row of its name as written (imported tags keep their spelling), else the first row whose
-    name normalizes to it (LLM tags are normalized). The names are normalized only when a tag is
-    not in the file as written: the lemmatizer's dictionary takes a quarter of a second to load."""
+    first row of its name as written; for ``normalized`` tags (LLM tags: the pool has the
+    ``normalized`` tag policy), else the first row whose name normalizes to it. Imported tags keep
+    their spelling and are looked up as written only, as the MIG reference does. The names are
+    normalized only when a normalized tag is not in the file as written: the lemmatizer's
+    dictionary takes a quarter of a second to load."""
     as_written = {name: row for row, name in reversed(list(enumerate(names)))}
-    normalized: dict[str, int] = {}
-    if any(tag not in as_written for tag in tags):
+    normalized_rows: dict[str, int] = {}
+    if normalized and any(tag not in as_written for tag in tags):
         for row, name in enumerate(names):
-            normalized.setdefault(normalize_tag(name) or name, row)
+            normalized_rows.setdefault(normalize_tag(name) or name, row)
     rows = {}
     for tag in tags:
-        row = as_written.get(tag, normalized.get(tag))
+        row = as_written.get(tag, normalized_rows.get(tag))
         if row is not None:
             rows[tag] = row
     return rows
@@ -69,11 +72,12 @@ def tag_embeddings(context: dg.AssetExecutionContext, config: TagEmbeddingConfig
     layout = warehouse.layout
     with warehouse.connect() as con:
         tags = [tag for (tag,) in con.execute("SELECT tag FROM tag_vocabulary ORDER BY tag").fetchall()]
+        normalized = "normalized" in tag_policies(con)
     started = time.perf_counter()
     without_vector: list[str] = []
     if config.label_embeddings_prefix:
         names, matrix = load_label_embeddings(config.label_embeddings_prefix)
-        row_of = precomputed_rows(names, tags)
+        row_of = precomputed_rows(names, tags, normalized)
         # tags the file has no vector for are left out here; label_graph fails if it needs one
         without_vector = [t for t in tags if t not in row_of]
         tags = [t for t in tags if t in row_of]
