@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
+import pyarrow as pa
 
 from mig_assets.orchestration.automation import on_new_shard
 from mig_assets.orchestration.partitions import pool_shards
@@ -28,11 +29,18 @@ IMPORTED_SHARD_THREADS = 2
 
 def each_shard(work: Callable[[str], object], shards: Sequence[str], *, threads: int = 1) -> dict:
     """``work(shard)`` for each shard of a range run, in the range's order; ``threads`` shards at a
-    time (only for work that releases the GIL and shares no state between shards)."""
+    time (only for work that releases the GIL and shares no state between shards).
+
+    Afterwards Arrow's allocator gives back the memory the shards' tables freed (about 160 MB after
+    the imported tags of 939,000 samples): a process that runs several runs one after another
+    (``mig-assets run``, Dagster's in-process execution) would otherwise start the next from it."""
     if threads < 2 or len(shards) < 2:
-        return {shard: work(shard) for shard in shards}
-    with ThreadPoolExecutor(min(threads, len(shards))) as pool:
-        return dict(zip(shards, pool.map(work, shards)))
+        results = {shard: work(shard) for shard in shards}
+    else:
+        with ThreadPoolExecutor(min(threads, len(shards))) as pool:
+            results = dict(zip(shards, pool.map(work, shards)))
+    pa.default_memory_pool().release_unused()
+    return results
 
 
 def range_run_metadata(per_shard: dict[str, dict], *, summed: tuple[str, ...] = (), shared: tuple[str, ...] = ()) -> dict:
