@@ -1,7 +1,7 @@
 """The whole pipeline at the paper's scale: raw shard files to an exported MIG subset through the assets,
 against the drop-in ``mig-assets sample`` on the same pool, in the same benchmark run.
 
-    python benchmarks/bench_pipeline.py [--size small|medium|paper] [--shards 10] [--seed 0] [--mixed-records N] [--one-process]
+    python benchmarks/bench_pipeline.py [--size small|medium|paper] [--shards 10] [--seed 0] [--mixed-records N] [--one-process] [--repeat N]
 
 The pool is ``bench_mig.py``'s (``mig_synthetic.py``: the MIG reference schema with InsTag tags and
 Deita scores, cached under benchmarks/.cache/), cut into ``--shards`` JSONL files registered in order.
@@ -40,6 +40,7 @@ import os
 import pstats
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -290,6 +291,37 @@ ASSET_PHASES = {
     "reselect": "mig_selection again (version 2: diff, input changes)",
     "tree_and_tags": "knowledge_tree, target_profile, tags_5pct",
 }
+EXPORT_PHASES = ("ingest", "atomic_tags", "quality_scores", "mig_chain")  # raw files to the exported subset
+
+
+def run_once(args, directory: Path, export_only: bool) -> Phases:
+    """The drop-in, then the asset phases in a fresh MIG_HOME (only those up to the export, with
+    ``export_only``); exits if the two pick orders differ."""
+    from mig_assets.core.mig.sample import run_sample
+
+    size, paths, phases = SIZES[args.size], synthetic_paths(directory), Phases(args.profile)
+    selected = Path(tempfile.mkdtemp()) / "selected.jsonl"
+    with phases.phase("drop-in `sample`", notes := []):
+        stats = run_sample(paths.pool, selected, size.picks, valid_tag_path=paths.valid_tags, label_embeddings_prefix=paths.label_embeddings_prefix)
+        notes.append(", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items()))
+    expected = drop_in_ids(selected)
+
+    with tempfile.TemporaryDirectory() as home:  # a fresh MIG_HOME
+        files = split_into_shards(paths.pool, Path(home) / "raw", args.shards)
+        job: dict = {"home": home, "size": args.size, "pool_dir": str(directory), "profile": args.profile, "files": [str(f) for f in files]}
+        actual: list[str] = []
+        for phase, name in ASSET_PHASES.items():
+            if export_only and phase not in EXPORT_PHASES:
+                continue
+            result = run_asset_phase(phase, job) if args.one_process else in_child(phase, job)
+            job["shards"] = result.get("shards", job.get("shards"))  # ingestion's, in registration order
+            actual = result.get("picks", actual)
+            phases.add(name, result, result["notes"])
+    same = actual == expected
+    print(f"pick order, assets vs drop-in: {'identical' if same else 'DIFFERENT'} ({len(actual):,} picks)", flush=True)
+    if not same:
+        sys.exit(1)
+    return phases
 
 
 def main() -> None:
@@ -302,6 +334,13 @@ def main() -> None:
     parser.add_argument(
         "--one-process", action="store_true", help="run every asset phase in this process, one after another (a run carries what the runs before it left)"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the drop-in and the path to the export N times in turn, each in a fresh MIG_HOME: the ratio per repeat and its median",
+    )
     parser.add_argument("--child", nargs=2, metavar=("PHASE", "JOB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -311,26 +350,14 @@ def main() -> None:
         return
     size = SIZES[args.size]
     directory = ensure_pool(args.size, size, args.seed)
-    paths = synthetic_paths(directory)
-    phases = Phases(args.profile)
-
-    from mig_assets.core.mig.sample import run_sample
-
-    selected = Path(tempfile.mkdtemp()) / "selected.jsonl"
-    with phases.phase("drop-in `sample`", notes := []):
-        stats = run_sample(paths.pool, selected, size.picks, valid_tag_path=paths.valid_tags, label_embeddings_prefix=paths.label_embeddings_prefix)
-        notes.append(", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items()))
-    expected = drop_in_ids(selected)
-
-    with tempfile.TemporaryDirectory() as home:  # a fresh MIG_HOME
-        files = split_into_shards(paths.pool, Path(home) / "raw", args.shards)
-        job: dict = {"home": home, "size": args.size, "pool_dir": str(directory), "profile": args.profile, "files": [str(f) for f in files]}
-        actual: list[str] = []
-        for phase, name in ASSET_PHASES.items():
-            result = run_asset_phase(phase, job) if args.one_process else in_child(phase, job)
-            job["shards"] = result.get("shards", job.get("shards"))  # ingestion's, in registration order
-            actual = result.get("picks", actual)
-            phases.add(name, result, result["notes"])
+    pairs: list[tuple[float, float]] = []  # (assets, drop-in) seconds of each repeat
+    for repeat in range(1, args.repeat + 1):
+        last = repeat == args.repeat
+        if args.repeat > 1:
+            print(f"repeat {repeat} of {args.repeat}", flush=True)
+        phases = run_once(args, directory, export_only=not last)
+        to_export = tuple(ASSET_PHASES[p] for p in EXPORT_PHASES)
+        pairs.append((phases.seconds(*to_export), phases.seconds("drop-in `sample`")))
 
     mixed_records = args.mixed_records or MIXED_RECORDS[args.size]
     mixed = in_child("mixed", {"records": mixed_records, "shards": args.shards, "profile": args.profile})
@@ -338,17 +365,18 @@ def main() -> None:
 
     print(f"\n{args.size}: {size.records:,} records x {size.labels:,} labels, {size.picks:,} picks, {args.shards} shards")
     phases.print()
-    to_export = tuple(ASSET_PHASES[p] for p in ("ingest", "atomic_tags", "quality_scores", "mig_chain"))
-    drop_in = phases.seconds("drop-in `sample`")
-    total = phases.seconds(*to_export)
+    total, drop_in = pairs[-1]
     print(f"\nraw files -> exported MIG subset through the assets: {total:.1f} s ({phases.cpu(*to_export):.1f} s CPU), peak {phases.peak(*to_export):,.0f} MiB")
     print(
         f"drop-in `sample`: {drop_in:.1f} s ({phases.cpu('drop-in `sample`'):.1f} s CPU), peak {phases.peak('drop-in `sample`'):,.0f} MiB; ratio assets / drop-in {total / drop_in:.2f}x"
     )
-    same = actual == expected
-    print(f"pick order, assets vs drop-in: {'identical' if same else 'DIFFERENT'} ({len(actual):,} picks)")
-    if not same:
-        sys.exit(1)
+    if len(pairs) > 1:
+        ratios = sorted(assets / dropped for assets, dropped in pairs)
+        print(
+            f"over {len(pairs)} repeats, each the drop-in then the assets: assets {min(a for a, _ in pairs):.1f}-{max(a for a, _ in pairs):.1f} s, "
+            f"drop-in {min(d for _, d in pairs):.1f}-{max(d for _, d in pairs):.1f} s; ratio per repeat {', '.join(f'{r:.2f}x' for r in ratios)}, "
+            f"median {statistics.median(ratios):.2f}x"
+        )
 
 
 if __name__ == "__main__":
