@@ -31,9 +31,10 @@ from mig_assets.core.selection.lineage import (
     read_facts,
     read_graph,
     read_inputs_row,
+    with_raw_records,
 )
 from mig_assets.core.selection.run import tags_problem
-from mig_assets.core.store.catalog import has_relation, warehouse_dir_of
+from mig_assets.core.store.catalog import has_relation, sample_copies, warehouse_dir_of
 
 
 def _one(con, sql: str, params: list) -> dict | None:
@@ -153,7 +154,7 @@ def _current_lineage(con, sample_id: str) -> tuple[dict | None, object]:
 def _answer_from_version_inputs(con, used: dict, inputs_file: Path, current: dict | None, current_runs) -> tuple[dict, dict]:
     """The answer from the version's snapshot row ``used``, what changed since (against the
     ``current`` lineage and the current runs), and the inputs the fate is judged on."""
-    now = current_inputs(con, [used["sample_id"]], raw_for=[used["sample_id"]]).to_pylist()
+    now = with_raw_records(current_inputs(con, [used["sample_id"]]), sample_copies(con, [used["sample_id"]], "sample_id, raw")).to_pylist()
     now = now[0] if now else None
     facts = read_facts(inputs_file)
     runs_then = facts["shards"].get(used["shard"], {})

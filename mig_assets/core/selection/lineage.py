@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mig_assets.core.store.catalog import has_relation, sample_copies
+from mig_assets.core.store.catalog import has_relation
 from mig_assets.core.store.parquet import remove_stale_staging, write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
@@ -148,13 +147,13 @@ def compact_lineage(con, table: pa.Table) -> pa.Table:
     return pa.table({name: columns[name] for name in INPUTS_SCHEMA.names}).unify_dictionaries()
 
 
-def current_inputs(con, sample_ids: list[str] | None = None, raw_for: Sequence[str] = ()) -> pa.Table:
+def current_inputs(con, sample_ids: list[str] | None = None) -> pa.Table:
     """The present inputs of the pool's samples (of ``sample_ids`` only, when given), in
     :data:`INPUTS_SCHEMA` with a null rank; the weight is the scored quality, else the imported one
-    (null: neither); the raw record for ``raw_for`` only."""
+    (null: neither); no raw record (:func:`with_raw_records` adds those of a few samples)."""
     where = "WHERE s.sample_id IN (SELECT unnest($ids))" if sample_ids is not None else ""
     table = con.sql(f"{inputs_sql(con)} {where} ORDER BY s.sample_id", params={"ids": list(sample_ids)} if sample_ids is not None else None).to_arrow_table()
-    return with_raw_records(table.cast(INPUTS_SCHEMA), sample_copies(con, raw_for, "sample_id, raw"))
+    return table.cast(INPUTS_SCHEMA)
 
 
 def with_raw_records(inputs: pa.Table, records: pa.Table) -> pa.Table:
