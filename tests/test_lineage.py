@@ -18,6 +18,7 @@ import pytest
 
 from mig_assets.core.outputs.explain import explain
 from mig_assets.core.selection.lineage import inputs_path, read_facts
+from mig_assets.core.store.catalog import open_catalog
 from mig_assets.core.tagging.rows import query_text
 from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.defs.tagging.assets import build_atomic_tags
@@ -117,7 +118,8 @@ def members(layout, version: int) -> list[str]:
 
 
 def current_tags(layout) -> dict[str, list[str]]:
-    return {r["sample_id"]: r["tags"] for r in pq.read_table(layout.shard_file("atomic_tags", SHARD)).to_pylist()}
+    with open_catalog(layout) as con:  # imported or a model's, as every reader sees them
+        return dict(con.execute("SELECT sample_id, tags FROM atomic_tags WHERE shard = ?", [SHARD]).fetchall())
 
 
 @pytest.mark.slow

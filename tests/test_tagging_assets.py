@@ -12,8 +12,11 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from mig_assets.core.store.catalog import open_catalog
+from mig_assets.core.store.layout import IMPORTED_TAGS_MARKER
 from mig_assets.core.tagging.canonical import TAG_POLICIES, TAG_RULES_VERSION
 from mig_assets.core.tagging.prompts import PROMPTS
+from mig_assets.core.tagging.rows import TAG_ROW_SCHEMA
 from mig_assets.defs.tagging.assets import build_atomic_tags, tag_vocabulary
 from tests.conftest import REAL_DATA, REPO_ROOT, materialize_shards
 from tests.fakes import FakeTagger
@@ -113,6 +116,14 @@ def test_junk_tags_are_filtered_counted_and_block_a_broken_tagger(layout, instan
     assert forms["lighthouse lighthouse"] == "repeated words" and forms["Customer Service"] is None
 
 
+def catalog_tag_rows(layout, shard: str) -> list[dict]:
+    """The shard's rows of the catalog's ``atomic_tags`` (how every reader sees tags), by line."""
+    with open_catalog(layout) as con:
+        table = con.sql("SELECT t.* FROM atomic_tags t JOIN samples s USING (sample_id) WHERE t.shard = ? ORDER BY s.line_no", params=[shard]).to_arrow_table()
+    assert table.schema.equals(TAG_ROW_SCHEMA)  # the same columns and types, whatever wrote the rows
+    return table.to_pylist()
+
+
 def test_imported_tags_keep_the_reference_semantics(layout, instance, resources):
     record = {
         "dialogs": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
@@ -121,11 +132,50 @@ def test_imported_tags_keep_the_reference_semantics(layout, instance, resources)
     shard = ingest_lines(layout, instance, resources, "mig.jsonl", [json.dumps(record)])
     asset = build_atomic_tags("imported")
     result = dg.materialize([asset, tag_vocabulary], partition_key=shard, instance=instance, resources=resources)
-    [row] = pq.read_table(layout.shard_file("atomic_tags", shard)).to_pylist()
+    [row] = catalog_tag_rows(layout, shard)
     assert row["tags"] == ["C#", "news", "information", "news"] and row["tag_policy"] == "as_written" and row["dropped_tags"] == []
     meta = result.asset_materializations_for_node("tag_vocabulary")[0].metadata
     assert meta["tag_policy"].value == {"imported": "as_written: " + TAG_POLICIES["as_written"]}
     assert meta["surface_occurrences_dropped"].value == 0
+
+
+def test_imported_tags_are_read_in_place_and_one_backend_at_a_time_holds_a_shard(layout, instance, resources):
+    """Imported tags are not copied: the shard keeps a marker and the catalog reads the kept raw_pool
+    rows' annotations (a duplicate line is no tag row; a record without an annotation is
+    ``no_annotation``). Tagging the shard with a model replaces them with its tag file, and importing
+    again replaces that (its answers stay in the tag cache): never both, never neither."""
+    annotated = {"prompt": "Explain recursion.", "response": "A function calling itself.", "annotation": {"instag": {"content": ["recursion", "Python"]}}}
+    lines = [json.dumps(annotated), json.dumps({"prompt": "question 1"}), json.dumps(annotated)]  # line 3: a duplicate of line 1
+    shard = ingest_lines(layout, instance, resources, "mixed.jsonl", lines)
+    imported = build_atomic_tags("imported")
+    meta = dg.materialize([imported], partition_key=shard, instance=instance, resources=resources).asset_materializations_for_node("atomic_tags")[0].metadata
+    marker = layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER)
+    assert marker.exists() and not layout.shard_file("atomic_tags", shard).exists()
+    assert json.loads(marker.read_text())["rows"] == 2 and meta["path"].value == str(marker)
+    assert meta["statuses"].value == {"ok": 1, "no_annotation": 1} and meta["dagster/row_count"].value == 2
+    first, second = catalog_tag_rows(layout, shard)
+    assert (first["tags"], first["surface_tags"], first["status"], first["reason"]) == (["recursion", "Python"], ["recursion", "Python"], "ok", "")
+    assert (first["backend"], first["model"], first["prompt_version"], first["attempts"], first["truncated"]) == ("imported", "", "", 0, False)
+    assert (second["tags"], second["status"], second["reason"]) == ([], "no_annotation", "the record carries no annotation.instag.content")
+
+    tagger = FakeTagger()
+    dg.materialize([build_atomic_tags(tagger.version())], partition_key=shard, instance=instance, resources={**resources, "tagger": tagger})
+    assert layout.shard_file("atomic_tags", shard).exists() and not marker.exists()
+    assert [r["backend"] for r in catalog_tag_rows(layout, shard)] == ["vllm", "vllm"]
+
+    dg.materialize([imported], partition_key=shard, instance=instance, resources=resources)
+    assert marker.exists() and not layout.shard_file("atomic_tags", shard).exists()
+    assert [r["backend"] for r in catalog_tag_rows(layout, shard)] == ["imported", "imported"]
+
+
+def test_a_tag_file_takes_precedence_over_a_marker_left_beside_it(layout, instance, resources):
+    """Between writing one backend's tags and removing the other's (a crash there), the tag file is
+    what the catalog reads: a shard's rows are never counted twice."""
+    shard = ingest_lines(layout, instance, resources, "both.jsonl", [json.dumps({"prompt": f"question {i}"}) for i in range(3)])
+    tagger = FakeTagger()
+    dg.materialize([build_atomic_tags(tagger.version())], partition_key=shard, instance=instance, resources={**resources, "tagger": tagger})
+    layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER).write_text("{}")
+    assert [r["backend"] for r in catalog_tag_rows(layout, shard)] == ["vllm"] * 3
 
 
 def test_changing_prompt_or_model_changes_the_code_version():

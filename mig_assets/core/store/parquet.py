@@ -20,6 +20,16 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def write_text_atomic(text: str, path: Path) -> Path:
+    """Write ``text`` to ``path`` as :func:`write_parquet_atomic` writes a table (staging file, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".staging-{os.getpid()}-{path.name}")
+    staging.write_text(text)
+    os.replace(staging, path)
+    return path
+
+
 def write_rows_atomic(table: pa.Table, rows: pa.Array, path: Path, batch_rows: int = 131072, schema: pa.Schema | None = None) -> Path:
     """Write ``table``'s ``rows`` (indices, in that order) to ``path`` as :func:`write_parquet_atomic`
     does, ``batch_rows`` at a time, each batch cast to ``schema`` (default: the table's): only one

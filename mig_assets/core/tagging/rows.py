@@ -7,20 +7,23 @@ none after normalization), ``no_annotation`` (imported backend, the record carri
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mig_assets.core.llm.answers import complete_with_retries
 from mig_assets.core.llm.backends import LLMBackend, Sampling
 from mig_assets.core.store.batch_cache import BatchCache, model_folder, text_hash
-from mig_assets.core.store.parquet import read_kept_rows
-from mig_assets.core.tagging.canonical import FilteredTags, as_written_tags, filter_llm_tags
+from mig_assets.core.store.layout import IMPORTED_TAGS_MARKER, WarehouseLayout
+from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic, write_text_atomic
+from mig_assets.core.tagging.canonical import FilteredTags, filter_llm_tags
 from mig_assets.core.tagging.prompts import (
     MAX_TAGS,
     ParsedTags,
@@ -49,41 +52,47 @@ TAG_ROW_SCHEMA = pa.schema(
 NOT_JUNK_REASONS = frozenset({f"over the cap of {MAX_TAGS} tags"})
 
 
-def imported_tag_rows(samples: pa.Table, shard: str) -> pa.Table:
-    """Tag rows from ``imported_tags`` of the shard's kept samples (columns sample_id, imported_tags).
+def imported_tag_figures(annotations: pa.ChunkedArray | pa.Array) -> dict:
+    """What the ``imported`` backend's tag rows of a shard hold, from the kept samples' annotation
+    column (``imported_tags``) alone: the rows themselves are not copied, the catalog reads them in
+    place (:data:`~mig_assets.core.store.layout.IMPORTED_TAG_ROWS`: a sample without the column's
+    list is ``no_annotation`` with no tags; the tags are the list's string items as written).
 
-    Column by column in Arrow: a sample without the column's list is ``no_annotation`` with no tags;
-    the tags are the list as written (``as_written_tags``: its string items, order and repeats kept).
+    Returns the statuses and the tags (Counters in first-seen order, as :func:`value_counter`), the
+    count of samples per number of tags, and the number of surface tags (items of the lists).
     """
-    n = samples.num_rows
-    surface = samples.column("imported_tags")
-    present = pc.is_valid(surface)
-    if surface.null_count:  # no annotation: no surface tags (a copy of the column only when some sample lacks one)
-        surface = pc.if_else(present, surface, pa.scalar([], surface.type))
-    tags = surface
-    if pc.list_flatten(surface).null_count:  # items that are not strings: the policy keeps only the strings
-        tags = pa.array([as_written_tags(t) for t in surface.to_pylist()], pa.list_(pa.string()))
-
-    def repeat(value, type_: pa.DataType) -> pa.Array:
-        return pa.repeat(pa.scalar(value, type_), n)
-
-    dropped_type = TAG_ROW_SCHEMA.field("dropped_tags").type
-    columns = {
-        "sample_id": samples.column("sample_id"),
-        "shard": repeat(shard, pa.string()),
-        "tags": tags,
-        "surface_tags": surface,
-        "status": pc.if_else(present, "ok", "no_annotation"),
-        "reason": pc.if_else(present, "", "the record carries no annotation.instag.content"),
-        "backend": repeat("imported", pa.string()),
-        "model": repeat("", pa.string()),
-        "prompt_version": repeat("", pa.string()),
-        "truncated": repeat(False, pa.bool_()),
-        "attempts": repeat(0, pa.int32()),
-        "tag_policy": repeat("as_written", pa.string()),
-        "dropped_tags": pa.ListArray.from_arrays(pa.repeat(pa.scalar(0, pa.int32()), n + 1), pa.array([], dropped_type.value_type)),
+    flat = pc.list_flatten(annotations)
+    is_tag = pc.is_valid(flat)
+    owners = pc.list_parent_indices(annotations).filter(is_tag).to_numpy()
+    return {
+        "statuses": value_counter(pc.if_else(pc.is_valid(annotations), "ok", "no_annotation")),
+        "tags": value_counter(flat.filter(is_tag)),
+        "tags_per_sample": value_counter(pa.array(np.bincount(owners, minlength=len(annotations)))),
+        "surface": len(flat),
     }
-    return pa.table(columns, schema=TAG_ROW_SCHEMA)
+
+
+def write_imported_marker(layout: WarehouseLayout, shard: str, rows: int, statuses: Counter, run_id: str) -> Path:
+    """Make ``shard``'s atomic_tags its imported annotations: the marker the catalog finds them by
+    (:data:`~mig_assets.core.store.layout.IMPORTED_TAG_ROWS`), then no tag file of its own (earlier
+    tags of another backend stay in their cache). The marker says what the rows are."""
+    facts = {
+        "tags": "the kept raw_pool rows' imported_tags as written (policy as_written), read in place",
+        "raw_pool_file": layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
+        "rows": rows,
+        "statuses": dict(statuses),
+        "run_id": run_id,
+    }
+    marker = write_text_atomic(json.dumps(facts, indent=2) + "\n", layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER))
+    layout.shard_file("atomic_tags", shard).unlink(missing_ok=True)  # after the marker: a reader never finds neither
+    return marker
+
+
+def write_tag_rows(layout: WarehouseLayout, shard: str, table: pa.Table) -> Path:
+    """``shard``'s tag rows as its atomic_tags file, then no imported marker (the file took precedence once written)."""
+    path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
+    path.with_name(IMPORTED_TAGS_MARKER).unlink(missing_ok=True)
+    return path
 
 
 CACHE_SCHEMA = pa.schema(

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from mig_assets.core.store.catalog import replace_table
-from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
+from mig_assets.core.store.parquet import read_kept_rows
 from mig_assets.core.tagging.canonical import (
     TAG_POLICIES,
     TAG_RULES_VERSION,
@@ -18,10 +18,12 @@ from mig_assets.core.tagging.canonical import (
 from mig_assets.core.tagging.rows import (
     NOT_JUNK_REASONS,
     cached_tag_rows,
-    imported_tag_rows,
+    imported_tag_figures,
     kept_text_hashes,
     query_text,
     value_counter,
+    write_imported_marker,
+    write_tag_rows,
 )
 from mig_assets.orchestration.automation import (
     re_select,
@@ -141,12 +143,15 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
     shard is assembled by the same code, with a backend that refuses work, and the cluster's
     figures replace the (empty) local ones."""
     layout = warehouse.layout
-    text_column = "imported_tags" if tagger.backend == "imported" else "messages"  # the messages are the bulk of a shard
-    kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", text_column])
-    extra = {}
-    if tagger.backend == "imported":
-        table = imported_tag_rows(kept, shard)
+    if tagger.backend == "imported":  # the annotation column alone: the rows are read in place, not copied
+        annotations = read_kept_rows(layout.shard_file("raw_pool", shard), ["imported_tags"]).column("imported_tags")
+        figures = imported_tag_figures(annotations)
+        statuses, tag_counts, per_sample, rows = figures["statuses"], figures["tags"], figures["tags_per_sample"], len(annotations)
+        path = write_imported_marker(layout, shard, rows, statuses, context.run.run_id)
+        failed, extra = [], {}
+        junk = {"surface": figures["surface"], "junk": 0, "share": 0.0, "by_reason": {}, "examples": {}}  # as written: nothing dropped
     else:
+        kept = read_kept_rows(layout.shard_file("raw_pool", shard), ["sample_id", "messages"])
         ids = kept.column("sample_id").to_pylist()
         texts = [query_text(m, tagger.include_response) for m in kept.column("messages").to_pylist()]
         results, stats, load_seconds = tag_through_cache(
@@ -165,15 +170,15 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "generate_seconds": round(stats.generate_seconds, 3),
             "engine_load_seconds": round(load_seconds, 3),
         }
-    path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
-    statuses = value_counter(table.column("status"))
-    tag_counts = value_counter(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
-    per_sample = value_counter(pc.list_value_length(table.column("tags")))
-    failure_rate = statuses.get("failed", 0) / table.num_rows if table.num_rows else 0.0
-    failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
-    junk = junk_figures(table)
+        path = write_tag_rows(layout, shard, table)
+        statuses, rows = value_counter(table.column("status")), table.num_rows
+        tag_counts = value_counter(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
+        per_sample = value_counter(pc.list_value_length(table.column("tags")))
+        failed = table.filter(pc.equal(table.column("status"), "failed")).slice(0, 5).to_pylist()
+        junk = junk_figures(table)
+    failure_rate = statuses.get("failed", 0) / rows if rows else 0.0
     metadata = {
-        "dagster/row_count": table.num_rows,
+        "dagster/row_count": rows,
         "dagster/column_lineage": TAGS_LINEAGE,
         "backend": tagger.backend,
         "statuses": dg.MetadataValue.json(dict(statuses)),
