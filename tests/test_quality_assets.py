@@ -4,9 +4,13 @@ backend (cache, versions, data versions), and the blocking degenerate-score chec
 import json
 
 import dagster as dg
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mig_assets.core.quality.rows import QUALITY_ROW_SCHEMA
+from mig_assets.core.store.catalog import open_catalog
+from mig_assets.core.store.layout import IMPORTED_MARKER
 from mig_assets.core.store.parquet import read_kept_rows
 from mig_assets.defs.quality.assets import build_quality_scores
 from mig_assets.resources import Scorer
@@ -30,6 +34,17 @@ def materialize(assets, shard, instance, resources, scorer, **kwargs):
     return dg.materialize(assets, partition_key=shard, instance=instance, resources={**resources, "scorer": scorer}, **kwargs)
 
 
+def catalog_rows(layout, shard: str) -> pa.Table:
+    """The shard's rows of the catalog's ``quality_scores`` (how every reader sees scores, imported
+    ones read in place), by line."""
+    with open_catalog(layout) as con:
+        table = con.sql(
+            "SELECT q.* FROM quality_scores q JOIN samples s USING (sample_id) WHERE q.shard = ? ORDER BY s.line_no", params=[shard]
+        ).to_arrow_table()
+    assert table.schema.equals(QUALITY_ROW_SCHEMA)  # the same columns and types, whatever made the rows
+    return table
+
+
 def check_of(result):
     [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "quality_scores_not_degenerate"]
     return check
@@ -45,7 +60,9 @@ def test_imported_backend_reads_the_pools_deita_scores(layout, instance, resourc
     metadata = result.asset_materializations_for_node("quality_scores")[0].metadata
     assert metadata["statuses"].value == {"ok": 9} and metadata["backend"].value == "imported"
     assert "9 distinct values over 9 samples" in metadata["score_histogram"].value
-    rows = pq.read_table(layout.shard_file("quality_scores", "xsample_example.jsonl")).to_pylist()
+    assert layout.shard_file("quality_scores", "xsample_example.jsonl").with_name(IMPORTED_MARKER).exists()  # not copied
+    rows = catalog_rows(layout, "xsample_example.jsonl").to_pylist()
+    assert len(rows) == 9 and all(r["backend"] == "imported" and r["n_turns"] == len(r["quality"]) for r in rows)
     pool = {r["sample_id"]: r for r in pq.read_table(layout.shard_file("raw_pool", "xsample_example.jsonl")).to_pylist()}
     for row in rows:
         assert row["score"] == pool[row["sample_id"]]["imported_quality"]
@@ -63,8 +80,8 @@ def test_imported_backend_without_annotations_is_not_a_failure(layout, instance,
     scorer = Scorer()
     result = materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer)
     assert check_of(result).passed
-    rows = pq.read_table(layout.shard_file("quality_scores", shard)).to_pylist()
-    assert {(r["status"], r["score"]) for r in rows} == {("no_annotation", None)}
+    rows = catalog_rows(layout, shard).to_pylist()
+    assert {(r["status"], r["score"], r["reason"]) for r in rows} == {("no_annotation", None, "the record carries no annotation.deita")}
 
 
 def test_fake_llm_scores_with_cache_metadata_and_versions(layout, instance, resources):
@@ -199,20 +216,20 @@ def test_imported_range_run_in_threads_writes_what_one_shard_runs_write(layout, 
     range_tags = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
     result = dg.materialize([build_quality_scores(scorer.version())], instance=instance, resources={**resources, "scorer": scorer}, tags=range_tags)
     assert result.success and sorted(m.partition for m in result.asset_materializations_for_node("quality_scores")) == sorted(shards)
-    in_range = {s: pq.read_table(layout.shard_file("quality_scores", s)) for s in shards}
+    in_range = {s: catalog_rows(layout, s) for s in shards}
     kept = {s: read_kept_rows(layout.shard_file("raw_pool", s), ["sample_id"]).num_rows for s in shards}
     assert {s: table.num_rows for s, table in in_range.items()} == kept  # each kept sample scored once
     assert all(set(table.column("shard").to_pylist()) == {s} for s, table in in_range.items())
     for shard in shards:
         single = materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer)
-        assert pq.read_table(layout.shard_file("quality_scores", shard)).equals(in_range[shard])
+        assert catalog_rows(layout, shard).equals(in_range[shard])
         assert single.asset_materializations_for_node("quality_scores")[0].metadata["statuses"].value == {"ok": in_range[shard].num_rows}
 
 
 def test_imported_scores_read_the_per_turn_lists_ingestion_kept_and_older_shards_from_raw(layout, instance, resources):
-    """Ingestion keeps annotation.deita's per-turn lists in columns, so imported scoring reads them
-    instead of the raw records; a shard ingested before it did (no such columns) gives the same rows
-    from its raw records."""
+    """Ingestion keeps annotation.deita's per-turn lists in columns, so imported scores are read in
+    place from them; a shard ingested before it did (no such columns) gets a file of the same rows,
+    read out of its raw records."""
     import pyarrow.parquet as pq
 
     path = layout.incoming_dir / "xsample_example.jsonl"
@@ -226,8 +243,9 @@ def test_imported_scores_read_the_per_turn_lists_ingestion_kept_and_older_shards
         assert row["imported_quality_turns"] == deita["quality_scores"]
         assert row["imported_complexity_turns"] == deita["complexity_scores"][: len(deita["quality_scores"])]
     assert materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer).success
-    from_columns = pq.read_table(layout.shard_file("quality_scores", shard))
+    from_columns = catalog_rows(layout, shard)
     pq.write_table(kept.drop_columns(["imported_quality_turns", "imported_complexity_turns"]), samples)  # as an older ingestion wrote it
     assert materialize([build_quality_scores(scorer.version())], shard, instance, resources, scorer).success
-    from_raw = pq.read_table(layout.shard_file("quality_scores", shard))
+    assert layout.shard_file("quality_scores", shard).exists() and not layout.shard_file("quality_scores", shard).with_name(IMPORTED_MARKER).exists()
+    from_raw = catalog_rows(layout, shard)
     assert from_raw.equals(from_columns) and from_raw.column("quality").null_count == 0

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.store.catalog import open_catalog
-from mig_assets.core.store.layout import IMPORTED_TAGS_MARKER
+from mig_assets.core.store.layout import IMPORTED_MARKER
 from mig_assets.core.tagging.canonical import TAG_POLICIES, TAG_RULES_VERSION
 from mig_assets.core.tagging.prompts import PROMPTS
 from mig_assets.core.tagging.rows import TAG_ROW_SCHEMA
@@ -149,9 +149,11 @@ def test_imported_tags_are_read_in_place_and_one_backend_at_a_time_holds_a_shard
     shard = ingest_lines(layout, instance, resources, "mixed.jsonl", lines)
     imported = build_atomic_tags("imported")
     meta = dg.materialize([imported], partition_key=shard, instance=instance, resources=resources).asset_materializations_for_node("atomic_tags")[0].metadata
-    marker = layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER)
+    marker = layout.shard_file("atomic_tags", shard).with_name(IMPORTED_MARKER)
     assert marker.exists() and not layout.shard_file("atomic_tags", shard).exists()
-    assert json.loads(marker.read_text())["rows"] == 2 and meta["path"].value == str(marker)
+    facts = json.loads(marker.read_text())
+    assert (facts["samples"], facts["raw_pool_file"], facts["tag_policy"]) == (2, f"raw_pool/shard={shard}/part-0.parquet", "as_written")
+    assert meta["path"].value == str(marker)
     assert meta["statuses"].value == {"ok": 1, "no_annotation": 1} and meta["dagster/row_count"].value == 2
     first, second = catalog_tag_rows(layout, shard)
     assert (first["tags"], first["surface_tags"], first["status"], first["reason"]) == (["recursion", "Python"], ["recursion", "Python"], "ok", "")
@@ -174,7 +176,7 @@ def test_a_tag_file_takes_precedence_over_a_marker_left_beside_it(layout, instan
     shard = ingest_lines(layout, instance, resources, "both.jsonl", [json.dumps({"prompt": f"question {i}"}) for i in range(3)])
     tagger = FakeTagger()
     dg.materialize([build_atomic_tags(tagger.version())], partition_key=shard, instance=instance, resources={**resources, "tagger": tagger})
-    layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER).write_text("{}")
+    layout.shard_file("atomic_tags", shard).with_name(IMPORTED_MARKER).write_text("{}")
     assert [r["backend"] for r in catalog_tag_rows(layout, shard)] == ["vllm"] * 3
 
 

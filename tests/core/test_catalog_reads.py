@@ -9,10 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.ingest.shards import ingest_shard
-from mig_assets.core.quality.rows import imported_quality_rows
 from mig_assets.core.store.catalog import fetch_apart, open_catalog, sample_copies
-from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
-from mig_assets.core.tagging.rows import imported_tag_figures, write_imported_marker, write_tag_rows
+from mig_assets.core.store.parquet import write_imported_marker, write_shard_rows
 from tests.conftest import MIG_FIXTURES
 
 P2K = (MIG_FIXTURES / "p2k.jsonl").read_text().splitlines()[:40]
@@ -31,21 +29,18 @@ def write_shard(layout, name: str, lines: list[str], run_id: str):
 
 
 def tag_and_score(layout, shard: str, failed: tuple[str, ...] = (), scored: bool = True) -> None:
-    """The shard's imported tags, marked as the asset marks them (``failed``: a tag file of those
-    rows with those ids' status set to failed, as a tagger that failed on them writes it) and, when
-    ``scored``, its imported quality rows, written as the assets write them."""
-    samples = layout.shard_file("raw_pool", shard)
-    annotations = read_kept_rows(samples, ["imported_tags"]).column("imported_tags")
-    write_imported_marker(layout, shard, len(annotations), imported_tag_figures(annotations)["statuses"], "test-run")
+    """The shard's imported tags and, when ``scored``, its imported quality rows, marked as the
+    imported backends mark them (``failed``: a tag file of those rows with those ids' status set to
+    failed instead, as a tagger that failed on them writes it)."""
+    write_imported_marker(layout, "atomic_tags", shard, {"run_id": "test-run"})
     if failed:
         with open_catalog(layout) as con:
             tags = con.sql("SELECT * FROM atomic_tags WHERE shard = ?", params=[shard]).to_arrow_table()
         is_failed = pc.is_in(tags.column("sample_id"), value_set=pa.array(failed, pa.string()))
         tags = tags.set_column(tags.schema.get_field_index("status"), "status", pc.if_else(is_failed, "failed", tags.column("status")))
-        write_tag_rows(layout, shard, tags)
+        write_shard_rows(layout, "atomic_tags", shard, tags)
     if scored:
-        columns = ["sample_id", "imported_quality", "imported_quality_turns", "imported_complexity_turns"]
-        write_parquet_atomic(imported_quality_rows(read_kept_rows(samples, columns), shard), layout.shard_file("quality_scores", shard))
+        write_imported_marker(layout, "quality_scores", shard, {"run_id": "test-run"})
 
 
 def build_pool(layout, *, replaced: bool) -> dict[str, str]:

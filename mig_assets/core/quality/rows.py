@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mig_assets.core.store.layout import NO_QUALITY_ANNOTATION
+
 SCORE_RANGE = (1.0, 36.0)  # complexity x quality, each in [1, 6]
 
 QUALITY_ROW_SCHEMA = pa.schema(
@@ -32,16 +34,13 @@ QUALITY_ROW_SCHEMA = pa.schema(
 
 
 def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
-    """Rows from the shard's kept samples (columns sample_id, imported_quality, and the per-turn
-    lists imported_quality_turns and imported_complexity_turns, or raw for a shard ingested before
-    ingestion kept them): the Deita score the pool carries, with its per-turn lists. Column by
-    column: from raw, DuckDB's JSON functions read the lists (vectorized, no Python object per
+    """Rows from the kept samples (columns sample_id, raw, imported_quality) of a shard ingested
+    before ingestion kept the per-turn lists (a newer shard's rows are read in place, see
+    ``core/store/layout.IMPORTED_ROWS``): the Deita score the pool carries, with its per-turn lists,
+    which DuckDB's JSON functions read out of the raw records (vectorized, no Python object per
     record); lists that are not all numbers count as absent."""
     n = samples.num_rows
-    if "imported_quality_turns" in samples.column_names:  # ingestion kept the per-turn lists
-        complexity, quality = samples.column("imported_complexity_turns").combine_chunks(), samples.column("imported_quality_turns").combine_chunks()
-    else:  # a shard ingested before it did: read them out of the raw records
-        complexity, quality = deita_lists(samples.column("raw") if "raw" in samples.column_names else pa.nulls(n, pa.string()))
+    complexity, quality = deita_lists(samples.column("raw"))
     score = samples.column("imported_quality")
     present = pc.is_valid(score)
     turns = pc.list_value_length(quality)
@@ -57,7 +56,7 @@ def imported_quality_rows(samples: pa.Table, shard: str) -> pa.Table:
         "quality": quality,
         "n_turns": pc.if_else(pc.greater(turns, 0), turns, pa.scalar(None, turns.type)).cast(pa.int32()),
         "status": pc.if_else(present, "ok", "no_annotation"),
-        "reason": pc.if_else(present, "", "the record carries no annotation.deita"),
+        "reason": pc.if_else(present, "", NO_QUALITY_ANNOTATION),
         "backend": repeat("imported", pa.string()),
         "model": repeat("", pa.string()),
         "prompt_version": repeat("", pa.string()),

@@ -5,7 +5,7 @@ Layout::
 
     MIG_HOME/pool/incoming/**         shard files dropped by users (one shard per file)
     MIG_HOME/warehouse/<asset>/shard=<key>/part-0.parquet
-    MIG_HOME/warehouse/atomic_tags/shard=<key>/imported.json   imported tags: read from raw_pool, not copied
+    MIG_HOME/warehouse/<asset>/shard=<key>/imported.json   atomic_tags, quality_scores: imported, read from raw_pool
     MIG_HOME/warehouse/tables/<table>/part-*.parquet   global tables (selections, graph, tree, ...)
     MIG_HOME/warehouse/mig.duckdb     views only, rebuilt from the Parquet whenever needed
     MIG_HOME/exports/<selection>/<version>/
@@ -40,25 +40,37 @@ CATALOG_VIEWS = {
     # samples overlapping a benchmark item (core/curation/decontamination.py)
     "contamination": "SELECT * FROM read_parquet({contamination}, hive_partitioning = false, union_by_name = true)",
 }
-# a shard whose atomic_tags are its own imported annotations holds this marker instead of a tag file:
-# its tag rows are the kept raw_pool rows' annotations as written (the as_written policy), read in place
-IMPORTED_TAGS_MARKER = "imported.json"
-NO_ANNOTATION_REASON = "the record carries no annotation.instag.content"
-# those rows, in the columns and order of core/tagging/rows.TAG_ROW_SCHEMA: only the string items of
-# the annotation are tags, a sample without one is `no_annotation` with none. The shards are found by
-# glob, as the other views find their files; a shard's tag file, written before its marker is
-# removed (or after it, by another backend), takes precedence: its rows are never read twice
-IMPORTED_TAG_ROWS = f"""
-    SELECT sample_id, shard, coalesce(list_filter(imported_tags, lambda t: t IS NOT NULL), []::VARCHAR[]) AS tags,
-           coalesce(imported_tags, []::VARCHAR[]) AS surface_tags,
-           CASE WHEN imported_tags IS NULL THEN 'no_annotation' ELSE 'ok' END AS status,
-           CASE WHEN imported_tags IS NULL THEN '{NO_ANNOTATION_REASON}' ELSE '' END AS reason,
-           'imported' AS backend, '' AS model, '' AS prompt_version, false AS truncated, 0::INTEGER AS attempts,
-           'as_written' AS tag_policy, []::STRUCT(surface VARCHAR, reason VARCHAR)[] AS dropped_tags
-    FROM read_parquet({{raw_pool}}, hive_partitioning = false, union_by_name = true)
-    WHERE duplicate_of IS NULL AND shard IN (
-        SELECT regexp_extract(file, 'shard=([^/]+)/{IMPORTED_TAGS_MARKER}$', 1) FROM glob({{imported_markers}})
-        EXCEPT SELECT regexp_extract(file, 'shard=([^/]+)/part-0[.]parquet$', 1) FROM glob({{atomic_tags}}))"""
+# A shard whose atomic_tags or quality_scores are the pool's own annotations (the imported backends)
+# holds this marker instead of a file of rows: its rows are derived from its kept raw_pool rows in
+# place, never copied. The shards are found by glob, as the other views find their files; a shard's
+# own file of rows (written before its marker is removed, or after it by another backend) takes
+# precedence, so a shard's rows are never read twice.
+IMPORTED_MARKER = "imported.json"
+NO_TAG_ANNOTATION = "the record carries no annotation.instag.content"
+NO_QUALITY_ANNOTATION = "the record carries no annotation.deita"
+# the rows, in the columns and order of TAG_ROW_SCHEMA (core/tagging/rows.py) and QUALITY_ROW_SCHEMA
+# (core/quality/rows.py): only the string items of an InsTag annotation are tags (a sample without
+# one is `no_annotation`, with none); the Deita score and its per-turn lists as ingestion kept them
+IMPORTED_ROWS = {
+    "atomic_tags": f"""
+        SELECT sample_id, shard, coalesce(list_filter(imported_tags, lambda t: t IS NOT NULL), []::VARCHAR[]) AS tags,
+               coalesce(imported_tags, []::VARCHAR[]) AS surface_tags,
+               CASE WHEN imported_tags IS NULL THEN 'no_annotation' ELSE 'ok' END AS status,
+               CASE WHEN imported_tags IS NULL THEN '{NO_TAG_ANNOTATION}' ELSE '' END AS reason,
+               'imported' AS backend, '' AS model, '' AS prompt_version, false AS truncated, 0::INTEGER AS attempts,
+               'as_written' AS tag_policy, []::STRUCT(surface VARCHAR, reason VARCHAR)[] AS dropped_tags""",
+    "quality_scores": f"""
+        SELECT sample_id, shard, imported_quality AS score, imported_complexity_turns AS complexity, imported_quality_turns AS quality,
+               CASE WHEN len(imported_quality_turns) > 0 THEN len(imported_quality_turns)::INTEGER END AS n_turns,
+               CASE WHEN imported_quality IS NULL THEN 'no_annotation' ELSE 'ok' END AS status,
+               CASE WHEN imported_quality IS NULL THEN '{NO_QUALITY_ANNOTATION}' ELSE '' END AS reason,
+               'imported' AS backend, '' AS model, '' AS prompt_version, NULL::DOUBLE AS digit_mass, false AS truncated""",
+}
+IMPORTED_ROWS_FROM = f"""
+        FROM read_parquet({{raw_pool}}, hive_partitioning = false, union_by_name = true)
+        WHERE duplicate_of IS NULL AND shard IN (
+            SELECT regexp_extract(file, 'shard=([^/]+)/{IMPORTED_MARKER}$', 1) FROM glob({{markers}})
+            EXCEPT SELECT regexp_extract(file, 'shard=([^/]+)/part-0[.]parquet$', 1) FROM glob({{files}}))"""
 # global tables: one folder each; replaced tables hold part-0.parquet, histories one file per append
 TABLES_DIR = "tables"
 VIEW_SOURCES = {
@@ -200,11 +212,11 @@ class WarehouseLayout:
         """Each catalog view's SELECT over the Parquet that exists now (a glob over no file would fail)."""
         globs = {asset: sql_literal(f"{(self.warehouse_dir / asset).as_posix()}/shard=*/part-0.parquet") for asset in SHARD_ASSETS}
         views = {view: sql.format(**globs) for view, sql in CATALOG_VIEWS.items() if self.shard_files(VIEW_SOURCES.get(view, "raw_pool"))}
-        markers = (self.warehouse_dir / "atomic_tags").as_posix() + f"/shard=*/{IMPORTED_TAGS_MARKER}"
-        if any((self.warehouse_dir / "atomic_tags").glob(f"shard=*/{IMPORTED_TAGS_MARKER}")) and self.shard_files("raw_pool"):
-            parts = [views["atomic_tags"]] if "atomic_tags" in views else []
-            imported = IMPORTED_TAG_ROWS.format(**globs, imported_markers=sql_literal(markers))
-            views["atomic_tags"] = " UNION ALL BY NAME ".join([*parts, imported])
+        for asset, select in IMPORTED_ROWS.items():  # shards whose rows are read in place
+            if self.shard_files("raw_pool") and any((self.warehouse_dir / asset).glob(f"shard=*/{IMPORTED_MARKER}")):
+                markers = sql_literal(f"{(self.warehouse_dir / asset).as_posix()}/shard=*/{IMPORTED_MARKER}")
+                imported = select + IMPORTED_ROWS_FROM.format(raw_pool=globs["raw_pool"], markers=markers, files=globs[asset])
+                views[asset] = " UNION ALL BY NAME ".join([views[asset], imported] if asset in views else [imported])
         tables = sorted(p.name for p in self.tables_dir.glob("*") if self.table_files(p.name)) if self.tables_dir.exists() else []
         return views | {name: table_view_sql(self.tables_dir / name) for name in tables}
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mig_assets.core.store.layout import IMPORTED_MARKER, WarehouseLayout
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
@@ -28,6 +31,25 @@ def write_text_atomic(text: str, path: Path) -> Path:
     staging.write_text(text)
     os.replace(staging, path)
     return path
+
+
+def write_shard_rows(layout: WarehouseLayout, asset: str, shard: str, table: pa.Table) -> Path:
+    """``shard``'s rows of ``asset`` as its file, then no imported marker (the file took precedence once written)."""
+    path = write_parquet_atomic(table, layout.shard_file(asset, shard))
+    path.with_name(IMPORTED_MARKER).unlink(missing_ok=True)
+    return path
+
+
+def write_imported_marker(layout: WarehouseLayout, asset: str, shard: str, facts: dict) -> Path:
+    """Make ``shard``'s rows of ``asset`` the pool's own annotations, derived from its kept raw_pool
+    rows where they are (:data:`~mig_assets.core.store.layout.IMPORTED_ROWS`): the marker, saying
+    what the rows are (``facts``, with the raw_pool file), then no file of rows of its own (rows another
+    backend made stay in their cache)."""
+    raw_pool = layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix()
+    text = json.dumps({"rows": f"derived in place from the kept rows of {raw_pool}", "raw_pool_file": raw_pool, **facts}, indent=2) + "\n"
+    marker = write_text_atomic(text, layout.shard_file(asset, shard).with_name(IMPORTED_MARKER))
+    layout.shard_file(asset, shard).unlink(missing_ok=True)  # after the marker: a reader never finds neither
+    return marker
 
 
 def write_rows_atomic(table: pa.Table, rows: pa.Array, path: Path, batch_rows: int = 131072, schema: pa.Schema | None = None) -> Path:

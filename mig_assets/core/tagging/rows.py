@@ -7,7 +7,6 @@ none after normalization), ``no_annotation`` (imported backend, the record carri
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,8 +20,7 @@ import pyarrow.compute as pc
 from mig_assets.core.llm.answers import complete_with_retries
 from mig_assets.core.llm.backends import LLMBackend, Sampling
 from mig_assets.core.store.batch_cache import BatchCache, model_folder, text_hash
-from mig_assets.core.store.layout import IMPORTED_TAGS_MARKER, WarehouseLayout
-from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic, write_text_atomic
+from mig_assets.core.store.parquet import read_kept_rows
 from mig_assets.core.tagging.canonical import FilteredTags, filter_llm_tags
 from mig_assets.core.tagging.prompts import (
     MAX_TAGS,
@@ -55,7 +53,7 @@ NOT_JUNK_REASONS = frozenset({f"over the cap of {MAX_TAGS} tags"})
 def imported_tag_figures(annotations: pa.ChunkedArray | pa.Array) -> dict:
     """What the ``imported`` backend's tag rows of a shard hold, from the kept samples' annotation
     column (``imported_tags``) alone: the rows themselves are not copied, the catalog reads them in
-    place (:data:`~mig_assets.core.store.layout.IMPORTED_TAG_ROWS`: a sample without the column's
+    place (:data:`~mig_assets.core.store.layout.IMPORTED_ROWS`: a sample without the column's
     list is ``no_annotation`` with no tags; the tags are the list's string items as written).
 
     Returns the statuses and the tags (Counters in first-seen order, as :func:`value_counter`), the
@@ -70,29 +68,6 @@ def imported_tag_figures(annotations: pa.ChunkedArray | pa.Array) -> dict:
         "tags_per_sample": value_counter(pa.array(np.bincount(owners, minlength=len(annotations)))),
         "surface": len(flat),
     }
-
-
-def write_imported_marker(layout: WarehouseLayout, shard: str, rows: int, statuses: Counter, run_id: str) -> Path:
-    """Make ``shard``'s atomic_tags its imported annotations: the marker the catalog finds them by
-    (:data:`~mig_assets.core.store.layout.IMPORTED_TAG_ROWS`), then no tag file of its own (earlier
-    tags of another backend stay in their cache). The marker says what the rows are."""
-    facts = {
-        "tags": "the kept raw_pool rows' imported_tags as written (policy as_written), read in place",
-        "raw_pool_file": layout.shard_file("raw_pool", shard).relative_to(layout.warehouse_dir).as_posix(),
-        "rows": rows,
-        "statuses": dict(statuses),
-        "run_id": run_id,
-    }
-    marker = write_text_atomic(json.dumps(facts, indent=2) + "\n", layout.shard_file("atomic_tags", shard).with_name(IMPORTED_TAGS_MARKER))
-    layout.shard_file("atomic_tags", shard).unlink(missing_ok=True)  # after the marker: a reader never finds neither
-    return marker
-
-
-def write_tag_rows(layout: WarehouseLayout, shard: str, table: pa.Table) -> Path:
-    """``shard``'s tag rows as its atomic_tags file, then no imported marker (the file took precedence once written)."""
-    path = write_parquet_atomic(table, layout.shard_file("atomic_tags", shard))
-    path.with_name(IMPORTED_TAGS_MARKER).unlink(missing_ok=True)
-    return path
 
 
 CACHE_SCHEMA = pa.schema(

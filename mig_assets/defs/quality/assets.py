@@ -15,7 +15,8 @@ from mig_assets.core.quality.cache import QualityCache
 from mig_assets.core.quality.rows import QUALITY_ROW_SCHEMA, degenerate, histogram_markdown, imported_quality_rows, quality_rows
 from mig_assets.core.quality.scoring import score_samples
 from mig_assets.core.store.batch_cache import QUALITY_CACHE_DIR, text_hash
-from mig_assets.core.store.parquet import read_kept_rows, write_parquet_atomic
+from mig_assets.core.store.layout import NO_QUALITY_ANNOTATION
+from mig_assets.core.store.parquet import read_kept_rows, write_imported_marker, write_shard_rows
 from mig_assets.core.tagging.rows import value_counter
 from mig_assets.orchestration.automation import refuse_to_replace_other_configuration
 from mig_assets.orchestration.column_lineage import column_lineage
@@ -99,20 +100,31 @@ def build_quality_scores(scorer_version: str) -> dg.AssetsDefinition:
 
 
 def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer: Scorer, shard: str) -> dict:
-    """Score one shard's kept samples and write its Parquet; returns its metadata, scores, failure
-    count, a few failure examples and a digest of the written rows."""
+    """Score one shard's kept samples and write its rows (imported scores as ingestion kept them: a
+    marker, the rows read in place); returns its metadata, scores, failure count, a few failure
+    examples and a digest of the rows."""
     layout = warehouse.layout
     samples = layout.shard_file("raw_pool", shard)
-    text_columns = ["messages"]
-    if scorer.backend == "imported":  # the per-turn lists: kept by ingestion, or still only in raw (older shards)
-        kept_turns = "imported_quality_turns" in pq.read_schema(samples).names
-        text_columns = ["imported_quality_turns", "imported_complexity_turns"] if kept_turns else ["raw"]
-    kept = read_kept_rows(samples, ["sample_id", *text_columns, "imported_quality"])
-    extra = {}
-    if scorer.backend == "imported":
-        table = imported_quality_rows(kept, shard)
-        origin = "imported Deita annotation (mean over turns of quality x complexity)"
+    extra, origin = {}, "imported Deita annotation (mean over turns of quality x complexity)"
+    if scorer.backend == "imported" and "imported_quality_turns" in pq.read_schema(samples).names:
+        kept = read_kept_rows(samples, ["sample_id", "imported_quality"])
+        score = kept.column("imported_quality")
+        present = pc.is_valid(score)  # the columns the metadata and the digest read, as the view derives them
+        table = pa.table(
+            {
+                "sample_id": kept.column("sample_id"),
+                "score": score,
+                "status": pc.if_else(present, "ok", "no_annotation"),
+                "reason": pc.if_else(present, "", NO_QUALITY_ANNOTATION),
+            }
+        )
+        facts = {"samples": table.num_rows, "statuses": dict(value_counter(table.column("status"))), "run_id": context.run.run_id}
+        path = write_imported_marker(layout, "quality_scores", shard, facts)
+    elif scorer.backend == "imported":  # a shard ingested before ingestion kept the per-turn lists: they are read out of raw
+        table = imported_quality_rows(read_kept_rows(samples, ["sample_id", "raw", "imported_quality"]), shard)
+        path = write_shard_rows(layout, "quality_scores", shard, table)
     else:
+        kept = read_kept_rows(samples, ["sample_id", "messages"])
         ids = kept.column("sample_id").to_pylist()
         prompt = scorer.prompt
         cache = QualityCache(layout.warehouse_dir / QUALITY_CACHE_DIR, scorer.model_id, prompt, scorer.settings_key())
@@ -150,7 +162,7 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
             extra["digit_token_ids"] = dg.MetadataValue.json(labels or "not checked: the server exposes no tokenizer")
             if masses:
                 extra["mean_digit_mass"] = round(sum(masses) / len(masses), 4)
-    path = write_parquet_atomic(table, layout.shard_file("quality_scores", shard))
+        path = write_shard_rows(layout, "quality_scores", shard, table)
     statuses = value_counter(table.column("status"))
     scores = table.column("score").filter(pc.equal(table.column("status"), "ok")).drop_null().to_numpy()
     failed = table.filter(pc.equal(table.column("status"), "failed"))
@@ -172,9 +184,9 @@ def score_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, scorer:
 
 def _digest(table: pa.Table) -> str:
     """What downstream reads: sample, score, status (same rows, same data version), one line per
-    sample in sample_id order, hashed from the Arrow buffers."""
+    sample in the shard's row order (its kept samples in file order, whichever backend made the
+    rows: no sort needed), hashed from the Arrow buffers."""
     rows = table.select(["sample_id", "score", "status"])
-    rows = rows.take(pc.sort_indices(rows, [("sample_id", "ascending")]))
     score = pc.cast(rows.column("score"), pa.string())
     lines = pc.binary_join_element_wise(rows.column("sample_id"), score, rows.column("status"), "\t", null_handling="replace").combine_chunks()
     digest = hashlib.sha256()

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from mig_assets.core.store.catalog import replace_table
-from mig_assets.core.store.parquet import read_kept_rows
+from mig_assets.core.store.parquet import read_kept_rows, write_imported_marker, write_shard_rows
 from mig_assets.core.tagging.canonical import (
     TAG_POLICIES,
     TAG_RULES_VERSION,
@@ -22,8 +22,6 @@ from mig_assets.core.tagging.rows import (
     kept_text_hashes,
     query_text,
     value_counter,
-    write_imported_marker,
-    write_tag_rows,
 )
 from mig_assets.orchestration.automation import (
     re_select,
@@ -147,7 +145,8 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
         annotations = read_kept_rows(layout.shard_file("raw_pool", shard), ["imported_tags"]).column("imported_tags")
         figures = imported_tag_figures(annotations)
         statuses, tag_counts, per_sample, rows = figures["statuses"], figures["tags"], figures["tags_per_sample"], len(annotations)
-        path = write_imported_marker(layout, shard, rows, statuses, context.run.run_id)
+        facts = {"tag_policy": "as_written", "samples": rows, "statuses": dict(statuses), "run_id": context.run.run_id}
+        path = write_imported_marker(layout, "atomic_tags", shard, facts)
         failed, extra = [], {}
         junk = {"surface": figures["surface"], "junk": 0, "share": 0.0, "by_reason": {}, "examples": {}}  # as written: nothing dropped
     else:
@@ -170,7 +169,7 @@ def tag_shard(context: dg.AssetExecutionContext, warehouse: Warehouse, tagger: T
             "generate_seconds": round(stats.generate_seconds, 3),
             "engine_load_seconds": round(load_seconds, 3),
         }
-        path = write_tag_rows(layout, shard, table)
+        path = write_shard_rows(layout, "atomic_tags", shard, table)
         statuses, rows = value_counter(table.column("status")), table.num_rows
         tag_counts = value_counter(pc.list_flatten(table.column("tags")))  # in first-seen order, as most_common breaks ties
         per_sample = value_counter(pc.list_value_length(table.column("tags")))
