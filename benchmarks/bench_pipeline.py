@@ -6,7 +6,8 @@ against the drop-in ``mig-assets sample`` on the same pool, in the same benchmar
 The pool is ``bench_mig.py``'s (``mig_synthetic.py``: the MIG reference schema with InsTag tags and
 Deita scores, cached under benchmarks/.cache/), cut into ``--shards`` JSONL files registered in order.
 In a fresh ``MIG_HOME`` the benchmark runs what a user runs: ``mig-assets ingest``'s ingestion, one
-range run of ``atomic_tags`` and of ``quality_scores`` (the imported backends), then
+range run of ``atomic_tags`` and ``quality_scores`` (the imported backends: no model, so
+``mig-assets run`` runs them together), then
 ``tag_vocabulary`` -> ``tag_embeddings`` (the generator's label vectors) -> ``label_graph`` (its
 valid-tag file, tau 0.9) -> ``mig_selection`` (a count budget) with its export, then
 ``mig_selection`` once more (version 2, as a scheduled re-selection: the diff against version 1 and
@@ -15,8 +16,8 @@ pick order of the assets is checked against the drop-in's.
 
 Each of these runs in a child process of its own, as Dagster launches each run (and as
 ``mig-assets ingest`` is a command of its own): its figures are measured inside that process, from
-the start of the run, so a run does not carry the memory an earlier run left behind. The drop-in
-runs in the benchmark's own process. ``--one-process`` runs every phase in the benchmark's process
+the start of the run, so a run does not carry the memory an earlier run left behind. So does the
+drop-in, as the command runs. ``--one-process`` runs every phase in the benchmark's process
 instead, one after another, as ``mig-assets run`` runs tagging, scoring and the re-selection: each
 phase then starts with what the earlier ones left (the mixed-format ingestion still has a child).
 
@@ -149,12 +150,12 @@ def split_into_shards(pool_file: Path, folder: Path, n_shards: int) -> list[Path
     return paths
 
 
-def range_run(job, instance, asset_key, shards: list[str]):
-    """One run of ``job`` over all ``shards`` for ``asset_key``, as ``mig-assets run`` launches it."""
+def range_run(job, instance, asset_keys: list, shards: list[str]):
+    """One run of ``job`` over all ``shards`` for ``asset_keys``, as ``mig-assets run`` launches it."""
     from mig_assets.cli import CLI_LOGGING
 
     tags = {"dagster/asset_partition_range_start": shards[0], "dagster/asset_partition_range_end": shards[-1]}
-    return job.execute_in_process(instance=instance, run_config=CLI_LOGGING, asset_selection=[asset_key], tags=tags)
+    return job.execute_in_process(instance=instance, run_config=CLI_LOGGING, asset_selection=asset_keys, tags=tags)
 
 
 def materialize(defs, instance, names: tuple[str, ...], run_config: dict):
@@ -225,6 +226,19 @@ def run_mixed_ingest(n_records: int, n_shards: int, profile_top: int) -> dict:
     return figures
 
 
+def run_drop_in(job: dict) -> dict:
+    """``mig-assets sample`` on the pool (the baseline), as the command runs it: in a process of its
+    own (unless ``--one-process``), so that no repeat finds the memory an earlier one faulted in."""
+    from mig_assets.core.mig.sample import run_sample
+
+    size, paths, figures = SIZES[job["size"]], synthetic_paths(Path(job["pool_dir"])), {}
+    with measured(figures, job["profile"]):
+        stats = run_sample(
+            paths.pool, Path(job["selected"]), size.picks, valid_tag_path=paths.valid_tags, label_embeddings_prefix=paths.label_embeddings_prefix
+        )
+    return figures | {"notes": [", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items())]}
+
+
 def run_asset_phase(phase: str, job: dict) -> dict:
     """One phase of the asset path in ``job["home"]``, in this process of its own (as Dagster runs
     each run, and as each ``mig-assets`` command does): its figures, notes and what the parent needs."""
@@ -248,10 +262,8 @@ def run_asset_phase(phase: str, job: dict) -> dict:
     with measured(figures, job["profile"]):
         if phase == "ingest":
             totals = ingest_files(layout, [Path(f) for f in job["files"]], instance, say=lambda line: None)
-        elif phase == "atomic_tags":
-            run = range_run(tag_job, instance, atomic_tags.key, shards)
-        elif phase == "quality_scores":
-            range_run(tag_job, instance, quality_scores.key, shards)
+        elif phase == "imported":  # no model: one run for both, as `mig-assets run` launches them
+            run = range_run(tag_job, instance, [atomic_tags.key, quality_scores.key], shards)
         elif phase == "mig_chain":
             result = materialize(defs, instance, MIG_CHAIN, run_config)
         elif phase == "reselect":  # what a scheduled re-selection runs
@@ -261,9 +273,10 @@ def run_asset_phase(phase: str, job: dict) -> dict:
     if phase == "ingest":
         out["shards"] = [s["shard"] for s in totals["shards"]]
         out["notes"].append(f"{len(out['shards'])} shards, {totals['rows_read'] / figures['seconds']:,.0f} rows/s")
-    elif phase == "atomic_tags":
+    elif phase == "imported":
         floor, step = arrow_tags_floor(layout, shards), step_seconds(instance, run.run_id, "atomic_tags")
-        out["notes"].append(f"the step {step:.2f} s, {step / floor:.1f}x the Arrow read of the annotation column ({floor:.2f} s)")
+        out["notes"].append(f"the atomic_tags step {step:.2f} s, {step / floor:.1f}x the Arrow read of the annotation column ({floor:.2f} s)")
+        out["notes"].append(f"the quality_scores step {step_seconds(instance, run.run_id, 'quality_scores'):.2f} s")
     elif phase == "mig_chain":
         meta = result.asset_materializations_for_node("mig_selection")[0].metadata
         out["notes"].append(f"selection asset {meta['seconds_total'].value:.1f} s of which select {meta['seconds_select'].value:.1f} s")
@@ -285,29 +298,25 @@ def in_child(phase: str, job: dict) -> dict:
 
 ASSET_PHASES = {
     "ingest": "ingest",
-    "atomic_tags": "atomic_tags (imported)",
-    "quality_scores": "quality_scores (imported)",
+    "imported": "atomic_tags + quality_scores (imported), one run",
     "mig_chain": "vocabulary, vectors, graph, mig_selection + export",
     "reselect": "mig_selection again (version 2: diff, input changes)",
     "tree_and_tags": "knowledge_tree, target_profile, tags_5pct",
 }
-EXPORT_PHASES = ("ingest", "atomic_tags", "quality_scores", "mig_chain")  # raw files to the exported subset
+EXPORT_PHASES = ("ingest", "imported", "mig_chain")  # raw files to the exported subset
 
 
 def run_once(args, directory: Path, export_only: bool) -> Phases:
     """The drop-in, then the asset phases in a fresh MIG_HOME (only those up to the export, with
     ``export_only``); exits if the two pick orders differ."""
-    from mig_assets.core.mig.sample import run_sample
-
-    size, paths, phases = SIZES[args.size], synthetic_paths(directory), Phases(args.profile)
-    selected = Path(tempfile.mkdtemp()) / "selected.jsonl"
-    with phases.phase("drop-in `sample`", notes := []):
-        stats = run_sample(paths.pool, selected, size.picks, valid_tag_path=paths.valid_tags, label_embeddings_prefix=paths.label_embeddings_prefix)
-        notes.append(", ".join(f"{k} {v:.1f} s" for k, v in stats["timings_s"].items()))
-    expected = drop_in_ids(selected)
+    phases = Phases(args.profile)
+    drop_in_job = {"size": args.size, "pool_dir": str(directory), "profile": args.profile, "selected": str(Path(tempfile.mkdtemp()) / "selected.jsonl")}
+    result = run_drop_in(drop_in_job) if args.one_process else in_child("drop_in", drop_in_job)
+    phases.add("drop-in `sample`", result, result["notes"])
+    expected = drop_in_ids(Path(drop_in_job["selected"]))
 
     with tempfile.TemporaryDirectory() as home:  # a fresh MIG_HOME
-        files = split_into_shards(paths.pool, Path(home) / "raw", args.shards)
+        files = split_into_shards(synthetic_paths(directory).pool, Path(home) / "raw", args.shards)
         job: dict = {"home": home, "size": args.size, "pool_dir": str(directory), "profile": args.profile, "files": [str(f) for f in files]}
         actual: list[str] = []
         for phase, name in ASSET_PHASES.items():
@@ -345,7 +354,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         phase, job = args.child[0], json.loads(args.child[1])
-        result = run_mixed_ingest(job["records"], job["shards"], job["profile"]) if phase == "mixed" else run_asset_phase(phase, job)
+        if phase == "mixed":
+            result = run_mixed_ingest(job["records"], job["shards"], job["profile"])
+        else:
+            result = run_drop_in(job) if phase == "drop_in" else run_asset_phase(phase, job)
         print(json.dumps(result))
         return
     size = SIZES[args.size]

@@ -194,13 +194,15 @@ def run_over_ranges(job, instance, ordered: list[str], needed: list[str], name: 
 
 def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) -> dict:
     """Tag, embed and score the shards that need it (``tag_job``, one range run per block of shards:
-    each model loads once), then the global chain and every selection (``reselect_job``)."""
+    each model loads once; the imported backends, which load none, share one run when they need the
+    same shards), then the global chain and every selection (``reselect_job``)."""
     import time
 
     from mig_assets.definitions import (
         atomic_tags,
         defs,
         quality_scores,
+        resources,
         sample_embeddings,
     )
     from mig_assets.orchestration.partitions import pool_shards
@@ -209,15 +211,23 @@ def run_pipeline(layout: WarehouseLayout, instance, say, retag: bool = False) ->
     if not ordered:
         raise ValueError(f"nothing ingested in {layout.home}: `mig-assets ingest FILE...` first (or drop files in {layout.incoming_dir})")
     job = defs.resolve_job_def("tag_job")
+    loads_no_model = {atomic_tags.key: resources["tagger"].backend == "imported", quality_scores.key: resources["scorer"].backend == "imported"}
+    runs: list[tuple[list, list[str]]] = []  # the assets of each run of tag_job and the shards they need
     for assets_def in (atomic_tags, sample_embeddings, quality_scores):  # tag_job's assets
         needed, other = shards_needing(instance, assets_def, ordered, retag)
-        asset_key, name = assets_def.key, assets_def.key.to_user_string()
         if other:
             say(
-                f"{name}: {len(other)} shard(s) were made by another configuration and are kept; "
+                f"{assets_def.key.to_user_string()}: {len(other)} shard(s) were made by another configuration and are kept; "
                 "`mig-assets run --retag` re-makes them with the current settings"
             )
-        run_over_ranges(job, instance, ordered, needed, name, say, asset_selection=[asset_key])
+        model_free = loads_no_model.get(assets_def.key, False)
+        shared = next((keys for keys, shards in runs if model_free and shards == needed and all(loads_no_model.get(k, False) for k in keys)), None)
+        if shared is not None:
+            shared.append(assets_def.key)
+        else:
+            runs.append(([assets_def.key], needed))
+    for keys, needed in runs:
+        run_over_ranges(job, instance, ordered, needed, " + ".join(k.to_user_string() for k in keys), say, asset_selection=keys)
     started = time.perf_counter()
     say("vocabulary, embeddings, label graph, tree, target and selections (reselect_job) ...")
     result = defs.resolve_job_def("reselect_job").execute_in_process(

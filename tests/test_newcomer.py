@@ -173,6 +173,10 @@ def test_run_selects_real_public_data_with_the_imported_tagger_and_the_runs_show
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
     runs = {run.job_name: run.status for run in instance.get_runs()}
     assert runs.get("tag_job") == dg.DagsterRunStatus.SUCCESS and runs.get("reselect_job") == dg.DagsterRunStatus.SUCCESS
+    # the imported tags and scores load no model: one run for both; the embedding model its own
+    tag_runs = sorted(sorted(k.to_user_string() for k in run.asset_selection or ()) for run in instance.get_runs() if run.job_name == "tag_job")
+    assert tag_runs == [["atomic_tags", "quality_scores"], ["sample_embeddings"]]
+    assert "atomic_tags + quality_scores: shards" in done.stderr
 
 
 def test_shards_needing_work_become_one_range_run_per_consecutive_block():
