@@ -123,7 +123,7 @@ def inputs_sql(con, extra_columns: str = "", *, shard_facts: bool = True) -> str
 
 def compact_lineage(con, table: pa.Table) -> pa.Table:
     """``table`` (rows of :func:`inputs_sql` without its shard facts) in :data:`INPUTS_SCHEMA`'s
-    columns, as dictionary arrays where the pool holds a few distinct values: the shard facts,
+    columns, as dictionary arrays where the pool holds a few distinct values: the shard and its facts,
     added from the shards (ingestion writes one source file and one run per shard file, so a row's
     facts are its shard's; a shard with more than one is an error), and :data:`FEW_VALUES`. A
     million rows then hold a few strings, not a copy each (420 MB of rows become about 220 MB at the
@@ -139,7 +139,7 @@ def compact_lineage(con, table: pa.Table) -> pa.Table:
         raise ValueError(f"shards {twice} hold rows of more than one source file or ingest run: ingest them again")
     position = pc.index_in(table.column("shard"), value_set=shards)
     columns = {name: table.column(name) for name in table.column_names}
-    for name in SHARD_FACTS:
+    for name in ("shard", *SHARD_FACTS):
         values = facts.column(name).combine_chunks()
         columns[name] = pa.chunked_array([pa.DictionaryArray.from_arrays(chunk, values) for chunk in position.chunks], pa.dictionary(pa.int32(), pa.string()))
     for name in FEW_VALUES:
