@@ -17,9 +17,10 @@ pick order of the assets is checked against the drop-in's.
 Each of these runs in a child process of its own, as Dagster launches each run (and as
 ``mig-assets ingest`` is a command of its own): its figures are measured inside that process, from
 the start of the run, so a run does not carry the memory an earlier run left behind. So does the
-drop-in, as the command runs. ``--one-process`` runs every phase in the benchmark's process
+drop-in, as the command runs. ``--one-process`` runs every asset phase in the benchmark's process
 instead, one after another, as ``mig-assets run`` runs tagging, scoring and the re-selection: each
-phase then starts with what the earlier ones left (the mixed-format ingestion still has a child).
+phase then starts with what the earlier ones left (the drop-in, a command of its own that
+``mig-assets run`` never runs, and the mixed-format ingestion still have a child).
 
 ``--profile N`` runs each phase under cProfile and prints its N functions with the most own time
 (the times then include the profiler's overhead). Each phase prints its wall time, its CPU time
@@ -231,7 +232,7 @@ def run_mixed_ingest(n_records: int, n_shards: int, profile_top: int) -> dict:
 
 def run_drop_in(job: dict) -> dict:
     """``mig-assets sample`` on the pool (the baseline), as the command runs it: in a process of its
-    own (unless ``--one-process``), so that no repeat finds the memory an earlier one faulted in."""
+    own, so that neither a repeat nor the asset phases of ``--one-process`` find the memory it faulted in."""
     from mig_assets.core.mig.sample import run_sample
 
     size, paths, figures = SIZES[job["size"]], synthetic_paths(Path(job["pool_dir"])), {}
@@ -319,7 +320,7 @@ def run_once(args, directory: Path, export_only: bool) -> Phases:
     ``export_only``); exits if the two pick orders differ."""
     phases = Phases(args.profile)
     drop_in_job = {"size": args.size, "pool_dir": str(directory), "profile": args.profile, "selected": str(Path(tempfile.mkdtemp()) / "selected.jsonl")}
-    result = run_drop_in(drop_in_job) if args.one_process else in_child("drop_in", drop_in_job)
+    result = in_child("drop_in", drop_in_job)  # a command of its own, also with --one-process (mig-assets run never runs it)
     phases.add("drop-in `sample`", result, result["notes"])
     expected = drop_in_ids(Path(drop_in_job["selected"]))
 
