@@ -174,6 +174,9 @@ def test_deita_score_of_valid_scores_is_the_mean_product_in_order(quality, compl
         ([1.0, -0.5], [1.0, 1.0], "quality_scores[1]", "expected a finite non-negative number, got -0.5"),
         ([1.0, -1], [-2, 1.0], "quality_scores[1]", "expected a finite non-negative number, got -1"),  # quality first
         ([1.0], [1.0, False], "complexity_scores[1]", "expected a finite non-negative number, got False"),
+        # an int float64 cannot hold exactly: quarantined, where storing it used to fail the whole shard
+        ([2**60], [1.0], "quality_scores[0]", f"integer {2**60} is beyond 2**53, the largest a float64 score holds exactly"),
+        ([1.0], [-(10**400)], "complexity_scores[0]", f"integer {-(10**400)} is beyond 2**53, the largest a float64 score holds exactly"),
         ([1.0, 2.0], [1.0], "complexity_scores", "has 1 scores for 2 quality scores"),
     ],
 )

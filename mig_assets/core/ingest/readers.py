@@ -19,8 +19,9 @@ import orjson
 import pyarrow as pa
 
 from mig_assets.core.ingest.parts import JsonlPart
-from mig_assets.core.ingest.records import RecordError
+from mig_assets.core.ingest.records import CanonicalRecord, RecordError
 from mig_assets.core.ingest.streams import open_binary
+from mig_assets.core.ingest.typed import canonical_from_json
 from mig_assets.core.store.layout import SUPPORTED_SUFFIXES, is_supported
 
 BOM = b"\xef\xbb\xbf"
@@ -39,6 +40,7 @@ class RawRecord:
     value: Any = None
     error: RecordError | None = None
     raw_bytes: bytes | None = None  # the undecoded bytes, kept only when they are not valid UTF-8
+    canonical: CanonicalRecord | None = None  # set instead of value where typed decoding could vouch for the record
 
 
 @dataclass
@@ -50,8 +52,10 @@ class ReadStats:
     container_errors: list[str] = field(default_factory=list)
 
 
-def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
-    """Yield every record of ``path`` in order, parse errors included."""
+def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, *, typed: bool = False) -> Iterator[RawRecord]:
+    """Yield every record of ``path`` in order, parse errors included. With ``typed``, a JSONL record
+    of a common shape comes already canonical (``canonical`` set, format detected: see
+    ``typed.canonical_from_json``); every other record comes parsed, as without it."""
     name = path.name.lower()
     if name.endswith(".parquet"):
         stats.container = "parquet"
@@ -72,17 +76,19 @@ def read_records(path: Path, stats: ReadStats, max_record_bytes: int = DEFAULT_M
         yield from _read_json_array(path, stats, max_record_bytes, single_object=True)
     else:
         stats.container = "jsonl"
-        yield from _read_jsonl(path, stats, max_record_bytes)
+        yield from _read_jsonl(path, stats, max_record_bytes, typed=typed)
 
 
-def read_jsonl_part(path: Path, part: JsonlPart, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[RawRecord]:
+def read_jsonl_part(
+    path: Path, part: JsonlPart, stats: ReadStats, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, *, typed: bool = False
+) -> Iterator[RawRecord]:
     """The records of one part of an uncompressed JSONL file (see :func:`jsonl_parts`), as the whole
-    file's reader yields them: same line numbers, same errors."""
+    file's reader yields them: same line numbers, same errors (``typed``: as in :func:`read_records`)."""
     stats.container = "jsonl"
-    yield from _read_jsonl(path, stats, max_record_bytes, part)
+    yield from _read_jsonl(path, stats, max_record_bytes, part, typed=typed)
 
 
-def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: JsonlPart | None = None) -> Iterator[RawRecord]:
+def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: JsonlPart | None = None, *, typed: bool = False) -> Iterator[RawRecord]:
     """One record per line (of the file, or of ``part`` of it). A line is read at most
     ``max_record_bytes`` at a time, so an oversized line is measured and quarantined without ever
     being held whole; a damaged compressed stream ends the file with one quarantined record naming
@@ -118,7 +124,7 @@ def _read_jsonl(path: Path, stats: ReadStats, max_record_bytes: int, part: Jsonl
             if not line or line.isspace():  # isspace: the bytes strip() removes, without a copy of the line
                 stats.blank_lines += 1
                 continue
-            yield _parse_line(line, line_no, max_record_bytes)
+            yield _parse_line(line, line_no, max_record_bytes, typed)
 
 
 def _oversized_line(head: bytes, line_no: int, offset: int, size: int, max_record_bytes: int) -> RawRecord:
@@ -156,7 +162,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def _parse_line(line: bytes, line_no: int, max_record_bytes: int) -> RawRecord:
+def _parse_line(line: bytes, line_no: int, max_record_bytes: int, typed: bool) -> RawRecord:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -168,6 +174,8 @@ def _parse_line(line: bytes, line_no: int, max_record_bytes: int) -> RawRecord:
         )
     if len(line) > max_record_bytes:
         return RawRecord(line_no, text, error=_size_error(len(line), max_record_bytes))
+    if typed and (canonical := canonical_from_json(line)) is not None:
+        return RawRecord(line_no, text, None, None, None, canonical)
     try:
         return RawRecord(line_no, text, orjson.loads(line))  # positional: keywords cost per row
     except orjson.JSONDecodeError as exc:

@@ -43,6 +43,7 @@ RESPONSE_FIELDS = ("response", "answer", "output", "completion")
 # the exact types orjson and Arrow give numbers and strings: a cheap sufficient check for valid
 # values; anything else goes through the checks that name the offending value
 NUMBER_TYPES = frozenset((float, int))
+MAX_EXACT_INT = 2**53  # scores are stored as float64, which holds every integer up to this exactly
 STRING_TYPES = frozenset((str,))
 
 
@@ -335,21 +336,26 @@ def deita_score(quality_scores: Any, complexity_scores: Any) -> float:
             f"{base}.complexity_scores",
             f"has {len(complexity_scores)} scores for {len(quality_scores)} quality scores",
         )
+    return deita_mean(quality_scores, complexity_scores)
+
+
+def deita_mean(quality_scores: list, complexity_scores: list) -> float:
+    """(1/R) sum_t quality_t * complexity_t over the R turns of ``quality_scores``, for lists
+    :func:`deita_score` (or a typed decoder) has already validated."""
     # map(mul) pairs the lists as zip does: the same products, summed in the same order
     return sum(map(mul, quality_scores, complexity_scores)) / len(quality_scores)
 
 
 def _plain_scores(quality_scores: Any, complexity_scores: Any) -> bool:
     """The valid case, checked in C over both lists at once: non-empty lists of plain floats and
-    ints, all >= 0 and finite.
+    ints, all >= 0, finite and at most MAX_EXACT_INT.
 
-    False only sends the lists to :func:`_check_scores`, which finds the offending value. min()
-    runs before isfinite so that with any negative value the full checks decide, in their order,
-    whether a RecordError or the OverflowError of a too-large int comes first."""
+    False only sends the lists to :func:`_check_scores`, which finds the offending value. min() and
+    max() run before isfinite, which would raise OverflowError for an int too large for a float."""
     if not (type(quality_scores) is list and type(complexity_scores) is list and quality_scores and complexity_scores):
         return False
     values = quality_scores + complexity_scores  # in the order _check_scores visits them
-    return NUMBER_TYPES.issuperset(map(type, values)) and min(values) >= 0 and all(map(math.isfinite, values))
+    return NUMBER_TYPES.issuperset(map(type, values)) and min(values) >= 0 and max(values) <= MAX_EXACT_INT and all(map(math.isfinite, values))
 
 
 def _check_scores(values: Any, path: str) -> None:
@@ -357,6 +363,8 @@ def _check_scores(values: Any, path: str) -> None:
     if not isinstance(values, list) or not values:
         raise RecordError(path, "expected a non-empty list of numbers")
     for i, v in enumerate(values):
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_EXACT_INT:
+            raise RecordError(f"{path}[{i}]", f"integer {v} is beyond 2**53, the largest a float64 score holds exactly")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise RecordError(f"{path}[{i}]", f"expected a finite non-negative number, got {v!r}")
 

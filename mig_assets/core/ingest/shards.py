@@ -247,8 +247,11 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
     """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
     with cyclic_gc_paused():
         read_stats = ReadStats()
+        typed = context.source_format == "auto"  # a format given by hand: the general path reads it so
         records = (
-            read_records(path, read_stats, context.max_record_bytes) if part is None else read_jsonl_part(path, part, read_stats, context.max_record_bytes)
+            read_records(path, read_stats, context.max_record_bytes, typed=typed)
+            if part is None
+            else read_jsonl_part(path, part, read_stats, context.max_record_bytes, typed=typed)
         )
         columns = SampleColumns()
         quarantined: list[dict] = []
@@ -288,6 +291,8 @@ def cyclic_gc_paused() -> Iterator[None]:
 
 
 def _canonical(raw: RawRecord, source_format: str) -> CanonicalRecord | RecordError:
+    if raw.canonical is not None:
+        return raw.canonical
     if raw.error is not None:
         return raw.error
     try:
