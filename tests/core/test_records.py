@@ -45,7 +45,6 @@ def test_each_format_becomes_canonical_messages(record, fmt, messages):
     canonical = canonicalize(record)
     assert canonical.source_format == fmt
     assert canonical.messages == messages
-    assert canonical.n_chars == sum(len(c) for _, c in messages)
 
 
 def test_format_override_reads_the_named_fields_only():
@@ -269,4 +268,26 @@ def test_sample_id_hashes_the_sorted_key_compact_json_of_the_normalized_turns():
     canonical = canonicalize({"conversations": [{"from": "human", "value": " Q\r\n"}, {"from": "gpt", "value": "caf\u0065\u0301 "}]})
     expected = '[{"content":"Q","role":"user"},{"content":"caf\u00e9","role":"assistant"}]'.encode()
     assert canonical.sample_id == hashlib.sha256(expected).hexdigest()
-    assert canonical.n_chars == len(" Q\r\n") + len("caf\u0065\u0301 ")
+
+
+def test_n_chars_counts_the_code_points_of_the_turns_as_read():
+    """Counted over the stored contents (Arrow's utf8_length), as len() counts them."""
+    import math
+
+    from mig_assets.core.ingest.columns import SampleColumns
+    from mig_assets.core.ingest.readers import RawRecord
+    from mig_assets.core.ingest.shards import ShardContext
+    from mig_assets.core.tokens import CHARS_PER_TOKEN
+
+    records = [
+        canonicalize({"conversations": [{"from": "human", "value": " Q\r\n"}, {"from": "gpt", "value": "caf\u0065\u0301 "}]}),
+        canonicalize({"instruction": "\U0001f600 emoji", "input": "x" * 9}),
+        canonicalize({"dialogs": [{"role": "user", "content": "a"}]}),
+    ]
+    columns = SampleColumns()
+    for line_no, record in enumerate(records, start=1):
+        columns.add(RawRecord(line_no, "{}"), record)
+    table = columns.table(ShardContext("s", "s.jsonl", "run", "auto", 1 << 20))
+    expected = [len(" Q\r\n") + len("caf\u0065\u0301 "), len("\U0001f600 emoji\n\n" + "x" * 9), 1]
+    assert table.column("n_chars").to_pylist() == expected == [sum(len(c) for _, c in r.messages) for r in records]
+    assert table.column("n_tokens_est").to_pylist() == [math.ceil(n / CHARS_PER_TOKEN) for n in expected]

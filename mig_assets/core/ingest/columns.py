@@ -3,11 +3,13 @@ time: Python lists per column, one ``pa.array`` each, no dict per row."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from mig_assets.core.ingest.readers import RawRecord
-from mig_assets.core.ingest.records import CHARS_PER_TOKEN, CanonicalRecord
+from mig_assets.core.ingest.records import CanonicalRecord
+from mig_assets.core.tokens import CHARS_PER_TOKEN
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 SAMPLE_SCHEMA = pa.schema(
@@ -41,7 +43,7 @@ class SampleColumns:
     with list offsets), turned into one Arrow table at the end: no per-row dict."""
 
     def __init__(self):
-        self.sample_id, self.line_no, self.source_format, self.n_chars = [], [], [], []
+        self.sample_id, self.line_no, self.source_format = [], [], []
         self.source, self.original_id, self.imported_tags, self.imported_quality, self.raw = [], [], [], [], []
         self.roles, self.contents, self.offsets = [], [], [0]
         self.quality_turns, self.complexity_turns = [], []
@@ -50,7 +52,6 @@ class SampleColumns:
         self.sample_id.append(record.sample_id)
         self.line_no.append(raw.line_no)
         self.source_format.append(record.source_format)
-        self.n_chars.append(record.n_chars)
         self.source.append(record.source)
         self.original_id.append(record.original_id)
         self.imported_tags.append(record.imported_tags)
@@ -68,8 +69,9 @@ class SampleColumns:
         """The rows as SAMPLE_SCHEMA, with what every row of the shard shares from ``context`` (a ShardContext)."""
         n = len(self.sample_id)
         offsets = pa.array(self.offsets, pa.int32())
-        turns = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), pa.array(self.contents, pa.string())], fields=list(MESSAGE_TYPE))
-        n_chars = pa.array(self.n_chars, pa.int64())
+        contents = pa.array(self.contents, pa.string())
+        turns = pa.StructArray.from_arrays([pa.array(self.roles, pa.string()), contents], fields=list(MESSAGE_TYPE))
+        n_chars = pa.array(_row_sums(pc.utf8_length(contents).to_numpy(), self.offsets), pa.int64())
         messages = pa.ListArray.from_arrays(offsets, turns)
         columns = {
             "sample_id": pa.array(self.sample_id, pa.string()),
@@ -92,3 +94,10 @@ class SampleColumns:
             "imported_complexity_turns": pa.array(self.complexity_turns, pa.list_(pa.float64())),
         }
         return pa.table(columns, schema=SAMPLE_SCHEMA)
+
+
+def _row_sums(per_turn: np.ndarray, offsets: list[int]) -> np.ndarray:
+    """Each row's sum over its turns (offsets[i]:offsets[i + 1]; every row has a turn)."""
+    if len(offsets) < 2:
+        return np.zeros(0, np.int64)
+    return np.add.reduceat(per_turn.astype(np.int64), offsets[:-1])

@@ -20,8 +20,6 @@ from typing import Any, Callable, cast
 
 import orjson
 
-from mig_assets.core.tokens import CHARS_PER_TOKEN
-
 ROLE_ALIASES = {
     "system": "system",
     "user": "user",
@@ -70,17 +68,6 @@ class CanonicalRecord:
     @property
     def sample_id(self) -> str:
         return sample_id(self.messages)
-
-    @property
-    def n_chars(self) -> int:
-        n_chars = 0
-        for _, content in self.messages:  # a loop: cheaper than a comprehension for a few turns
-            n_chars += len(content)
-        return n_chars
-
-    @property
-    def n_tokens_est(self) -> int:
-        return math.ceil(self.n_chars / CHARS_PER_TOKEN)
 
 
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
