@@ -369,3 +369,21 @@ def test_reading_a_shard_pauses_the_garbage_collector_and_restores_it(layout):
         assert not gc.isenabled()  # a caller's paused collector stays paused
     finally:
         gc.enable()
+
+
+def test_a_shard_read_in_chunks_writes_the_same_file_as_in_one(layout, monkeypatch):
+    """Kept rows become Arrow CHUNK_ROWS at a time (bounded memory); the samples file is the same bytes."""
+    from mig_assets.core.ingest import shards
+
+    records = [{"messages": [{"role": "user", "content": f"q{i % 40}"}, {"role": "assistant", "content": "a"}]} for i in range(120)]
+    content = "\n".join([line(r) if i % 17 else "not json" for i, r in enumerate(records)]) + "\n"
+    written = []
+    for chunk_rows, batch_rows in ((10_000, 5000), (6, 3)):  # one chunk; many, each a multiple of the row group
+        monkeypatch.setattr(shards, "CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(shards, "BATCH_ROWS", batch_rows)
+        stats = ingest(layout, "chunked.jsonl", content)
+        assert_accounted(stats)
+        written.append(([dict(r, ingest_run_id="") for r in samples(layout, stats)], quarantine(layout, stats)))
+    assert written[0] == written[1]
+    assert len(written[0][0]) == 120 - 8 and [r["line_no"] for r in written[0][0]] == [i + 1 for i in range(120) if i % 17]
+    assert sum(r["duplicate_of"] is not None for r in written[0][0]) == 112 - 40

@@ -48,6 +48,9 @@ class SampleColumns:
         self.roles, self.contents, self.offsets = [], [], [0]
         self.quality_turns, self.complexity_turns = [], []
 
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
     def add(self, raw: RawRecord, record: CanonicalRecord) -> None:
         self.sample_id.append(record.sample_id)
         self.line_no.append(raw.line_no)

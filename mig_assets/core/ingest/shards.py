@@ -74,6 +74,9 @@ STATS_SCHEMA = pa.schema(
     ]
 )
 BATCH_ROWS = 5000  # rows per Parquet row group
+# kept rows turned into Arrow at a time: the next chunk's Python objects reuse the memory of the last's
+# (a whole shard of them is about 10x its file), and a multiple of BATCH_ROWS writes the same row groups
+CHUNK_ROWS = 2 * BATCH_ROWS
 DUCKDB_MEMORY_LIMIT = "512MB"
 DEFAULT_WORKERS = 2  # processes reading one shard: this machine's two cores
 PARALLEL_MIN_BYTES = 8 << 20  # a smaller file is read in the calling process: starting workers costs more than it saves
@@ -244,7 +247,7 @@ def _read_parts(path: Path, context: ShardContext, workers: int) -> list[PartRow
 
 
 def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> PartRows:
-    """Read and canonicalize one part of a shard file (``None``: all of it), column by column."""
+    """Read and canonicalize one part of a shard file (``None``: all of it), column by column, CHUNK_ROWS kept rows at a time."""
     with cyclic_gc_paused():
         read_stats = ReadStats()
         typed = context.source_format == "auto"  # a format given by hand: the general path reads it so
@@ -253,7 +256,7 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
             if part is None
             else read_jsonl_part(path, part, read_stats, context.max_record_bytes, typed=typed)
         )
-        columns = SampleColumns()
+        columns, chunks = SampleColumns(), []
         quarantined: list[dict] = []
         formats: Counter[str] = Counter()
         reasons: Counter[str] = Counter()
@@ -267,8 +270,12 @@ def read_part(path: Path, part: JsonlPart | None, context: ShardContext) -> Part
                 continue
             formats[record.source_format] += 1
             columns.add(raw, record)
-        samples, quarantine = columns.table(context), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)
-        del columns, quarantined  # freed before the collector resumes, so that its first collection finds them gone
+            if len(columns) == CHUNK_ROWS:
+                chunks.append(columns.table(context))
+                columns = SampleColumns()
+        chunks.append(columns.table(context))
+        samples, quarantine = pa.concat_tables(chunks), pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA)
+        del columns, chunks, quarantined  # freed before the collector resumes, so that its first collection finds them gone
     return PartRows(samples, quarantine, rows_read, read_stats, formats, reasons)
 
 
