@@ -80,6 +80,9 @@ COMMON = [
     {"instruction": "Say hi", "turns": ["ignored"], "prompt": "ignored"},  # instruction comes first
     {"dialogs": [{"role": "human", "content": "é\u0301"}], "uid": -(2**63)},
     {"dialogs": DIALOG, "_id": 2**64 - 1, "idx": "later"},
+    # a null the general path reads as a missing field
+    {"dialogs": DIALOG, "source": None, "dataset": "d", "_id": None, "id": 3, "annotation": {"instag": None, "deita": None}},
+    {"instruction": "Add", "input": None, "output": None, "annotation": None},
 ]
 
 DECLINED = [
@@ -90,7 +93,6 @@ DECLINED = [
     {"dialogs": [{"role": "assistant", "content": "no user"}]},
     {"dialogs": [{"role": "user"}]},
     {"dialogs": DIALOG, "annotation": "not an object"},
-    {"dialogs": DIALOG, "annotation": {"instag": None}},
     {"dialogs": DIALOG, "annotation": {"instag": {"content": None}}},
     {"dialogs": DIALOG, "annotation": {"instag": {"content": ["a", 1]}}},
     {"dialogs": DIALOG, "annotation": {"deita": {"quality_scores": [4.0]}}},

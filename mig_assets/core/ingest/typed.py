@@ -56,29 +56,30 @@ class _Deita(Struct):
 
 
 class _Annotation(Struct):
-    instag: _Instag | UnsetType = UNSET
-    deita: _Deita | UnsetType = UNSET
+    instag: _Instag | None | UnsetType = UNSET
+    deita: _Deita | None | UnsetType = UNSET
 
 
 class _Record(Struct):
     """The fields ``canonicalize`` reads for the mig, sharegpt, openai and alpaca formats; a field
-    of another format marks the record as one the general path takes."""
+    of another format marks the record as one the general path takes. A null is allowed where the
+    general path reads it as a missing field."""
 
     dialogs: Annotated[list[_RoleTurn], msgspec.Meta(min_length=1)] | UnsetType = UNSET
     conversations: Annotated[list[_ShareGptTurn], msgspec.Meta(min_length=1)] | UnsetType = UNSET
     messages: Annotated[list[_RoleTurn], msgspec.Meta(min_length=1)] | UnsetType = UNSET
     instruction: str | UnsetType = UNSET
-    input: str | UnsetType = UNSET
-    output: str | UnsetType = UNSET
+    input: str | None | UnsetType = UNSET
+    output: str | None | UnsetType = UNSET
     instances: msgspec.Raw | UnsetType = UNSET
-    source: str | list[str] | UnsetType = UNSET
-    dataset: str | list[str] | UnsetType = UNSET
-    underscore_id: str | int | UnsetType = field(default=UNSET, name="_id")
-    id: str | int | UnsetType = UNSET
-    uid: str | int | UnsetType = UNSET
-    question_id: str | int | UnsetType = UNSET
-    idx: str | int | UnsetType = UNSET
-    annotation: _Annotation | UnsetType = UNSET
+    source: str | list[str] | None | UnsetType = UNSET
+    dataset: str | list[str] | None | UnsetType = UNSET
+    underscore_id: str | int | None | UnsetType = field(default=UNSET, name="_id")
+    id: str | int | None | UnsetType = UNSET
+    uid: str | int | None | UnsetType = UNSET
+    question_id: str | int | None | UnsetType = UNSET
+    idx: str | int | None | UnsetType = UNSET
+    annotation: _Annotation | None | UnsetType = UNSET
 
 
 _DECODER = msgspec.json.Decoder(_Record)
@@ -132,21 +133,21 @@ def _alpaca(record: _Record) -> list[tuple[str, str]] | None:
     assert isinstance(instruction, str)
     if record.instances is not UNSET or not instruction.strip():  # self-instruct instances: the general path
         return None
-    user_input = "" if record.input is UNSET else record.input
-    output = "" if record.output is UNSET else record.output
+    user_input = record.input if isinstance(record.input, str) else ""  # missing or null: no input
+    output = record.output if isinstance(record.output, str) else ""
     messages = [("user", f"{instruction}\n\n{user_input}" if user_input.strip() else instruction)]
     if output.strip():
         messages.append(("assistant", output))
     return messages
 
 
-def _annotations(annotation: _Annotation | UnsetType) -> tuple[list[str] | None, float | None, tuple[list, list] | None] | None:
+def _annotations(annotation: _Annotation | None | UnsetType) -> tuple[list[str] | None, float | None, tuple[list, list] | None] | None:
     """Imported tags, Deita score and per-turn lists as ``records._annotations`` gives them, or None."""
-    if annotation is UNSET:
+    if not isinstance(annotation, _Annotation):  # missing or null
         return None, None, None
-    tags = None if annotation.instag is UNSET or annotation.instag.content is UNSET else annotation.instag.content
-    deita = annotation.deita
-    if deita is UNSET or deita.quality_scores is UNSET:
+    instag, deita = annotation.instag, annotation.deita
+    tags = instag.content if isinstance(instag, _Instag) and instag.content is not UNSET else None
+    if not isinstance(deita, _Deita) or deita.quality_scores is UNSET:
         return tags, None, None
     quality, complexity = deita.quality_scores, deita.complexity_scores
     # msgspec has checked the values (Score) and that quality has some; what deita_score checks besides
@@ -167,7 +168,7 @@ def _source(record: _Record) -> str:
 def _original_id(record: _Record) -> str | None:
     """The first id field's value as text ("" for none), or None for an int orjson would read as a float."""
     for value in (record.underscore_id, record.id, record.uid, record.question_id, record.idx):
-        if value is UNSET:
+        if value is UNSET or value is None:
             continue
         if isinstance(value, int) and value not in ORJSON_INT_RANGE:
             return None
