@@ -226,11 +226,16 @@ def _alpaca(record: dict):
         source, prefix = instances[0], "instances[0]."
     user_input = _string_field(source, "input", required=False, prefix=prefix)
     output = _string_field(source, "output", required=False, prefix=prefix)
-    user = f"{instruction}\n\n{user_input}" if user_input.strip() else instruction
-    messages = [("user", user)]
+    return alpaca_messages(instruction, user_input, output), {}
+
+
+def alpaca_messages(instruction: str, user_input: str, output: str) -> list[tuple[str, str]]:
+    """The user turn (instruction, a blank line, the input if it is not blank) and the assistant
+    turn (the output, if it is not blank), of fields already read as strings."""
+    messages = [("user", f"{instruction}\n\n{user_input}" if user_input.strip() else instruction)]
     if output.strip():
         messages.append(("assistant", output))
-    return messages, {}
+    return messages
 
 
 def _turns(record: dict):

@@ -22,7 +22,7 @@ from typing import Annotated
 import msgspec
 from msgspec import UNSET, Struct, UnsetType, field
 
-from mig_assets.core.ingest.records import ROLE_ALIASES, CanonicalRecord, deita_mean
+from mig_assets.core.ingest.records import ROLE_ALIASES, CanonicalRecord, alpaca_messages, deita_mean
 
 # orjson reads an integer outside [-2**63, 2**64) as a float: such an id is skipped there, kept here
 ORJSON_INT_RANGE = range(-(2**63), 2**64)
@@ -134,11 +134,7 @@ def _alpaca(record: _Record) -> list[tuple[str, str]] | None:
     if record.instances is not UNSET or not instruction.strip():  # self-instruct instances: the general path
         return None
     user_input = record.input if isinstance(record.input, str) else ""  # missing or null: no input
-    output = record.output if isinstance(record.output, str) else ""
-    messages = [("user", f"{instruction}\n\n{user_input}" if user_input.strip() else instruction)]
-    if output.strip():
-        messages.append(("assistant", output))
-    return messages
+    return alpaca_messages(instruction, user_input, record.output if isinstance(record.output, str) else "")
 
 
 def _annotations(annotation: _Annotation | None | UnsetType) -> tuple[list[str] | None, float | None, tuple[list, list] | None] | None:
