@@ -8,8 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mig_assets.core.ingest import shards
 from mig_assets.core.ingest.readers import DEFAULT_MAX_RECORD_BYTES
-from mig_assets.core.ingest.shards import ShardContext, ingest_shard, read_part
+from mig_assets.core.ingest.shards import ShardContext, commit_shard, ingest_shard, read_part, stage_shard
 from mig_assets.core.store.catalog import publish_catalog
 from tests.conftest import REAL_DATA
 
@@ -36,6 +37,10 @@ def assert_accounted(stats):
 
 def line(record) -> str:
     return json.dumps(record)
+
+
+def task(i: int) -> str:
+    return line({"instruction": f"task {i}", "output": "x"})
 
 
 def test_malformed_line_3_of_the_real_xsample_file(layout):
@@ -187,6 +192,32 @@ def test_duplicates_within_and_across_shards_first_ingested_wins(layout):
     # re-ingesting the first shard does not see its own rows or the second shard's duplicate as owners
     again = ingest(layout, "a.jsonl", "\n".join([line(GOOD), line(GOOD), line(other)]))
     assert (again.rows_kept, again.duplicates) == (2, 1)
+
+
+def test_duplicates_of_earlier_shards_are_marked_before_the_one_write(layout, monkeypatch):
+    """Staging marks the rows earlier shards keep before it writes the file: the commit reads no
+    Parquet back and rewrites nothing."""
+    ingest(layout, "a.jsonl", "\n".join(task(i) for i in range(30)))
+    reads, read_table = [], pq.read_table
+    monkeypatch.setattr(shards.pq, "read_table", lambda *args, **kwargs: reads.append(args) or read_table(*args, **kwargs))
+    second = ingest(layout, "b.jsonl", "\n".join(task(i) for i in range(20, 50)))
+    assert (second.rows_kept, second.duplicates_of_other_shards) == (20, 10) and reads == []
+    monkeypatch.undo()
+    assert [r["duplicate_of"] for r in samples(layout, second)][:11] == [f"a.jsonl:{n}" for n in range(21, 31)] + [None]
+
+
+def test_a_shard_put_in_place_between_staging_and_commit_is_marked_against(layout):
+    """A shard put in place after another was staged (by another writer) is looked at when that one
+    is committed: its duplicates are marked then, and the staging file rewritten with them."""
+    (layout.incoming_dir / "b.jsonl").write_text("\n".join(task(i) for i in range(20, 50)))
+    context = ShardContext("b.jsonl", "b.jsonl", "test", "auto", DEFAULT_MAX_RECORD_BYTES)
+    staged = stage_shard(layout, layout.incoming_dir / "b.jsonl", context)
+    assert staged.stats.duplicates_of_other_shards == 0  # nothing else in place yet
+    first = ingest(layout, "a.jsonl", "\n".join(task(i) for i in range(30)))
+    second = commit_shard(layout, staged)
+    assert (first.rows_kept, second.rows_kept, second.duplicates_of_other_shards) == (30, 20, 10)
+    assert [r["duplicate_of"] for r in samples(layout, second)][:11] == [f"a.jsonl:{n}" for n in range(21, 31)] + [None]
+    assert_accounted(second)
 
 
 def test_ingesting_the_same_file_twice_changes_nothing(layout):

@@ -135,3 +135,24 @@ def test_a_range_of_shards_read_in_parallel_is_one_shard_after_another_in_order(
         stats = {mode: parquet_rows(layout, "shard_stats", name)[0] for mode, layout in layouts.items()}
         assert all(stats["range"][k] == stats["one_by_one"][k] for k in stats["range"] if k not in ("ingested_at", "seconds"))
     assert not [p for p in (tmp_path / "range").rglob(".staging-*")]  # nothing left behind
+
+
+@pytest.mark.timeout(120)
+def test_a_range_whose_commit_fails_stops_without_waiting_forever(tmp_path, monkeypatch):
+    """The workers wait for the shards before theirs to be put in place; when a commit fails, they
+    are let go, the error reaches the caller and nothing is put in place after it."""
+    from mig_assets.core.ingest import shard_range
+
+    layout = WarehouseLayout(tmp_path / "home").ensure()
+    shards_in = []
+    for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+        (layout.incoming_dir / name).write_text("".join(json.dumps(chat(i)) + "\n" for i in range(50)))
+        shards_in.append((name, layout.incoming_dir / name))
+
+    def fail(layout, staged):
+        raise OSError(f"disk full committing {staged.stats.shard}")
+
+    monkeypatch.setattr(shard_range, "commit_shard", fail)
+    with pytest.raises(OSError, match="committing a.jsonl"):
+        shard_range.ingest_shard_range(layout, shards_in, workers=2)
+    assert layout.shard_files("raw_pool") == []

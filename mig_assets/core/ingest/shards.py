@@ -17,7 +17,7 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -151,12 +151,24 @@ class StagedShard:
     samples: Path  # staging file of raw_pool
     quarantine: Path  # staging file of quarantine
     started: float  # time.time() when reading began (the shard's seconds run from it)
+    marked_against: tuple | None = None  # the other shards' files (files_state) its duplicates were marked against
 
 
-def stage_shard(layout: WarehouseLayout, path: Path, context: ShardContext, *, workers: int = 1, owner_pid: int | None = None) -> StagedShard:
-    """Read ``path`` into staging files next to the shard's outputs: its samples (duplicates within
-    the shard marked) and its quarantine. Looks at no other shard, so shards stage in parallel.
-    The staging files carry ``owner_pid`` (default: this process), the process that commits them."""
+def stage_shard(
+    layout: WarehouseLayout,
+    path: Path,
+    context: ShardContext,
+    *,
+    workers: int = 1,
+    owner_pid: int | None = None,
+    wait_for_earlier: Callable[[], object] = lambda: None,
+) -> StagedShard:
+    """Read ``path`` into staging files next to the shard's outputs: its samples and its quarantine.
+    Reads no other shard, so shards are read in parallel; then, once ``wait_for_earlier`` returns
+    (the shards committed before this one are in place), marks its duplicates, within the shard and
+    of the other shards, and writes. Marked before the write, the file is written once: the commit
+    marks again only if a shard was put in place meanwhile. The staging files carry ``owner_pid``
+    (default: this process), the process that commits them."""
     started = time.time()
     shard = context.shard
     stats = ShardStats(
@@ -176,6 +188,10 @@ def stage_shard(layout: WarehouseLayout, path: Path, context: ShardContext, *, w
         parts = _read_parts(path, context, workers)
         samples = _mark_in_shard_duplicates(pa.concat_tables(part.samples for part in parts), shard)
         stats.duplicates_in_shard = samples.num_rows - samples.column("duplicate_of").null_count
+        wait_for_earlier()
+        others = other_shard_files(layout, samples_out)
+        samples, stats.duplicates_of_other_shards = _mark_cross_shard_duplicates(others, samples)
+        marked_against = files_state(others)
         samples_writer.write_table(samples, row_group_size=BATCH_ROWS)
     finally:
         samples_writer.close()
@@ -188,21 +204,26 @@ def stage_shard(layout: WarehouseLayout, path: Path, context: ShardContext, *, w
     stats.container = parts[0].read_stats.container
     stats.formats = dict(sum((part.formats for part in parts), Counter()))
     stats.quarantine_reasons = dict(sum((part.reasons for part in parts), Counter()))
-    return StagedShard(stats, staging, quarantine_staging, started)
+    return StagedShard(stats, staging, quarantine_staging, started, marked_against)
 
 
 def commit_shard(layout: WarehouseLayout, staged: StagedShard) -> ShardStats:
-    """Mark the staged rows kept in another, already ingested shard as its duplicates (the first
-    ingested shard wins), check the accounting, move the staging files into place, write the stats
-    (last: they mark a complete shard)."""
+    """Check the accounting, move the staging files into place, write the stats (last: they mark a
+    complete shard). The staged rows kept in another, already ingested shard are its duplicates (the
+    first ingested shard wins): marked by :func:`stage_shard`, and here again only when the other
+    shards' files are no longer those it marked against (the staging file is then rewritten if that
+    marks more rows)."""
     stats = staged.stats
     samples_out = layout.shard_file("raw_pool", stats.shard)
-    ids = pq.read_table(staged.samples, columns=["sample_id", "duplicate_of"])
-    marked, stats.duplicates_of_other_shards = _mark_cross_shard_duplicates(layout, ids, samples_out)
-    if stats.duplicates_of_other_shards:  # rare: rewrite the staging file with the marks
-        samples = pq.read_table(staged.samples)
-        samples = samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked.column("duplicate_of"))
-        pq.write_table(samples, staged.samples, compression="zstd", row_group_size=BATCH_ROWS)
+    others = other_shard_files(layout, samples_out)
+    if staged.marked_against is None or files_state(others) != staged.marked_against:
+        ids = pq.read_table(staged.samples, columns=["sample_id", "duplicate_of"])
+        marked, newly_marked = _mark_cross_shard_duplicates(others, ids)
+        if newly_marked:
+            samples = pq.read_table(staged.samples)
+            samples = samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked.column("duplicate_of"))
+            pq.write_table(samples, staged.samples, compression="zstd", row_group_size=BATCH_ROWS)
+            stats.duplicates_of_other_shards += newly_marked
     stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
     _check_accounting(stats, staged.samples, staged.quarantine)
     os.replace(staged.samples, samples_out)
@@ -335,10 +356,23 @@ def _mark_in_shard_duplicates(samples: pa.Table, shard: str) -> pa.Table:
     return samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked)
 
 
-def _mark_cross_shard_duplicates(layout: WarehouseLayout, samples: pa.Table, own_output: Path) -> tuple[pa.Table, int]:
-    """Mark the rows whose sample_id is kept in another, already ingested shard ('shard:line' of that
-    copy, the least if several); returns the table and how many rows were marked."""
-    others = [p for p in layout.shard_files("raw_pool") if p != own_output]
+def other_shard_files(layout: WarehouseLayout, own_output: Path) -> list[Path]:
+    """The raw_pool files of the shards in place other than ``own_output``'s."""
+    return [p for p in layout.shard_files("raw_pool") if p != own_output]
+
+
+def files_state(paths: list[Path]) -> tuple | None:
+    """What tells whether ``paths`` were replaced: each one's name, inode and modification time
+    (a shard is put in place by a rename, which gives the name another inode); None if one is gone."""
+    try:
+        return tuple((str(p), st.st_ino, st.st_mtime_ns) for p in paths for st in [p.stat()])
+    except FileNotFoundError:
+        return None
+
+
+def _mark_cross_shard_duplicates(others: list[Path], samples: pa.Table) -> tuple[pa.Table, int]:
+    """Mark the rows not marked yet whose sample_id is kept in one of the shard files ``others``
+    ('shard:line' of that copy, the least if several); returns the table and how many rows were marked."""
     if not others or samples.num_rows == 0:
         return samples, 0
     import duckdb
