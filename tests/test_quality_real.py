@@ -30,11 +30,10 @@ def engine():
     # as vLLM's reproducibility guide says) and without prefix-cache hits: with the defaults, two
     # scorings of the same 8 samples differed by up to 0.18 (of 1-36) in 3 runs out of 4 here
     # (batches formed as requests reach the engine core's process; a cached prefix computed apart)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     backend = VllmBackend(model=resolve_llm(SMOLLM2), model_id=SMOLLM2, enable_prefix_caching=False)
-    backend.engine()
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:  # read when the engine starts; restored even if it fails to
+        mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        backend.engine()
     _ENGINE["backend"] = backend
     yield backend
     _ENGINE.clear()

@@ -151,7 +151,7 @@ class StagedShard:
     samples: Path  # staging file of raw_pool
     quarantine: Path  # staging file of quarantine
     started: float  # time.time() when reading began (the shard's seconds run from it)
-    marked_against: tuple | None = None  # the other shards' files (files_state) its duplicates were marked against
+    marked_against: tuple | None  # the other shards' files (files_state; None: one vanished meanwhile) its duplicates were marked against
 
 
 def stage_shard(
