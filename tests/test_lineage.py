@@ -334,3 +334,5 @@ def test_snapshot_order_does_not_depend_on_the_order_rows_come_in(tmp_path):
 
     small_batches = pq.ParquetFile(write_rows_atomic(table, order, tmp_path / "batched.parquet", batch_rows=64, schema=INPUTS_SCHEMA))
     assert small_batches.num_row_groups == 8 and small_batches.read().equals(expected)
+    nothing = pq.read_table(write_rows_atomic(table, pa.array([], pa.uint64()), tmp_path / "empty.parquet", batch_rows=64, schema=INPUTS_SCHEMA))
+    assert nothing.num_rows == 0 and nothing.schema.equals(INPUTS_SCHEMA)

@@ -10,6 +10,7 @@ import pytest
 
 from mig_assets.core.ingest.shards import ingest_shard
 from mig_assets.core.store.catalog import fetch_apart, open_catalog, sample_copies
+from mig_assets.core.store.layout import COPY_ORDER
 from mig_assets.core.store.parquet import write_imported_marker, write_shard_rows
 from tests.conftest import MIG_FIXTURES
 
@@ -148,3 +149,20 @@ def test_sample_copies_are_the_samples_views_rows(layout, replaced):
     for row in copies.to_pylist():
         assert row["raw"] == (layout.incoming_dir / row["shard"]).read_text().splitlines()[row["line_no"] - 1]
     assert sample_copies(con, ["not-a-sample-id"], columns).num_rows == 0 and sample_copies(con, [], columns).num_rows == 0
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["kept copies", "kept copy's shard replaced"])
+def test_samples_holds_each_ids_first_row_in_copy_order(layout, replaced):
+    """The view reads the kept rows as they are and ranks only the duplicates without one: the same
+    rows as ranking every row of the id in COPY_ORDER and keeping the first."""
+    ids = build_pool(layout, replaced=replaced)
+    con = open_catalog(layout)
+    ranked = con.sql(
+        f"SELECT * FROM raw_pool_rows QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY {COPY_ORDER}) = 1 ORDER BY sample_id"
+    ).to_arrow_table()
+    samples = con.sql("SELECT * FROM samples ORDER BY sample_id").to_arrow_table()
+    assert samples.num_rows == 19 and samples.equals(ranked)
+    # the duplicates standing in for a copy: none, or the three P2K rows ``a`` gave up (b's copies)
+    stand_ins = {sid: shard for sid, shard in con.execute("SELECT sample_id, shard FROM samples WHERE duplicate_of IS NOT NULL").fetchall()}
+    assert len(stand_ins) == (3 if replaced else 0) and set(stand_ins.values()) <= {"b.jsonl"}
+    assert (ids["duplicated_in_b"] in stand_ins and ids["duplicated_in_b_and_c"] in stand_ins) == replaced

@@ -24,12 +24,17 @@ COPY_ORDER = "duplicate_of IS NOT NULL, shard, line_no"
 CATALOG_VIEWS = {
     # every parsed row, kept or duplicate
     "raw_pool_rows": "SELECT * FROM read_parquet({raw_pool}, hive_partitioning = false, union_by_name = true)",
-    # one row per sample_id: the kept copy, or a duplicate when the kept copy's shard changed since
+    # one row per sample_id, the first in COPY_ORDER: the kept copy (ingestion keeps one per id, which
+    # the blocking check sample_ids_unique verifies), or the first duplicate when the kept copy's shard
+    # changed since. The kept rows are read as they are and only the duplicates without one are
+    # ranked: ranking every row cost 0.35 s of the 0.65 s a pool of 939,000 samples takes to read.
     "samples": f"""
+        SELECT * FROM raw_pool_rows WHERE duplicate_of IS NULL
+        UNION ALL
         SELECT * EXCLUDE (copy_rank) FROM (
-            SELECT *, row_number() OVER (
-                PARTITION BY sample_id ORDER BY {COPY_ORDER}) AS copy_rank
-            FROM raw_pool_rows)
+            SELECT *, row_number() OVER (PARTITION BY sample_id ORDER BY {COPY_ORDER}) AS copy_rank
+            FROM raw_pool_rows
+            WHERE duplicate_of IS NOT NULL AND sample_id NOT IN (SELECT sample_id FROM raw_pool_rows WHERE duplicate_of IS NULL))
         WHERE copy_rank = 1""",
     "duplicates": "SELECT * FROM raw_pool_rows WHERE duplicate_of IS NOT NULL",
     "quarantine": "SELECT * FROM read_parquet({quarantine}, hive_partitioning = false, union_by_name = true)",
