@@ -47,9 +47,10 @@ def open_catalog(layout: WarehouseLayout):
 
 def fetch_apart(con, sql: str, params: dict | None = None):
     """``sql``'s result as an Arrow table, run in a session of its own over ``con``'s views and
-    closed once fetched: DuckDB holds a query's working memory (hash tables, the window of
-    ``samples``) until its database closes, and a selection goes on to use that memory in Arrow
-    (at 939,000 samples the pool's query leaves about 550 MB behind in a session kept open)."""
+    closed once fetched: DuckDB holds a query's working memory (the hash tables of its joins) until
+    its database closes, and a selection goes on to use that memory in Arrow
+    (at 939,000 samples the pool's query left about 550 MB behind in a session kept open, measured
+    when ``samples`` still ranked every row)."""
     import duckdb
 
     views = con.execute("SELECT sql FROM duckdb_views() WHERE NOT internal AND database_name = current_database()").fetchall()
@@ -70,8 +71,8 @@ def fetch_apart(con, sql: str, params: dict | None = None):
 
 def sample_copies(con, sample_ids, columns: str):
     """``columns`` of the ``samples`` rows of ``sample_ids`` as an Arrow table (no order): the copy
-    the view holds, chosen among those ids' rows alone (the view ranks the copies of the whole
-    pool, hundreds of MB at 939,000 samples), read apart (:func:`fetch_apart`: the scan of every
+    the view holds, chosen among those ids' rows alone (the view looks up every kept id of the pool
+    to find the duplicates that stand in for a copy), read apart (:func:`fetch_apart`: the scan of every
     row's ``raw`` or ``messages`` leaves its buffers behind in a session kept open)."""
     return fetch_apart(
         con,
