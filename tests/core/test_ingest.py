@@ -418,3 +418,22 @@ def test_a_shard_read_in_chunks_writes_the_same_file_as_in_one(layout, monkeypat
     assert written[0] == written[1]
     assert len(written[0][0]) == 120 - 8 and [r["line_no"] for r in written[0][0]] == [i + 1 for i in range(120) if i % 17]
     assert sum(r["duplicate_of"] is not None for r in written[0][0]) == 112 - 40
+
+
+def test_a_shard_keeps_dictionaries_only_for_its_repeating_columns(layout):
+    stats = ingest(layout, "enc.jsonl", "\n".join([task(i) for i in range(50)] + [line(GOOD), line(GOOD)]))
+    row_group = pq.ParquetFile(layout.shard_file("raw_pool", stats.shard)).metadata.row_group(0)
+    dictionary = {row_group.column(i).path_in_schema for i in range(row_group.num_columns) if "RLE_DICTIONARY" in row_group.column(i).encodings}
+    # one shard, one source file, one run, a few roles: dictionary pages; ids and raw records: plain
+    assert {"shard", "source_file", "ingest_run_id", "messages.list.element.role", "duplicate_of"} <= dictionary
+    assert dictionary.isdisjoint({"sample_id", "raw", "line_no", "messages.list.element.content"})
+    assert [row["duplicate_of"] for row in samples(layout, stats)][-2:] == [None, f"{stats.shard}:51"]
+
+
+def test_dictionary_columns_names_the_parquet_leaves_but_the_distinct_ones():
+    from mig_assets.core.store.parquet import dictionary_columns
+
+    schema = pa.schema([("id", pa.string()), ("tags", pa.list_(pa.string())), ("turns", pa.list_(pa.struct([("role", pa.string()), ("text", pa.string())])))])
+    assert dictionary_columns(schema, ()) == ["id", "tags.list.element", "turns.list.element.role", "turns.list.element.text"]
+    assert dictionary_columns(schema, ("id", "turns.list.element.text")) == ["tags.list.element", "turns.list.element.role"]
+    assert dictionary_columns(schema, ("turns",)) == ["id", "tags.list.element"]

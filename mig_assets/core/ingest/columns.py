@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 
 from mig_assets.core.ingest.readers import RawRecord
 from mig_assets.core.ingest.records import CanonicalRecord
+from mig_assets.core.store.parquet import dictionary_columns
 from mig_assets.core.tokens import CHARS_PER_TOKEN
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -35,6 +36,22 @@ SAMPLE_SCHEMA = pa.schema(
         ("imported_quality_turns", pa.list_(pa.float64())),
         ("imported_complexity_turns", pa.list_(pa.float64())),
     ]
+)
+# the columns a shard's samples are written without a dictionary: a value of its own on (nearly) every row
+SAMPLE_DICTIONARY = dictionary_columns(
+    SAMPLE_SCHEMA,
+    (
+        "sample_id",
+        "line_no",
+        "messages.list.element.content",
+        "n_chars",
+        "n_tokens_est",
+        "original_id",
+        "imported_quality",
+        "raw",
+        "imported_quality_turns",
+        "imported_complexity_turns",
+    ),
 )
 
 

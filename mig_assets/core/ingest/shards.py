@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mig_assets.core.ingest.columns import SAMPLE_SCHEMA, SampleColumns
+from mig_assets.core.ingest.columns import SAMPLE_DICTIONARY, SAMPLE_SCHEMA, SampleColumns
 from mig_assets.core.ingest.parts import JsonlPart, end_with_parent, is_splittable, jsonl_parts
 from mig_assets.core.ingest.readers import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -183,7 +183,8 @@ def stage_shard(
     for folder in (samples_out.parent, quarantine_out.parent, layout.shard_file("shard_stats", shard).parent):
         stats.stale_staging_removed += [str(p) for p in remove_stale_staging(folder)]
 
-    samples_writer = pq.ParquetWriter(staging, SAMPLE_SCHEMA, compression="zstd")  # the staging file marks a write in progress
+    # the staging file marks a write in progress
+    samples_writer = pq.ParquetWriter(staging, SAMPLE_SCHEMA, compression="zstd", use_dictionary=SAMPLE_DICTIONARY)
     try:
         parts = _read_parts(path, context, workers)
         samples = _mark_in_shard_duplicates(pa.concat_tables(part.samples for part in parts), shard)
@@ -222,7 +223,7 @@ def commit_shard(layout: WarehouseLayout, staged: StagedShard) -> ShardStats:
         if newly_marked:
             samples = pq.read_table(staged.samples)
             samples = samples.set_column(SAMPLE_SCHEMA.get_field_index("duplicate_of"), "duplicate_of", marked.column("duplicate_of"))
-            pq.write_table(samples, staged.samples, compression="zstd", row_group_size=BATCH_ROWS)
+            pq.write_table(samples, staged.samples, compression="zstd", row_group_size=BATCH_ROWS, use_dictionary=SAMPLE_DICTIONARY)
             stats.duplicates_of_other_shards += newly_marked
     stats.rows_kept = stats.rows_read - stats.rows_quarantined - stats.duplicates
     _check_accounting(stats, staged.samples, staged.quarantine)

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from mig_assets.core.store.catalog import has_relation
-from mig_assets.core.store.parquet import remove_stale_staging, write_parquet_atomic, write_rows_atomic
+from mig_assets.core.store.parquet import dictionary_columns, remove_stale_staging, write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
 METADATA_KEY = b"mig.selection_inputs"
@@ -62,6 +62,8 @@ INPUTS_SCHEMA = pa.schema(
 SHARD_FACTS = ("source_file", "file_sha256", "ingest_run_id")
 # inputs with a few distinct values in a whole pool (one tagger, one scorer, ...)
 FEW_VALUES = ("tag_status", "tag_reason", "tagger", "scorer", "weight_origin", "embedding_model")
+# the snapshot's columns written without a dictionary: a value of its own on (nearly) every row
+INPUTS_DICTIONARY = dictionary_columns(INPUTS_SCHEMA, ("sample_id", "rank", "line_no", "weight", "original_id", "raw"))
 GRAPH_SCHEMA = pa.schema([("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
 IMPORTED_ORIGIN = "imported Deita annotation"
 # the scored quality of a sample and who scored it (also what the selections weigh by)
@@ -306,8 +308,8 @@ def write_inputs(path: Path, table: pa.Table, facts: dict, order: pa.Array | Non
     version-level ``facts`` (JSON) in the file's key-value metadata."""
     metadata = {METADATA_KEY: json.dumps(facts, sort_keys=True, default=str).encode()}
     if order is None:
-        return write_parquet_atomic(table.cast(INPUTS_SCHEMA).replace_schema_metadata(metadata), path)
-    return write_rows_atomic(table, order, path, schema=INPUTS_SCHEMA.with_metadata(metadata))
+        return write_parquet_atomic(table.cast(INPUTS_SCHEMA).replace_schema_metadata(metadata), path, INPUTS_DICTIONARY)
+    return write_rows_atomic(table, order, path, schema=INPUTS_SCHEMA.with_metadata(metadata), use_dictionary=INPUTS_DICTIONARY)
 
 
 def read_facts(path: Path) -> dict:
