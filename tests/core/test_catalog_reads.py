@@ -166,3 +166,61 @@ def test_samples_holds_each_ids_first_row_in_copy_order(layout, replaced):
     stand_ins = {sid: shard for sid, shard in con.execute("SELECT sample_id, shard FROM samples WHERE duplicate_of IS NOT NULL").fetchall()}
     assert len(stand_ins) == (3 if replaced else 0) and set(stand_ins.values()) <= {"b.jsonl"}
     assert (ids["duplicated_in_b"] in stand_ins and ids["duplicated_in_b_and_c"] in stand_ins) == replaced
+
+
+def pool_rows(con) -> list[dict]:
+    from mig_assets.core.selection.lineage import inputs_sql
+
+    return rows_by_id(con.sql(inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score")).to_arrow_table())
+
+
+def test_annotations_read_in_place_give_the_rows_the_joined_views_give(layout, monkeypatch):
+    import json
+
+    from mig_assets.core.store.layout import WarehouseLayout
+
+    build_pool(layout, replaced=True)  # b's duplicates of a's dropped rows stand in for them: no tag row of theirs
+    bare = json.loads(P2K[31])
+    bare.pop("annotation")
+    tags_only = json.loads(P2K[32])
+    tags_only["annotation"].pop("deita")
+    write_shard(layout, "d.jsonl", [json.dumps(bare), json.dumps(tags_only), P2K[33]], "run-d")
+    assert not layout.annotations_in_place()  # c's tag file (one failed) and no scores of c
+    layout.shard_file("atomic_tags", "c.jsonl").unlink()
+    for shard in ("c.jsonl", "d.jsonl"):
+        tag_and_score(layout, shard)
+    assert layout.annotations_in_place()
+    with open_catalog(layout) as con:
+        in_place = pool_rows(con)
+        monkeypatch.setattr(WarehouseLayout, "annotations_in_place", lambda self: False)
+        joined = pool_rows(con)
+        schema_joined = con.sql(f"DESCRIBE ({joined_sql(con)})").fetchall()
+        monkeypatch.undo()
+        schema_in_place = con.sql(f"DESCRIBE ({joined_sql(con)})").fetchall()
+    assert in_place == joined and schema_in_place == schema_joined
+    by_status = {(row["tag_status"], row["scorer"], row["weight_origin"]) for row in in_place}
+    assert ("no_annotation", None, None) in by_status  # no annotation: no tags, no score
+    assert ("ok", None, None) in by_status and ("ok", "imported Deita annotations", "quality_scores (imported Deita annotations)") in by_status
+    assert any(row["tag_status"] is None for row in in_place)  # a duplicate standing in for a dropped kept copy
+
+
+def joined_sql(con) -> str:
+    from mig_assets.core.selection.lineage import inputs_sql
+
+    return inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score")
+
+
+def test_a_file_of_rows_or_a_missing_marker_means_the_views_are_joined(layout):
+    build_pool(layout, replaced=False)
+    layout.shard_file("atomic_tags", "c.jsonl").unlink()
+    tag_and_score(layout, "c.jsonl")
+    assert layout.annotations_in_place()
+    (layout.shard_file("quality_scores", "b.jsonl").parent / "imported.json").unlink()
+    assert not layout.annotations_in_place()  # b has no scores: its rows join to none
+    tag_and_score(layout, "b.jsonl")
+    with open_catalog(layout) as con:
+        rows = con.sql("SELECT * FROM atomic_tags WHERE shard = 'b.jsonl'").to_arrow_table()
+    from mig_assets.core.store.parquet import write_shard_rows as write_rows
+
+    write_rows(layout, "atomic_tags", "b.jsonl", rows)  # a tagger's file: it takes precedence
+    assert not layout.annotations_in_place()

@@ -167,7 +167,7 @@ def load_pool(con, layout: WarehouseLayout | None = None, shard_order: Sequence[
     # one query, no ORDER BY (DuckDB would sort every wide row: its peak memory and a second), in a
     # session of its own, closed once fetched; the pool's columns are put in input order in Arrow
     # below, the lineage rows need no order and get their shard's facts from a query over the shards
-    table = fetch_apart(con, inputs_sql(con, ", s.imported_quality, s.n_tokens_est, q.score", shard_facts=False))
+    table = fetch_apart(con, inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score", shard_facts=False))
     shard_rank = pc.fill_null(pc.index_in(table.column("shard"), value_set=pa.array(list(shard_order), pa.string())), len(shard_order))
     in_order = pc.sort_indices(
         pa.table({"shard_rank": shard_rank, "shard": table.column("shard"), "line_no": table.column("line_no")}),

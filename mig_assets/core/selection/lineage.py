@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from mig_assets.core.store.catalog import has_relation
+from mig_assets.core.store.catalog import has_relation, warehouse_dir_of
+from mig_assets.core.store.layout import IMPORTED_COLUMNS, WarehouseLayout
 from mig_assets.core.store.parquet import dictionary_columns, remove_stale_staging, write_parquet_atomic, write_rows_atomic
 
 INPUTS_DIR = "selection_inputs"
@@ -66,12 +67,19 @@ FEW_VALUES = ("tag_status", "tag_reason", "tagger", "scorer", "weight_origin", "
 INPUTS_DICTIONARY = dictionary_columns(INPUTS_SCHEMA, ("sample_id", "rank", "line_no", "weight", "original_id", "raw"))
 GRAPH_SCHEMA = pa.schema([("label", pa.string()), ("coverage", pa.float64()), ("neighbours", pa.list_(pa.int32())), ("weights", pa.list_(pa.float32()))])
 IMPORTED_ORIGIN = "imported Deita annotation"
+
+
+def scorer_sql(backend: str = "backend", model: str = "model", prompt_version: str = "prompt_version") -> str:
+    """Who scored a quality_scores row, from the SQL of its backend, model and prompt version."""
+    return f"CASE WHEN {backend} = 'imported' THEN 'imported Deita annotations' ELSE {backend} || ':' || {model} || ' ' || {prompt_version} END"
+
+
 # the scored quality of a sample and who scored it (also what the selections weigh by)
 SCORED_QUALITY_SQL = (
-    "SELECT sample_id, any_value(score) AS score, any_value(CASE WHEN backend = 'imported' THEN 'imported Deita annotations' "
-    "ELSE backend || ':' || model || ' ' || prompt_version END) AS scorer "
-    "FROM quality_scores WHERE status = 'ok' GROUP BY sample_id"
+    f"SELECT sample_id, any_value(score) AS score, any_value({scorer_sql()}) AS scorer FROM quality_scores WHERE status = 'ok' GROUP BY sample_id"
 )
+# what a pool row reads of its tag row (t_) and its scored quality (q_)
+TAG_COLUMNS = ("tags", "status", "reason", "backend", "model", "prompt_version")
 
 
 def inputs_path(warehouse_dir: Path, selection: str, version: int) -> Path:
@@ -88,23 +96,11 @@ def raw_sha256(raw: str | None) -> str | None:
 
 def inputs_sql(con, extra_columns: str = "", *, shard_facts: bool = True) -> str:
     """The SELECT of every sample's present inputs in :data:`INPUTS_SCHEMA`'s columns (a null rank,
-    no raw record), with ``extra_columns`` after them, FROM ``samples s`` and its joins (the tag
-    row ``t``, the scored quality ``q``): the pool a selection loads and the lineage it records
-    come from this one query. Without ``shard_facts`` the columns that are the same for every row
-    of a shard (:data:`SHARD_FACTS`) are left out, for :func:`compact_lineage` to add."""
-    tags = (
-        "atomic_tags"
-        if has_relation(con, "atomic_tags")
-        else (
-            "(SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR[] AS tags, NULL::VARCHAR AS status, NULL::VARCHAR AS reason, "
-            "NULL::VARCHAR AS backend, NULL::VARCHAR AS model, NULL::VARCHAR AS prompt_version)"
-        )
-    )
-    scored = (
-        f"({SCORED_QUALITY_SQL})"
-        if has_relation(con, "quality_scores")
-        else "(SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer)"
-    )
+    no raw record), with ``extra_columns`` after them, FROM the pool's rows ``s``: each sample of
+    ``samples`` with its tag row (``s.t_tags``, ``s.t_status``, ...) and its scored quality
+    (``s.q_score``, ``s.q_scorer``). The pool a selection loads and the lineage it records come from
+    this one query. Without ``shard_facts`` the columns that are the same for every row of a shard
+    (:data:`SHARD_FACTS`) are left out, for :func:`compact_lineage` to add."""
     embedded = (
         "(SELECT sample_id, any_value(model_id) AS model_id FROM sample_embeddings GROUP BY sample_id)"
         if has_relation(con, "sample_embeddings")
@@ -112,15 +108,45 @@ def inputs_sql(con, extra_columns: str = "", *, shard_facts: bool = True) -> str
     )
     facts = "s.source_file, st.file_sha256, s.ingest_run_id," if shard_facts else ""
     return f"""SELECT s.sample_id, NULL::INTEGER AS rank, s.shard, s.line_no, {facts}
-                   t.tags, t.status AS tag_status, t.reason AS tag_reason,
-                   CASE WHEN coalesce(t.model, '') = '' THEN t.backend ELSE t.backend || ':' || t.model || ' ' || t.prompt_version END AS tagger,
-                   q.scorer, coalesce(q.score, s.imported_quality) AS weight,
-                   CASE WHEN q.score IS NOT NULL THEN 'quality_scores (' || q.scorer || ')'
+                   s.t_tags AS tags, s.t_status AS tag_status, s.t_reason AS tag_reason,
+                   CASE WHEN coalesce(s.t_model, '') = '' THEN s.t_backend ELSE s.t_backend || ':' || s.t_model || ' ' || s.t_prompt_version END AS tagger,
+                   s.q_scorer AS scorer, coalesce(s.q_score, s.imported_quality) AS weight,
+                   CASE WHEN s.q_score IS NOT NULL THEN 'quality_scores (' || s.q_scorer || ')'
                         WHEN s.imported_quality IS NOT NULL THEN '{IMPORTED_ORIGIN}' END AS weight_origin,
                    e.model_id AS embedding_model,
                    s.source_format, s.original_id, NULL::VARCHAR AS raw{extra_columns}
-            FROM samples s {"LEFT JOIN shards st USING (shard)" if shard_facts else ""} LEFT JOIN {tags} t USING (sample_id)
-                 LEFT JOIN {scored} q USING (sample_id) LEFT JOIN {embedded} e USING (sample_id)"""
+            FROM ({pool_rows_sql(con)}) s {"LEFT JOIN shards st USING (shard)" if shard_facts else ""} LEFT JOIN {embedded} e USING (sample_id)"""
+
+
+def pool_rows_sql(con) -> str:
+    """``samples`` with the columns of each sample's tag row (``t_``) and scored quality (``q_``).
+
+    When the pool's tags and scores are all its own annotations read in place
+    (:meth:`~mig_assets.core.store.layout.WarehouseLayout.annotations_in_place`), those columns are
+    computed from the row itself, as the views derive them (:data:`IMPORTED_COLUMNS`), instead of
+    joining the views on the sample id: the same values (a duplicate standing in for a changed kept
+    copy has no tag row, so none), without two hash joins and a grouping over every sample (the
+    pool's query at 939,000 samples: 1.21-1.30 s -> 0.53-0.56 s)."""
+    if WarehouseLayout(warehouse_dir_of(con).parent).annotations_in_place():
+        tags, quality = IMPORTED_COLUMNS["atomic_tags"], IMPORTED_COLUMNS["quality_scores"]
+        kept = "duplicate_of IS NULL"  # the rows the views derive theirs from
+        scored = f"{kept} AND {quality['status']} = 'ok'"  # SCORED_QUALITY_SQL's rows
+        scorer = scorer_sql(quality["backend"], quality["model"], quality["prompt_version"])
+        derived = [f"CASE WHEN {kept} THEN {tags[name]} END AS t_{name}" for name in TAG_COLUMNS]
+        derived += [f"CASE WHEN {scored} THEN {quality['score']} END AS q_score", f"CASE WHEN {scored} THEN {scorer} END AS q_scorer"]
+        return f"SELECT *, {', '.join(derived)} FROM samples"
+    tag_rows = (
+        "atomic_tags"
+        if has_relation(con, "atomic_tags")
+        else "(SELECT " + ", ".join(f"NULL::{'VARCHAR[]' if name == 'tags' else 'VARCHAR'} AS {name}" for name in ("sample_id", *TAG_COLUMNS)) + ")"
+    )
+    scored = (
+        f"({SCORED_QUALITY_SQL})"
+        if has_relation(con, "quality_scores")
+        else "(SELECT NULL::VARCHAR AS sample_id, NULL::DOUBLE AS score, NULL::VARCHAR AS scorer)"
+    )
+    columns = ", ".join(f"t.{name} AS t_{name}" for name in TAG_COLUMNS)
+    return f"SELECT s.*, {columns}, q.score AS q_score, q.scorer AS q_scorer FROM samples s LEFT JOIN {tag_rows} t USING (sample_id) LEFT JOIN {scored} q USING (sample_id)"
 
 
 def compact_lineage(con, table: pa.Table) -> pa.Table:

@@ -54,22 +54,39 @@ IMPORTED_MARKER = "imported.json"
 NO_TAG_ANNOTATION = "the record carries no annotation.instag.content"
 NO_QUALITY_ANNOTATION = "the record carries no annotation.deita"
 # the rows, in the columns and order of TAG_ROW_SCHEMA (core/tagging/rows.py) and QUALITY_ROW_SCHEMA
-# (core/quality/rows.py): only the string items of an InsTag annotation are tags (a sample without
-# one is `no_annotation`, with none); the Deita score and its per-turn lists as ingestion kept them
+# (core/quality/rows.py), as SQL over a kept raw_pool row: only the string items of an InsTag
+# annotation are tags (a sample without one is `no_annotation`, with none); the Deita score and its
+# per-turn lists as ingestion kept them
+IMPORTED_COLUMNS = {
+    "atomic_tags": {
+        "tags": "coalesce(list_filter(imported_tags, lambda t: t IS NOT NULL), []::VARCHAR[])",
+        "surface_tags": "coalesce(imported_tags, []::VARCHAR[])",
+        "status": "CASE WHEN imported_tags IS NULL THEN 'no_annotation' ELSE 'ok' END",
+        "reason": f"CASE WHEN imported_tags IS NULL THEN '{NO_TAG_ANNOTATION}' ELSE '' END",
+        "backend": "'imported'",
+        "model": "''",
+        "prompt_version": "''",
+        "truncated": "false",
+        "attempts": "0::INTEGER",
+        "tag_policy": "'as_written'",
+        "dropped_tags": "[]::STRUCT(surface VARCHAR, reason VARCHAR)[]",
+    },
+    "quality_scores": {
+        "score": "imported_quality",
+        "complexity": "imported_complexity_turns",
+        "quality": "imported_quality_turns",
+        "n_turns": "CASE WHEN len(imported_quality_turns) > 0 THEN len(imported_quality_turns)::INTEGER END",
+        "status": "CASE WHEN imported_quality IS NULL THEN 'no_annotation' ELSE 'ok' END",
+        "reason": f"CASE WHEN imported_quality IS NULL THEN '{NO_QUALITY_ANNOTATION}' ELSE '' END",
+        "backend": "'imported'",
+        "model": "''",
+        "prompt_version": "''",
+        "digit_mass": "NULL::DOUBLE",
+        "truncated": "false",
+    },
+}
 IMPORTED_ROWS = {
-    "atomic_tags": f"""
-        SELECT sample_id, shard, coalesce(list_filter(imported_tags, lambda t: t IS NOT NULL), []::VARCHAR[]) AS tags,
-               coalesce(imported_tags, []::VARCHAR[]) AS surface_tags,
-               CASE WHEN imported_tags IS NULL THEN 'no_annotation' ELSE 'ok' END AS status,
-               CASE WHEN imported_tags IS NULL THEN '{NO_TAG_ANNOTATION}' ELSE '' END AS reason,
-               'imported' AS backend, '' AS model, '' AS prompt_version, false AS truncated, 0::INTEGER AS attempts,
-               'as_written' AS tag_policy, []::STRUCT(surface VARCHAR, reason VARCHAR)[] AS dropped_tags""",
-    "quality_scores": f"""
-        SELECT sample_id, shard, imported_quality AS score, imported_complexity_turns AS complexity, imported_quality_turns AS quality,
-               CASE WHEN len(imported_quality_turns) > 0 THEN len(imported_quality_turns)::INTEGER END AS n_turns,
-               CASE WHEN imported_quality IS NULL THEN 'no_annotation' ELSE 'ok' END AS status,
-               CASE WHEN imported_quality IS NULL THEN '{NO_QUALITY_ANNOTATION}' ELSE '' END AS reason,
-               'imported' AS backend, '' AS model, '' AS prompt_version, NULL::DOUBLE AS digit_mass, false AS truncated""",
+    asset: "SELECT sample_id, shard, " + ", ".join(f"{sql} AS {name}" for name, sql in columns.items()) for asset, columns in IMPORTED_COLUMNS.items()
 }
 IMPORTED_ROWS_FROM = f"""
         FROM read_parquet({{raw_pool}}, hive_partitioning = false, union_by_name = true)
@@ -224,6 +241,17 @@ class WarehouseLayout:
                 views[asset] = " UNION ALL BY NAME ".join([views[asset], imported] if asset in views else [imported])
         tables = sorted(p.name for p in self.tables_dir.glob("*") if self.table_files(p.name)) if self.tables_dir.exists() else []
         return views | {name: table_view_sql(self.tables_dir / name) for name in tables}
+
+    def annotations_in_place(self) -> bool:
+        """Whether the pool's tags and scores are all its own annotations, read in place: every
+        raw_pool shard has the imported marker of atomic_tags and of quality_scores, and neither has
+        a file of rows anywhere. Their views then hold exactly :data:`IMPORTED_COLUMNS` of the kept
+        rows, and a reader may compute those columns from the rows instead of joining the views."""
+        shards = {path.parent.name for path in self.shard_files("raw_pool")}
+        return bool(shards) and all(
+            not self.shard_files(asset) and shards <= {path.parent.name for path in (self.warehouse_dir / asset).glob(f"shard=*/{IMPORTED_MARKER}")}
+            for asset in IMPORTED_COLUMNS
+        )
 
     def refresh_catalog(self, con) -> list[str]:
         """(Re)create the catalog views over the Parquet that exists now; returns the view names."""
