@@ -126,7 +126,7 @@ def pool_rows_sql(con) -> str:
     computed from the row itself, as the views derive them (:data:`IMPORTED_COLUMNS`), instead of
     joining the views on the sample id: the same values (a duplicate standing in for a changed kept
     copy has no tag row, so none), without two hash joins and a grouping over every sample (the
-    pool's query at 939,000 samples: 1.21-1.30 s -> 0.53-0.56 s)."""
+    pool's query at 939,000 samples: 1.27-1.31 s -> 0.64-0.67 s)."""
     if WarehouseLayout(warehouse_dir_of(con).parent).annotations_in_place():
         tags, quality = IMPORTED_COLUMNS["atomic_tags"], IMPORTED_COLUMNS["quality_scores"]
         kept = "duplicate_of IS NULL"  # the rows the views derive theirs from
