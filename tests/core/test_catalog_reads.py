@@ -2,6 +2,8 @@
 own, built with the same views) and ``sample_copies`` (the ``samples`` copy of a few ids, ranked
 among their rows only). Real shards ingested by the project, real Parquet, real DuckDB."""
 
+import json
+
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -9,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mig_assets.core.ingest.shards import ingest_shard
+from mig_assets.core.selection.lineage import inputs_sql
 from mig_assets.core.store.catalog import fetch_apart, open_catalog, sample_copies
-from mig_assets.core.store.layout import COPY_ORDER
+from mig_assets.core.store.layout import COPY_ORDER, WarehouseLayout
 from mig_assets.core.store.parquet import write_imported_marker, write_shard_rows
 from tests.conftest import MIG_FIXTURES
 
@@ -168,17 +171,12 @@ def test_samples_holds_each_ids_first_row_in_copy_order(layout, replaced):
     assert (ids["duplicated_in_b"] in stand_ins and ids["duplicated_in_b_and_c"] in stand_ins) == replaced
 
 
-def pool_rows(con) -> list[dict]:
-    from mig_assets.core.selection.lineage import inputs_sql
-
-    return rows_by_id(con.sql(inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score")).to_arrow_table())
+def pool_sql(con) -> str:
+    """The pool's query with the columns ``load_pool`` adds (and the shard facts it leaves out)."""
+    return inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score")
 
 
 def test_annotations_read_in_place_give_the_rows_the_joined_views_give(layout, monkeypatch):
-    import json
-
-    from mig_assets.core.store.layout import WarehouseLayout
-
     build_pool(layout, replaced=True)  # b's duplicates of a's dropped rows stand in for them: no tag row of theirs
     bare = json.loads(P2K[31])
     bare.pop("annotation")
@@ -191,23 +189,14 @@ def test_annotations_read_in_place_give_the_rows_the_joined_views_give(layout, m
         tag_and_score(layout, shard)
     assert layout.annotations_in_place()
     with open_catalog(layout) as con:
-        in_place = pool_rows(con)
+        in_place, schema_in_place = rows_by_id(con.sql(pool_sql(con)).to_arrow_table()), con.sql(f"DESCRIBE ({pool_sql(con)})").fetchall()
         monkeypatch.setattr(WarehouseLayout, "annotations_in_place", lambda self: False)
-        joined = pool_rows(con)
-        schema_joined = con.sql(f"DESCRIBE ({joined_sql(con)})").fetchall()
-        monkeypatch.undo()
-        schema_in_place = con.sql(f"DESCRIBE ({joined_sql(con)})").fetchall()
+        joined, schema_joined = rows_by_id(con.sql(pool_sql(con)).to_arrow_table()), con.sql(f"DESCRIBE ({pool_sql(con)})").fetchall()
     assert in_place == joined and schema_in_place == schema_joined
     by_status = {(row["tag_status"], row["scorer"], row["weight_origin"]) for row in in_place}
     assert ("no_annotation", None, None) in by_status  # no annotation: no tags, no score
     assert ("ok", None, None) in by_status and ("ok", "imported Deita annotations", "quality_scores (imported Deita annotations)") in by_status
     assert any(row["tag_status"] is None for row in in_place)  # a duplicate standing in for a dropped kept copy
-
-
-def joined_sql(con) -> str:
-    from mig_assets.core.selection.lineage import inputs_sql
-
-    return inputs_sql(con, ", s.imported_quality, s.n_tokens_est, s.q_score AS score")
 
 
 def test_a_file_of_rows_or_a_missing_marker_means_the_views_are_joined(layout):
@@ -220,7 +209,5 @@ def test_a_file_of_rows_or_a_missing_marker_means_the_views_are_joined(layout):
     tag_and_score(layout, "b.jsonl")
     with open_catalog(layout) as con:
         rows = con.sql("SELECT * FROM atomic_tags WHERE shard = 'b.jsonl'").to_arrow_table()
-    from mig_assets.core.store.parquet import write_shard_rows as write_rows
-
-    write_rows(layout, "atomic_tags", "b.jsonl", rows)  # a tagger's file: it takes precedence
+    write_shard_rows(layout, "atomic_tags", "b.jsonl", rows)  # a tagger's file: it takes precedence
     assert not layout.annotations_in_place()

@@ -57,9 +57,10 @@ def write_imported_marker(layout: WarehouseLayout, asset: str, shard: str, facts
 def dictionary_columns(schema: pa.Schema, distinct: Iterable[str]) -> list[str]:
     """The Parquet leaf columns of ``schema`` (``tags.list.element``, ``messages.list.element.role``)
     but those under ``distinct`` (fields or leaves): the ``use_dictionary`` of a writer, for tables
-    where those columns hold a different value on (nearly) every row. Parquet's writer builds a dictionary page
-    for every column until it outgrows 1 MB, then writes plain pages: for a column of ids or raw
-    records that dictionary is pure cost (about 15% of a shard's write; its pages read back slower)."""
+    where those columns hold a different value on (nearly) every row. Parquet's writer builds a
+    dictionary page for every column until it outgrows 1 MB, then writes plain pages: for a column
+    of ids or raw records that dictionary is pure cost (about 15% of a shard's write; its pages
+    read back slower)."""
 
     def leaves(name: str, kind: pa.DataType) -> list[str]:
         if pa.types.is_list(kind) or pa.types.is_large_list(kind):
